@@ -1,0 +1,217 @@
+"""The ``flambe-cluster`` command line.
+
+Exit codes: 0 success, 1 something failed on a host or in a cloud, 2 bad
+usage or configuration.  Every error message says what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, plugins
+from .cluster import Cluster
+from .errors import FlambeClusterError, UsageError
+from .records import Instance
+from .ssh import shell_join
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Progress:
+    """Shows each step of a long operation on stderr, with the time the previous one took."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        err.print(f"[dim]{now - self.started:6.1f}s[/dim] {message}", markup=True, highlight=False)
+        self.last = now
+
+
+def _load(config_path: str) -> Cluster:
+    cluster = Cluster.from_yaml(config_path)
+    cluster.on_step = Progress()
+    return cluster
+
+
+def _existing(cluster: Cluster) -> None:
+    if not cluster.find_instances():
+        raise UsageError(f"cluster {cluster.name!r} does not exist yet; create it with `flambe-cluster up CONFIG`")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flambe-cluster")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Create, use and tear down flambe clusters: one orchestrator and N factories."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("paramiko").setLevel(max(level, logging.WARNING))
+
+
+@cli.command()
+def providers() -> int:
+    """List the installed providers (nothing is imported)."""
+    table = Table("provider", "distribution", "version", "module")
+    for info in plugins.installed_providers():
+        table.add_row(info.name, info.distribution, info.version, info.target)
+    out.print(table)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace a running job.")
+@click.option("--wait", "lock_wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait when another process is changing this cluster.")
+def up(config: str, force: bool, lock_wait: float) -> int:
+    """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent)."""
+    cluster = _load(config)
+    with cluster:
+        cluster.run(force=force, lock_wait=lock_wait)
+    if cluster.error is not None:
+        raise cluster.error
+    err.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
+              f"({time.monotonic() - cluster.on_step.started:.1f}s)")
+    _print_hosts(cluster)
+    return EXIT_OK
+
+
+def _print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
+    table = Table("role", "name", "address", "private address", *(["ssh"] if reachable is not None else []))
+    for instance in cluster._get_all_hosts():
+        row = [instance.role.value, instance.name, str(instance.endpoint), str(instance.private)]
+        if reachable is not None:
+            row.append(reachable[instance])
+        table.add_row(*row)
+    out.print(table)
+
+
+def _probe(cluster: Cluster, instance: Instance) -> str:
+    try:
+        cluster.pool.run(instance, "true", timeout=10)
+        return "ok"
+    except FlambeClusterError as exc:
+        return f"error: {exc}"
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config: str, as_json: bool) -> int:
+    """Show the cluster's hosts, their roles and addresses, and whether SSH answers."""
+    cluster = _load(config)
+    try:
+        exists = cluster.find_instances()
+        hosts = cluster._get_all_hosts() if exists else []
+        reachable = {}
+        if hosts:
+            cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
+            reachable = dict(zip(hosts, cluster.pool._executor.map(lambda h: _probe(cluster, h), hosts)))
+        if as_json:
+            payload = {
+                "name": cluster.name,
+                "provider": cluster.config.provider,
+                "exists": exists,
+                "hosts": [
+                    {"name": h.name, "role": h.role.value, "address": str(h.endpoint), "public": str(h.public),
+                     "private": str(h.private), "instance_id": h.instance_id, "ssh": reachable[h]}
+                    for h in hosts
+                ],
+            }
+            out.print_json(json.dumps(payload))
+        elif not exists:
+            out.print(f"cluster {cluster.name!r} does not exist")
+        else:
+            _print_hosts(cluster, reachable)
+        return EXIT_OK if all(v == "ok" for v in reachable.values()) else EXIT_FAILED
+    finally:
+        cluster.close()
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(config: str, target: str, command: Sequence[str]) -> int:
+    """Run a command on the cluster's hosts; prints each host's output labelled by host.
+
+    One argument after `--` is a shell command line; several are an argv
+    whose items are each quoted (`exec -- echo 'a;b'` prints `a;b`).
+    """
+    line = command[0] if len(command) == 1 else shell_join(command)
+    cluster = _load(config)
+    try:
+        _existing(cluster)
+        hosts = {"all": cluster._get_all_hosts(), "orchestrator": [cluster.orchestrator], "factories": cluster.factories}[target]
+        results = cluster.execute_on(hosts, line, check=False)
+        for instance, result in results.items():
+            for text, console in ((result.stdout, out), (result.stderr, err)):
+                for row in text.splitlines():
+                    console.print(f"[{instance.name}] {row}", markup=False)
+            if not result.ok:
+                err.print(f"[{instance.name}] exit code {result.exit_code}", markup=False)
+        return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
+    finally:
+        cluster.close()
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def down(config: str) -> int:
+    """Tear the cluster down: release the machines the provider manages."""
+    cluster = _load(config)
+    try:
+        with cluster.state.lock():
+            if not cluster.find_instances():
+                err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
+                return EXIT_OK
+            cluster.on_step(f"releasing {1 + len(cluster.factories)} hosts ({cluster.config.provider})")
+            cluster.hooks.flambe_cluster_terminate(config=cluster.config, instances=_instances(cluster))
+            journal = cluster.state.journal
+            journal.record_destroyed(journal.outstanding())
+        err.print(f"cluster {cluster.name!r} is down")
+        return EXIT_OK
+    finally:
+        cluster.close()
+
+
+def _instances(cluster: Cluster):
+    from .records import ClusterInstances
+
+    return ClusterInstances(cluster.orchestrator, cluster.factories)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the console script; exits with 0, 1 or 2."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except UsageError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_USAGE)
+    except FlambeClusterError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,92 @@
+"""Errors raised by flambe-cluster.
+
+Every error says what went wrong, where (which host, field or provider) and
+what to do next.  The command line maps them to exit codes:
+:class:`UsageError` subclasses exit 2 (bad configuration or usage), every
+other :class:`FlambeClusterError` exits 1 (something failed on a host or in a
+cloud).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class FlambeClusterError(Exception):
+    """Base class of every error flambe-cluster raises on purpose."""
+
+
+class UsageError(FlambeClusterError):
+    """The user asked for something that cannot work as written (exit code 2)."""
+
+
+class ClusterConfigurationError(UsageError):
+    """The cluster description has one or more problems.
+
+    ``problems`` holds every problem found, each naming the field, what was
+    expected and what was given, so a user fixes them all in one edit.
+    """
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} with the cluster configuration{where}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class ProviderError(UsageError):
+    """A provider cannot be selected or does not honour the provider contract."""
+
+
+class ClusterBusyError(UsageError):
+    """Another flambe-cluster process holds this cluster's lock."""
+
+
+class ClusterError(FlambeClusterError):
+    """The cluster is not in a state where the operation can run."""
+
+
+class HostError(FlambeClusterError):
+    """Something went wrong with one host; ``host`` names it."""
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class HostUnreachableError(HostError):
+    """The host did not accept an SSH login before the deadline."""
+
+
+class HostKeyError(HostError):
+    """The host's key could not be verified (changed, or unknown under ``strict``)."""
+
+
+class RemoteCommandError(FlambeClusterError):
+    """A command failed (non-zero exit or timeout) on one or more hosts.
+
+    ``failures`` holds one :class:`~flambe_cluster.ssh.CommandResult` per
+    failing host, each with host, command, exit code and output.
+    """
+
+    def __init__(self, failures: Iterable["object"]) -> None:
+        self.failures = list(failures)
+        lines = []
+        for result in self.failures:
+            lines.append(result.describe_failure())  # type: ignore[attr-defined]
+        head = (
+            "a remote command failed"
+            if len(lines) == 1
+            else f"a remote command failed on {len(lines)} hosts"
+        )
+        super().__init__("\n".join([head + ":", *lines]))
+
+
+class HostsFailedError(FlambeClusterError):
+    """Several hosts failed for different reasons; ``errors`` holds each."""
+
+    def __init__(self, errors: Sequence[FlambeClusterError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))

@@ -1,0 +1,136 @@
+"""The provider contract: every hook a provider may implement.
+
+A provider is a module (or object) registered under the entry-point group
+``flambe_cluster.providers``.  It implements hooks with the
+``flambe_cluster.hookimpl`` marker; each Cluster builds its own plugin
+manager holding exactly one provider plus the core's defaults
+(:mod:`flambe_cluster.defaults`, registered ``trylast``).
+
+Required hooks: :func:`flambe_cluster_options_class`,
+:func:`flambe_cluster_validate`, :func:`flambe_cluster_load_instances`,
+:func:`flambe_cluster_find_instances`.  Every other hook is optional.
+
+Records passed across this boundary are the frozen classes of
+:mod:`flambe_cluster.records`; SDK objects never cross it.  A hook that fails
+raises a :class:`flambe_cluster.errors.FlambeClusterError` subclass whose
+message names what failed and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .config import ClusterConfig
+    from .records import ClusterInstances, CreatedResource, Instance
+    from .state import RunJournal
+
+PROJECT = "flambe_cluster"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_options_class() -> type:
+    """Return the attrs class holding this provider's own options.
+
+    Every key of the user's configuration that is not a common cluster field
+    (``name``, ``factories_num``, ``key``, ``username``, ``setup_cmds``, ...)
+    is passed to this class.  The core builds it field by field and reports
+    every problem at once: unknown keys (with the closest known name),
+    missing required fields (those without default), and each converter or
+    validator that raises ``ValueError``/``TypeError`` (its message should say
+    what was expected and what was given).  Converters must accept their own
+    output (they may run twice).
+
+    If the class has an attribute ``implied_factories_num`` (an int or
+    ``None``), it is used when the user gave no ``factories_num``.
+    Required.
+    """
+
+
+@hookspec
+def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
+    """Return the problems that stop this cluster from running (may be empty).
+
+    The seed's ``parse``.  Called after the options were built, before
+    anything is created.  May look things up (credentials, instance types,
+    images) but must not create, change or pay for anything.  Each problem is
+    one sentence naming the field, what was expected and what was found; the
+    core raises one ``ClusterConfigurationError`` listing all of them.
+    Required.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_load_instances(
+    config: "ClusterConfig", journal: "RunJournal"
+) -> "ClusterInstances":
+    """Find or create the orchestrator and ``config.factories_num`` factories.
+
+    The seed's ``load_all_instances``.  Idempotent: instances that already
+    belong to this cluster are reused, only what is missing is created.
+    Every resource created is passed to ``journal.record(...)`` as soon as it
+    exists — before waiting on it, before returning — so a failure at any
+    later point can be rolled back.  ``journal.run_id`` is unique to this run
+    (use it for idempotency tokens).  Returns instances whose addresses are
+    known; waiting for SSH is the core's job.  Required.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_find_instances(config: "ClusterConfig") -> "ClusterInstances | None":
+    """Return the cluster's existing instances without creating anything.
+
+    Used by ``status``, ``exec``, ``down`` and re-runs.  Returns ``None`` when
+    the cluster does not exist (yet).  Never creates, starts or changes
+    anything.  Required.
+    """
+
+
+@hookspec
+def flambe_cluster_rollback(
+    config: "ClusterConfig", created: "list[CreatedResource]"
+) -> None:
+    """Destroy the resources one run created (the seed's ``rollback_env``).
+
+    ``created`` is what that run recorded in its journal and has not been
+    destroyed yet; nothing else may be touched.  Idempotent: a resource that
+    is already gone is not an error.  Waits until the resources are gone.
+    Optional (a provider that creates nothing has nothing to roll back).
+    """
+
+
+@hookspec
+def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstances") -> None:
+    """Release the cluster's machines for ``down``.
+
+    Cloud providers terminate the instances and anything attached to the
+    cluster (alarms); providers of machines the user brought leave them
+    running.  Idempotent; waits until they are gone.  Optional.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_detect_gpus(
+    config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]
+) -> int | None:
+    """Return how many GPUs ``instance`` has, or ``None`` to let the next impl answer.
+
+    A provider may answer from the instance type without any round trip.
+    ``run(command)`` runs a shell command on the host and returns its stdout
+    (raising ``RemoteCommandError`` on failure).  The core's default asks
+    ``nvidia-smi`` over SSH.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> list[str] | None:
+    """Return the host keys the provider vouches for, or ``None`` if it knows none.
+
+    Each item is an OpenSSH public key line (``"ssh-ed25519 AAAA..."``), for
+    example read from a cloud console's output.  When given, the host's key
+    must be one of them on first contact, whatever the host-key policy.
+    """

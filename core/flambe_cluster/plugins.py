@@ -1,0 +1,151 @@
+"""Provider discovery and selection.
+
+Providers are found through the entry-point group ``flambe_cluster.providers``
+without importing them; only the selected one is imported.  Selecting checks
+the contract up front so a broken or missing provider fails with a message
+that says what to do, not deep inside a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import metadata
+from types import ModuleType
+
+import pluggy
+from attrs import frozen
+
+from . import defaults, hookspecs
+from .errors import ProviderError
+
+ENTRY_POINT_GROUP = "flambe_cluster.providers"
+DISTRIBUTION = "flambe-cluster"
+REQUIRED_HOOKS = (
+    "flambe_cluster_options_class",
+    "flambe_cluster_validate",
+    "flambe_cluster_load_instances",
+    "flambe_cluster_find_instances",
+)
+HOOK_NAMES = tuple(
+    name for name in dir(hookspecs) if name.startswith("flambe_cluster_")
+)
+
+
+@frozen
+class ProviderInfo:
+    """An installed provider, as its entry point declares it (nothing imported)."""
+
+    name: str
+    target: str
+    distribution: str
+    version: str
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _info(entry_point: metadata.EntryPoint) -> ProviderInfo:
+    dist = entry_point.dist
+    return ProviderInfo(
+        name=entry_point.name,
+        target=entry_point.value,
+        distribution=dist.name if dist else "?",
+        version=dist.version if dist else "?",
+    )
+
+
+def installed_providers() -> list[ProviderInfo]:
+    """Every provider registered in the entry-point group, sorted by name.
+
+    Imports nothing; a name claimed by several distributions appears once per
+    distribution.
+    """
+    return sorted((_info(ep) for ep in _entry_points()), key=lambda p: (p.name, p.distribution))
+
+
+def _install_hint(info: ProviderInfo, missing: str | None) -> str:
+    if info.distribution == DISTRIBUTION:
+        return f"install its extra: pip install '{DISTRIBUTION}[{info.name}]'"
+    what = f"the module {missing!r}" if missing else "its dependencies"
+    return f"reinstall {info.distribution} ({what} is missing): pip install --force-reinstall {info.distribution}"
+
+
+def load_provider(name: str) -> ModuleType | object:
+    """Import the provider registered as ``name`` and check it honours the contract.
+
+    Raises :class:`ProviderError` when the name is unknown (listing the
+    installed ones), claimed by two distributions, fails to import (with the
+    pip command that installs what is missing), implements a hook that does
+    not exist (with the closest hook name) or misses a required hook.
+    """
+    matches = [ep for ep in _entry_points() if ep.name == name]
+    if not matches:
+        known = sorted({ep.name for ep in _entry_points()})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        cloud = (
+            f" The {name!r} provider ships with flambe-cluster as an extra: pip install '{DISTRIBUTION}[{name}]'."
+            if name in ("aws", "gcp")
+            else " A third-party provider is a pip package; install it first."
+        )
+        raise ProviderError(
+            f"unknown provider {name!r}; installed providers: {', '.join(known) or 'none'}.{hint}{cloud}"
+        )
+    if len({_info(ep).distribution for ep in matches}) > 1:
+        owners = ", ".join(f"{i.distribution} {i.version} ({i.target})" for i in map(_info, matches))
+        raise ProviderError(
+            f"provider name {name!r} is claimed by several distributions: {owners}. "
+            "Uninstall all but one of them (pip uninstall NAME)."
+        )
+    entry_point = matches[0]
+    info = _info(entry_point)
+    try:
+        provider = entry_point.load()
+    except ImportError as exc:
+        raise ProviderError(
+            f"provider {name!r} ({info.target}, from {info.distribution}) cannot be imported: {exc}. "
+            f"To fix it, {_install_hint(info, exc.name)}."
+        ) from exc
+    check_provider(name, provider)
+    return provider
+
+
+def _hook_attributes(provider: object) -> dict[str, object]:
+    return {
+        attr: getattr(provider, attr)
+        for attr in dir(provider)
+        if attr.startswith("flambe_cluster_") and callable(getattr(provider, attr, None))
+    }
+
+
+def check_provider(name: str, provider: object) -> None:
+    """Raise :class:`ProviderError` if ``provider`` implements an unknown hook or misses a required one."""
+    hooks = _hook_attributes(provider)
+    unknown = sorted(set(hooks) - set(HOOK_NAMES))
+    if unknown:
+        details = []
+        for attr in unknown:
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1)
+            details.append(f"{attr!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ProviderError(
+            f"provider {name!r} implements unknown hook(s) {', '.join(details)}; "
+            "rename them to hooks listed in flambe_cluster.hookspecs."
+        )
+    missing = [hook for hook in REQUIRED_HOOKS if hook not in hooks]
+    if missing:
+        raise ProviderError(
+            f"provider {name!r} lacks required hook(s) {', '.join(missing)}; "
+            "see flambe_cluster.hookspecs for their contracts."
+        )
+
+
+def make_plugin_manager(name: str) -> pluggy.PluginManager:
+    """A fresh plugin manager holding the provider ``name`` and the core defaults."""
+    provider = load_provider(name)
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    manager.register(defaults, name="flambe_cluster.defaults")
+    manager.register(provider, name=f"provider:{name}")
+    manager.check_pending()
+    return manager

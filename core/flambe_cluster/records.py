@@ -1,0 +1,182 @@
+"""Value objects that cross the provider boundary.
+
+All are frozen attrs classes: providers build them, the core reads them, and
+no SDK object (boto3, google-cloud) ever appears inside one.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from typing import Iterator
+
+import attrs
+from attrs import field, frozen
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+class Role(enum.Enum):
+    """What a host does in the cluster."""
+
+    ORCHESTRATOR = "orchestrator"
+    FACTORY = "factory"
+
+
+def _parse_host(value: object) -> str:
+    """An IP address (normalised) or a DNS host name; anything else raises ValueError."""
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if _HOSTNAME.match(text):
+        return text
+    raise ValueError(f"expected an IP address or host name, got {value!r}")
+
+
+def _check_port(_instance: object, _attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a TCP port between 1 and 65535, got {value!r}")
+
+
+@frozen
+class Endpoint:
+    """Where an SSH server listens: an address and a port.
+
+    ``Endpoint.parse("10.0.0.5:2222")`` and ``Endpoint.parse("10.0.0.5")``
+    (port 22) are the accepted spellings; IPv6 literals need brackets when a
+    port is given (``[fd00::5]:2222``).
+    """
+
+    host: str = field(converter=_parse_host)
+    port: int = field(default=22, validator=_check_port)
+
+    @classmethod
+    def parse(cls, value: object) -> "Endpoint":
+        """Parse ``host``, ``host:port`` or ``[v6]:port``; raises ValueError naming the value."""
+        if isinstance(value, Endpoint):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"expected 'host' or 'host:port', got {value!r}")
+        text = value.strip()
+        host, port = text, 22
+        if text.startswith("["):
+            inside, _, rest = text[1:].partition("]")
+            host = inside
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"expected '[address]:port', got {value!r}")
+                port = _parse_port(rest[1:], value)
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+            port = _parse_port(port_text, value)
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 22 else f"{host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name OpenSSH and paramiko use for this endpoint in known_hosts."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def _parse_port(text: str, original: object) -> int:
+    if not text.isdigit():
+        raise ValueError(f"expected a numeric port in 'host:port', got {original!r}")
+    return int(text)
+
+
+@frozen
+class Instance:
+    """One host of the cluster, as the provider knows it.
+
+    ``public`` is where the client reaches the host, ``private`` where the
+    other hosts of the cluster reach it (the same when there is only one
+    address).  ``use_public`` says which one the client uses.
+    ``instance_id`` is the provider's handle (an EC2 instance id, a GCP
+    instance name) or ``None`` for machines the user brought.  ``gpus`` is the
+    number of GPUs when known, ``None`` when it is still to be detected.
+    """
+
+    name: str
+    role: Role
+    public: Endpoint
+    private: Endpoint
+    use_public: bool = True
+    instance_id: str | None = None
+    gpus: int | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint the client connects to."""
+        return self.public if self.use_public else self.private
+
+    @property
+    def label(self) -> str:
+        """Short human name for messages: ``name (address)``."""
+        return f"{self.name} ({self.endpoint})"
+
+
+@frozen
+class ClusterInstances:
+    """The orchestrator and the factories, as a provider found or made them."""
+
+    orchestrator: Instance
+    factories: tuple[Instance, ...] = field(converter=tuple)
+
+    def __iter__(self) -> Iterator[Instance]:
+        yield self.orchestrator
+        yield from self.factories
+
+    def __len__(self) -> int:
+        return 1 + len(self.factories)
+
+
+@frozen
+class Resources:
+    """CPUs and GPUs of a host (or the common minimum over hosts)."""
+
+    cpu: int
+    gpu: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@frozen
+class CreatedResource:
+    """One thing a provider created and recorded in the journal.
+
+    ``kind`` is provider-defined ("instance", "alarm", ...), ``resource_id``
+    the provider's id for it; ``details`` are JSON-serialisable extras a
+    rollback needs (a region, a zone).
+    """
+
+    kind: str
+    resource_id: str
+    details: dict = field(factory=dict)
+
+
+@frozen
+class RemoteEnvironment:
+    """What a job running on the orchestrator knows about its cluster.
+
+    Addresses are the private ones (hosts talk to each other over them);
+    ``key`` is the path of the cluster's private key on the hosts.
+    """
+
+    orchestrator_ip: str
+    orchestrator_public_ip: str
+    factories_ips: tuple[str, ...] = field(converter=tuple)
+    key: str
+    user: str
+    local_user: str
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)

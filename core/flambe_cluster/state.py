@@ -1,0 +1,213 @@
+"""The local state of a cluster: one folder per cluster on the client.
+
+It holds the pinned host keys (``known_hosts``), the per-cluster key pair,
+the journal of every resource a run created, and the lock that keeps two
+processes from changing the same cluster at once.  The folder is
+``$FLAMBE_CLUSTER_HOME/clusters/<name>`` (default ``~/.flambe-cluster``), or
+``<state_dir>/<name>`` when the configuration sets ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+from attrs import define, frozen
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from .errors import ClusterBusyError
+from .records import CreatedResource
+
+STATE_HOME_ENV = "FLAMBE_CLUSTER_HOME"
+
+
+def state_home() -> Path:
+    """The root of all clusters' state: ``$FLAMBE_CLUSTER_HOME`` or ``~/.flambe-cluster``."""
+    return Path(os.environ.get(STATE_HOME_ENV) or Path.home() / ".flambe-cluster")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` created with mode 0600 from the start (never readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+@frozen
+class KeyPair:
+    """The per-cluster SSH key pair (ed25519)."""
+
+    private_path: Path
+    public_line: str
+
+    @property
+    def public_path(self) -> Path:
+        return self.private_path.with_suffix(".pub")
+
+
+@define
+class Journal:
+    """Append-only record of what runs created and what was destroyed since.
+
+    One JSON object per line, flushed and fsynced before ``record`` returns,
+    so a crash right after creating a resource still leaves it on disk.
+    """
+
+    path: Path
+
+    def start_run(self) -> "RunJournal":
+        """A journal handle for a new run, with a fresh unique ``run_id``."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return RunJournal(self, f"{stamp}-{uuid.uuid4().hex[:8]}")
+
+    def _append(self, entry: dict) -> None:
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[dict]:
+        """Every entry, oldest first (an empty list when nothing was recorded)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def outstanding(self, run_id: str | None = None) -> list[CreatedResource]:
+        """Resources created (by ``run_id``, or by any run) and not marked destroyed, oldest first."""
+        live: dict[tuple[str, str], CreatedResource] = {}
+        for entry in self.entries():
+            key = (entry["kind"], entry["id"])
+            if entry["event"] == "created" and (run_id is None or entry["run"] == run_id):
+                live[key] = CreatedResource(entry["kind"], entry["id"], entry.get("details") or {})
+            elif entry["event"] == "destroyed":
+                live.pop(key, None)
+        return list(live.values())
+
+    def record_created(self, run_id: str, resource: CreatedResource) -> None:
+        self._append(
+            {"event": "created", "run": run_id, "kind": resource.kind, "id": resource.resource_id,
+             "details": resource.details, "time": time.time()}
+        )
+
+    def record_destroyed(self, resources: list[CreatedResource], run_id: str | None = None) -> None:
+        """Mark ``resources`` as gone (rolled back or terminated)."""
+        for resource in resources:
+            self._append(
+                {"event": "destroyed", "run": run_id, "kind": resource.kind, "id": resource.resource_id,
+                 "time": time.time()}
+            )
+
+
+@define
+class RunJournal:
+    """The journal as one run sees it: what it records carries its ``run_id``."""
+
+    journal: Journal
+    run_id: str
+
+    def record(self, resource: CreatedResource) -> None:
+        """Record that this run created ``resource``; durable when this returns."""
+        self.journal.record_created(self.run_id, resource)
+
+    def created(self) -> list[CreatedResource]:
+        """What this run created and is not yet destroyed."""
+        return self.journal.outstanding(self.run_id)
+
+
+@define
+class ClusterState:
+    """The state folder of one cluster (created on first use, mode 0700)."""
+
+    root: Path
+
+    @classmethod
+    def for_cluster(cls, name: str, state_dir: Path | None = None) -> "ClusterState":
+        base = state_dir if state_dir is not None else state_home() / "clusters"
+        return cls(base / name)
+
+    def ensure(self) -> "ClusterState":
+        """Create the folder (and parents) if missing; returns self."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        return self
+
+    @property
+    def known_hosts(self) -> Path:
+        """This cluster's pinned host keys, in OpenSSH known_hosts format."""
+        return self.root / "known_hosts"
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.root / "journal.jsonl")
+
+    def key_pair(self, comment: str) -> KeyPair:
+        """The per-cluster ed25519 key pair, generated on first call, reused after.
+
+        The private key is written 0600 and never leaves this folder except
+        to the cluster's own hosts.
+        """
+        self.ensure()
+        private_path = self.root / "cluster_key"
+        public_path = private_path.with_suffix(".pub")
+        if not (private_path.exists() and public_path.exists()):
+            key = ed25519.Ed25519PrivateKey.generate()
+            private = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+            public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            _write_private(private_path, private)
+            public_path.write_text(f"{public.decode()} {comment}\n")
+        return KeyPair(private_path, public_path.read_text().strip())
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the cluster's exclusive lock for the duration of the block.
+
+        If another process holds it, wait up to ``wait`` seconds (calling
+        ``on_wait`` once with who holds it), then raise
+        :class:`ClusterBusyError` naming the holder.  Released on exit, also
+        when the holder dies.
+        """
+        self.ensure()
+        path = self.root / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    holder = path.read_text().strip() or "another process"
+                    if time.monotonic() >= deadline:
+                        raise ClusterBusyError(
+                            f"cluster {self.root.name!r} is busy: {holder} holds its lock ({path}). "
+                            "Wait for it to finish, or pass --wait SECONDS to wait for it."
+                        ) from None
+                    if on_wait and not told:
+                        on_wait(holder)
+                        told = True
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"PID {os.getpid()} on {os.uname().nodename}".encode())
+            yield
+        finally:
+            os.close(fd)

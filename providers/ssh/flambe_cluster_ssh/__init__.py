@@ -1,0 +1,126 @@
+"""The SSH provider: machines the user already has, reached over SSH.
+
+It never creates, starts, stops or deletes a machine: ``load_instances`` and
+``find_instances`` only describe the hosts listed in the configuration, and
+there is nothing to roll back or terminate.
+
+Options (besides the common cluster fields)::
+
+    orchestrator_ip: 10.0.0.5                 # or [public, private]; host:port allowed
+    factories_ips: [10.0.0.6, "10.0.0.7:2222", [34.1.2.3, 10.0.0.8]]
+    use_public: true                          # connect to the public address (default)
+"""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+from flambe_cluster import hookimpl
+from flambe_cluster.records import ClusterInstances, Endpoint, Instance, Role
+
+__all__ = ["HostAddresses", "SSHOptions"]
+
+
+@frozen
+class HostAddresses:
+    """A host's public and private endpoints (the same when one address is given)."""
+
+    public: Endpoint
+    private: Endpoint
+
+    @classmethod
+    def parse(cls, value: object) -> "HostAddresses":
+        """``"ip"``, ``"ip:port"`` or ``[public, private]``; raises ValueError naming the value."""
+        if isinstance(value, HostAddresses):
+            return value
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ValueError(f"expected an address or a [public, private] pair, got a list of {len(value)}")
+            return cls(Endpoint.parse(value[0]), Endpoint.parse(value[1]))
+        endpoint = Endpoint.parse(value)
+        return cls(endpoint, endpoint)
+
+
+def _to_addresses(value: object) -> HostAddresses:
+    return HostAddresses.parse(value)
+
+
+def _to_address_list(value: object) -> tuple[HostAddresses, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of addresses, got {type(value).__name__} {value!r}")
+    parsed = []
+    for index, item in enumerate(value):
+        try:
+            parsed.append(HostAddresses.parse(item))
+        except ValueError as exc:
+            raise ValueError(f"item {index}: {exc}") from None
+    return tuple(parsed)
+
+
+def _to_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+@frozen
+class SSHOptions:
+    """The SSH provider's options."""
+
+    orchestrator_ip: HostAddresses = field(
+        converter=_to_addresses, metadata={"help": "the orchestrator's address ('ip', 'ip:port' or [public, private])"}
+    )
+    factories_ips: tuple[HostAddresses, ...] = field(
+        converter=_to_address_list, metadata={"help": "the list of factory addresses"}
+    )
+    use_public: bool = field(default=True, converter=_to_bool)
+
+    @property
+    def implied_factories_num(self) -> int:
+        return len(self.factories_ips)
+
+
+@hookimpl
+def flambe_cluster_options_class() -> type:
+    return SSHOptions
+
+
+@hookimpl
+def flambe_cluster_validate(config) -> list[str]:
+    """Each address may appear once (the same machine cannot be two hosts)."""
+    problems = []
+    options: SSHOptions = config.options
+    seen: dict = {options.orchestrator_ip.public: "orchestrator_ip"}
+    for index, address in enumerate(options.factories_ips):
+        where = f"factories_ips[{index}]"
+        if address.public in seen:
+            problems.append(f"{where}: {address.public} is already listed as {seen[address.public]}; each host once")
+        seen.setdefault(address.public, where)
+    return problems
+
+
+def _instances(config) -> ClusterInstances:
+    options: SSHOptions = config.options
+
+    def instance(name: str, role: Role, address: HostAddresses) -> Instance:
+        return Instance(name=name, role=role, public=address.public, private=address.private, use_public=options.use_public)
+
+    return ClusterInstances(
+        orchestrator=instance(f"{config.name}_orchestrator", Role.ORCHESTRATOR, options.orchestrator_ip),
+        factories=[
+            instance(f"{config.name}_factory{index}", Role.FACTORY, address)
+            for index, address in enumerate(options.factories_ips)
+        ],
+    )
+
+
+@hookimpl
+def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
+    """The listed hosts; nothing is created, so nothing is journaled."""
+    return _instances(config)
+
+
+@hookimpl
+def flambe_cluster_find_instances(config) -> ClusterInstances:
+    """The listed hosts (they always exist as far as this provider knows)."""
+    return _instances(config)
