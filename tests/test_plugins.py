@@ -1,0 +1,138 @@
+"""Provider discovery and the selection errors of the provider contract.
+
+Fake distributions are real ``*.dist-info`` folders on ``sys.path``, found by
+``importlib.metadata`` exactly as pip-installed ones are.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from flambe_cluster import ProviderError, plugins
+from flambe_cluster.config import parse_config
+
+COMPLETE_PROVIDER = """
+    from flambe_cluster import hookimpl
+    import attrs
+
+    @attrs.frozen
+    class Options:
+        pass
+
+    @hookimpl
+    def flambe_cluster_options_class():
+        return Options
+
+    @hookimpl
+    def flambe_cluster_validate(config):
+        return []
+
+    @hookimpl
+    def flambe_cluster_load_instances(config, journal):
+        raise NotImplementedError
+
+    @hookimpl
+    def flambe_cluster_find_instances(config):
+        return None
+"""
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Install a fake distribution: fake_dist(dist_name, {provider: module_source})."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(dist: str, providers: dict[str, str], version: str = "1.0") -> None:
+        info = tmp_path / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = ["[flambe_cluster.providers]"]
+        for name, source in providers.items():
+            module = f"{dist.replace('-', '_')}_{name}"
+            (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+            lines.append(f"{name} = {module}")
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+    return install
+
+
+def test_builtin_ssh_provider_is_listed_without_import():
+    names = {(p.name, p.distribution) for p in plugins.installed_providers()}
+    assert ("ssh", "flambe-cluster") in names
+
+
+def test_unknown_provider_lists_installed_ones_and_suggests():
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("shh")
+    message = str(caught.value)
+    assert "unknown provider 'shh'" in message
+    assert "ssh" in message and "Did you mean 'ssh'?" in message
+
+
+def test_a_complete_fake_provider_loads(fake_dist):
+    fake_dist("acme-cloud", {"acme": COMPLETE_PROVIDER})
+    provider = plugins.load_provider("acme")
+    assert provider.flambe_cluster_find_instances(config=None) is None
+    assert ("acme", "acme-cloud", "1.0") in {(p.name, p.distribution, p.version) for p in plugins.installed_providers()}
+
+
+def test_name_claimed_by_two_distributions(fake_dist):
+    fake_dist("acme-one", {"twin": COMPLETE_PROVIDER})
+    fake_dist("acme-two", {"twin": COMPLETE_PROVIDER})
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("twin")
+    message = str(caught.value)
+    assert "claimed by several distributions" in message
+    assert "acme-one" in message and "acme-two" in message
+    assert "pip uninstall" in message
+
+
+def test_unknown_hook_suggests_the_closest_name(fake_dist):
+    fake_dist("acme-typo", {"typo": COMPLETE_PROVIDER + """
+    @hookimpl
+    def flambe_cluster_load_instance(config, journal):
+        pass
+"""})
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("typo")
+    message = str(caught.value)
+    assert "unknown hook(s) 'flambe_cluster_load_instance'" in message
+    assert "did you mean 'flambe_cluster_load_instances'?" in message
+
+
+def test_missing_required_hook(fake_dist):
+    fake_dist("acme-half", {"half": """
+        from flambe_cluster import hookimpl
+
+        @hookimpl
+        def flambe_cluster_options_class():
+            return object
+    """})
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("half")
+    message = str(caught.value)
+    assert "lacks required hook(s)" in message
+    for hook in ("flambe_cluster_validate", "flambe_cluster_load_instances", "flambe_cluster_find_instances"):
+        assert hook in message
+
+
+def test_missing_extra_names_module_and_install_command(fake_dist):
+    fake_dist("acme-sdk", {"sdk": "    import acme_cloud_sdk_that_is_not_installed\n" + COMPLETE_PROVIDER})
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("sdk")
+    message = str(caught.value)
+    assert "cannot be imported" in message
+    assert "acme_cloud_sdk_that_is_not_installed" in message
+    assert "pip install --force-reinstall acme-sdk" in message
+
+
+def test_missing_extra_of_a_builtin_provider_names_the_extra():
+    info = plugins.ProviderInfo("aws", "flambe_cluster_aws", plugins.DISTRIBUTION, "0.1.0")
+    assert plugins._install_hint(info, "boto3") == "install its extra: pip install 'flambe-cluster[aws]'"
+
+
+def test_unknown_provider_in_a_config_is_a_provider_error(tmp_path):
+    with pytest.raises(ProviderError, match="unknown provider 'nope'"):
+        parse_config({"provider": "nope", "name": "x"})
