@@ -297,7 +297,12 @@ def read_config_file(path: str | os.PathLike[str]) -> dict:
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
-        raise ClusterConfigurationError([f"invalid YAML: {exc}"], str(path)) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ClusterConfigurationError([f"invalid YAML{where}: {detail}"], str(path)) from exc
     if not isinstance(data, dict):
         raise ClusterConfigurationError([f"expected a mapping of cluster fields at the top, got {_kind(data)}"], str(path))
     return data

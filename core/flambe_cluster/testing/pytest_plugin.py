@@ -1,0 +1,85 @@
+"""pytest fixtures for tests that need real test hosts.
+
+Opt in from a ``conftest.py``::
+
+    pytest_plugins = ["flambe_cluster.testing.pytest_plugin"]
+
+Tests that build hosts skip, saying why, when this process cannot (not root,
+tools missing).  Every network built is closed at the end of its scope, also
+when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from attrs import frozen
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..state import STATE_HOME_ENV
+from .hosts import TestHostNetwork, require_root_namespaces
+
+
+@frozen
+class ClientKey:
+    """The SSH key the tests' client logs in with."""
+
+    path: Path
+    public_line: str
+
+
+def make_client_key(folder: Path) -> ClientKey:
+    """Write a fresh ed25519 key pair (OpenSSH format, 0600) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = folder / "id_ed25519"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    path.with_suffix(".pub").write_text(public + " flambe-cluster-tests\n")
+    return ClientKey(path, public)
+
+
+@pytest.fixture(scope="session")
+def flambe_client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+    """A client key pair, authorised on every test host the fixtures build."""
+    return make_client_key(tmp_path_factory.mktemp("client-key"))
+
+
+@pytest.fixture(scope="session")
+def flambe_test_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[..., TestHostNetwork]]:
+    """Factory: ``flambe_test_hosts(count, **kw)`` builds a network of ``count`` real hosts.
+
+    Skips the test when hosts cannot be built here.  Every network is closed
+    at the end of the session; close one earlier with ``network.close()``.
+    """
+    networks: list[TestHostNetwork] = []
+
+    def build(count: int, **kwargs) -> TestHostNetwork:
+        reason = require_root_namespaces()
+        if reason:
+            pytest.skip(f"needs real test hosts: {reason}")
+        network = TestHostNetwork(count, authorized_keys=[flambe_client_key.public_line], **kwargs)
+        networks.append(network)
+        return network
+
+    try:
+        yield build
+    finally:
+        for network in networks:
+            network.close()
+
+
+@pytest.fixture
+def flambe_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, private flambe-cluster state folder for one test."""
+    home = tmp_path / "flambe-state"
+    monkeypatch.setenv(STATE_HOME_ENV, str(home))
+    return home

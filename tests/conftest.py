@@ -1,0 +1,44 @@
+"""Shared fixtures: real test hosts (flambe_cluster.testing) and cluster files."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["flambe_cluster.testing.pytest_plugin"]
+
+
+def pytest_configure(config):
+    # A SIGTERM (CI timeout, kill) unwinds like Ctrl-C, so fixtures still remove hosts and bridges.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def ssh_cluster_yaml(path: Path, hosts, key: Path, name: str, **extra) -> Path:
+    """Write an `ssh` cluster file: hosts[0] is the orchestrator, the others factories."""
+    import yaml
+
+    body = {
+        "provider": "ssh",
+        "name": name,
+        "username": hosts[0].username,
+        "key": str(key),
+        "orchestrator_ip": hosts[0].address,
+        "factories_ips": [h.address for h in hosts[1:]],
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def three_hosts(flambe_test_hosts):
+    """1 orchestrator + 2 factories, shared by a test module (do not break them)."""
+    network = flambe_test_hosts(3)
+    yield network
+    network.close()

@@ -1,0 +1,264 @@
+"""End to end on real test hosts: `up`, `exec`, `status`, `down` and the Python API.
+
+Every test talks to real OpenSSH servers in Linux namespaces (see
+flambe_cluster.testing.hosts) through the real command line or the Cluster API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ssh_cluster_yaml
+from flambe_cluster import Cluster, UsageError
+from flambe_cluster.state import ClusterState
+
+CLI = [sys.executable, "-m", "flambe_cluster"]
+
+
+def cli(*args, env_home, timeout=120):
+    env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(env_home), "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def authorized_keys(host):
+    return (host.home / ".ssh" / "authorized_keys").read_text()
+
+
+def test_up_through_the_cli_then_exec_status_down(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    config = ssh_cluster_yaml(
+        tmp_path / "c.yaml", hosts, flambe_client_key.path, "cli-e2e",
+        setup_cmds=['echo "setup ran on $(hostname -I)" >> "$HOME"/setup-cli-e2e'],
+    )
+    done = cli("up", str(config), env_home=flambe_state_home)
+    assert done.returncode == 0, done.stderr
+    assert "cluster 'cli-e2e' is up: 1 orchestrator, 2 factories" in done.stderr
+    public_line = (flambe_state_home / "clusters" / "cli-e2e" / "cluster_key.pub").read_text().strip()
+    for host in hosts:
+        assert (host.home / "setup-cli-e2e").read_text().split() == ["setup", "ran", "on", host.address]
+        assert public_line in authorized_keys(host)
+        private = host.home / ".ssh" / "flambe-cluster-cli-e2e"
+        assert oct(private.stat().st_mode & 0o777) == "0o600"
+
+    done = cli("exec", str(config), "--", "ip -4 -o addr show dev eth0 | awk '{print $4}'", env_home=flambe_state_home)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(done.stdout.splitlines())
+    assert lines == sorted(
+        [f"[cli-e2e_orchestrator] {hosts[0].address}/24",
+         f"[cli-e2e_factory0] {hosts[1].address}/24",
+         f"[cli-e2e_factory1] {hosts[2].address}/24"]
+    )
+
+    done = cli("exec", str(config), "--on", "factories", "--", "hostname", "-I", env_home=flambe_state_home)
+    assert done.returncode == 0
+    assert {line.split("] ")[1].strip() for line in done.stdout.splitlines()} == {hosts[1].address, hosts[2].address}
+
+    done = cli("status", str(config), "--json", env_home=flambe_state_home)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert [(h["role"], h["address"], h["ssh"]) for h in status["hosts"]] == [
+        ("orchestrator", hosts[0].address, "ok"), ("factory", hosts[1].address, "ok"), ("factory", hosts[2].address, "ok")
+    ]
+
+    done = cli("down", str(config), env_home=flambe_state_home)
+    assert done.returncode == 0, done.stderr
+    assert all(h.is_running() for h in hosts), "the ssh provider never touches the machines themselves"
+
+
+def test_second_up_reuses_the_key_pair_and_is_fast(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "second-up",
+                              setup_cmds=["sleep 0.3"])
+    assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
+    key = flambe_state_home / "clusters" / "second-up" / "cluster_key"
+    before = key.read_bytes()
+    started = time.monotonic()
+    done = cli("up", str(config), env_home=flambe_state_home)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "cluster key already on every host" in done.stderr
+    assert key.read_bytes() == before
+    assert elapsed < 2.0 + 0.3, f"second up took {elapsed:.2f} s"
+
+
+def test_up_through_the_python_api(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    cluster = Cluster(
+        name="api-e2e", key=str(flambe_client_key.path), username=hosts[0].username, provider="ssh",
+        orchestrator_ip=hosts[0].address, factories_ips=[h.address for h in hosts[1:]],
+        setup_cmds=['touch "$HOME"/setup-api-e2e'],
+    )
+    with cluster:
+        cluster.run()
+        assert cluster.cluster_has_key()
+        assert cluster.get_orchestrator_name() == "api-e2e_orchestrator"
+        assert cluster.get_factory_basename() == "api-e2e_factory"
+        assert cluster.get_orch_home_path() == "/home/" + hosts[0].username
+        env = cluster.get_remote_env(lambda: "researcher")
+        assert env.orchestrator_ip == hosts[0].address
+        assert env.factories_ips == (hosts[1].address, hosts[2].address)
+        assert env.key == f"/home/{hosts[0].username}/.ssh/flambe-cluster-api-e2e"
+        assert env.local_user == "researcher"
+        # the factories hold a copy of what rsync_orch sent from the orchestrator, through the cluster key
+        (hosts[0].home / "shared-folder").mkdir()
+        (hosts[0].home / "shared-folder" / "weights.bin").write_bytes(os.urandom(4096))
+        subprocess.run(["chown", "-R", f"{hosts[0].username}:", str(hosts[0].home / "shared-folder")], check=True)
+        cluster.rsync_orch("shared-folder")
+    assert cluster.error is None, cluster.error
+    original = (hosts[0].home / "shared-folder" / "weights.bin").read_bytes()
+    for host in hosts:
+        assert (host.home / "setup-api-e2e").exists()
+        assert (host.home / "extensions").is_dir()
+    for factory in hosts[1:]:
+        assert (factory.home / "shared-folder" / "weights.bin").read_bytes() == original
+
+
+def test_changed_host_key_is_refused_and_nothing_runs(flambe_test_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    network = flambe_test_hosts(3)
+    hosts = network.hosts
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "hostkey",
+                              setup_cmds=['echo run >> "$HOME"/runs'])
+    assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
+    hosts[2].replace_host_key()
+    done = cli("up", str(config), env_home=flambe_state_home)
+    assert done.returncode == 1
+    assert f"hostkey_factory1 ({hosts[2].address})" in done.stderr
+    assert "HOST KEY CHANGED" in done.stderr
+    assert "ssh-keygen -R" in done.stderr
+    assert (hosts[2].home / "runs").read_text() == "run\n", "nothing may run on a host whose key changed"
+    done = cli("exec", str(config), "--", "touch", "exec-ran", env_home=flambe_state_home)
+    assert done.returncode == 1 and "HOST KEY CHANGED" in done.stderr
+    assert not (hosts[2].home / "exec-ran").exists()
+    network.close()
+
+
+def test_strict_policy_refuses_unknown_hosts(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "strict",
+                              host_key_policy="strict", setup_cmds=['touch "$HOME"/strict-ran'])
+    done = cli("up", str(config), env_home=flambe_state_home)
+    assert done.returncode == 1
+    assert "unknown host key SHA256:" in done.stderr and "'strict'" in done.stderr
+    assert not any((h.home / "strict-ran").exists() for h in three_hosts.hosts)
+
+
+def test_unreachable_host_fails_within_the_deadline(flambe_test_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    network = flambe_test_hosts(3)
+    hosts = network.hosts
+    hosts[1].partition()
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "unreachable", connect_timeout=3)
+    started = time.monotonic()
+    done = cli("up", str(config), env_home=flambe_state_home)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1
+    assert f"unreachable_factory0 ({hosts[1].address})" in done.stderr
+    assert "no SSH login" in done.stderr and "within 3 s" in done.stderr
+    assert elapsed < 3 + 5, f"took {elapsed:.1f} s for a 3 s deadline"
+    network.close()
+
+
+def test_failing_setup_command_names_host_command_code_and_stderr(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    (hosts[2].home / "fail-here").write_text("")
+    command = 'if [ -e "$HOME"/fail-here ]; then echo "disk full on purpose" >&2; exit 3; fi'
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "setup-fails",
+                              setup_cmds=[command, 'touch "$HOME"/after-failure'])
+    try:
+        done = cli("up", str(config), env_home=flambe_state_home)
+    finally:
+        (hosts[2].home / "fail-here").unlink()
+    assert done.returncode == 1
+    assert f"setup-fails_factory1 ({hosts[2].address}): command {command!r} exited with code 3" in done.stderr
+    assert "disk full on purpose" in done.stderr
+    assert "setup-fails_factory0" not in done.stderr
+    assert not any((h.home / "after-failure").exists() for h in hosts), "later setup commands must not run"
+
+
+def test_a_second_up_waits_or_refuses_while_one_holds_the_lock(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "locked")
+    with ClusterState.for_cluster("locked").lock():
+        done = cli("up", str(config), env_home=flambe_state_home)
+    assert done.returncode == 2
+    assert "cluster 'locked' is busy" in done.stderr and "--wait" in done.stderr
+    assert f"PID {os.getpid()}" in done.stderr
+
+
+HOSTILE = ["a;b", "it's", 'say "hi"', "$(touch pwned-subst)", "`touch pwned-tick`", "two\nlines", "  spaced  ", "*", "-n"]
+
+
+def test_hostile_exec_arguments_are_data(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "hostile-exec")
+    assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
+    done = cli("exec", str(config), "--on", "orchestrator", "--", "echo", "a;b", env_home=flambe_state_home)
+    assert done.stdout == "[hostile-exec_orchestrator] a;b\n"
+    done = cli("exec", str(config), "--on", "orchestrator", "--", "printf", "%s|", *HOSTILE, env_home=flambe_state_home)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.replace("[hostile-exec_orchestrator] ", "").replace("\n", "\n")
+    assert printed.rstrip("\n") == "|".join(HOSTILE) + "|"
+    assert not list(three_hosts.hosts[0].home.glob("pwned*"))
+
+
+def test_hostile_paths_are_data_or_refused(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "hostile-paths"))
+    name = "dir ;touch pwned-a; $(touch pwned-b) `touch pwned-c` 'q' \"d\"\nx"
+    local = tmp_path / "payload $(touch pwned-local);'x'"
+    local.mkdir()
+    (local / "data;rm -rf ~.txt").write_text("payload")
+    with cluster:
+        cluster.run()
+        cluster.create_dirs([name, f"{name}/inner"])
+        assert cluster.existing_dir(name)
+        assert cluster.existing_dir(f"{name}/inner")
+        for host in hosts:
+            assert (host.home / name / "inner").is_dir()
+        sent = cluster.send_local_content({"res $(touch pwned-key)": str(local)}, name, all_hosts=True)
+        cluster.remove_dir(f"{name}/inner", content_only=False)
+        assert not cluster.existing_dir(f"{name}/inner")
+        cluster.remove_dir(name, content_only=True, all_hosts=False)
+        assert (hosts[0].home / name).is_dir() and not any((hosts[0].home / name).iterdir())
+        for bad in ["../escape", "/etc", "~/x", "", "a/../../b"]:
+            with pytest.raises(UsageError):
+                cluster.create_dirs([bad])
+    assert cluster.error is None, cluster.error
+    assert sent == {"res $(touch pwned-key)": f"/home/{hosts[0].username}/{name}/res $(touch pwned-key)/{local.name}"}
+    for host in hosts[1:]:
+        assert (host.home / name / "res $(touch pwned-key)" / local.name / "data;rm -rf ~.txt").read_text() == "payload"
+    for host in hosts:
+        assert not list(host.home.rglob("pwned*"))
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_twenty_megabytes_of_output_arrive_intact(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "big"))
+    size = 20 * 2**20
+    command = (
+        f"(yes stderr-line | head -c 5000000 >&2) & "
+        f"python3 -c 'import sys, hashlib; [sys.stdout.buffer.write(hashlib.sha256(str(i).encode()).digest()) "
+        f"for i in range({size // 32})]'; wait"
+    )
+    expected = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(size // 32))
+    with cluster:
+        cluster.find_instances()
+        started = time.monotonic()
+        result = cluster.pool.run(cluster.orchestrator, command, timeout=120)
+        elapsed = time.monotonic() - started
+    assert cluster.error is None, cluster.error
+    assert len(result.stdout_bytes) == size
+    assert result.stdout_bytes == expected
+    assert len(result.stderr_bytes) == 5000000
+    assert elapsed < 60
+
+
+def test_command_timeout_is_reported(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "slow"))
+    with cluster:
+        cluster.find_instances()
+        result = cluster.pool.run(cluster.orchestrator, "sleep 30", timeout=0.5, check=False)
+    assert result.exit_code is None
+    assert "timed out after 0.5 s" in result.describe_failure()
