@@ -250,16 +250,14 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> ClusterCo
     if factories_num is None:
         raise ClusterConfigurationError(["factories_num: required, expected the number of factories"], source)
     if implied is not None and implied != factories_num:
-        raise ClusterConfigurationError(
-            [f"factories_num: expected {implied} (the number of factories listed), got {factories_num}"], source
-        )
+        problems.append(f"factories_num: expected {implied} (the number of factories listed), got {factories_num}")
     config = ClusterConfig(
         provider=provider_name,
         options=options,
         source=source,
         **{**attrs.asdict(common, recurse=False), "factories_num": factories_num},
     )
-    problems = [p for result in manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
+    problems += [p for result in manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
     if problems:
         raise ClusterConfigurationError(problems, source)
     return config
