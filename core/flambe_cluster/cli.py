@@ -16,7 +16,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, plugins
+from pathlib import Path
+
+from . import __version__, jobs, plugins, raycluster
 from .cluster import Cluster
 from .errors import FlambeClusterError, UsageError
 from .records import Instance
@@ -108,11 +110,25 @@ def _probe(cluster: Cluster, instance: Instance) -> str:
         return f"error: {exc}"
 
 
+def _ray_and_job(cluster: Cluster) -> dict:
+    """Ray nodes and job state, when the orchestrator has the cluster's environment."""
+    if not raycluster.has_environment(cluster, [cluster.orchestrator])[cluster.orchestrator]:
+        return {"ray": None, "job": {"state": "none", "exit_code": None}}
+    known = raycluster.nodes(cluster)
+    job = jobs.status(cluster)
+    ray = None if known is None else {
+        "head": raycluster.head_address(cluster),
+        "alive_workers": len(raycluster.alive_workers(cluster, known)),
+        "nodes": known,
+    }
+    return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code}}
+
+
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str, as_json: bool) -> int:
-    """Show the cluster's hosts, their roles and addresses, and whether SSH answers."""
+    """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job."""
     cluster = _load(config)
     try:
         exists = cluster.find_instances()
@@ -121,6 +137,7 @@ def status(config: str, as_json: bool) -> int:
         if hosts:
             cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
             reachable = dict(zip(hosts, cluster.pool._executor.map(lambda h: _probe(cluster, h), hosts)))
+        extra = _ray_and_job(cluster) if hosts and reachable[cluster.orchestrator] == "ok" else {"ray": None, "job": None}
         if as_json:
             payload = {
                 "name": cluster.name,
@@ -131,12 +148,20 @@ def status(config: str, as_json: bool) -> int:
                      "private": str(h.private), "instance_id": h.instance_id, "ssh": reachable[h]}
                     for h in hosts
                 ],
+                **extra,
             }
             out.print_json(json.dumps(payload))
         elif not exists:
             out.print(f"cluster {cluster.name!r} does not exist")
         else:
             _print_hosts(cluster, reachable)
+            ray = extra["ray"]
+            if ray is None:
+                out.print("ray: not running")
+            else:
+                out.print(f"ray: head {ray['head']}, {ray['alive_workers']}/{cluster.factories_num} workers alive")
+            if extra["job"] is not None:
+                out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
         return EXIT_OK if all(v == "ok" for v in reachable.values()) else EXIT_FAILED
     finally:
         cluster.close()
@@ -169,16 +194,87 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
         cluster.close()
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--force", is_flag=True, help="Stop the running job first.")
+@click.option("--entry", help="For a folder: the file to run (default main.py).")
+@click.option("--ext", "extensions", multiple=True, metavar="SPEC",
+              help="Install an extension first on every host: a local project folder or a pip requirement (repeatable).")
+@click.option("--secret", "secret_sections", multiple=True, metavar="SECTION",
+              help="Send only this section of the secrets file (repeatable; default: all sections).")
+def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Optional[str],
+           extensions: Sequence[str], secret_sections: Sequence[str]) -> int:
+    """Ship a file or folder to the orchestrator and run it there, detached (`-- ARGS` are passed to it)."""
+    cluster = _load(config)
+    try:
+        _existing(cluster)
+        with cluster.state.lock():
+            if extensions:
+                named = {spec: spec for spec in extensions}
+                cluster.install_extensions_in_orchestrator(named)
+                cluster.install_extensions_in_factories(named)
+            status = jobs.submit(cluster, Path(path), args, force=force, entry=entry,
+                                 secrets_whitelist=list(secret_sections) or None)
+        err.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
+        return EXIT_OK
+    finally:
+        cluster.close()
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends; exit with its code.")
+def logs(config: str, follow: bool) -> int:
+    """Print the job's output (everything since it started)."""
+    cluster = _load(config)
+    try:
+        _existing(cluster)
+        stream = sys.stdout.buffer
+
+        def write(chunk: bytes) -> None:
+            stream.write(chunk)
+            stream.flush()
+
+        final = jobs.logs(cluster, write, follow=follow)
+        if follow:
+            err.print(f"job {final.describe()}")
+            return EXIT_OK if final.exit_code == 0 else EXIT_FAILED
+        return EXIT_OK
+    finally:
+        cluster.close()
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("remote")
+@click.argument("local", type=click.Path(file_okay=False))
+def pull(config: str, remote: str, local: str) -> int:
+    """Bring REMOTE (relative to the home) back into LOCAL, after gathering the factories' copies on the orchestrator."""
+    cluster = _load(config)
+    try:
+        _existing(cluster)
+        jobs.pull(cluster, remote, Path(local))
+        err.print(f"pulled {remote} into {local}")
+        return EXIT_OK
+    finally:
+        cluster.close()
+
+
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def down(config: str) -> int:
-    """Tear the cluster down: release the machines the provider manages."""
+    """Stop the job and Ray on every host, then release the machines the provider manages."""
     cluster = _load(config)
     try:
         with cluster.state.lock():
             if not cluster.find_instances():
                 err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
                 return EXIT_OK
+            cluster.on_step("stopping the job and Ray")
+            cluster.shutdown_flambe_execution()
+            cluster.shutdown_ray_cluster()
             cluster.on_step(f"releasing {1 + len(cluster.factories)} hosts ({cluster.config.provider})")
             cluster.hooks.flambe_cluster_terminate(config=cluster.config, instances=_instances(cluster))
             journal = cluster.state.journal

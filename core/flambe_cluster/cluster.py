@@ -15,12 +15,13 @@ import posixpath
 import shlex
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
-from . import plugins, sync
+from . import environment, jobs, plugins, raycluster, secrets, sync
 from .config import ClusterConfig, load_config, parse_config
 from .errors import ClusterConfigurationError, ClusterError, RemoteCommandError, UsageError
-from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Role
+from .paths import check_relative_path, home_path
+from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
 from .ssh import SSHPool, key_line, openssh_options
 from .state import ClusterState, RunJournal
 
@@ -28,28 +29,6 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_WARN_LIMIT_MB = 10
 REMOTE_DIRS = ("extensions",)
-
-
-def check_relative_path(path: str, what: str = "path") -> str:
-    """Return ``path`` normalised if it is a relative path inside the home folder.
-
-    Raises :class:`UsageError` for absolute paths, ``..`` components, empty
-    paths and NUL bytes.  Other characters (spaces, quotes, ``;``, ``$``,
-    newlines) are allowed: they are always passed quoted.
-    """
-    if not isinstance(path, str) or not path.strip() or "\0" in path:
-        raise UsageError(f"{what} must be a non-empty relative path, got {path!r}")
-    if path.startswith("/") or path.startswith("~"):
-        raise UsageError(f"{what} must be relative to the home folder, got {path!r}")
-    normal = posixpath.normpath(path)
-    if normal == "." or normal == ".." or normal.startswith("../"):
-        raise UsageError(f"{what} must stay inside the home folder, got {path!r}")
-    return normal
-
-
-def home_path(relative: str) -> str:
-    """A shell word for ``$HOME/<relative>``, with ``relative`` quoted."""
-    return '"$HOME"/' + shlex.quote(relative)
 
 
 class Cluster:
@@ -95,6 +74,7 @@ class Cluster:
         self._pool: Optional[SSHPool] = None
         self._run_journal: Optional[RunJournal] = None
         self._orch_home: Optional[str] = None
+        self.resources: Optional[Dict[Instance, Resources]] = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "Cluster":
@@ -231,10 +211,11 @@ class Cluster:
         self.pool.connect_all(hosts)
 
     def run(self, force: bool = False, **kwargs: Any) -> None:
-        """Bring the cluster up: load, connect, keys, folders, setup commands.
+        """Bring the cluster up: load, connect, keys, folders, setup commands, software, Ray.
 
-        Idempotent: on a cluster that is already up it reuses the instances
-        and the key pair and only re-runs the (idempotent) setup commands.
+        Idempotent: on a cluster that is already up it reuses the instances,
+        the key pair, the environments and the running Ray cluster, and only
+        re-runs the (idempotent) setup commands.
         Holds the cluster's lock for its whole duration.  ``force`` is the
         seed's flag to replace a running job; it has an effect once jobs run.
         """
@@ -247,6 +228,8 @@ class Cluster:
                 self.distribute_keys()
             self.create_dirs(list(REMOTE_DIRS))
             self.run_cmds(self.setup_cmds)
+            self.prepare_all_instances()
+            self.launch_ray_cluster()
 
     def run_cmds(self, setup_cmds: List[str]) -> None:
         """Run each setup command on every host at once, in order.
@@ -387,8 +370,8 @@ class Cluster:
         paths = [check_relative_path(d, "folder") for d in relative_dirs]
         self.pool.run_all(hosts, "mkdir -p -- " + " ".join(home_path(p) for p in paths))
 
-    def upload(self, host: Instance, sources: List[Path], relative_dest: str, delete: bool = False) -> None:
-        """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host``."""
+    def upload(self, host: Instance, sources: List[Path | str], relative_dest: str, delete: bool = False) -> None:
+        """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents)."""
         self.pool.connection(host)  # pins the host key before OpenSSH checks it strictly
         sync.rsync_to(
             host.label,
@@ -405,7 +388,11 @@ class Cluster:
         self.pool.connection(host)
         sync.rsync_from(
             host.label,
-            sync.remote_spec(self.username, host.endpoint, check_relative_path(relative_source, "remote path")),
+            sync.remote_spec(
+                self.username,
+                host.endpoint,
+                check_relative_path(relative_source, "remote path") + ("/" if relative_source.endswith("/") else ""),
+            ),
             local,
             ssh_options=self.ssh_options(),
             port=host.endpoint.port,
@@ -413,13 +400,25 @@ class Cluster:
         )
 
     def rsync_orch(self, folder: str) -> None:
-        """Copy ``$HOME/<folder>`` from the orchestrator to every factory at once.
+        """Copy ``$HOME/<folder>`` from the orchestrator to every factory at once (the seed's API)."""
+        self.fan_out(folder, self.factories)
 
-        Runs on the orchestrator with the cluster key and the cluster's
-        known_hosts (from :meth:`distribute_keys`); raises one error naming
-        every factory that failed.
+    def fan_out(self, folder: str, factories: List[Instance]) -> None:
+        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories`` at once (mirroring it there)."""
+        self._orchestrator_rsync(folder, factories, push=True)
+
+    def gather(self, folder: str, factories: List[Instance]) -> None:
+        """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once."""
+        self._orchestrator_rsync(folder, factories, push=False)
+
+    def _orchestrator_rsync(self, folder: str, factories: List[Instance], push: bool) -> None:
+        """rsync between the orchestrator and each factory, run on the orchestrator.
+
+        Uses the cluster key and the cluster's known_hosts from
+        :meth:`distribute_keys` (hosts verify each other strictly); raises one
+        error naming every factory that failed.
         """
-        folder = check_relative_path(folder, "rsync_orch folder")
+        folder = check_relative_path(folder, "folder")
         orchestrator = self._require_instances()
         private, _public, known = self._remote_key_files()
 
@@ -428,14 +427,14 @@ class Cluster:
                 ["ssh", "-p", str(factory.private.port), "-i", f"~/{private}", "-o", "IdentitiesOnly=yes",
                  "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile=~/{known}"]
             )
-            target = sync.remote_spec(self.username, factory.private, folder + "/")
-            return (
-                f"rsync {' '.join(sync.RSYNC_FLAGS)} --delete -e {shlex.quote(ssh)} "
-                f"{home_path(folder + '/')} {shlex.quote(target)}"
-            )
+            local, remote = home_path(folder + "/"), shlex.quote(sync.remote_spec(self.username, factory.private, folder + "/"))
+            source, target = (local, remote) if push else (remote, local)
+            delete = " --delete" if push else ""
+            return f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)}{delete} -e {shlex.quote(ssh)} {source} {target}"
 
-        self.create_dirs_on(self.factories, [folder])
-        results = self.pool.map(self.factories, lambda factory: self.pool.run(orchestrator, command(factory), check=False))
+        if push:
+            self.create_dirs_on(factories, [folder])
+        results = self.pool.map(factories, lambda factory: self.pool.run(orchestrator, command(factory), check=False))
         failures = [result for result in results.values() if not result.ok]
         if failures:
             raise RemoteCommandError(failures)
@@ -451,6 +450,130 @@ class Cluster:
             user=self.username,
             local_user=user_provider(),
         )
+
+    # --- software, resources, Ray
+
+    @property
+    def remote_root(self) -> str:
+        """The cluster's folder on every host, relative to the home: ``.flambe-cluster/<name>``."""
+        return f".flambe-cluster/{self.name}"
+
+    def remote_path(self, relative: str) -> str:
+        """A quoted shell word for ``$HOME/<remote_root>/<relative>``."""
+        return home_path(posixpath.join(self.remote_root, relative))
+
+    def prepare_all_instances(self) -> None:
+        """Give every host the cluster's Python environment with the client's flambe-cluster and Ray.
+
+        Installs offline from a wheelhouse shipped once to the orchestrator
+        and fanned out to the factories; hosts whose versions already match
+        are left alone.  Also learns each host's CPUs and GPUs.
+        """
+        hosts = self._get_all_hosts()
+        reports = environment.probe(self, hosts)
+        environment.prepare(self, reports)
+        self.resources = self._detect_resources(reports)
+
+    def _detect_resources(self, reports: Dict[Instance, "environment.HostReport"]) -> Dict[Instance, Resources]:
+        def detect(host: Instance) -> Resources:
+            if host.role is Role.ORCHESTRATOR:
+                return Resources(cpu=reports[host].cpus, gpu=0)
+            gpus = self.hooks.flambe_cluster_detect_gpus(
+                config=self.config, instance=host, run=lambda command: self.pool.run(host, command).stdout
+            )
+            return Resources(cpu=reports[host].cpus, gpu=int(gpus or 0))
+
+        return self.pool.map(self.factories, detect)
+
+    def _require_resources(self) -> Dict[Instance, Resources]:
+        if self.resources is None:
+            self.resources = self._detect_resources(environment.probe(self, self.factories))
+        return self.resources
+
+    def contains_gpu_factories(self) -> bool:
+        """Whether any factory has a GPU."""
+        return any(r.gpu > 0 for r in self._require_resources().values())
+
+    def get_max_resources(self) -> Dict[str, int]:
+        """The CPUs and GPUs every factory has at least: ``{"cpu": N, "gpu": M}``."""
+        resources = list(self._require_resources().values())
+        return {"cpu": min(r.cpu for r in resources), "gpu": min(r.gpu for r in resources)} if resources else {"cpu": 0, "gpu": 0}
+
+    def launch_ray_cluster(self) -> None:
+        """Start the Ray head on the orchestrator (``--num-cpus=0``) and a worker on each factory.
+
+        Starts only what is missing; returns when the head reports exactly
+        ``factories_num`` alive workers, else raises naming the missing ones.
+        """
+        raycluster.launch(self, self._require_resources())
+
+    def check_ray_cluster(self) -> bool:
+        """Whether the head reports exactly one alive worker per factory."""
+        alive = raycluster.alive_workers(self, raycluster.nodes(self))
+        return len(alive) == self.factories_num and all(f.private.host in alive for f in self.factories)
+
+    def is_ray_cluster_up(self) -> bool:
+        """Whether the head answers and every factory's worker is alive."""
+        return raycluster.has_environment(self, [self._require_instances()])[self.orchestrator] and self.check_ray_cluster()
+
+    def existing_ray_cluster(self) -> List[Instance]:
+        """The hosts of this cluster the Ray head reports as alive nodes."""
+        if not raycluster.has_environment(self, [self._require_instances()])[self.orchestrator]:
+            return []
+        alive = {n["ip"] for n in raycluster.nodes(self) or () if n["alive"]}
+        return [host for host in self._get_all_hosts() if host.private.host in alive]
+
+    def shutdown_ray_cluster(self) -> None:
+        """Stop this cluster's Ray nodes on every host (idempotent)."""
+        self._require_instances()
+        raycluster.shutdown(self)
+
+    # --- jobs
+
+    def existing_flambe_execution(self) -> List[Instance]:
+        """The hosts running a job of this cluster (the orchestrator, or none)."""
+        return [self._require_instances()] if jobs.status(self).state == "running" else []
+
+    def shutdown_flambe_execution(self) -> None:
+        """Stop the running job, if any (idempotent)."""
+        jobs.stop(self)
+
+    def execute(self, cluster_runnable: str, extensions: Dict[str, str], new_secrets: Optional[str], force: bool,
+                args: Sequence[str] = ()) -> "jobs.JobStatus":
+        """Run a job (a local file or folder) on the orchestrator, detached.
+
+        Installs ``extensions`` on every host first and sends the secrets
+        (``new_secrets`` names whitelisted sections, comma-separated, or None
+        for all).  Refuses while a job runs unless ``force``.
+        """
+        if extensions:
+            self.install_extensions_in_orchestrator(extensions)
+            self.install_extensions_in_factories(extensions)
+        whitelist = [s for s in new_secrets.split(",") if s] if new_secrets else None
+        return jobs.submit(self, Path(cluster_runnable), args, force=force, secrets_whitelist=whitelist)
+
+    def send_secrets(self, whitelist: Optional[List[str]] = None) -> str:
+        """Send the cluster's secrets file (only ``whitelist`` sections, if given) to the orchestrator.
+
+        Lands at ``~/<remote_root>/secrets.ini`` with mode 0600, sent on the
+        SSH channel's stdin; its contents are never logged or printed.
+        Returns that path relative to the home.
+        """
+        if self.config.secrets is None:
+            raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration")
+        payload = secrets.filtered(self.config.secrets, whitelist)
+        relative = posixpath.join(self.remote_root, "secrets.ini")
+        command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {self.remote_path('secrets.ini.tmp')} && mv -f {self.remote_path('secrets.ini.tmp')} {self.remote_path('secrets.ini')}"
+        self.pool.run(self._require_instances(), command, stdin=payload)
+        return relative
+
+    def install_extensions_in_orchestrator(self, extensions: Dict[str, str]) -> None:
+        """Install extensions (local project folders or pip requirements) in the orchestrator's environment."""
+        environment.install_extensions(self, [self._require_instances()], extensions)
+
+    def install_extensions_in_factories(self, extensions: Dict[str, str]) -> None:
+        """Install extensions (local project folders or pip requirements) in every factory's environment."""
+        environment.install_extensions(self, self.factories, extensions)
 
     # --- validation and rollback
 

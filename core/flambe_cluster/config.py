@@ -191,6 +191,10 @@ class CommonFields:
     connect_timeout: float = field(default=60.0, converter=to_seconds)
     command_timeout: float = field(default=1800.0, converter=to_seconds)
     state_dir: Path | None = field(default=None, converter=to_optional_path)
+    python: str = field(default="python3", converter=to_str)
+    ray_port: int = field(default=6379, converter=to_int(minimum=1))
+    ray_timeout: float = field(default=120.0, converter=to_seconds)
+    secrets: Path | None = field(default=None, converter=to_optional_path)
 
 
 COMMON_FIELDS = frozenset(f.name for f in attrs.fields(CommonFields)) | {"provider"}
@@ -215,6 +219,10 @@ class ClusterConfig:
     connect_timeout: float = 60.0
     command_timeout: float = 1800.0
     state_dir: Path | None = None
+    python: str = "python3"
+    ray_port: int = 6379
+    ray_timeout: float = 120.0
+    secrets: Path | None = None
     source: str | None = None
 
 

@@ -12,3 +12,16 @@ from .hookspecs import hookimpl
 def flambe_cluster_host_keys(config, instance):
     """No provider-vouched host keys: the host-key policy alone decides."""
     return None
+
+
+# A login shell, so PATH set by the host's profile (CUDA, conda, ~/bin) applies.
+NVIDIA_SMI = (
+    "bash -lc 'command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
+    "nvidia-smi --query-gpu=index --format=csv,noheader'"
+)
+
+
+@hookimpl(trylast=True)
+def flambe_cluster_detect_gpus(config, instance, run):
+    """Count the GPUs ``nvidia-smi`` lists on the host (0 when it is not installed)."""
+    return len([line for line in run(NVIDIA_SMI).splitlines() if line.strip()])

@@ -177,8 +177,17 @@ class Connection:
         transport = self.client.get_transport()
         return transport is not None and transport.is_active()
 
-    def run(self, command: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
+
+        With ``on_stdout``, stdout is handed to it chunk by chunk as it
+        arrives (for following logs) instead of being kept in the result.
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
         on timeout the channel is closed and ``exit_code`` is ``None``.
@@ -187,9 +196,11 @@ class Connection:
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin)
+            return self._run(command, timeout, stdin, on_stdout)
 
-    def _run(self, command: str, timeout: float, stdin: bytes | None) -> CommandResult:
+    def _run(
+        self, command: str, timeout: float, stdin: bytes | None, on_stdout: Callable[[bytes], None] | None
+    ) -> CommandResult:
         deadline = time.monotonic() + timeout
         try:
             channel = self.client.get_transport().open_session(timeout=min(timeout, 30))
@@ -204,7 +215,11 @@ class Connection:
             wakeup = channel.fileno()
             while True:
                 while channel.recv_ready():
-                    out += channel.recv(1 << 20)
+                    chunk = channel.recv(1 << 20)
+                    if on_stdout is None:
+                        out += chunk
+                    else:
+                        on_stdout(chunk)
                 while channel.recv_stderr_ready():
                     err += channel.recv_stderr(1 << 20)
                 if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
@@ -357,10 +372,17 @@ class SSHPool:
         self.map(instances, lambda instance: self.connection(instance, deadline))
 
     def run(
-        self, instance: Instance, command: str, *, timeout: float | None = None, check: bool = True, stdin: bytes | None = None
+        self,
+        instance: Instance,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         """Run ``command`` on one host; raises :class:`RemoteCommandError` on failure if ``check``."""
-        result = self.connection(instance).run(command, timeout=timeout, stdin=stdin)
+        result = self.connection(instance).run(command, timeout=timeout, stdin=stdin, on_stdout=on_stdout)
         return result.check() if check else result
 
     def run_all(

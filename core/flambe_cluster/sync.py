@@ -46,7 +46,7 @@ def rsync_command(
 
 def rsync_to(
     host_label: str,
-    sources: Sequence[Path],
+    sources: Sequence[Path | str],
     destination: str,
     *,
     ssh_options: Sequence[str],
@@ -56,11 +56,14 @@ def rsync_to(
 ) -> None:
     """Copy local ``sources`` to ``destination`` (``user@host:path``) with rsync.
 
+    A source given as a string ending in ``/`` sends the folder's contents
+    (rsync's convention); any other source is sent as itself.
+
     Raises :class:`HostError` naming the host, rsync's exit code and the tail
     of its stderr.
     """
     argv = rsync_command(
-        [str(Path(s).absolute()) for s in sources], destination, ssh_options=ssh_options, port=port, delete=delete
+        [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources], destination, ssh_options=ssh_options, port=port, delete=delete
     )
     _run_rsync(host_label, argv, timeout)
 

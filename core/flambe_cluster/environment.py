@@ -1,0 +1,205 @@
+"""Preparing hosts: the per-cluster Python environment, installed offline.
+
+Every host ends with a virtual environment at
+``~/.flambe-cluster/<cluster>/env``, made from the configured interpreter
+with ``--system-site-packages`` (so a deep-learning image's own Ray or torch
+is reused), holding the client's flambe-cluster and Ray versions.  The
+client gathers the wheels once (:mod:`flambe_cluster.wheelhouse`), ships them
+to the orchestrator, which passes them to all factories at once, and the
+hosts install with ``--no-index``: hosts need no internet access.  Hosts
+whose environment already matches are not touched.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from attrs import frozen
+
+from . import wheelhouse
+from packaging.requirements import InvalidRequirement, Requirement
+
+from .errors import ClusterError, HostError, UsageError
+from .records import Instance
+from .wheelhouse import HostPlatform
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster import Cluster
+
+BUILD_FILE = "flambe-cluster.build"
+
+# Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
+# and the Ray nodes flambe-cluster started on this host (see flambe_cluster.remote.raynode).
+PROBE = r"""
+import glob, json, os, platform, subprocess, sys
+env_python, build_file = sys.argv[1], sys.argv[2]
+libc, version = platform.libc_ver()
+report = {"python": "%d.%d" % sys.version_info[:2], "machine": platform.machine(),
+          "glibc": version if libc == "glibc" else None, "cpus": len(os.sched_getaffinity(0)), "env": None}
+if os.path.exists(env_python):
+    code = ("import json\nfrom importlib import metadata\nout = {}\n"
+            "for name in ('flambe-cluster', 'ray'):\n"
+            "    try: out[name] = metadata.version(name)\n"
+            "    except metadata.PackageNotFoundError: out[name] = None\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([env_python, "-c", code], capture_output=True, text=True)
+    if done.returncode == 0:
+        report["env"] = json.loads(done.stdout)
+        try:
+            report["env"]["build"] = open(build_file).read().strip()
+        except OSError:
+            report["env"]["build"] = None
+report["ray_nodes"] = []
+for path in glob.glob(os.path.expanduser("~/.flambe-cluster/ray/*.json")):
+    try:
+        marker = json.load(open(path))
+        os.killpg(int(marker["pgid"]), 0)
+    except (OSError, ValueError, KeyError):
+        continue
+    report["ray_nodes"].append({"cluster": marker["cluster"], "ip": os.path.basename(path)[:-5]})
+print(json.dumps(report))
+"""
+
+
+@frozen
+class HostReport:
+    """What the probe found on one host."""
+
+    platform: HostPlatform
+    cpus: int
+    installed: dict | None  # {"flambe-cluster": v, "ray": v, "build": digest} or None without env
+    ray_nodes: tuple = ()  # ({"cluster": name, "ip": address}, ...) of live Ray nodes started by flambe-cluster
+
+    def matches(self, wanted: dict) -> bool:
+        return self.installed is not None and all(self.installed.get(k) == v for k, v in wanted.items())
+
+
+def wanted_versions() -> dict:
+    """The versions every host must end with: the client's own."""
+    return {"flambe-cluster": metadata.version("flambe-cluster"), "ray": metadata.version("ray"),
+            "build": wheelhouse.source_digest()}
+
+
+def probe(cluster: "Cluster", hosts: Sequence[Instance]) -> dict[Instance, HostReport]:
+    """One round trip per host (all at once): platform, CPUs and the environment's versions."""
+    command = shell_python(cluster) + " -c " + shlex.quote(PROBE) + " " + cluster.remote_path("env/bin/python") + " " + cluster.remote_path(f"env/{BUILD_FILE}")
+    results = cluster.pool.run_all(hosts, command)
+    reports = {}
+    for host, result in results.items():
+        try:
+            data = json.loads(result.stdout)
+        except json.JSONDecodeError as exc:
+            raise HostError(host.label, f"unexpected answer from the host's Python ({result.stdout[:200]!r})") from exc
+        reports[host] = HostReport(
+            HostPlatform(data["python"], data["machine"], data["glibc"]), data["cpus"], data["env"],
+            tuple(data["ray_nodes"]),
+        )
+    return reports
+
+
+def shell_python(cluster: "Cluster") -> str:
+    """The configured host interpreter as a shell word."""
+    return shlex.quote(cluster.config.python)
+
+
+def refuse_other_clusters(cluster: "Cluster", reports: dict[Instance, HostReport]) -> None:
+    """Raise before installing anything if a host runs a Ray node of another cluster."""
+    busy = [
+        f"{host.label} runs a Ray node of cluster {node['cluster']!r}"
+        for host, report in reports.items()
+        for node in report.ray_nodes
+        if node["cluster"] != cluster.name
+    ]
+    if busy:
+        raise ClusterError("; ".join(busy) + ". Take that cluster down first (flambe-cluster down) or use other hosts.")
+
+
+def prepare(cluster: "Cluster", reports: dict[Instance, HostReport]) -> list[Instance]:
+    """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts."""
+    refuse_other_clusters(cluster, reports)
+    wanted = wanted_versions()
+    stale = [host for host, report in reports.items() if not report.matches(wanted)]
+    if not stale:
+        cluster.on_step(f"software already prepared on {len(reports)} hosts (flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
+        return []
+    platforms = {reports[host].platform for host in stale}
+    if len(platforms) > 1:
+        detail = "; ".join(f"{host.label}: {reports[host].platform.tag}" for host in stale)
+        raise ClusterError(f"the hosts differ in Python or platform, one wheelhouse cannot serve them all: {detail}. "
+                           "Use hosts of one image, or set `python:` to the same interpreter version everywhere.")
+    (platform,) = platforms
+    cluster.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
+    self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
+    folder = "wheelhouse"
+    ship_wheels(cluster, [deps, self_wheel.parent], folder, stale)
+    cluster.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
+    python, wheels = cluster.remote_path("env/bin/python"), cluster.remote_path(folder)
+    wheel = cluster.remote_path(f"{folder}/{self_wheel.name}")
+    pip = f"{python} -m pip install -q --disable-pip-version-check --no-index --find-links {wheels}"
+    install = " && ".join([
+        f"{{ [ -x {python} ] || {shell_python(cluster)} -m venv --system-site-packages {cluster.remote_path('env')}; }}",
+        f"{pip} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
+        f"{pip} --no-deps --force-reinstall {wheel}",
+        f"printf '%s\\n' {shlex.quote(wanted['build'])} > {cluster.remote_path('env/' + BUILD_FILE)}",
+    ])
+    cluster.pool.run_all(stale, install)
+    return stale
+
+
+def ship_wheels(cluster: "Cluster", sources: Sequence[Path], folder: str, hosts: Sequence[Instance]) -> None:
+    """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on ``hosts``: once to the orchestrator, then fanned out."""
+    relative = posixpath.join(cluster.remote_root, folder)
+    orchestrator = cluster.orchestrator
+    cluster.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
+    cluster.create_dirs_on([orchestrator], [relative])
+    cluster.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
+    factories = [h for h in hosts if h != orchestrator]
+    if factories:
+        cluster.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
+        cluster.fan_out(relative, factories)
+
+
+def _size_mb(sources: Sequence[Path]) -> float:
+    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl")) / 2**20
+
+
+def install_extensions(cluster: "Cluster", hosts: Sequence[Instance], extensions: dict[str, str]) -> None:
+    """Install extensions in the environment of ``hosts``, offline, from wheels gathered on the client.
+
+    Each value is a local project folder (built into a wheel here) or a pip
+    requirement (``scikit-learn==1.5``); raises :class:`UsageError` naming
+    the extension otherwise.
+    """
+    if not extensions:
+        return
+    local_wheels, requirements = [], []
+    for name, location in extensions.items():
+        folder = Path(location).expanduser()
+        if folder.is_dir():
+            local_wheels.append(wheelhouse.build_local_wheel(folder, wheelhouse.cache_home() / "extensions"))
+            continue
+        try:
+            Requirement(location)
+        except InvalidRequirement:
+            raise UsageError(f"extension {name!r}: {location!r} is neither a local folder nor a pip requirement") from None
+        requirements.append(location)
+    platform = probe(cluster, [cluster.orchestrator])[cluster.orchestrator].platform
+    cluster.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
+    folder = wheelhouse.gather(platform, requirements, local_wheels)
+    ship_wheels(cluster, [folder], "extensions-wheelhouse", hosts)
+    wheels = cluster.remote_path("extensions-wheelhouse")
+    names = [shlex.quote(r) for r in requirements] + [
+        cluster.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
+    ]
+    cluster.on_step(f"installing extensions on {len(hosts)} hosts")
+    cluster.pool.run_all(
+        hosts,
+        f"{cluster.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-index "
+        f"--find-links {wheels} {' '.join(names)}",
+    )

@@ -1,0 +1,30 @@
+"""Remote paths: always relative to a host's home, always quoted in commands."""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+from .errors import UsageError
+
+
+def check_relative_path(path: str, what: str = "path") -> str:
+    """Return ``path`` normalised if it is a relative path inside the home folder.
+
+    Raises :class:`UsageError` for absolute paths, ``~``, ``..`` escaping the
+    home, empty paths and NUL bytes.  Other characters (spaces, quotes, ``;``,
+    ``$``, newlines) are allowed: they are always passed quoted.
+    """
+    if not isinstance(path, str) or not path.strip() or "\0" in path:
+        raise UsageError(f"{what} must be a non-empty relative path, got {path!r}")
+    if path.startswith("/") or path.startswith("~"):
+        raise UsageError(f"{what} must be relative to the home folder, got {path!r}")
+    normal = posixpath.normpath(path)
+    if normal == "." or normal == ".." or normal.startswith("../"):
+        raise UsageError(f"{what} must stay inside the home folder, got {path!r}")
+    return normal
+
+
+def home_path(relative: str) -> str:
+    """A shell word for ``$HOME/<relative>``, with ``relative`` quoted."""
+    return '"$HOME"/' + shlex.quote(relative)

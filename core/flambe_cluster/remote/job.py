@@ -1,0 +1,97 @@
+"""Run one job on the orchestrator, detached from the SSH session that started it.
+
+Usage (on the orchestrator)::
+
+    python -m flambe_cluster.remote.job launch JOB_DIR   # reads JOB_DIR/spec.json, returns at once
+    python -m flambe_cluster.remote.job status JOB_DIR   # prints JSON: state, exit_code, pgid
+    python -m flambe_cluster.remote.job stop   JOB_DIR
+
+``launch`` starts a supervisor in a new session: it runs the job's argv with
+the spec's environment, its output appended to ``JOB_DIR/output.log``, and
+writes ``JOB_DIR/exit_code`` when the job ends.  The client may disconnect
+at any time; the job goes on.  ``stop`` ends the job's process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .processes import group_alive, read_json, stop_group, write_json
+
+
+def _supervise(job_dir: Path) -> int:
+    spec = json.loads((job_dir / "spec.json").read_text())
+    env = {**os.environ, **spec["env"]}
+    with open(job_dir / "output.log", "ab", buffering=0) as log:
+        try:
+            process = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=env, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            log.write(f"flambe-cluster: cannot start the job: {exc}\n".encode())
+            code = 127
+        else:
+            code = process.wait()
+    write_json(job_dir / "exit_code.json", {"exit_code": code, "finished": time.time()})
+    return code
+
+
+def launch(job_dir: Path) -> int:
+    """Start the supervisor in its own session and return at once with its process group."""
+    for stale in ("exit_code.json", "output.log"):
+        (job_dir / stale).unlink(missing_ok=True)
+    (job_dir / "output.log").touch()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "flambe_cluster.remote.job", "supervise", str(job_dir)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    write_json(job_dir / "process.json", {"pgid": supervisor.pid, "started": time.time()})
+    print(json.dumps({"pgid": supervisor.pid}))
+    return 0
+
+
+def status(job_dir: Path) -> dict:
+    """``{"state": "none"|"running"|"finished"|"lost", "exit_code": int|None, "pgid": int|None}``."""
+    process = read_json(job_dir / "process.json")
+    if process is None:
+        return {"state": "none", "exit_code": None, "pgid": None}
+    finished = read_json(job_dir / "exit_code.json")
+    if finished is not None:
+        return {"state": "finished", "exit_code": finished["exit_code"], "pgid": process["pgid"]}
+    if group_alive(int(process["pgid"])):
+        return {"state": "running", "exit_code": None, "pgid": process["pgid"]}
+    return {"state": "lost", "exit_code": None, "pgid": process["pgid"]}
+
+
+def stop(job_dir: Path) -> int:
+    current = status(job_dir)
+    if current["state"] == "running":
+        stop_group(int(current["pgid"]))
+        if read_json(job_dir / "exit_code.json") is None:
+            write_json(job_dir / "exit_code.json", {"exit_code": -15, "finished": time.time(), "stopped": True})
+    print(json.dumps(status(job_dir)))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    command, job_dir = argv
+    path = Path(job_dir) if Path(job_dir).is_absolute() else Path.home() / job_dir
+    if command == "launch":
+        return launch(path)
+    if command == "supervise":
+        return _supervise(path)
+    if command == "status":
+        print(json.dumps(status(path)))
+        return 0
+    if command == "stop":
+        return stop(path)
+    print(f"unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

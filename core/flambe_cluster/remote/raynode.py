@@ -1,0 +1,144 @@
+"""Start, stop and inspect this host's Ray node; list the nodes a head knows.
+
+Usage (on a host)::
+
+    python -m flambe_cluster.remote.raynode start CLUSTER NODE_IP -- RAY_START_ARGS...
+    python -m flambe_cluster.remote.raynode stop  CLUSTER NODE_IP
+    python -m flambe_cluster.remote.raynode nodes GCS_ADDRESS
+
+A node started here runs in its own session; its process group is recorded
+in ``~/.flambe-cluster/ray/<NODE_IP>.json`` (shared by every cluster on the
+host) with the owning cluster's name, so it is
+stopped by that number and a node of another cluster (or one not started by
+flambe-cluster) is recognised and left alone.  Exit code 3 means "refused":
+the message on stderr says why and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .processes import group_alive, read_json, stop_group, write_json
+
+REFUSED = 3
+MARKERS = Path.home() / ".flambe-cluster" / "ray"
+
+
+def _live_markers(markers: Path) -> dict[str, dict]:
+    found = {}
+    for path in markers.glob("*.json"):
+        data = read_json(path)
+        if data and group_alive(int(data["pgid"])):
+            found[path.stem] = data
+    return found
+
+
+def _raylets_of_this_user() -> list[tuple[int, int]]:
+    """(pid, pgid) of every raylet process of this user visible here."""
+    result = []
+    uid = os.getuid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "raylet" or entry.stat().st_uid != uid:
+                continue
+            result.append((int(entry.name), os.getpgid(int(entry.name))))
+        except (OSError, ProcessLookupError):
+            continue
+    return result
+
+
+def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int:
+    live = _live_markers(markers)
+    mine = live.get(node_ip)
+    if mine and mine["cluster"] == cluster:
+        print(json.dumps({"status": "running", "pgid": mine["pgid"]}))
+        return 0
+    if mine:
+        print(f"a Ray node of cluster {mine['cluster']!r} already runs on {node_ip}; take that cluster down "
+              "first (flambe-cluster down) or use another host", file=sys.stderr)
+        return REFUSED
+    known = {int(m["pgid"]) for m in live.values()}
+    foreign = [pid for pid, pgid in _raylets_of_this_user() if pgid not in known]
+    if foreign:
+        print(f"a Ray node not started by flambe-cluster runs on this host (raylet PID {foreign[0]}); stop it "
+              "(`ray stop`) or use another host", file=sys.stderr)
+        return REFUSED
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(Path(sys.executable).with_name("ray"))
+    markers.mkdir(parents=True, exist_ok=True)
+    log = markers / f"{node_ip}.log"
+    with open(log, "w") as output:  # a file, not a pipe: Ray's daemons must not hold our stdout open
+        process = subprocess.Popen([ray, "start", *ray_args], stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    pgid = process.pid  # the new session's process group; Ray's daemons inherit it
+    marker = markers / f"{node_ip}.json"
+    write_json(marker, {"cluster": cluster, "pgid": pgid, "started": time.time()})
+    if process.wait() != 0:
+        stop_group(pgid, grace=2.0)
+        marker.unlink(missing_ok=True)
+        print(log.read_text()[-4000:], file=sys.stderr)
+        return process.returncode
+    print(json.dumps({"status": "started", "pgid": pgid}))
+    return 0
+
+
+def stop(markers: Path, cluster: str, node_ip: str) -> int:
+    marker = markers / f"{node_ip}.json"
+    data = read_json(marker)
+    if data is None:
+        print(json.dumps({"status": "not running"}))
+        return 0
+    if data["cluster"] != cluster:
+        print(f"the Ray node on {node_ip} belongs to cluster {data['cluster']!r}; not stopping it", file=sys.stderr)
+        return REFUSED
+    stop_group(int(data["pgid"]))
+    marker.unlink(missing_ok=True)
+    print(json.dumps({"status": "stopped"}))
+    return 0
+
+
+def nodes(address: str) -> int:
+    """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON."""
+    from ray._raylet import GcsClient
+
+    try:
+        infos = GcsClient(address=address).get_all_node_info(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure means the head does not answer
+        print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
+        return 4
+    result = []
+    for info in infos.values():
+        result.append({
+            "ip": info.node_manager_address,
+            "alive": info.state == 0,
+            "head": bool(info.is_head_node),
+            "resources": {k: v for k, v in info.resources_total.items() if "node:" not in k},
+        })
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    command, *rest = argv
+    if command == "start":
+        split = rest.index("--")
+        cluster, node_ip = rest[:split]
+        return start(MARKERS, cluster, node_ip, rest[split + 1:])
+    if command == "stop":
+        cluster, node_ip = rest
+        return stop(MARKERS, cluster, node_ip)
+    if command == "nodes":
+        return nodes(rest[0])
+    print(f"unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,233 @@
+"""Ray, GPU detection, jobs, secrets and teardown, end to end on real test hosts.
+
+One cluster (1 orchestrator + 2 factories) is brought up once for the module
+through the real command line: hosts have no route out, so everything they
+install comes from the wheelhouse the client ships.  Factory 1 carries a
+stand-in `nvidia-smi` that lists two GPUs (no GPU can be had here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ssh_cluster_yaml
+
+SECRET_VALUE = "s3cr3t-AKIA-do-not-print"
+FAKE_NVIDIA_SMI = "#!/bin/sh\n# stand-in for tests: two GPUs\necho 0\necho 1\n"
+NAME = "rayjobs"
+
+
+class Env:
+    def __init__(self, network, config: Path, state: Path):
+        self.network, self.hosts, self.config, self.state = network, network.hosts, config, state
+
+    def cli(self, *args, timeout=600, check=None):
+        env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(self.state), "COLUMNS": "200"}
+        done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        if check is not None:
+            assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        return done
+
+    def processes(self, host) -> list[str]:
+        return host.run_in_namespace(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def env(flambe_test_hosts, flambe_client_key, tmp_path_factory):
+    network = flambe_test_hosts(3)
+    hosts = network.hosts
+    for host in hosts:
+        assert "default" not in host.run_in_namespace(["ip", "route"], capture_output=True, text=True).stdout
+    smi = hosts[2].home / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{hosts[2].username}:", str(smi.parent)], check=True)
+    folder = tmp_path_factory.mktemp("rayjobs")
+    secrets = folder / "secrets.ini"
+    secrets.write_text(f"[AWS]\naws_secret_access_key = {SECRET_VALUE}\n\n[GITHUB]\ntoken = gh-{SECRET_VALUE}\n")
+    config = ssh_cluster_yaml(folder / "cluster.yaml", hosts, flambe_client_key.path, NAME, secrets=str(secrets))
+    env = Env(network, config, folder / "state")
+    env.first_up = env.cli("-vv", "up", str(config), timeout=900)
+    yield env
+    env.cli("down", str(config))
+    network.close()
+
+
+def test_first_up_ships_the_wheelhouse_once_and_starts_ray(env):
+    up = env.first_up
+    assert up.returncode == 0, up.stderr
+    assert up.stderr.count("shipping the wheelhouse to the orchestrator") == 1
+    assert "passing the wheelhouse from the orchestrator to 2 factories at once" in up.stderr
+    assert "installing flambe-cluster and ray offline on 3 hosts" in up.stderr
+    for host in env.hosts[1:]:
+        assert list((host.home / ".flambe-cluster" / NAME / "wheelhouse").glob("ray-*.whl"))
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    ray = status["ray"]
+    assert ray["alive_workers"] == 2
+    head = [n for n in ray["nodes"] if n["head"]]
+    workers = {n["ip"]: n for n in ray["nodes"] if n["alive"] and not n["head"]}
+    assert len(head) == 1 and head[0]["ip"] == env.hosts[0].address
+    assert head[0]["resources"].get("CPU", 0) == 0, "the orchestrator must offer no CPU"
+    assert set(workers) == {env.hosts[1].address, env.hosts[2].address}
+    assert all(w["resources"]["CPU"] >= 1 for w in workers.values())
+
+
+def test_gpu_factory_from_nvidia_smi(env, monkeypatch):
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    workers = {n["ip"]: n for n in status["ray"]["nodes"] if n["alive"] and not n["head"]}
+    assert workers[env.hosts[2].address]["resources"].get("GPU") == 2
+    assert workers[env.hosts[1].address]["resources"].get("GPU", 0) == 0
+    from flambe_cluster import Cluster
+
+    monkeypatch.setenv("FLAMBE_CLUSTER_HOME", str(env.state))
+    cluster = Cluster.from_yaml(env.config)
+    with cluster:
+        assert cluster.find_instances()
+        assert cluster.contains_gpu_factories()
+        assert cluster.get_max_resources() == {"cpu": workers[env.hosts[1].address]["resources"]["CPU"], "gpu": 0}
+    assert cluster.error is None, cluster.error
+
+
+def test_second_up_installs_nothing_and_restarts_nothing(env):
+    markers = lambda: {h.address: json.loads((h.home / ".flambe-cluster/ray" / f"{h.address}.json").read_text())["pgid"]
+                       for h in env.hosts}
+    before = markers()
+    started = time.monotonic()
+    up = env.cli("up", str(env.config), check=0)
+    elapsed = time.monotonic() - started
+    assert "software already prepared on 3 hosts" in up.stderr
+    assert "Ray already up: 2 workers alive" in up.stderr
+    assert "shipping" not in up.stderr and "installing" not in up.stderr
+    assert markers() == before, "no Ray node may be restarted"
+    assert elapsed < 2.0, f"second up took {elapsed:.2f} s"
+
+
+JOB = """
+import json, os, pathlib, sys, time
+import ray
+
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+def where(i):
+    out = pathlib.Path.home() / "job-results"
+    out.mkdir(exist_ok=True)
+    ip = ray.util.get_node_ip_address()
+    (out / f"task-{i}-{ip}.txt").write_text(ip)
+    time.sleep(0.5)
+    return ip
+
+ray.init(log_to_driver=False)
+ips = sorted(set(ray.get([where.remote(i) for i in range(8)])))
+out = pathlib.Path.home() / "job-results"
+out.mkdir(exist_ok=True)
+(out / "driver.json").write_text(json.dumps({"ips": ips, "args": sys.argv[1:]}))
+print("tasks ran on", " ".join(ips))
+print("secrets file:", os.environ.get("FLAMBE_SECRETS"))
+"""
+
+
+def test_submit_logs_pull(env, tmp_path):
+    job = tmp_path / "where.py"
+    job.write_text(JOB)
+    env.cli("submit", str(env.config), str(job), "--", "--lr", "0.1; echo injected", check=0)
+    logs = env.cli("logs", str(env.config), "--follow", check=0)
+    assert f"tasks ran on {env.hosts[1].address} {env.hosts[2].address}" in logs.stdout
+    assert "job finished with exit code 0" in logs.stderr
+    assert "injected" not in logs.stdout
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    assert status["job"] == {"state": "finished", "exit_code": 0}
+    local = tmp_path / "pulled"
+    env.cli("pull", str(env.config), "job-results", str(local), check=0)
+    driver = json.loads((local / "driver.json").read_text())
+    assert driver["args"] == ["--lr", "0.1; echo injected"]
+    ips = {p.name.split("-", 2)[2][:-4] for p in local.glob("task-*.txt")}
+    assert ips == {env.hosts[1].address, env.hosts[2].address}, "results of both factories are gathered"
+
+
+LONG_JOB = """
+import sys, time
+for i in range(int(sys.argv[1])):
+    print("tick", i, flush=True)
+    time.sleep(0.2)
+print("done")
+"""
+
+
+def test_one_job_at_a_time_and_force(env, tmp_path):
+    job = tmp_path / "long.py"
+    job.write_text(LONG_JOB)
+    env.cli("submit", str(env.config), str(job), "--", "1000", check=0)
+    refused = env.cli("submit", str(env.config), str(job), "--", "3", check=1)
+    assert "a job is already running" in refused.stderr and "--force" in refused.stderr
+    first = json.loads((env.hosts[0].home / ".flambe-cluster" / NAME / "job" / "process.json").read_text())["pgid"]
+    env.cli("submit", str(env.config), str(job), "--force", "--", "3", check=0)
+    logs = env.cli("logs", str(env.config), "--follow", check=0)
+    assert logs.stdout.splitlines()[-1] == "done" and "tick 2" in logs.stdout and "tick 3" not in logs.stdout
+    alive = env.hosts[0].run_in_namespace(["sh", "-c", f"kill -0 -- -{first} 2>/dev/null && echo alive || echo gone"],
+                                          capture_output=True, text=True).stdout.strip()
+    assert alive == "gone", "--force stops the running job's whole process group"
+
+
+def test_job_survives_the_client_and_logs_pick_it_up(env, tmp_path):
+    job = tmp_path / "long.py"
+    job.write_text(LONG_JOB)
+    env.cli("submit", str(env.config), str(job), "--force", "--", "25", check=0)
+    follower = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "logs", str(env.config), "--follow"],
+                                env={**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(2.0)
+    os.killpg(follower.pid, signal.SIGKILL)
+    partial, _ = follower.communicate()
+    assert b"tick 0" in partial and b"done" not in partial
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    assert status["job"]["state"] == "running"
+    logs = env.cli("logs", str(env.config), "--follow", check=0)
+    assert "tick 24" in logs.stdout and logs.stdout.rstrip().endswith("done")
+
+
+def test_secrets_land_0600_and_never_show(env, tmp_path):
+    job = tmp_path / "secret.py"
+    job.write_text("import os, stat\np = os.environ['FLAMBE_SECRETS']\n"
+                   "print('mode', oct(stat.S_IMODE(os.stat(p).st_mode)))\n"
+                   "print('sections', [l.strip() for l in open(p) if l.startswith('[')])\n")
+    outputs = [env.cli("-vv", "submit", str(env.config), str(job), "--force", "--secret", "AWS", check=0)]
+    outputs.append(env.cli("-vv", "logs", str(env.config), "--follow", check=0))
+    outputs.append(env.cli("-vv", "status", str(env.config), "--json", check=0))
+    outputs.append(env.first_up)
+    remote = env.hosts[0].home / ".flambe-cluster" / NAME / "secrets.ini"
+    assert oct(remote.stat().st_mode & 0o777) == "0o600"
+    text = remote.read_text()
+    assert "[AWS]" in text and "[GITHUB]" not in text and SECRET_VALUE in text
+    assert "mode 0o600" in outputs[1].stdout and "sections ['[AWS]']" in outputs[1].stdout
+    for done in outputs:
+        assert SECRET_VALUE not in done.stdout + done.stderr
+    job_dir = env.hosts[0].home / ".flambe-cluster" / NAME / "job"
+    for path in job_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET_VALUE.encode() not in path.read_bytes(), path
+
+
+def test_another_cluster_on_the_same_hosts_is_refused(env, flambe_client_key, tmp_path):
+    other = ssh_cluster_yaml(tmp_path / "other.yaml", env.hosts, flambe_client_key.path, "intruder")
+    done = env.cli("up", str(other), check=1)
+    assert f"runs a Ray node of cluster {NAME!r}" in done.stderr
+    assert "installing" not in done.stderr, "refused before installing anything"
+
+
+def test_down_leaves_no_ray_process(env):
+    env.cli("down", str(env.config), check=0)
+    for host in env.hosts:
+        names = env.processes(host)
+        assert not {"raylet", "gcs_server"} & set(names), (host.name, names)
+        assert not list((host.home / ".flambe-cluster" / "ray").glob("*.json"))
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    assert status["ray"] is None
