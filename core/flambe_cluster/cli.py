@@ -211,10 +211,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
     try:
         _existing(cluster)
         with cluster.state.lock():
-            if extensions:
-                named = {spec: spec for spec in extensions}
-                cluster.install_extensions_in_orchestrator(named)
-                cluster.install_extensions_in_factories(named)
+            cluster.install_extensions({spec: spec for spec in extensions})
             status = jobs.submit(cluster, Path(path), args, force=force, entry=entry,
                                  secrets_whitelist=list(secret_sections) or None)
         err.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
@@ -268,27 +265,13 @@ def down(config: str) -> int:
     """Stop the job and Ray on every host, then release the machines the provider manages."""
     cluster = _load(config)
     try:
-        with cluster.state.lock():
-            if not cluster.find_instances():
-                err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
-                return EXIT_OK
-            cluster.on_step("stopping the job and Ray")
-            cluster.shutdown_flambe_execution()
-            cluster.shutdown_ray_cluster()
-            cluster.on_step(f"releasing {1 + len(cluster.factories)} hosts ({cluster.config.provider})")
-            cluster.hooks.flambe_cluster_terminate(config=cluster.config, instances=_instances(cluster))
-            journal = cluster.state.journal
-            journal.record_destroyed(journal.outstanding())
-        err.print(f"cluster {cluster.name!r} is down")
+        if not cluster.down():
+            err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
+        else:
+            err.print(f"cluster {cluster.name!r} is down")
         return EXIT_OK
     finally:
         cluster.close()
-
-
-def _instances(cluster: Cluster):
-    from .records import ClusterInstances
-
-    return ClusterInstances(cluster.orchestrator, cluster.factories)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

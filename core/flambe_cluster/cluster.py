@@ -546,9 +546,7 @@ class Cluster:
         (``new_secrets`` names whitelisted sections, comma-separated, or None
         for all).  Refuses while a job runs unless ``force``.
         """
-        if extensions:
-            self.install_extensions_in_orchestrator(extensions)
-            self.install_extensions_in_factories(extensions)
+        self.install_extensions(extensions)
         whitelist = [s for s in new_secrets.split(",") if s] if new_secrets else None
         return jobs.submit(self, Path(cluster_runnable), args, force=force, secrets_whitelist=whitelist)
 
@@ -566,6 +564,10 @@ class Cluster:
         command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {self.remote_path('secrets.ini.tmp')} && mv -f {self.remote_path('secrets.ini.tmp')} {self.remote_path('secrets.ini')}"
         self.pool.run(self._require_instances(), command, stdin=payload)
         return relative
+
+    def install_extensions(self, extensions: Dict[str, str]) -> None:
+        """Install extensions on every host at once (one wheelhouse, shipped once)."""
+        environment.install_extensions(self, self._get_all_hosts(), extensions)
 
     def install_extensions_in_orchestrator(self, extensions: Dict[str, str]) -> None:
         """Install extensions (local project folders or pip requirements) in the orchestrator's environment."""
@@ -593,6 +595,37 @@ class Cluster:
         self.on_step(f"rolling back {len(created)} resources created by this run")
         self.hooks.flambe_cluster_rollback(config=self.config, created=created)
         self._run_journal.journal.record_destroyed(created, run_id=self._run_journal.run_id)
+        destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
+        self._forget_host_keys([h for h in self.all_loaded() if h.instance_id in destroyed])
+
+    def all_loaded(self) -> List[Instance]:
+        """The instances loaded so far (empty before loading)."""
+        return [self.orchestrator, *self.factories] if self.orchestrator is not None else []
+
+    def _forget_host_keys(self, instances: List[Instance]) -> None:
+        self.state.forget_host_keys({n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)})
+
+    def down(self) -> bool:
+        """Stop the job and Ray on every host, then release the machines through the provider.
+
+        Returns False when the cluster does not exist.  Machines the provider
+        manages (instances with an ``instance_id``) are terminated and their
+        pinned host keys forgotten (their addresses may be reused); the
+        journal records everything as destroyed.  Holds the cluster's lock.
+        """
+        with self.state.lock():
+            if not self.find_instances():
+                return False
+            self.on_step("stopping the job and Ray")
+            self.shutdown_flambe_execution()
+            self.shutdown_ray_cluster()
+            self.on_step(f"releasing {1 + len(self.factories)} hosts ({self.config.provider})")
+            self.hooks.flambe_cluster_terminate(config=self.config, instances=ClusterInstances(self.orchestrator, self.factories))
+            self.close()
+            self._forget_host_keys([h for h in self.all_loaded() if h.instance_id is not None])
+            journal = self.state.journal
+            journal.record_destroyed(journal.outstanding())
+            return True
 
     def close(self) -> None:
         """Close the SSH connections (idempotent)."""

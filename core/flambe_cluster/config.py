@@ -243,6 +243,7 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> ClusterCo
             source,
         )
     manager = plugins.make_plugin_manager(provider_name)
+    raw = {**(manager.hook.flambe_cluster_config_defaults(raw=dict(raw)) or {}), **raw}
     problems: list[str] = []
     common = build_fields(CommonFields, {k: v for k, v in raw.items() if k in COMMON_FIELDS - {"provider"}}, problems)
     options_class = manager.hook.flambe_cluster_options_class()

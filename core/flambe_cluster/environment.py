@@ -141,7 +141,7 @@ def prepare(cluster: "Cluster", reports: dict[Instance, HostReport]) -> list[Ins
     cluster.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
     python, wheels = cluster.remote_path("env/bin/python"), cluster.remote_path(folder)
     wheel = cluster.remote_path(f"{folder}/{self_wheel.name}")
-    pip = f"{python} -m pip install -q --disable-pip-version-check --no-index --find-links {wheels}"
+    pip = f"{python} -m pip install -q --disable-pip-version-check --no-compile --no-index --find-links {wheels}"
     install = " && ".join([
         f"{{ [ -x {python} ] || {shell_python(cluster)} -m venv --system-site-packages {cluster.remote_path('env')}; }}",
         f"{pip} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
@@ -200,6 +200,6 @@ def install_extensions(cluster: "Cluster", hosts: Sequence[Instance], extensions
     cluster.on_step(f"installing extensions on {len(hosts)} hosts")
     cluster.pool.run_all(
         hosts,
-        f"{cluster.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-index "
+        f"{cluster.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
         f"--find-links {wheels} {' '.join(names)}",
     )

@@ -51,6 +51,17 @@ def flambe_cluster_options_class() -> type:
     """
 
 
+@hookspec(firstresult=True)
+def flambe_cluster_config_defaults(raw: dict) -> dict | None:
+    """Return defaults for common fields the user may leave out (``key``, ``username``).
+
+    Called with the user's raw mapping before it is validated; values the
+    user gave always win.  A provider that manages its own machines (the
+    ``local`` one) may create what the defaults point at (a client key in
+    its state folder).  Optional.
+    """
+
+
 @hookspec
 def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
     """Return the problems that stop this cluster from running (may be empty).

@@ -151,18 +151,29 @@ class ClusterState:
         """This cluster's pinned host keys, in OpenSSH known_hosts format."""
         return self.root / "known_hosts"
 
+    def forget_host_keys(self, names: set[str]) -> None:
+        """Drop the pinned keys of ``names`` (known_hosts names) — for machines that were destroyed."""
+        try:
+            lines = self.known_hosts.read_text().splitlines(keepends=True)
+        except FileNotFoundError:
+            return
+        kept = [line for line in lines if not set(line.split(" ", 1)[0].split(",")) & names]
+        if kept != lines:
+            _write_private(self.known_hosts, "".join(kept).encode())
+
     @property
     def journal(self) -> Journal:
         return Journal(self.root / "journal.jsonl")
 
-    def key_pair(self, comment: str) -> KeyPair:
-        """The per-cluster ed25519 key pair, generated on first call, reused after.
+    def key_pair(self, comment: str, file_name: str = "cluster_key") -> KeyPair:
+        """An ed25519 key pair of this cluster, generated on first call, reused after.
 
-        The private key is written 0600 and never leaves this folder except
-        to the cluster's own hosts.
+        ``cluster_key`` is the per-cluster key the hosts share; the private
+        key is written 0600 and never leaves this folder except to the
+        cluster's own hosts.
         """
         self.ensure()
-        private_path = self.root / "cluster_key"
+        private_path = self.root / file_name
         public_path = private_path.with_suffix(".pub")
         if not (private_path.exists() and public_path.exists()):
             key = ed25519.Ed25519PrivateKey.generate()

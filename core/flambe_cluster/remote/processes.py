@@ -25,7 +25,7 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(pgid: int, grace: float = 10.0) -> None:
+def stop_group(pgid: int, grace: float = 5.0) -> None:
     """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL what is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:

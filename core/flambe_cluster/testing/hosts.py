@@ -52,7 +52,7 @@ from typing import Any
 
 from attrs import define, field
 
-__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork"]
+__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork", "destroy_detached", "detached_alive"]
 
 #: The OpenSSH server binary the hosts run (absolute: sshd re-executes itself).
 SSHD = "/usr/sbin/sshd"
@@ -792,11 +792,76 @@ class TestHostNetwork:
                 RuntimeWarning, stacklevel=2,
             )
 
+    def detach(self) -> dict:
+        """Let the hosts outlive this object and this process; return their record.
+
+        The network is no longer closed at interpreter exit nor by
+        :meth:`close`; :func:`destroy_detached` removes it later from the
+        record (JSON-serialisable), :func:`detached_alive` tells whether it
+        still runs.  Used by the ``local`` provider.
+        """
+        record = {
+            "mode": "namespaces",
+            "links": list(self._links_made),
+            "netns": list(self._netns_made),
+            "workdir": str(self.workdir) if self._created_workdir else None,
+            "host_dirs": [str(d) for d in self._host_dirs],
+            "hosts": [
+                {"name": h.name, "address": h.address, "port": h.port, "home": str(h.home),
+                 "host_key": h.host_key_line(), "pid": h._process.pid if h._process else None,
+                 "sshd_pid": h._sshd_pid}
+                for h in self._all_hosts
+            ],
+        }
+        self._closed = True
+        with contextlib.suppress(ValueError):
+            _LIVE.remove(self)
+        return record
+
     def __enter__(self) -> "TestHostNetwork":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def detached_alive(record: dict) -> bool:
+    """Whether every host of a :meth:`TestHostNetwork.detach` record still runs."""
+    from ..loopback import process_is
+
+    return bool(record["hosts"]) and all(
+        h["pid"] and process_is(h["pid"], "unshare") and h["sshd_pid"] and process_is(h["sshd_pid"], "sshd")
+        for h in record["hosts"]
+    )
+
+
+def destroy_detached(record: dict) -> None:
+    """Remove a detached network: kill each host (only the recorded, verified processes), delete its links,
+    namespaces and folders.  Idempotent."""
+    from ..loopback import process_is
+
+    for host in record["hosts"]:
+        pid, sshd = host["pid"], host["sshd_pid"]
+        if sshd and process_is(sshd, "sshd") and _ppid(sshd) == pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sshd, signal.SIGKILL)
+        if pid and process_is(pid, "unshare"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for _ in range(50):
+            if not (pid and process_is(pid, "unshare")):
+                break
+            time.sleep(0.1)
+    for link in reversed(record["links"]):
+        with contextlib.suppress(Exception):
+            _delete_link(link)
+    live = _netns_names()
+    for ns in record["netns"]:
+        if ns in live:
+            _run(["ip", "netns", "del", ns], check=False)
+    for folder in [record["workdir"], *record["host_dirs"]]:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_key_line(line: str) -> None:

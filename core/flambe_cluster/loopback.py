@@ -1,0 +1,199 @@
+"""Unprivileged local hosts: one ``sshd`` per host, run as the current user on loopback.
+
+For the ``local`` provider when this process is not root.  Host ``i`` is an
+OpenSSH server listening on ``127.77.<n>.<10+i>`` (its own loopback address,
+so Ray sees distinct nodes), with its own host key and its own home folder:
+a forced command sets ``HOME`` to the host's folder and starts there, so
+everything flambe-cluster puts "in the home" of one host stays apart from the
+others and from the user's real home.  The hosts share the machine's ``/tmp``
+and process table; they are not isolated the way namespaced hosts are.
+
+A network is described by a JSON-serialisable record (:meth:`LoopbackNetwork.record`)
+so a later process can find it (:func:`alive`) and stop it (:func:`destroy`)
+by the process IDs it recorded — never by matching names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import ipaddress
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from attrs import define, field
+
+from .errors import FlambeClusterError
+
+SSHD = "/usr/sbin/sshd"
+START_DEADLINE_S = 10.0
+
+_SSHD_CONFIG = """\
+# Written by flambe-cluster for local host {name}; listens on loopback only.
+ListenAddress {address}:{port}
+HostKey {directory}/host_key
+PidFile none
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile {directory}/home/.ssh/authorized_keys
+StrictModes no
+AllowUsers {username}
+PermitUserEnvironment no
+ForceCommand {directory}/enter
+MaxSessions 64
+MaxStartups 100
+LogLevel ERROR
+UseDNS no
+PrintMotd no
+PrintLastLog no
+"""
+
+_ENTER = """\
+#!/bin/sh
+# The host's own home: every command of this local host starts here.
+HOME={home}
+export HOME
+cd "$HOME" || exit 1
+if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"; fi
+exec /bin/bash -l
+"""
+
+
+def read_banner(address: str, port: int, timeout: float) -> bytes:
+    """The first line an SSH server sends (b"" if it closes at once)."""
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        data = b""
+        while b"\n" not in data and len(data) < 256:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        if data.startswith(b"SSH-"):
+            with contextlib.suppress(OSError):
+                sock.sendall(b"SSH-2.0-flambe-cluster-probe\r\n")
+        return data
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _pick_subnet() -> ipaddress.IPv4Network:
+    """A 127.77.N.0/24 no listening socket of this machine uses."""
+    busy = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+    candidates = list(range(1, 255))
+    random.shuffle(candidates)
+    for third in candidates:
+        if f"127.77.{third}." not in busy:
+            return ipaddress.IPv4Network(f"127.77.{third}.0/24")
+    raise FlambeClusterError("no free loopback subnet left in 127.77.0.0/16")
+
+
+def process_is(pid: int, comm: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) process named ``comm``; reaps it if it is our dead child."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+    return name == comm and state not in ("Z", "X")
+
+
+@define
+class LoopbackNetwork:
+    """``count`` unprivileged SSH hosts on loopback; built and started by the constructor.
+
+    ``authorized_keys`` are the public-key lines every host accepts;
+    ``workdir`` holds one folder per host (config, host key, home, log).  On
+    a failure during start, what was started is stopped and the error raised.
+    """
+
+    count: int
+    authorized_keys: list[str] = field(converter=list)
+    workdir: Path = field(converter=Path)
+    hosts: list[dict] = field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not os.access(SSHD, os.X_OK):
+            raise FlambeClusterError(f"{SSHD} is missing; install OpenSSH's server (apt-get install openssh-server)")
+        subnet = _pick_subnet()
+        try:
+            for index in range(self.count):
+                self.hosts.append(self._start(index, str(subnet.network_address + 10 + index)))
+        except BaseException:
+            destroy(self.record())
+            raise
+
+    def _start(self, index: int, address: str) -> dict:
+        name = f"h{index}"
+        directory = self.workdir / name
+        home = directory / "home"
+        (home / ".ssh").mkdir(parents=True, exist_ok=True)
+        os.chmod(home / ".ssh", 0o700)
+        (home / ".ssh" / "authorized_keys").write_text("".join(k.strip() + "\n" for k in self.authorized_keys))
+        if not (directory / "host_key").exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(directory / "host_key")],
+                           check=True, capture_output=True)
+        enter = directory / "enter"
+        enter.write_text(_ENTER.format(home=shlex.quote(str(home))))
+        enter.chmod(0o755)
+        port = _free_port(address)
+        (directory / "sshd_config").write_text(_SSHD_CONFIG.format(
+            name=name, address=address, port=port, directory=directory, username=getpass.getuser()))
+        with open(directory / "sshd.log", "ab") as log:
+            process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(directory / "sshd_config")], stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=log, start_new_session=True)
+        host_key = " ".join((directory / "host_key.pub").read_text().split()[:2])
+        host = {"name": name, "address": address, "port": port, "home": str(home), "directory": str(directory),
+                "host_key": host_key, "pid": process.pid}
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if process.poll() is not None:
+                raise FlambeClusterError(f"local host {name}: sshd exited ({process.returncode}): "
+                                         f"{(directory / 'sshd.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                if read_banner(address, port, 1.0).startswith(b"SSH-"):
+                    return host
+            if time.monotonic() > deadline:
+                self.hosts.append(host)
+                raise FlambeClusterError(f"local host {name}: no SSH banner on {address}:{port} within {START_DEADLINE_S:g} s")
+            time.sleep(0.05)
+
+    def record(self) -> dict:
+        """A JSON-serialisable description: enough for :func:`alive` and :func:`destroy`."""
+        return {"mode": "loopback", "workdir": str(self.workdir), "hosts": list(self.hosts)}
+
+
+def alive(record: dict) -> bool:
+    """Whether every host of the record still runs its sshd."""
+    return bool(record["hosts"]) and all(process_is(h["pid"], "sshd") for h in record["hosts"])
+
+
+def destroy(record: dict) -> None:
+    """Stop every recorded host's process group (verified to be its sshd) and remove the folder; idempotent."""
+    for host in record["hosts"]:
+        pid = int(host["pid"])
+        if process_is(pid, "sshd"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not process_is(pid, "sshd"):
+                    break
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    shutil.rmtree(record["workdir"], ignore_errors=True)

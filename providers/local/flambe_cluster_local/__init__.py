@@ -1,0 +1,192 @@
+"""The local provider: a cluster on this machine, no cloud account needed.
+
+``provider: local`` with ``factories_num: N`` starts 1 + N real SSH hosts
+here and the cluster talks to them exactly as to remote machines:
+
+- as root, each host is an ``sshd`` in its own Linux network, PID and mount
+  namespaces on a private bridge (the same hosts the test suite uses, see
+  :mod:`flambe_cluster.testing.hosts`), logging in as the user ``flambe``;
+- otherwise, each host is an ``sshd`` run as the current user on its own
+  loopback address, with its own home folder (:mod:`flambe_cluster.loopback`).
+
+``key`` and ``username`` may be left out: the provider makes a client key in
+the cluster's state folder and uses the right user.  What it starts is
+recorded in the journal and in ``local-hosts.json`` in the state folder;
+``down`` (and a rollback) stops exactly those processes and removes the
+namespaces, links and folders.
+
+Options::
+
+    mode: auto        # auto (namespaces as root, loopback otherwise) | namespaces | loopback
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from pathlib import Path
+
+from attrs import field, frozen
+
+from flambe_cluster import hookimpl, loopback
+from flambe_cluster.config import SAFE_NAME, one_of, to_optional_path
+from flambe_cluster.errors import FlambeClusterError
+from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint, Instance, Role
+from flambe_cluster.state import ClusterState, KeyPair
+from flambe_cluster.testing import hosts as namespaces
+
+NAMESPACE_USER = "flambe"
+RECORD = "local-hosts.json"
+RESOURCE_KIND = "local-hosts"
+
+
+@frozen
+class LocalOptions:
+    """The local provider's options."""
+
+    mode: str = field(default="auto", converter=one_of("auto", "namespaces", "loopback"))
+
+
+def _mode(options: LocalOptions) -> str:
+    if options.mode != "auto":
+        return options.mode
+    return "namespaces" if os.geteuid() == 0 and namespaces.require_root_namespaces() is None else "loopback"
+
+
+def _state(name: str, state_dir: Path | None) -> ClusterState:
+    return ClusterState.for_cluster(name, state_dir)
+
+
+def _client_key(state: ClusterState) -> KeyPair:
+    return state.key_pair(comment="flambe-cluster-local-client", file_name="client_key")
+
+
+@hookimpl
+def flambe_cluster_options_class() -> type:
+    return LocalOptions
+
+
+@hookimpl
+def flambe_cluster_config_defaults(raw: dict) -> dict:
+    """A client key in the cluster's state folder and the user the hosts log in as."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        return {}  # the name's own problem is reported by validation
+    try:
+        state_dir = to_optional_path(raw.get("state_dir"))
+    except ValueError:
+        return {}
+    mode = raw.get("mode", "auto")
+    root_mode = mode == "namespaces" or (mode == "auto" and os.geteuid() == 0)
+    return {"key": str(_client_key(_state(name, state_dir)).private_path),
+            "username": NAMESPACE_USER if root_mode else getpass.getuser()}
+
+
+@hookimpl
+def flambe_cluster_validate(config) -> list[str]:
+    mode = _mode(config.options)
+    problems = []
+    if mode == "namespaces":
+        reason = namespaces.require_root_namespaces()
+        if reason:
+            problems.append(f"mode: 'namespaces' is not possible here: {reason}")
+        if config.username != NAMESPACE_USER:
+            problems.append(f"username: namespaced local hosts log in as {NAMESPACE_USER!r}, got {config.username!r}")
+    elif config.username != getpass.getuser():
+        problems.append(f"username: loopback local hosts run as the current user {getpass.getuser()!r}, got {config.username!r}")
+    return problems
+
+
+def _record_path(config) -> Path:
+    return _state(config.name, config.state_dir).root / RECORD
+
+
+def _read_record(config) -> dict | None:
+    try:
+        return json.loads(_record_path(config).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _alive(record: dict) -> bool:
+    return (namespaces.detached_alive if record["mode"] == "namespaces" else loopback.alive)(record)
+
+
+def _destroy(record: dict) -> None:
+    (namespaces.destroy_detached if record["mode"] == "namespaces" else loopback.destroy)(record)
+
+
+def _instances(config, record: dict) -> ClusterInstances:
+    def instance(index: int, host: dict) -> Instance:
+        endpoint = Endpoint(host["address"], host["port"])
+        role = Role.ORCHESTRATOR if index == 0 else Role.FACTORY
+        name = f"{config.name}_orchestrator" if index == 0 else f"{config.name}_factory{index - 1}"
+        return Instance(name=name, role=role, public=endpoint, private=endpoint, instance_id=host["name"])
+
+    made = [instance(i, h) for i, h in enumerate(record["hosts"])]
+    return ClusterInstances(made[0], made[1:])
+
+
+@hookimpl
+def flambe_cluster_find_instances(config) -> ClusterInstances | None:
+    """The running local hosts of this cluster, or None when they are not (all) running."""
+    record = _read_record(config)
+    if record is None or not _alive(record) or len(record["hosts"]) != 1 + config.factories_num:
+        return None
+    return _instances(config, record)
+
+
+@hookimpl
+def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
+    """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use)."""
+    found = flambe_cluster_find_instances(config)
+    if found is not None:
+        return found
+    stale = _read_record(config)
+    if stale is not None:
+        _destroy(stale)
+    state = _state(config.name, config.state_dir).ensure()
+    client = _client_key(state)
+    workdir = state.root / "hosts"
+    count = 1 + config.factories_num
+    if _mode(config.options) == "namespaces":
+        network = namespaces.TestHostNetwork(count, authorized_keys=[client.public_line],
+                                             username=NAMESPACE_USER, workdir=workdir)
+        record = network.detach()
+    else:
+        record = loopback.LoopbackNetwork(count, [client.public_line], workdir).record()
+    names = [h["name"] for h in record["hosts"]]
+    journal.record(CreatedResource(RESOURCE_KIND, str(workdir), {"record": record, "instance_ids": names}))
+    _record_path(config).write_text(json.dumps(record))
+    return _instances(config, record)
+
+
+@hookimpl
+def flambe_cluster_host_keys(config, instance) -> list[str] | None:
+    """The host key each local host was started with: verified on first contact, never just trusted."""
+    record = _read_record(config) or {"hosts": []}
+    for host in record["hosts"]:
+        if host["address"] == instance.endpoint.host and host["port"] == instance.endpoint.port:
+            return [host["host_key"]]
+    return None
+
+
+@hookimpl
+def flambe_cluster_rollback(config, created) -> None:
+    """Stop and remove the hosts a failed run started."""
+    for resource in created:
+        if resource.kind == RESOURCE_KIND:
+            _destroy(resource.details["record"])
+            if (_read_record(config) or {}).get("hosts") == resource.details["record"]["hosts"]:
+                _record_path(config).unlink(missing_ok=True)
+
+
+@hookimpl
+def flambe_cluster_terminate(config, instances) -> None:
+    """Stop every local host of the cluster and remove its namespaces, links and folders."""
+    record = _read_record(config)
+    if record is None:
+        raise FlambeClusterError(f"cluster {config.name!r}: no record of its local hosts in {_record_path(config)}")
+    _destroy(record)
+    _record_path(config).unlink(missing_ok=True)
