@@ -322,18 +322,34 @@ def bench_second_up(hosts, key: Path, workdir: Path, up_repeat: int, notes: list
     saved = os.environ.get(STATE_HOME_ENV)
     os.environ[STATE_HOME_ENV] = str(workdir / "flambe-home")
     try:
+        runs: list[tuple[float, list[tuple[float, str]]]] = []  # (wall time, [(time into the run, step)])
+
         def up_in_process() -> None:
+            steps: list[tuple[float, str]] = []
+            start = time.perf_counter()
             cluster = Cluster.from_yaml(config)
+            cluster.on_step = lambda message: steps.append((time.perf_counter() - start, message))
             with cluster:
                 cluster.run()
+            runs.append((time.perf_counter() - start, steps))
             if cluster.error is not None:
                 raise RuntimeError(f"Cluster.run() failed: {cluster.error}") from cluster.error
 
-        start = time.perf_counter()
+        def describe(run: tuple[float, list[tuple[float, str]]]) -> str:
+            total, steps = run
+            marks = [*steps, (total, "done")]
+            return "; ".join(f"{marks[i + 1][0] - at:.2f} s {message[:60]}" for i, (at, message) in enumerate(steps)) \
+                + f" (total {total:.2f} s)"
+
         up_in_process()  # the first up: pins host keys, distributes the cluster key, prepares the hosts
         notes.append(f"first up of the 1+2 cluster (Cluster.run(), in-process; everything `up` sets up on "
-                     f"fresh hosts), not part of any figure: {fmt(time.perf_counter() - start)}")
+                     f"fresh hosts), not part of any figure: {fmt(runs[0][0])}")
+        notes.append("steps of the first up: " + describe(runs[0]))
         in_process = Sample("Cluster.run(), 2nd up, 1+2 hosts", timed(up_in_process, up_repeat))
+        seconds = runs[1:]
+        notes.append("second ups (Cluster.run(), in-process), each: " + ", ".join(fmt(t) for t, _ in seconds))
+        notes.append("steps of the fastest second up: " + describe(min(seconds, key=lambda run: run[0])))
+        notes.append("steps of the slowest second up: " + describe(max(seconds, key=lambda run: run[0])))
 
         env = {**os.environ, "COLUMNS": "200"}
 

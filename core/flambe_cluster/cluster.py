@@ -423,14 +423,16 @@ class Cluster:
         private, _public, known = self._remote_key_files()
 
         def command(factory: Instance) -> str:
-            ssh = shlex.join(
-                ["ssh", "-p", str(factory.private.port), "-i", f"~/{private}", "-o", "IdentitiesOnly=yes",
-                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile=~/{known}"]
+            # rsync splits -e itself (honouring single quotes); the shell expands $HOME inside the double
+            # quotes. Not `~`: OpenSSH expands that to the passwd home, which need not be $HOME.
+            ssh = (
+                f'"ssh -p {factory.private.port} -i \'$HOME/{private}\' -o IdentitiesOnly=yes -o BatchMode=yes '
+                f'-o StrictHostKeyChecking=yes -o \'UserKnownHostsFile=$HOME/{known}\'"'
             )
             local, remote = home_path(folder + "/"), shlex.quote(sync.remote_spec(self.username, factory.private, folder + "/"))
             source, target = (local, remote) if push else (remote, local)
             delete = " --delete" if push else ""
-            return f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)}{delete} -e {shlex.quote(ssh)} {source} {target}"
+            return f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)}{delete} -e {ssh} {source} {target}"
 
         if push:
             self.create_dirs_on(factories, [folder])

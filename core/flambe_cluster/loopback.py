@@ -183,8 +183,24 @@ def alive(record: dict) -> bool:
     return bool(record["hosts"]) and all(process_is(h["pid"], "sshd") for h in record["hosts"])
 
 
+def _stop_recorded_groups(home: Path) -> None:
+    """Stop the Ray nodes and jobs flambe-cluster started from this host's home, by their recorded groups.
+
+    Loopback hosts share the machine's process table, so stopping a host's
+    sshd does not end what ran on it (namespaced hosts need no such step).
+    """
+    from .remote.processes import read_json, stop_group
+
+    for marker in [*home.glob(".flambe-cluster/ray/*.json"), *home.glob(".flambe-cluster/*/job/process.json")]:
+        data = read_json(marker)
+        if data and "pgid" in data:
+            stop_group(int(data["pgid"]), grace=2.0)
+
+
 def destroy(record: dict) -> None:
-    """Stop every recorded host's process group (verified to be its sshd) and remove the folder; idempotent."""
+    """Stop every recorded host: what ran on it, then its sshd (verified by name); remove the folder. Idempotent."""
+    for host in record["hosts"]:
+        _stop_recorded_groups(Path(host["home"]))
     for host in record["hosts"]:
         pid = int(host["pid"])
         if process_is(pid, "sshd"):

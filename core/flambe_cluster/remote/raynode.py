@@ -38,8 +38,8 @@ def _live_markers(markers: Path) -> dict[str, dict]:
     return found
 
 
-def _raylets_of_this_user() -> list[tuple[int, int]]:
-    """(pid, pgid) of every raylet process of this user visible here."""
+def _raylets_on(node_ip: str) -> list[tuple[int, int]]:
+    """(pid, pgid) of every raylet of this user serving ``node_ip`` (several hosts may share a machine)."""
     result = []
     uid = os.getuid()
     for entry in Path("/proc").iterdir():
@@ -47,6 +47,8 @@ def _raylets_of_this_user() -> list[tuple[int, int]]:
             continue
         try:
             if (entry / "comm").read_text().strip() != "raylet" or entry.stat().st_uid != uid:
+                continue
+            if f"--node_ip_address={node_ip}" not in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0"):
                 continue
             result.append((int(entry.name), os.getpgid(int(entry.name))))
         except (OSError, ProcessLookupError):
@@ -65,9 +67,9 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
               "first (flambe-cluster down) or use another host", file=sys.stderr)
         return REFUSED
     known = {int(m["pgid"]) for m in live.values()}
-    foreign = [pid for pid, pgid in _raylets_of_this_user() if pgid not in known]
+    foreign = [pid for pid, pgid in _raylets_on(node_ip) if pgid not in known]
     if foreign:
-        print(f"a Ray node not started by flambe-cluster runs on this host (raylet PID {foreign[0]}); stop it "
+        print(f"a Ray node not started by flambe-cluster runs on {node_ip} (raylet PID {foreign[0]}); stop it "
               "(`ray stop`) or use another host", file=sys.stderr)
         return REFUSED
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what flambe-cluster needs on a Debian/Ubuntu machine: OpenSSH (client
+# and server), rsync, iproute2 and Debian's python3 with venv (when run as
+# root), then flambe-cluster itself into this python3.
+#   scripts/setup.sh         the package
+#   scripts/setup.sh --dev   the package with its test dependencies and the example provider
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ssh >/dev/null || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v rsync >/dev/null || missing+=(rsync)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v ps >/dev/null || missing+=(procps)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing system packages: ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
+fi
+
+if [ "${1:-}" = "--dev" ]; then
+  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./examples/inventory-provider
+else
+  python3 -m pip install -q --disable-pip-version-check -e .
+fi
