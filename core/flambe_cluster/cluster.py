@@ -230,6 +230,12 @@ class Cluster:
             self.run_cmds(self.setup_cmds)
             self.prepare_all_instances()
             self.launch_ray_cluster()
+            self.hooks.flambe_cluster_configure_idle_shutdown(
+                config=self.config,
+                instances=ClusterInstances(self.orchestrator, self.factories),
+                journal=self.journal,
+                run=lambda host, command: self.pool.run(host, command).stdout,
+            )
 
     def run_cmds(self, setup_cmds: List[str]) -> None:
         """Run each setup command on every host at once, in order.

@@ -124,6 +124,24 @@ def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstanc
     """
 
 
+@hookspec
+def flambe_cluster_configure_idle_shutdown(
+    config: "ClusterConfig",
+    instances: "ClusterInstances",
+    journal: "RunJournal",
+    run: Callable[["Instance", str], str],
+) -> None:
+    """Arrange for idle machines to be released when the client is gone (cloud providers).
+
+    Called at the end of every successful ``up``, after Ray is running.
+    Idempotent: a second ``up`` must not add a second alarm or watchdog.
+    Anything created (an alarm) is passed to ``journal.record(...)``; it is
+    removed by ``flambe_cluster_terminate``.  ``run(instance, command)``
+    runs a shell command on a host and returns its stdout (for an on-host
+    watchdog).  Optional.
+    """
+
+
 @hookspec(firstresult=True)
 def flambe_cluster_detect_gpus(
     config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]
