@@ -20,6 +20,9 @@ from flambe_cluster import Cluster, UsageError
 from flambe_cluster.state import ClusterState
 
 CLI = [sys.executable, "-m", "flambe_cluster"]
+# Clusters that get as far as preparing software share one name: the hosts' environment
+# (Ray, installed offline) is then installed once for the module, not once per test.
+E2E = "e2e"
 
 
 def cli(*args, env_home, timeout=120):
@@ -34,26 +37,26 @@ def authorized_keys(host):
 def test_up_through_the_cli_then_exec_status_down(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
     hosts = three_hosts.hosts
     config = ssh_cluster_yaml(
-        tmp_path / "c.yaml", hosts, flambe_client_key.path, "cli-e2e",
+        tmp_path / "c.yaml", hosts, flambe_client_key.path, E2E,
         setup_cmds=['echo "setup ran on $(hostname -I)" >> "$HOME"/setup-cli-e2e'],
     )
     done = cli("up", str(config), env_home=flambe_state_home)
     assert done.returncode == 0, done.stderr
-    assert "cluster 'cli-e2e' is up: 1 orchestrator, 2 factories" in done.stderr
-    public_line = (flambe_state_home / "clusters" / "cli-e2e" / "cluster_key.pub").read_text().strip()
+    assert "cluster 'e2e' is up: 1 orchestrator, 2 factories" in done.stderr
+    public_line = (flambe_state_home / "clusters" / E2E / "cluster_key.pub").read_text().strip()
     for host in hosts:
         assert (host.home / "setup-cli-e2e").read_text().split() == ["setup", "ran", "on", host.address]
         assert public_line in authorized_keys(host)
-        private = host.home / ".ssh" / "flambe-cluster-cli-e2e"
+        private = host.home / ".ssh" / "flambe-cluster-e2e"
         assert oct(private.stat().st_mode & 0o777) == "0o600"
 
     done = cli("exec", str(config), "--", "ip -4 -o addr show dev eth0 | awk '{print $4}'", env_home=flambe_state_home)
     assert done.returncode == 0, done.stderr
     lines = sorted(done.stdout.splitlines())
     assert lines == sorted(
-        [f"[cli-e2e_orchestrator] {hosts[0].address}/24",
-         f"[cli-e2e_factory0] {hosts[1].address}/24",
-         f"[cli-e2e_factory1] {hosts[2].address}/24"]
+        [f"[e2e_orchestrator] {hosts[0].address}/24",
+         f"[e2e_factory0] {hosts[1].address}/24",
+         f"[e2e_factory1] {hosts[2].address}/24"]
     )
 
     done = cli("exec", str(config), "--on", "factories", "--", "hostname", "-I", env_home=flambe_state_home)
@@ -73,10 +76,10 @@ def test_up_through_the_cli_then_exec_status_down(three_hosts, flambe_client_key
 
 
 def test_second_up_reuses_the_key_pair_and_is_fast(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
-    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "second-up",
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, E2E,
                               setup_cmds=["sleep 0.3"])
     assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
-    key = flambe_state_home / "clusters" / "second-up" / "cluster_key"
+    key = flambe_state_home / "clusters" / E2E / "cluster_key"
     before = key.read_bytes()
     started = time.monotonic()
     done = cli("up", str(config), env_home=flambe_state_home)
@@ -90,20 +93,20 @@ def test_second_up_reuses_the_key_pair_and_is_fast(three_hosts, flambe_client_ke
 def test_up_through_the_python_api(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
     hosts = three_hosts.hosts
     cluster = Cluster(
-        name="api-e2e", key=str(flambe_client_key.path), username=hosts[0].username, provider="ssh",
+        name=E2E, key=str(flambe_client_key.path), username=hosts[0].username, provider="ssh",
         orchestrator_ip=hosts[0].address, factories_ips=[h.address for h in hosts[1:]],
         setup_cmds=['touch "$HOME"/setup-api-e2e'],
     )
     with cluster:
         cluster.run()
         assert cluster.cluster_has_key()
-        assert cluster.get_orchestrator_name() == "api-e2e_orchestrator"
-        assert cluster.get_factory_basename() == "api-e2e_factory"
+        assert cluster.get_orchestrator_name() == "e2e_orchestrator"
+        assert cluster.get_factory_basename() == "e2e_factory"
         assert cluster.get_orch_home_path() == "/home/" + hosts[0].username
         env = cluster.get_remote_env(lambda: "researcher")
         assert env.orchestrator_ip == hosts[0].address
         assert env.factories_ips == (hosts[1].address, hosts[2].address)
-        assert env.key == f"/home/{hosts[0].username}/.ssh/flambe-cluster-api-e2e"
+        assert env.key == f"/home/{hosts[0].username}/.ssh/flambe-cluster-e2e"
         assert env.local_user == "researcher"
         # the factories hold a copy of what rsync_orch sent from the orchestrator, through the cluster key
         (hosts[0].home / "shared-folder").mkdir()
@@ -119,23 +122,21 @@ def test_up_through_the_python_api(three_hosts, flambe_client_key, flambe_state_
         assert (factory.home / "shared-folder" / "weights.bin").read_bytes() == original
 
 
-def test_changed_host_key_is_refused_and_nothing_runs(flambe_test_hosts, flambe_client_key, flambe_state_home, tmp_path):
-    network = flambe_test_hosts(3)
-    hosts = network.hosts
-    config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "hostkey",
-                              setup_cmds=['echo run >> "$HOME"/runs'])
+def test_changed_host_key_is_refused_and_nothing_runs(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, E2E,
+                              setup_cmds=['echo run >> "$HOME"/hostkey-runs'])
     assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
-    hosts[2].replace_host_key()
+    hosts[2].replace_host_key()  # later tests pin the new key in their own fresh state
     done = cli("up", str(config), env_home=flambe_state_home)
     assert done.returncode == 1
-    assert f"hostkey_factory1 ({hosts[2].address})" in done.stderr
+    assert f"e2e_factory1 ({hosts[2].address})" in done.stderr
     assert "HOST KEY CHANGED" in done.stderr
     assert "ssh-keygen -R" in done.stderr
-    assert (hosts[2].home / "runs").read_text() == "run\n", "nothing may run on a host whose key changed"
+    assert (hosts[2].home / "hostkey-runs").read_text() == "run\n", "nothing may run on a host whose key changed"
     done = cli("exec", str(config), "--", "touch", "exec-ran", env_home=flambe_state_home)
     assert done.returncode == 1 and "HOST KEY CHANGED" in done.stderr
     assert not (hosts[2].home / "exec-ran").exists()
-    network.close()
 
 
 def test_strict_policy_refuses_unknown_hosts(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
@@ -192,20 +193,20 @@ HOSTILE = ["a;b", "it's", 'say "hi"', "$(touch pwned-subst)", "`touch pwned-tick
 
 
 def test_hostile_exec_arguments_are_data(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
-    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "hostile-exec")
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, E2E)
     assert cli("up", str(config), env_home=flambe_state_home).returncode == 0
     done = cli("exec", str(config), "--on", "orchestrator", "--", "echo", "a;b", env_home=flambe_state_home)
-    assert done.stdout == "[hostile-exec_orchestrator] a;b\n"
+    assert done.stdout == "[e2e_orchestrator] a;b\n"
     done = cli("exec", str(config), "--on", "orchestrator", "--", "printf", "%s|", *HOSTILE, env_home=flambe_state_home)
     assert done.returncode == 0, done.stderr
-    printed = done.stdout.replace("[hostile-exec_orchestrator] ", "").replace("\n", "\n")
+    printed = done.stdout.replace("[e2e_orchestrator] ", "").replace("\n", "\n")
     assert printed.rstrip("\n") == "|".join(HOSTILE) + "|"
     assert not list(three_hosts.hosts[0].home.glob("pwned*"))
 
 
 def test_hostile_paths_are_data_or_refused(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
     hosts = three_hosts.hosts
-    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, "hostile-paths"))
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, E2E))
     name = "dir ;touch pwned-a; $(touch pwned-b) `touch pwned-c` 'q' \"d\"\nx"
     local = tmp_path / "payload $(touch pwned-local);'x'"
     local.mkdir()

@@ -6,11 +6,12 @@ usage or configuration.  Every error message says what to do next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import click
 from rich.console import Console
@@ -49,9 +50,16 @@ def _load(config_path: str) -> Cluster:
     return cluster
 
 
-def _existing(cluster: Cluster) -> None:
-    if not cluster.find_instances():
-        raise UsageError(f"cluster {cluster.name!r} does not exist yet; create it with `flambe-cluster up CONFIG`")
+@contextlib.contextmanager
+def _opened(config_path: str, must_exist: bool = True) -> Iterator[Cluster]:
+    """The cluster of a file, its existing instances loaded (or UsageError), connections closed after."""
+    cluster = _load(config_path)
+    try:
+        if must_exist and not cluster.find_instances():
+            raise UsageError(f"cluster {cluster.name!r} does not exist yet; create it with `flambe-cluster up CONFIG`")
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,8 +137,7 @@ def _ray_and_job(cluster: Cluster) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str, as_json: bool) -> int:
     """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job."""
-    cluster = _load(config)
-    try:
+    with _opened(config, must_exist=False) as cluster:
         exists = cluster.find_instances()
         hosts = cluster._get_all_hosts() if exists else []
         reachable = {}
@@ -163,8 +170,6 @@ def status(config: str, as_json: bool) -> int:
             if extra["job"] is not None:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
         return EXIT_OK if all(v == "ok" for v in reachable.values()) else EXIT_FAILED
-    finally:
-        cluster.close()
 
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -178,9 +183,7 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
     whose items are each quoted (`exec -- echo 'a;b'` prints `a;b`).
     """
     line = command[0] if len(command) == 1 else shell_join(command)
-    cluster = _load(config)
-    try:
-        _existing(cluster)
+    with _opened(config) as cluster:
         hosts = {"all": cluster._get_all_hosts(), "orchestrator": [cluster.orchestrator], "factories": cluster.factories}[target]
         results = cluster.execute_on(hosts, line, check=False)
         for instance, result in results.items():
@@ -190,8 +193,6 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
             if not result.ok:
                 err.print(f"[{instance.name}] exit code {result.exit_code}", markup=False)
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
-    finally:
-        cluster.close()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -207,17 +208,13 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
 def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Optional[str],
            extensions: Sequence[str], secret_sections: Sequence[str]) -> int:
     """Ship a file or folder to the orchestrator and run it there, detached (`-- ARGS` are passed to it)."""
-    cluster = _load(config)
-    try:
-        _existing(cluster)
+    with _opened(config) as cluster:
         with cluster.state.lock():
             cluster.install_extensions({spec: spec for spec in extensions})
             status = jobs.submit(cluster, Path(path), args, force=force, entry=entry,
                                  secrets_whitelist=list(secret_sections) or None)
         err.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
         return EXIT_OK
-    finally:
-        cluster.close()
 
 
 @cli.command()
@@ -225,9 +222,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends; exit with its code.")
 def logs(config: str, follow: bool) -> int:
     """Print the job's output (everything since it started)."""
-    cluster = _load(config)
-    try:
-        _existing(cluster)
+    with _opened(config) as cluster:
         stream = sys.stdout.buffer
 
         def write(chunk: bytes) -> None:
@@ -239,8 +234,6 @@ def logs(config: str, follow: bool) -> int:
             err.print(f"job {final.describe()}")
             return EXIT_OK if final.exit_code == 0 else EXIT_FAILED
         return EXIT_OK
-    finally:
-        cluster.close()
 
 
 @cli.command()
@@ -249,29 +242,22 @@ def logs(config: str, follow: bool) -> int:
 @click.argument("local", type=click.Path(file_okay=False))
 def pull(config: str, remote: str, local: str) -> int:
     """Bring REMOTE (relative to the home) back into LOCAL, after gathering the factories' copies on the orchestrator."""
-    cluster = _load(config)
-    try:
-        _existing(cluster)
+    with _opened(config) as cluster:
         jobs.pull(cluster, remote, Path(local))
         err.print(f"pulled {remote} into {local}")
         return EXIT_OK
-    finally:
-        cluster.close()
 
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def down(config: str) -> int:
     """Stop the job and Ray on every host, then release the machines the provider manages."""
-    cluster = _load(config)
-    try:
+    with _opened(config, must_exist=False) as cluster:
         if not cluster.down():
             err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
         else:
             err.print(f"cluster {cluster.name!r} is down")
         return EXIT_OK
-    finally:
-        cluster.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

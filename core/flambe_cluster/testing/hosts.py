@@ -52,6 +52,8 @@ from typing import Any
 
 from attrs import define, field
 
+from ..loopback import process_is, read_banner
+
 __all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork", "destroy_detached", "detached_alive"]
 
 #: The OpenSSH server binary the hosts run (absolute: sshd re-executes itself).
@@ -411,7 +413,7 @@ class TestHost:
                     f"(last: {last_error}); {self.log_path}:\n{_tail(self.log_path)}"
                 )
             try:
-                banner = _read_banner(self.address, self.port, min(1.0, remaining))
+                banner = read_banner(self.address, self.port, min(1.0, remaining))
                 if banner.startswith(b"SSH-"):
                     break
                 last_error = f"unexpected banner {banner[:60]!r}"
@@ -480,23 +482,6 @@ class TestHost:
         return subprocess.run(
             ["nsenter", "--target", str(pid1), "--net", "--mount", "--pid", "--", *argv], **kw
         )
-
-
-def _read_banner(address: str, port: int, timeout: float) -> bytes:
-    with socket.create_connection((address, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        data = b""
-        while b"\n" not in data and len(data) < 256:
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            data += chunk
-        if data.startswith(b"SSH-"):
-            # Answer with an identification, so that sshd does not log an error
-            # for a client that vanished before identifying itself.
-            with contextlib.suppress(OSError):
-                sock.sendall(b"SSH-2.0-flambe-test-probe\r\n")
-        return data
 
 
 def _generate_host_key(path: Path, comment: str) -> None:
@@ -827,8 +812,6 @@ class TestHostNetwork:
 
 def detached_alive(record: dict) -> bool:
     """Whether every host of a :meth:`TestHostNetwork.detach` record still runs."""
-    from ..loopback import process_is
-
     return bool(record["hosts"]) and all(
         h["pid"] and process_is(h["pid"], "unshare") and h["sshd_pid"] and process_is(h["sshd_pid"], "sshd")
         for h in record["hosts"]
@@ -838,8 +821,6 @@ def detached_alive(record: dict) -> bool:
 def destroy_detached(record: dict) -> None:
     """Remove a detached network: kill each host (only the recorded, verified processes), delete its links,
     namespaces and folders.  Idempotent."""
-    from ..loopback import process_is
-
     for host in record["hosts"]:
         pid, sshd = host["pid"], host["sshd_pid"]
         if sshd and process_is(sshd, "sshd") and _ppid(sshd) == pid:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from attrs import field, frozen
 
 from flambe_cluster import hookimpl
+from flambe_cluster.config import to_bool
 from flambe_cluster.records import ClusterInstances, Endpoint, Instance, Role
 
 __all__ = ["HostAddresses", "SSHOptions"]
@@ -57,12 +58,6 @@ def _to_address_list(value: object) -> tuple[HostAddresses, ...]:
     return tuple(parsed)
 
 
-def _to_bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
 @frozen
 class SSHOptions:
     """The SSH provider's options."""
@@ -73,7 +68,7 @@ class SSHOptions:
     factories_ips: tuple[HostAddresses, ...] = field(
         converter=_to_address_list, metadata={"help": "the list of factory addresses"}
     )
-    use_public: bool = field(default=True, converter=_to_bool)
+    use_public: bool = field(default=True, converter=to_bool)
 
     @property
     def implied_factories_num(self) -> int:
