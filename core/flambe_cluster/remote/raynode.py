@@ -100,7 +100,8 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
     if data["cluster"] != cluster:
         print(f"the Ray node on {node_ip} belongs to cluster {data['cluster']!r}; not stopping it", file=sys.stderr)
         return REFUSED
-    stop_group(int(data["pgid"]))
+    # gcs_server and raylet linger on SIGTERM when their peers go at the same time: 2 s, then SIGKILL
+    stop_group(int(data["pgid"]), grace=2.0)
     marker.unlink(missing_ok=True)
     print(json.dumps({"status": "stopped"}))
     return 0
@@ -108,8 +109,16 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
 
 def nodes(address: str) -> int:
     """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON."""
+    import socket
+
     from ray._raylet import GcsClient
 
+    host, _, port = address.rpartition(":")
+    try:  # a head that is not listening fails here at once; the GCS client would retry for a minute
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
+        return 4
     try:
         infos = GcsClient(address=address).get_all_node_info(timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure means the head does not answer
