@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 results=${1:-./sweep-results}
 config=examples/local-cluster.yaml
 ./scripts/setup.sh
-fc() { python3 -m flambe_cluster "$@"; }
+fc() { .venv/bin/python -m flambe_cluster "$@"; }
 
 fc up "$config"
 trap 'fc down "$config"' EXIT

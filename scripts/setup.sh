@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what flambe-cluster needs on a Debian/Ubuntu machine: OpenSSH (client
-# and server), rsync, iproute2 and Debian's python3 with venv (when run as
-# root), then flambe-cluster itself into this python3.
+# and server), rsync, iproute2 and python3 with venv (apt, when run as root),
+# then flambe-cluster itself into the virtual environment .venv of this checkout
+# (made with $PYTHON, default python3).
 #   scripts/setup.sh         the package
 #   scripts/setup.sh --dev   the package with its test dependencies and the example provider
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v ps >/dev/null || missing+=(procps)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+"${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -26,8 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 if [ "${1:-}" = "--dev" ]; then
-  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./examples/inventory-provider
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./examples/inventory-provider
 else
-  python3 -m pip install -q --disable-pip-version-check -e .
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi

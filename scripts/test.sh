@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --dev
-exec python3 -m pytest "$@"
+exec .venv/bin/python -m pytest "$@"
