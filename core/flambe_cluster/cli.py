@@ -143,7 +143,7 @@ def status(config: str, as_json: bool) -> int:
         reachable = {}
         if hosts:
             cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
-            reachable = dict(zip(hosts, cluster.pool._executor.map(lambda h: _probe(cluster, h), hosts)))
+            reachable = cluster.pool.map(hosts, lambda h: _probe(cluster, h))
         extra = _ray_and_job(cluster) if hosts and reachable[cluster.orchestrator] == "ok" else {"ray": None, "job": None}
         if as_json:
             payload = {

@@ -264,9 +264,7 @@ class SSHPool:
     _handshakes: threading.BoundedSemaphore = field(
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CONCURRENT_HANDSHAKES)
     )
-    _executor: concurrent.futures.ThreadPoolExecutor = field(
-        init=False, factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="flambe-ssh")
-    )
+    _executor: concurrent.futures.ThreadPoolExecutor | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._known = _KnownHosts(self.known_hosts, self.host_key_policy)
@@ -354,7 +352,11 @@ class SSHPool:
         :class:`RemoteCommandError` when all are command failures).
         """
         instances = list(instances)
-        futures = {instance: self._executor.submit(action, instance) for instance in instances}
+        with self._guard:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="flambe-ssh")
+            executor = self._executor
+        futures = {instance: executor.submit(action, instance) for instance in instances}
         results: dict[Instance, T] = {}
         errors: list[FlambeClusterError] = []
         for instance, future in futures.items():
@@ -410,10 +412,13 @@ class SSHPool:
         return self.connection(instance).host_key
 
     def close(self) -> None:
-        """Close every connection (idempotent)."""
+        """Close every connection and the worker threads (idempotent; the pool reopens on next use)."""
         with self._guard:
             connections = list(self._connections.values())
             self._connections.clear()
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
         for connection in connections:
             connection.close()
 
