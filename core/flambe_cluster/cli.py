@@ -44,8 +44,8 @@ class Progress:
         self.last = now
 
 
-def _load(config_path: str) -> Cluster:
-    cluster = Cluster.from_yaml(config_path)
+def _load(config_path: str, validate: bool = False) -> Cluster:
+    cluster = Cluster.from_yaml(config_path, validate=validate)
     cluster.on_step = Progress()
     return cluster
 
@@ -89,7 +89,7 @@ def providers() -> int:
               help="Seconds to wait when another process is changing this cluster.")
 def up(config: str, force: bool, lock_wait: float) -> int:
     """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent)."""
-    cluster = _load(config)
+    cluster = _load(config, validate=True)
     with cluster:
         cluster.run(force=force, lock_wait=lock_wait)
     if cluster.error is not None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 from . import environment, jobs, plugins, raycluster, secrets, sync
 from .config import ClusterConfig, load_config, parse_config
-from .errors import ClusterConfigurationError, ClusterError, RemoteCommandError, UsageError
+from .errors import ClusterConfigurationError, ClusterError, FlambeClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path
 from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
 from .ssh import SSHPool, key_line, openssh_options
@@ -77,9 +77,13 @@ class Cluster:
         self.resources: Optional[Dict[Instance, Resources]] = None
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "Cluster":
-        """A cluster described by a YAML file (``provider:`` key or a seed tag)."""
-        return cls(config=load_config(path))
+    def from_yaml(cls, path: str | os.PathLike[str], validate: bool = True) -> "Cluster":
+        """A cluster described by a YAML file (``provider:`` key or a seed tag).
+
+        ``validate=False`` skips the provider's (possibly online) validation:
+        for commands on a cluster that already exists.
+        """
+        return cls(config=load_config(path, validate=validate))
 
     # --- the seed's fields
 
@@ -616,24 +620,49 @@ class Cluster:
     def down(self) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
 
-        Returns False when the cluster does not exist.  Machines the provider
-        manages (instances with an ``instance_id``) are terminated and their
-        pinned host keys forgotten (their addresses may be reused); the
+        Returns False when the cluster does not exist.  When the provider
+        manages the machines (every instance has an ``instance_id``), stopping
+        the job and Ray is best effort — a stopped or unreachable machine is
+        terminated anyway — and a cluster found incomplete is still released;
+        machines the user brought must be reachable.  Terminated machines'
+        pinned host keys are forgotten (their addresses may be reused); the
         journal records everything as destroyed.  Holds the cluster's lock.
         """
         with self.state.lock():
-            if not self.find_instances():
+            try:
+                exists = self.find_instances()
+            except ClusterError as incomplete:
+                self.on_step(f"the cluster is incomplete ({incomplete}); releasing what is left")
+                exists = None
+            if exists is False:
                 return False
-            self.on_step("stopping the job and Ray")
-            self.shutdown_flambe_execution()
-            self.shutdown_ray_cluster()
-            self.on_step(f"releasing {1 + len(self.factories)} hosts ({self.config.provider})")
-            self.hooks.flambe_cluster_terminate(config=self.config, instances=ClusterInstances(self.orchestrator, self.factories))
+            if exists:
+                self._stop_everything()
+            self.on_step(f"releasing the hosts ({self.config.provider})")
+            self.hooks.flambe_cluster_terminate(
+                config=self.config,
+                instances=ClusterInstances(self.orchestrator, self.factories) if exists else None,
+            )
             self.close()
             self._forget_host_keys([h for h in self.all_loaded() if h.instance_id is not None])
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
             return True
+
+    def _stop_everything(self) -> None:
+        """Stop the job and Ray; best effort (with a short connect deadline) on machines about to be terminated."""
+        self.on_step("stopping the job and Ray")
+        if not all(h.instance_id is not None for h in self._get_all_hosts()):
+            self.shutdown_flambe_execution()
+            self.shutdown_ray_cluster()
+            return
+        self.pool.connect_timeout = min(self.pool.connect_timeout, 15.0)
+        try:
+            self.shutdown_flambe_execution()
+            self.shutdown_ray_cluster()
+        except FlambeClusterError as exc:
+            logger.warning("could not stop the job and Ray before terminating (%s); terminating anyway", exc)
+            self.on_step("some hosts did not answer; terminating them anyway")
 
     def close(self) -> None:
         """Close the SSH connections (idempotent)."""

@@ -226,12 +226,14 @@ class ClusterConfig:
     source: str | None = None
 
 
-def parse_config(raw: Mapping[str, Any], source: str | None = None) -> ClusterConfig:
+def parse_config(raw: Mapping[str, Any], source: str | None = None, validate: bool = True) -> ClusterConfig:
     """Build a :class:`ClusterConfig` from a mapping, or raise with every problem.
 
     Raises :class:`ClusterConfigurationError` listing all problems found, and
     :class:`~flambe_cluster.errors.ProviderError` when the provider cannot be
-    loaded.  Runs the provider's ``flambe_cluster_validate`` hook.
+    loaded.  With ``validate`` (for ``up``) it also runs the provider's
+    ``flambe_cluster_validate`` hook, which may ask the cloud; commands on an
+    existing cluster skip it.
     """
     if not isinstance(raw, Mapping):
         raise ClusterConfigurationError([f"expected a mapping of fields, got {_kind(raw)}"], source)
@@ -266,7 +268,8 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> ClusterCo
         source=source,
         **{**attrs.asdict(common, recurse=False), "factories_num": factories_num},
     )
-    problems += [p for result in manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
+    if validate:
+        problems += [p for result in manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
     if problems:
         raise ClusterConfigurationError(problems, source)
     return config
@@ -315,6 +318,6 @@ def read_config_file(path: str | os.PathLike[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+def load_config(path: str | os.PathLike[str], validate: bool = True) -> ClusterConfig:
     """Read and validate a YAML cluster file; see :func:`parse_config`."""
-    return parse_config(read_config_file(path), source=str(path))
+    return parse_config(read_config_file(path), source=str(path), validate=validate)

@@ -115,12 +115,15 @@ def flambe_cluster_rollback(
 
 
 @hookspec
-def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstances") -> None:
+def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstances | None") -> None:
     """Release the cluster's machines for ``down``.
 
     Cloud providers terminate the instances and anything attached to the
     cluster (alarms); providers of machines the user brought leave them
-    running.  Idempotent; waits until they are gone.  Optional.
+    running.  ``instances`` is ``None`` when the cluster could not be found
+    whole (``find_instances`` raised, e.g. an idle alarm already terminated
+    some factories): the provider then releases whatever of the cluster it
+    can find.  Idempotent; waits until they are gone.  Optional.
     """
 
 

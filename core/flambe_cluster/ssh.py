@@ -33,6 +33,7 @@ from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedErro
 from .records import Endpoint, Instance
 
 STDERR_TAIL_LINES = 20
+COMMAND_SHOWN = 300  # characters of a failed command shown in its error (long scripts are cut)
 MAX_CONCURRENT_HANDSHAKES = 8
 MAX_CHANNELS_PER_CONNECTION = 8  # sshd's default MaxSessions is 10
 T = TypeVar("T")
@@ -87,7 +88,8 @@ class CommandResult:
     def describe_failure(self) -> str:
         """One block naming host, command, exit code (or timeout) and the tail of stderr."""
         status = f"timed out after {self.timeout:g} s" if self.exit_code is None else f"exited with code {self.exit_code}"
-        text = f"{self.host}: command {self.command!r} {status}"
+        command = self.command if len(self.command) <= COMMAND_SHOWN else self.command[:COMMAND_SHOWN] + "…"
+        text = f"{self.host}: command {command!r} {status}"
         tail = self.stderr_tail()
         if tail:
             text += "; stderr ends with:\n" + "\n".join(f"      | {line}" for line in tail.splitlines())
@@ -265,6 +267,7 @@ class SSHPool:
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CONCURRENT_HANDSHAKES)
     )
     _executor: concurrent.futures.ThreadPoolExecutor | None = field(init=False, default=None)
+    _generation: int = field(init=False, default=0)  # bumped by close(): connects in progress give up
 
     def __attrs_post_init__(self) -> None:
         self._known = _KnownHosts(self.known_hosts, self.host_key_policy)
@@ -293,7 +296,10 @@ class SSHPool:
         endpoint = instance.endpoint
         last_error = "no attempt made"
         delay = 0.2
+        generation = self._generation
         while True:
+            if self._generation != generation:
+                raise HostUnreachableError(instance.label, "gave up connecting: the cluster's connections were closed")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise HostUnreachableError(
@@ -417,6 +423,7 @@ class SSHPool:
             connections = list(self._connections.values())
             self._connections.clear()
             executor, self._executor = self._executor, None
+            self._generation += 1
         if executor is not None:
             executor.shutdown(wait=False)
         for connection in connections:

@@ -1,1 +1,158 @@
-"""The AWS provider (work in progress)."""
+"""The AWS provider: a cluster of EC2 instances that are reused, verified and never leaked.
+
+``pip install 'flambe-cluster[aws]'``, then (``provider: aws`` or the seed's
+``!AWSCluster`` tag)::
+
+    provider: aws
+    name: my-cluster
+    factories_num: 2
+    factories_type: g4dn.xlarge          # GPUs counted from the type, no SSH round trip
+    orchestrator_type: m5.large
+    key_name: my-key                     # EC2 key pair ...
+    key: ~/.ssh/my-key.pem               # ... and its private key here
+    security_group: sg-0123456789abcdef0 # or a group name in the subnet's VPC
+    subnet_id: subnet-0123456789abcdef0
+    # optional, with their defaults:
+    creator: <local user name>           # tag; part of the cluster's identity
+    region_name: <boto3's configured region, else us-east-1>
+    username: ubuntu
+    volume_type: gp2                     # gp2 | gp3 | io1 (io1: 3000 IOPS, at most 50 per GiB)
+    volume_size: 100                     # GiB, root volume
+    orchestrator_ami: <newest Ubuntu LTS, looked up>
+    factory_ami: <newest Ubuntu LTS, looked up>
+    dedicated: false                     # dedicated tenancy
+    orchestrator_timeout: -1             # idle auto-termination: -1 never, 0 when the job ends, N idle hours
+    factories_timeout: 1
+    use_public: true                     # connect to public addresses (launched with one)
+    tags: {project: x}                   # added to instances and volumes
+    launch_timeout: 600                  # seconds to wait for instances to run
+    connect_timeout: 300                 # (common field; the AWS default allows for booting)
+
+Credentials, endpoints and retries come from where boto3 finds them
+(``aws configure``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_EC2``,
+``AWS_MAX_ATTEMPTS``, ...).
+
+What it guarantees:
+
+- **Validation before spending**: credentials, subnet, security group (in
+  the subnet's VPC), key pair (and that ``key`` is its private key), instance types offered in the subnet's zone,
+  images (and their architecture) — every problem reported at once.
+- **Reuse**: the cluster's instances are found by tags (name, creator,
+  role) and reused; only what is missing is created, with one RunInstances
+  call per role whose ClientToken is this run's journal entry; each launch
+  is journaled before the call and again with its instance ids.  Stopped
+  instances of the cluster are started (with a warning), never duplicated;
+  instances beyond the count asked for are reported as likely leaks and
+  left alone.
+- **Rollback**: a failed or interrupted ``up`` terminates exactly the
+  instances this run launched (and stops those it started), and waits.
+  ``down`` terminates every instance of the cluster, deletes its alarms and
+  waits until they are terminated.
+- **Idle auto-termination** with CloudWatch alarms (see :mod:`.alarms`).
+- **GPUs** are counted from the instance type (DescribeInstanceTypes).
+- **Host keys** the instance printed on its console are required on first
+  contact (see :mod:`.hostkeys`).
+"""
+
+from __future__ import annotations
+
+from flambe_cluster import hookimpl
+from flambe_cluster.state import ClusterState
+
+from . import alarms, api, catalog, hostkeys, validation
+from . import instances as fleet
+from .options import AWSOptions
+
+__all__ = ["AWSOptions"]
+
+#: Fresh instances boot before sshd answers: a longer default than the core's 60 s.
+DEFAULT_CONNECT_TIMEOUT = 300.0
+
+
+@hookimpl
+def flambe_cluster_options_class() -> type:
+    return AWSOptions
+
+
+@hookimpl
+def flambe_cluster_config_defaults(raw: dict) -> dict:
+    """``username: ubuntu`` (the default images are Ubuntu's) and a connect timeout that allows for booting."""
+    return {"username": "ubuntu", "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+
+
+@hookimpl
+def flambe_cluster_validate(config) -> list[str]:
+    """Look everything up in EC2 (read-only) and report every problem at once.
+
+    Raises :class:`~flambe_cluster_aws.api.AWSError` (exit 1) when AWS itself
+    fails to answer, naming the step.
+    """
+    problems, _plan = validation.resolve(config.options, config.key)
+    return problems
+
+
+@hookimpl
+def flambe_cluster_load_instances(config, journal):
+    """Find the cluster's instances by tags, create what is missing, wait until they run."""
+    return fleet.load(config, journal)
+
+
+@hookimpl
+def flambe_cluster_find_instances(config):
+    """The cluster's live instances (stopped included), or None; never changes anything."""
+    return fleet.find(config)
+
+
+@hookimpl
+def flambe_cluster_rollback(config, created) -> None:
+    """Delete this run's alarms, terminate the instances it launched, stop those it started; wait."""
+    names = [r.resource_id for r in created if r.kind == alarms.KIND_ALARM]
+    if names:
+        alarms.delete(config.options.region_name, names, "rolling back: deleting this run's alarms")
+    fleet.rollback(config, created)
+
+
+@hookimpl
+def flambe_cluster_terminate(config, instances) -> None:
+    """Delete the cluster's alarms, terminate all its instances, wait until they are terminated."""
+    alarms.delete_all(config)
+    fleet.terminate(config, instances)
+
+
+@hookimpl
+def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> None:
+    """One CloudWatch alarm per instance whose role has a timeout >= 0 (see :mod:`.alarms`)."""
+    alarms.configure(config, instances, journal)
+
+
+@hookimpl
+def flambe_cluster_detect_gpus(config, instance, run):
+    """NVIDIA GPUs of the instance's type, from DescribeInstanceTypes (cached); None lets nvidia-smi answer."""
+    if instance.instance_id is None:
+        return None
+    name = config.options.instance_type(instance.role.value)
+    try:
+        with api.step("reading the instance type's GPUs"):
+            info = catalog.type_info(config.options.region_name, [name]).get(name)
+    except api.AWSError:
+        return None
+    return info.gpus if info else None
+
+
+def _pinned(config, instance) -> bool:
+    """Whether the cluster's known_hosts already pins the instance (then the vouched keys do not matter)."""
+    path = ClusterState.for_cluster(config.name, config.state_dir).known_hosts
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    name = instance.endpoint.known_hosts_name
+    return any(name in line.split(" ", 1)[0].split(",") for line in lines if line.strip())
+
+
+@hookimpl
+def flambe_cluster_host_keys(config, instance):
+    """The host keys the instance printed on its console, for its first contact; None when there are none."""
+    if instance.instance_id is None or _pinned(config, instance):
+        return None
+    return hostkeys.console_host_keys(config.options.region_name, instance.instance_id)

@@ -1,0 +1,161 @@
+"""The AWS provider's options: the seed's ``AWSCluster`` parameters, parsed field by field.
+
+Each converter raises ``ValueError`` saying what was expected and what was
+given; the core collects every problem of a file at once.  Converters accept
+their own output (the core may run them twice).  Nothing here talks to AWS:
+whether the instance types, key pair, subnet, security group and images exist
+is checked by :mod:`flambe_cluster_aws.validation`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from typing import Mapping
+
+from attrs import field, frozen
+
+from flambe_cluster.config import one_of, to_bool, to_int, to_seconds, to_str
+
+__all__ = ["AWSOptions", "DEFAULT_REGION", "MAX_TIMEOUT_HOURS", "default_region"]
+
+DEFAULT_REGION = "us-east-1"
+#: CloudWatch evaluates an alarm over at most 7 days (periods of one hour).
+MAX_TIMEOUT_HOURS = 168
+#: Tag keys the provider owns: a user tag may not start with them.
+RESERVED_TAG_PREFIXES = ("aws:", "flambe-cluster:")
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
+_CREATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
+
+
+def _kind(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def default_region() -> str:
+    """The region boto3 is configured with (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``~/.aws/config``), else us-east-1."""
+    import boto3
+
+    return boto3.session.Session().region_name or DEFAULT_REGION
+
+
+def default_creator() -> str:
+    """The local user name, made safe for a tag value and an alarm name."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+    cleaned = re.sub(r"[^A-Za-z0-9_.@+=-]", "-", user).lstrip("-_.@+=") or "unknown"
+    return cleaned[:128]
+
+
+def to_region(value: object) -> str:
+    if not isinstance(value, str) or not _REGION.match(value):
+        raise ValueError(f"expected an AWS region name such as 'us-east-1', got {_kind(value)}")
+    return value
+
+
+def to_instance_type(value: object) -> str:
+    if not isinstance(value, str) or not _INSTANCE_TYPE.match(value):
+        raise ValueError(f"expected an EC2 instance type such as 'm5.xlarge', got {_kind(value)}")
+    return value
+
+
+def to_subnet_id(value: object) -> str:
+    if not isinstance(value, str) or not _SUBNET.match(value):
+        raise ValueError(f"expected a subnet id such as 'subnet-0123456789abcdef0', got {_kind(value)}")
+    return value
+
+
+def to_optional_ami(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _AMI.match(value):
+        raise ValueError(f"expected an AMI id such as 'ami-0123456789abcdef0' (or leave it out for the default Ubuntu image), got {_kind(value)}")
+    return value
+
+
+def to_creator(value: object) -> str:
+    if not isinstance(value, str) or not _CREATOR.match(value):
+        raise ValueError(
+            "expected 1-128 characters of letters, digits and '_.@+=-' (it is a tag value and part of alarm names), "
+            f"got {_kind(value)}"
+        )
+    return value
+
+
+def to_timeout_hours(value: object) -> int:
+    """-1 (never), 0 (as soon as the host is idle, i.e. when the job ends) or N hours idle."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_TIMEOUT_HOURS:
+        raise ValueError(
+            f"expected -1 (never), 0 (when the job ends) or a number of idle hours up to {MAX_TIMEOUT_HOURS}, got {_kind(value)}"
+        )
+    return value
+
+
+def to_tags(value: object) -> Mapping[str, str]:
+    """A mapping of tag keys to values (numbers and booleans become strings)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of tag names to values, got {_kind(value)}")
+    tags: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip() or len(key) > 128:
+            raise ValueError(f"expected tag names of 1-128 characters, got {key!r}")
+        if key.lower().startswith(RESERVED_TAG_PREFIXES):
+            raise ValueError(f"tag {key!r}: names starting with {' or '.join(RESERVED_TAG_PREFIXES)} are reserved")
+        if key == "Name":
+            raise ValueError("tag 'Name' is set by flambe-cluster (<name>_orchestrator, <name>_factory); leave it out")
+        if isinstance(item, (bool, int, float)):
+            item = str(item).lower() if isinstance(item, bool) else str(item)
+        if not isinstance(item, str) or len(item) > 256:
+            raise ValueError(f"tag {key!r}: expected a value of at most 256 characters, got {_kind(item)}")
+        tags[key] = item
+    return tags
+
+
+@frozen
+class AWSOptions:
+    """The AWS provider's options (the seed's ``AWSCluster`` parameters, plus ``launch_timeout``).
+
+    ``name``, ``factories_num``, ``key``, ``username`` (default ``ubuntu``) and
+    ``setup_cmds`` are common fields.  ``key`` is the private key of the EC2
+    key pair ``key_name``.
+    """
+
+    factories_type: str = field(converter=to_instance_type, metadata={"help": "the factories' EC2 instance type (e.g. 'g4dn.xlarge')"})
+    orchestrator_type: str = field(converter=to_instance_type, metadata={"help": "the orchestrator's EC2 instance type (e.g. 'm5.large')"})
+    key_name: str = field(converter=to_str, metadata={"help": "the name of the EC2 key pair whose private key is `key`"})
+    security_group: str = field(converter=to_str, metadata={"help": "a security group id (sg-...) or name in the subnet's VPC"})
+    subnet_id: str = field(converter=to_subnet_id, metadata={"help": "the subnet to launch into (subnet-...)"})
+    creator: str = field(factory=default_creator, converter=to_creator)
+    volume_type: str = field(default="gp2", converter=one_of("gp2", "gp3", "io1"))
+    volume_size: int = field(default=100, converter=to_int(minimum=8))
+    region_name: str = field(factory=default_region, converter=to_region)
+    tags: Mapping[str, str] = field(factory=dict, converter=to_tags)
+    orchestrator_ami: str | None = field(default=None, converter=to_optional_ami)
+    factory_ami: str | None = field(default=None, converter=to_optional_ami)
+    dedicated: bool = field(default=False, converter=to_bool)
+    orchestrator_timeout: int = field(default=-1, converter=to_timeout_hours)
+    factories_timeout: int = field(default=1, converter=to_timeout_hours)
+    use_public: bool = field(default=True, converter=to_bool)
+    launch_timeout: float = field(default=600.0, converter=to_seconds)
+
+    def instance_type(self, role_value: str) -> str:
+        """The instance type of a role (``"orchestrator"`` or ``"factory"``)."""
+        return self.orchestrator_type if role_value == "orchestrator" else self.factories_type
+
+    def ami(self, role_value: str) -> str | None:
+        """The AMI the user gave for a role, or None for the default image."""
+        return self.orchestrator_ami if role_value == "orchestrator" else self.factory_ami
+
+    def timeout(self, role_value: str) -> int:
+        """The idle timeout of a role, in hours (-1 never, 0 when the job ends)."""
+        return self.orchestrator_timeout if role_value == "orchestrator" else self.factories_timeout
+
+

@@ -1,0 +1,63 @@
+"""The AWS provider passes the provider conformance suite, on moto + real test hosts.
+
+The suite describes a cluster on given hosts; an EC2 provider cannot choose
+its addresses — moto hands out a new one per instance.  So here the hosts
+follow the instances (tests/aws_support.py: each instance moto launches gets
+a real OpenSSH host at its private address), and ``conformance_hosts`` is
+the hosts of the cluster under test, orchestrator first, as the provider
+reports its instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from aws_support import aws_cloud  # noqa: F401 - a fixture
+from flambe_cluster.config import parse_config
+from flambe_cluster.testing.conformance import ProviderConformance
+from flambe_cluster_aws import instances as fleet
+
+pytestmark = pytest.mark.hosts
+
+
+class HostsOfTheClusterUnderTest(Sequence):
+    """The test hosts behind the instances of the last cluster the suite described (looked up when read)."""
+
+    def __init__(self, cloud, suite: type) -> None:
+        self.cloud, self.suite = cloud, suite
+
+    def _hosts(self) -> list:
+        found = fleet.find(parse_config(self.cloud.config(self.suite.current_name)))
+        by_address = {host.address: host for host in self.cloud.hosts_by_id.values()}
+        return [] if found is None else [by_address[instance.private.host] for instance in found]
+
+    def __getitem__(self, index):
+        return self._hosts()[index]
+
+    def __len__(self) -> int:
+        return len(self._hosts())
+
+    def __iter__(self):
+        return iter(self._hosts())
+
+
+class TestAWSProviderConformance(ProviderConformance):
+    provider = "aws"
+    creates_instances = True
+    current_name = ""
+
+    @pytest.fixture(scope="class")
+    def conformance_hosts(self, aws_cloud):  # noqa: F811 - overrides the suite's fixed hosts
+        yield HostsOfTheClusterUnderTest(aws_cloud, type(self))
+
+    @pytest.fixture(autouse=True)
+    def _cloud(self, aws_cloud):  # noqa: F811
+        self.cloud = aws_cloud
+
+    def cluster_config(self, hosts, name, key):
+        type(self).current_name = name
+        config = self.cloud.config(name, key=str(key))
+        config.pop("provider")
+        return config

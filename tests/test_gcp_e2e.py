@@ -1,0 +1,155 @@
+"""End to end on GCP: `up` → `submit` → `logs` → second `up` → `down` through the real command line.
+
+The real google-cloud-compute client talks to the local Compute Engine fake
+(tests/gcp_fake.py), which hands out the addresses of three real test hosts
+(OpenSSH servers in Linux namespaces), so everything after provisioning —
+SSH, keys, offline install, Ray, the job, the idle watchdogs — runs for real.
+The cluster is brought up once for the module (the offline install of Ray
+takes about a minute here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gcp_fake import FakeComputeEngine
+
+NAME = "gcp-e2e"
+
+
+class Env:
+    def __init__(self, network, fake, config, state):
+        self.network, self.hosts, self.fake, self.config, self.state = network, network.hosts, fake, config, state
+
+    def cli(self, *args, timeout=600, check=None):
+        env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(self.state), "COLUMNS": "200"}
+        done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        if check is not None:
+            assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        return done
+
+    def watchdogs(self, host) -> list[str]:
+        ps = host.run_in_namespace(["ps", "-eww", "-o", "pid=,args="]).stdout.splitlines()
+        return [line.split()[0] for line in ps if "gcp-idle-watchdog.py run" in line]
+
+
+@pytest.fixture(scope="module")
+def env(flambe_test_hosts, flambe_client_key, tmp_path_factory):
+    network = flambe_test_hosts(3)
+    fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
+    for host in network.hosts:  # what each instance's guest agent publishes: checked on first contact
+        fake.publish_host_keys(host.address, [host.host_key_line()])
+    folder = tmp_path_factory.mktemp("gcp-e2e")
+    config = folder / "cluster.yaml"
+    config.write_text(
+        "!GCPCluster\n"
+        f"name: {NAME}\n"
+        f"username: {network.hosts[0].username}\n"
+        f"key: {flambe_client_key.path}\n"
+        "factories_num: 2\n"
+        f"project: {fake.project}\n"
+        "zone: us-central1-a\n"
+        "orchestrator_type: e2-standard-2\n"
+        "factories_type: n1-standard-4\n"
+        "factories_gpu_type: nvidia-tesla-t4\n"
+        "factories_gpu_count: 1\n"
+        "labels: {suite: e2e}\n"
+        "use_public: false\n"
+        f"api_endpoint: {fake.url}\n"
+        "setup_cmds: ['echo \"set up on $(hostname -I)\" > \"$HOME\"/gcp-setup']\n"
+    )
+    env = Env(network, fake, config, folder / "state")
+    env.first_up = env.cli("up", str(config), timeout=900)
+    try:
+        yield env
+    finally:
+        if fake.live_instances():
+            env.cli("down", str(config))
+        fake.close()
+        network.close()
+
+
+def test_up_creates_one_orchestrator_and_two_factories_with_the_cluster_labels_and_starts_ray(env):
+    up = env.first_up
+    assert up.returncode == 0, up.stderr
+    assert f"cluster {NAME!r} is up: 1 orchestrator, 2 factories" in up.stderr
+    live = env.fake.live_instances()
+    assert len(live) == 3 and env.fake.count("instances.insert") == 3
+    assert sorted(i["labels"]["flambe-role"] for i in live) == ["factory", "factory", "orchestrator"]
+    assert all(i["labels"]["flambe-cluster"] == NAME and i["labels"]["suite"] == "e2e" for i in live)
+    assert sorted(i["networkInterfaces"][0]["networkIP"] for i in live) == sorted(h.address for h in env.hosts)
+    for host in env.hosts:
+        assert (host.home / "gcp-setup").read_text().split() == ["set", "up", "on", host.address]
+    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    assert [(h["role"], h["address"], h["ssh"]) for h in status["hosts"]] == [
+        ("orchestrator", env.hosts[0].address, "ok"), ("factory", env.hosts[1].address, "ok"),
+        ("factory", env.hosts[2].address, "ok")]
+    ray = status["ray"]
+    assert ray["alive_workers"] == 2
+    workers = {n["ip"]: n for n in ray["nodes"] if n["alive"] and not n["head"]}
+    assert set(workers) == {env.hosts[1].address, env.hosts[2].address}
+    assert all(w["resources"].get("GPU") == 1 for w in workers.values()), \
+        "each factory's GPU comes from its accelerator configuration (the hosts have no nvidia-smi)"
+
+
+def test_each_factory_runs_one_idle_watchdog_and_the_orchestrator_none(env):
+    assert env.watchdogs(env.hosts[0]) == [], "orchestrator_timeout defaults to -1"
+    for factory in env.hosts[1:]:
+        assert len(env.watchdogs(factory)) == 1
+        settings = json.loads((factory.home / ".flambe-cluster" / NAME / "gcp-idle-watchdog.json").read_text())
+        assert settings["timeout_hours"] == 1.0 and settings["role"] == "factory"
+
+
+JOB = """
+import json, pathlib, sys, time
+import ray
+
+@ray.remote(num_cpus=1, num_gpus=1, scheduling_strategy="SPREAD")
+def where(i):
+    time.sleep(0.5)
+    return ray.util.get_node_ip_address()
+
+ray.init(log_to_driver=False)
+print("tasks ran on", " ".join(sorted(set(ray.get([where.remote(i) for i in range(6)])))))
+"""
+
+
+def test_submit_runs_ray_tasks_on_both_factories(env, tmp_path):
+    job = tmp_path / "where.py"
+    job.write_text(JOB)
+    env.cli("submit", str(env.config), str(job), check=0)
+    logs = env.cli("logs", str(env.config), "--follow", check=0)
+    assert f"tasks ran on {env.hosts[1].address} {env.hosts[2].address}" in logs.stdout
+    assert "job finished with exit code 0" in logs.stderr
+
+
+def test_a_second_up_reuses_the_instances_and_the_watchdogs(env):
+    before = {h.address: env.watchdogs(h) for h in env.hosts}
+    lists = env.fake.count("instances.list")
+    started = time.monotonic()
+    up = env.cli("up", str(env.config), check=0)
+    elapsed = time.monotonic() - started
+    assert env.fake.count("instances.insert") == 3, "nothing new is created"
+    assert env.fake.count("instances.list") == lists + 1, "finding the cluster takes one list request"
+    assert "Ray already up: 2 workers alive" in up.stderr and "installing" not in up.stderr
+    assert {h.address: env.watchdogs(h) for h in env.hosts} == before, "no second watchdog, none restarted"
+    assert elapsed < 10, f"second up took {elapsed:.1f} s"
+
+
+def test_down_deletes_every_instance_and_waits(env):
+    done = env.cli("down", str(env.config), check=0)
+    assert f"cluster {NAME!r} is down" in done.stderr
+    assert env.fake.live_instances() == [], "down returns when the instances are gone"
+    assert env.fake.count("instances.delete") == 3
+    status = env.cli("status", str(env.config), check=0)
+    assert "does not exist" in status.stdout
+    for host in env.hosts[1:]:
+        names = host.run_in_namespace(["ps", "-e", "-o", "comm="]).stdout.split()
+        assert "raylet" not in names
