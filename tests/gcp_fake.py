@@ -596,7 +596,7 @@ class FakeComputeEngine:
             if kind not in ACCELERATOR_TYPES or zone not in ACCELERATOR_TYPES[kind][1]:
                 raise ApiError(400, f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': '{kind}'.")
             if int(accelerator.get("acceleratorCount", 0)) > ACCELERATOR_TYPES[kind][0]:
-                raise ApiError(400, f"Invalid value for field 'resource.guestAccelerators[0].acceleratorCount'.")
+                raise ApiError(400, "Invalid value for field 'resource.guestAccelerators[0].acceleratorCount'.")
             if (body.get("scheduling") or {}).get("onHostMaintenance") != "TERMINATE":
                 raise ApiError(400, "Instances with guest accelerators do not support live migration.")
         for key, value in (body.get("labels") or {}).items():

@@ -431,7 +431,7 @@ def test_one_run_instances_per_role_and_one_describe_per_poll(moto_cloud, flambe
     assert provider_calls(moto_cloud)["TerminateInstances"] - after.get("TerminateInstances", 0) == 1
 
 
-def test_rollback_of_nothing_and_of_gone_instances_is_quiet(moto_cloud, flambe_state_home):
+def test_rollback_of_nothing_and_of_gone_instances_does_not_raise(moto_cloud, flambe_state_home):
     config = parse_config(moto_cloud.config("gone"))
     flambe_cluster_rollback(config=config, created=[])
     flambe_cluster_rollback(config=config, created=[CreatedResource("launch", "never-launched", {"region": "us-east-1",

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -181,12 +182,24 @@ def test_failing_setup_command_names_host_command_code_and_stderr(three_hosts, f
 
 
 def test_a_second_up_waits_or_refuses_while_one_holds_the_lock(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
-    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "locked")
-    with ClusterState.for_cluster("locked").lock():
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, E2E)
+    with ClusterState.for_cluster(E2E).lock():
         done = cli("up", str(config), env_home=flambe_state_home)
     assert done.returncode == 2
-    assert "cluster 'locked' is busy" in done.stderr and "--wait" in done.stderr
+    assert "cluster 'e2e' is busy" in done.stderr and "--wait" in done.stderr
     assert f"PID {os.getpid()}" in done.stderr
+
+    holder = ClusterState.for_cluster(E2E).lock()
+    holder.__enter__()
+    release = threading.Timer(2.0, holder.__exit__, (None, None, None))
+    release.start()
+    try:
+        started = time.monotonic()
+        done = cli("up", str(config), "--wait", "60", env_home=flambe_state_home)
+    finally:
+        release.join()
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 2.0, "the second up waited for the lock"
 
 
 HOSTILE = ["a;b", "it's", 'say "hi"', "$(touch pwned-subst)", "`touch pwned-tick`", "two\nlines", "  spaced  ", "*", "-n"]
@@ -199,7 +212,7 @@ def test_hostile_exec_arguments_are_data(three_hosts, flambe_client_key, flambe_
     assert done.stdout == "[e2e_orchestrator] a;b\n"
     done = cli("exec", str(config), "--on", "orchestrator", "--", "printf", "%s|", *HOSTILE, env_home=flambe_state_home)
     assert done.returncode == 0, done.stderr
-    printed = done.stdout.replace("[e2e_orchestrator] ", "").replace("\n", "\n")
+    printed = done.stdout.replace("[e2e_orchestrator] ", "")
     assert printed.rstrip("\n") == "|".join(HOSTILE) + "|"
     assert not list(three_hosts.hosts[0].home.glob("pwned*"))
 

@@ -20,6 +20,7 @@ import pytest
 from flambe_cluster import Cluster
 from flambe_cluster.config import parse_config
 from flambe_cluster.records import ClusterInstances, Role
+from flambe_cluster.remote.processes import group_record
 from flambe_cluster_gcp import idle, watchdog
 from gcp_fake import FakeComputeEngine
 
@@ -72,7 +73,10 @@ def test_job_running_reads_the_jobs_files(tmp_path):
     assert not watchdog.job_running(str(tmp_path))
     sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        (tmp_path / "process.json").write_text(json.dumps({"pgid": sleeper.pid}))
+        record = group_record(sleeper.pid)
+        (tmp_path / "process.json").write_text(json.dumps({**record, "boot": "an-earlier-boot"}))
+        assert not watchdog.job_running(str(tmp_path)), "a record from before a reboot is not this job"
+        (tmp_path / "process.json").write_text(json.dumps(record))
         assert watchdog.job_running(str(tmp_path))
         (tmp_path / "exit_code.json").write_text(json.dumps({"exit_code": 0}))
         assert not watchdog.job_running(str(tmp_path))

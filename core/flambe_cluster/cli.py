@@ -84,7 +84,7 @@ def providers() -> int:
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--force", is_flag=True, help="Replace a running job.")
+@click.option("--force", is_flag=True, help="Stop a running job.")
 @click.option("--wait", "lock_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait when another process is changing this cluster.")
 def up(config: str, force: bool, lock_wait: float) -> int:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 from . import environment, jobs, plugins, raycluster, secrets, sync
-from .config import ClusterConfig, load_config, parse_config
+from .config import ClusterConfig, load_config, parse_config, provider_problems
 from .errors import ClusterConfigurationError, ClusterError, FlambeClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path
 from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
@@ -219,27 +219,44 @@ class Cluster:
 
         Idempotent: on a cluster that is already up it reuses the instances,
         the key pair, the environments and the running Ray cluster, and only
-        re-runs the (idempotent) setup commands.
-        Holds the cluster's lock for its whole duration.  ``force`` is the
-        seed's flag to replace a running job; it has an effect once jobs run.
+        re-runs the (idempotent) setup commands.  With ``force`` (the seed's
+        flag) a running job is stopped.  Holds the cluster's lock for its
+        whole duration, a rollback after a failure included, so another
+        ``up`` never reuses what is being rolled back.
         """
         with self.state.lock(wait=float(kwargs.get("lock_wait", 0.0))):
-            self.load_all_instances()
-            self.wait_until_accessible()
-            if self.cluster_has_key():
-                self.on_step("cluster key already on every host")
-            else:
-                self.distribute_keys()
-            self.create_dirs(list(REMOTE_DIRS))
-            self.run_cmds(self.setup_cmds)
-            self.prepare_all_instances()
-            self.launch_ray_cluster()
-            self.hooks.flambe_cluster_configure_idle_shutdown(
-                config=self.config,
-                instances=ClusterInstances(self.orchestrator, self.factories),
-                journal=self.journal,
-                run=lambda host, command: self.pool.run(host, command).stdout,
-            )
+            try:
+                self._up()
+                if force:
+                    self.shutdown_flambe_execution()
+            except BaseException:
+                self._rollback_keeping_error()
+                raise
+
+    def _up(self) -> None:
+        self.load_all_instances()
+        self.wait_until_accessible()
+        if self.cluster_has_key():
+            self.on_step("cluster key already on every host")
+        else:
+            self.distribute_keys()
+        self.create_dirs(list(REMOTE_DIRS))
+        self.run_cmds(self.setup_cmds)
+        self.prepare_all_instances()
+        self.launch_ray_cluster()
+        self.hooks.flambe_cluster_configure_idle_shutdown(
+            config=self.config,
+            instances=ClusterInstances(self.orchestrator, self.factories),
+            journal=self.journal,
+            run=lambda host, command: self.pool.run(host, command).stdout,
+        )
+
+    def _rollback_keeping_error(self) -> None:
+        """Roll back after a failure; a failing rollback is logged, the original error stays the one raised."""
+        try:
+            self.rollback_env()
+        except Exception as rollback_error:  # noqa: BLE001 - reported; the run's own error is what the user sees
+            logger.error("rollback of cluster %r failed: %s", self.name, rollback_error)
 
     def run_cmds(self, setup_cmds: List[str]) -> None:
         """Run each setup command on every host at once, in order.
@@ -260,10 +277,7 @@ class Cluster:
 
     def create_dirs(self, relative_dirs: List[str]) -> None:
         """Create folders (relative to each host's home) on every host; existing ones are kept."""
-        if not relative_dirs:
-            return
-        paths = [check_relative_path(d, "create_dirs path") for d in relative_dirs]
-        self.pool.run_all(self._get_all_hosts(), "mkdir -p -- " + " ".join(home_path(p) for p in paths))
+        self.create_dirs_on(self._get_all_hosts(), relative_dirs)
 
     def existing_dir(self, _dir: str) -> bool:
         """Whether the folder ``$HOME/_dir`` exists on at least one host."""
@@ -377,6 +391,8 @@ class Cluster:
 
     def create_dirs_on(self, hosts: List[Instance], relative_dirs: List[str]) -> None:
         """Like :meth:`create_dirs`, on the given hosts only."""
+        if not relative_dirs:
+            return
         paths = [check_relative_path(d, "folder") for d in relative_dirs]
         self.pool.run_all(hosts, "mkdir -p -- " + " ".join(home_path(p) for p in paths))
 
@@ -437,12 +453,16 @@ class Cluster:
             # quotes. Not `~`: OpenSSH expands that to the passwd home, which need not be $HOME.
             ssh = (
                 f'"ssh -p {factory.private.port} -i \'$HOME/{private}\' -o IdentitiesOnly=yes -o BatchMode=yes '
+                f'-o ConnectTimeout={max(1, int(self.config.connect_timeout))} '
                 f'-o StrictHostKeyChecking=yes -o \'UserKnownHostsFile=$HOME/{known}\'"'
             )
             local, remote = home_path(folder + "/"), shlex.quote(sync.remote_spec(self.username, factory.private, folder + "/"))
             source, target = (local, remote) if push else (remote, local)
             delete = " --delete" if push else ""
-            return f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)}{delete} -e {ssh} {source} {target}"
+            return (
+                f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)} --timeout={sync.IO_TIMEOUT}"
+                f"{delete} -e {ssh} {source} {target}"
+            )
 
         if push:
             self.create_dirs_on(factories, [folder])
@@ -487,9 +507,8 @@ class Cluster:
         self.resources = self._detect_resources(reports)
 
     def _detect_resources(self, reports: Dict[Instance, "environment.HostReport"]) -> Dict[Instance, Resources]:
+        """CPUs (from the probe) and GPUs (through the detect_gpus hook) of every factory."""
         def detect(host: Instance) -> Resources:
-            if host.role is Role.ORCHESTRATOR:
-                return Resources(cpu=reports[host].cpus, gpu=0)
             gpus = self.hooks.flambe_cluster_detect_gpus(
                 config=self.config, instance=host, run=lambda command: self.pool.run(host, command).stdout
             )
@@ -593,7 +612,7 @@ class Cluster:
 
     def parse(self) -> None:
         """Check the configuration with the provider; raise ClusterConfigurationError listing all problems."""
-        problems = [p for result in self.hooks.flambe_cluster_validate(config=self.config) for p in result or ()]
+        problems = provider_problems(self.hooks, self.config)
         if problems:
             raise ClusterConfigurationError(problems, self.config.source)
 
@@ -620,7 +639,9 @@ class Cluster:
     def down(self) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
 
-        Returns False when the cluster does not exist.  When the provider
+        Returns False when the cluster does not exist and the journal holds
+        nothing of it (otherwise the provider is still asked to release what
+        is left, e.g. alarms of instances an idle alarm terminated).  When the provider
         manages the machines (every instance has an ``instance_id``), stopping
         the job and Ray is best effort — a stopped or unreachable machine is
         terminated anyway — and a cluster found incomplete is still released;
@@ -634,7 +655,7 @@ class Cluster:
             except ClusterError as incomplete:
                 self.on_step(f"the cluster is incomplete ({incomplete}); releasing what is left")
                 exists = None
-            if exists is False:
+            if exists is False and not self.state.journal.outstanding():
                 return False
             if exists:
                 self._stop_everything()
@@ -683,12 +704,7 @@ class Cluster:
             if exc_value is not None:
                 self.error = exc_value
                 logger.error("cluster %r failed: %s", self.name, exc_value)
-                try:
-                    self.rollback_env()
-                except Exception as rollback_error:  # noqa: BLE001 - reported, the original error stays
-                    logger.error("rollback of cluster %r failed: %s", self.name, rollback_error)
-                    self.error = rollback_error
-                    rollback_error.__context__ = exc_value
+                self._rollback_keeping_error()
         finally:
             self.close()
         return exc_value is not None

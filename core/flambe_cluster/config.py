@@ -37,14 +37,16 @@ def _kind(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def to_int(minimum: int | None = None) -> Callable[[object], int]:
-    """Converter: an integer (not a bool, not a string), at least ``minimum``."""
+def to_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[object], int]:
+    """Converter: an integer (not a bool, not a string) within ``minimum`` and ``maximum``."""
 
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_kind(value)}")
         if minimum is not None and value < minimum:
             raise ValueError(f"expected an integer >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"expected an integer <= {maximum}, got {value}")
         return value
 
     return convert
@@ -192,7 +194,7 @@ class CommonFields:
     command_timeout: float = field(default=1800.0, converter=to_seconds)
     state_dir: Path | None = field(default=None, converter=to_optional_path)
     python: str = field(default="python3", converter=to_str)
-    ray_port: int = field(default=6379, converter=to_int(minimum=1))
+    ray_port: int = field(default=6379, converter=to_int(minimum=1, maximum=65535))
     ray_timeout: float = field(default=120.0, converter=to_seconds)
     secrets: Path | None = field(default=None, converter=to_optional_path)
 
@@ -269,10 +271,15 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None, validate: bo
         **{**attrs.asdict(common, recurse=False), "factories_num": factories_num},
     )
     if validate:
-        problems += [p for result in manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
+        problems += provider_problems(manager.hook, config)
     if problems:
         raise ClusterConfigurationError(problems, source)
     return config
+
+
+def provider_problems(hooks: Any, config: ClusterConfig) -> list[str]:
+    """Every problem the provider's ``flambe_cluster_validate`` finds (may ask the cloud)."""
+    return [p for result in hooks.flambe_cluster_validate(config=config) for p in result or ()]
 
 
 class _Loader(yaml.SafeLoader):

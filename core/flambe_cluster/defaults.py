@@ -24,4 +24,4 @@ NVIDIA_SMI = (
 @hookimpl(trylast=True)
 def flambe_cluster_detect_gpus(config, instance, run):
     """Count the GPUs ``nvidia-smi`` lists on the host (0 when it is not installed)."""
-    return len([line for line in run(NVIDIA_SMI).splitlines() if line.strip()])
+    return len([line for line in run(NVIDIA_SMI).splitlines() if line.strip().isdigit()])  # profile chatter is not a GPU

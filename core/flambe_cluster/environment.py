@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BUILD_FILE = "flambe-cluster.build"
 
 # Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
-# and the Ray nodes flambe-cluster started on this host (see flambe_cluster.remote.raynode).
+# and the live Ray nodes flambe-cluster started on this host (the same test as
+# flambe_cluster.remote.processes.recorded_alive, which needs the environment to run).
 PROBE = r"""
 import glob, json, os, platform, subprocess, sys
 env_python, build_file = sys.argv[1], sys.argv[2]
@@ -55,9 +56,15 @@ if os.path.exists(env_python):
         except OSError:
             report["env"]["build"] = None
 report["ray_nodes"] = []
+try:
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+except OSError:
+    boot = ""
 for path in glob.glob(os.path.expanduser("~/.flambe-cluster/ray/*.json")):
     try:
         marker = json.load(open(path))
+        if marker.get("boot") != boot:
+            continue
         os.killpg(int(marker["pgid"]), 0)
     except (OSError, ValueError, KeyError):
         continue

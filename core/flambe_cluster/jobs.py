@@ -102,7 +102,7 @@ def submit(
     running job is stopped first.  Secrets are sent first when the cluster
     has a secrets file.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # `.` and `..` become named folders
     if not path.exists():
         raise UsageError(f"nothing to submit: {path} does not exist")
     current = status(cluster)

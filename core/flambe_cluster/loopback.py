@@ -133,12 +133,12 @@ class LoopbackNetwork:
         subnet = _pick_subnet()
         try:
             for index in range(self.count):
-                self.hosts.append(self._start(index, str(subnet.network_address + 10 + index)))
+                self._start(index, str(subnet.network_address + 10 + index))
         except BaseException:
             destroy(self.record())
             raise
 
-    def _start(self, index: int, address: str) -> dict:
+    def _start(self, index: int, address: str) -> None:
         name = f"h{index}"
         directory = self.workdir / name
         home = directory / "home"
@@ -160,6 +160,7 @@ class LoopbackNetwork:
         host_key = " ".join((directory / "host_key.pub").read_text().split()[:2])
         host = {"name": name, "address": address, "port": port, "home": str(home), "directory": str(directory),
                 "host_key": host_key, "pid": process.pid}
+        self.hosts.append(host)  # recorded at once: a failure from here on still stops it
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
             if process.poll() is not None:
@@ -167,9 +168,8 @@ class LoopbackNetwork:
                                          f"{(directory / 'sshd.log').read_text()[-2000:]}")
             with contextlib.suppress(OSError):
                 if read_banner(address, port, 1.0).startswith(b"SSH-"):
-                    return host
+                    return
             if time.monotonic() > deadline:
-                self.hosts.append(host)
                 raise FlambeClusterError(f"local host {name}: no SSH banner on {address}:{port} within {START_DEADLINE_S:g} s")
             time.sleep(0.05)
 
@@ -184,16 +184,20 @@ def alive(record: dict) -> bool:
 
 
 def _stop_recorded_groups(home: Path) -> None:
-    """Stop the Ray nodes and jobs flambe-cluster started from this host's home, by their recorded groups.
+    """Stop the Ray nodes and the running job flambe-cluster started from this host's home.
 
     Loopback hosts share the machine's process table, so stopping a host's
     sshd does not end what ran on it (namespaced hosts need no such step).
+    Only groups whose records are still alive (same boot, group running) are
+    signalled; a job that finished is left alone.
     """
-    from .remote.processes import read_json, stop_group
+    from .remote.processes import read_json, recorded_alive, stop_group
 
-    for marker in [*home.glob(".flambe-cluster/ray/*.json"), *home.glob(".flambe-cluster/*/job/process.json")]:
+    markers = list(home.glob(".flambe-cluster/ray/*.json"))
+    markers += [p for p in home.glob(".flambe-cluster/*/job/process.json") if not p.with_name("exit_code.json").exists()]
+    for marker in markers:
         data = read_json(marker)
-        if data and "pgid" in data:
+        if recorded_alive(data):
             stop_group(int(data["pgid"]), grace=2.0)
 
 

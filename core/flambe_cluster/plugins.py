@@ -146,6 +146,13 @@ def make_plugin_manager(name: str) -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     manager.register(defaults, name="flambe_cluster.defaults")
-    manager.register(provider, name=f"provider:{name}")
+    plugin = manager.register(provider, name=f"provider:{name}")
     manager.check_pending()
+    unmarked = [hook for hook in REQUIRED_HOOKS
+                if not any(impl.plugin_name == plugin for impl in getattr(manager.hook, hook).get_hookimpls())]
+    if unmarked:
+        raise ProviderError(
+            f"provider {name!r} defines {', '.join(unmarked)} without the @flambe_cluster.hookimpl marker; "
+            "decorate each hook implementation with it."
+        )
     return manager

@@ -20,6 +20,7 @@ def filtered(path: Path, whitelist: Sequence[str] | None) -> bytes:
     be read or parsed, or a whitelisted section is missing.
     """
     parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep keys as written (AWS_ACCESS_KEY_ID stays upper case)
     try:
         with open(path) as handle:
             parser.read_file(handle)
@@ -32,6 +33,7 @@ def filtered(path: Path, whitelist: Sequence[str] | None) -> bytes:
     if missing:
         raise UsageError(f"the secrets file {path} has no section(s) {', '.join(missing)}; it has {', '.join(parser.sections()) or 'none'}")
     kept = configparser.ConfigParser(interpolation=None)
+    kept.optionxform = str
     for section in sections:
         kept[section] = dict(parser[section])
     out = io.StringIO()

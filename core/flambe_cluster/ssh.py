@@ -23,9 +23,8 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
-import attrs
 import paramiko
 from attrs import define, field, frozen
 
@@ -135,14 +134,15 @@ class _VerifyNewHostKey(paramiko.MissingHostKeyPolicy):
     vouched for other keys, which wins over the policy.
     """
 
-    def __init__(self, known: _KnownHosts, label: str, vouched: Sequence[str] | None) -> None:
+    def __init__(self, known: _KnownHosts, label: str, vouched: Callable[[], Sequence[str] | None]) -> None:
         self.known = known
         self.label = label
-        self.vouched = vouched
+        self.vouched = vouched  # asked only here, for hosts not pinned yet
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        if self.vouched is not None:
-            if key_line(key) not in {" ".join(v.split()[:2]) for v in self.vouched}:
+        vouched = self.vouched()
+        if vouched is not None:
+            if key_line(key) not in {" ".join(v.split()[:2]) for v in vouched}:
                 raise HostKeyError(
                     self.label,
                     f"the host presented key {fingerprint(key)}, which is not one of the host keys the provider "
@@ -210,10 +210,13 @@ class Connection:
             raise HostError(self.instance.label, f"the SSH connection is broken ({exc}); retry the command") from exc
         out, err = bytearray(), bytearray()
         with channel:
-            channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            try:
+                channel.exec_command(command)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+            except (paramiko.SSHException, OSError) as exc:
+                raise HostError(self.instance.label, f"the SSH connection broke ({exc}); retry the command") from exc
             wakeup = channel.fileno()
             while True:
                 while channel.recv_ready():
@@ -288,7 +291,11 @@ class SSHPool:
             existing = self._connections.get(endpoint)
             if existing is not None and existing.is_active():
                 return existing
+            generation = self._generation
             connection = self._connect(instance, deadline or time.monotonic() + self.connect_timeout)
+            if generation != self._generation:  # the pool was closed meanwhile: do not keep it open
+                connection.close()
+                raise HostUnreachableError(instance.label, "gave up connecting: the cluster's connections were closed")
             self._connections[endpoint] = connection
             return connection
 
@@ -310,7 +317,7 @@ class SSHPool:
             client = paramiko.SSHClient()
             self._known.load_into(client)
             client.set_missing_host_key_policy(
-                _VerifyNewHostKey(self._known, instance.label, self.vouched_keys(instance))
+                _VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
             )
             try:
                 with self._handshakes:
@@ -370,6 +377,8 @@ class SSHPool:
                 results[instance] = future.result()
             except FlambeClusterError as exc:
                 errors.append(exc)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                errors.append(HostError(instance.label, f"the SSH connection broke ({exc!r})"))
         if errors:
             raise _combine(errors)
         return results

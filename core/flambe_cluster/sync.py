@@ -19,6 +19,7 @@ from .errors import FlambeClusterError, HostError
 from .records import Endpoint
 
 RSYNC_FLAGS = ("--archive", "--protect-args", "--partial")
+IO_TIMEOUT = 120  # seconds without any data before rsync gives up
 
 
 def remote_spec(username: str, endpoint: Endpoint, path: str) -> str:
@@ -34,7 +35,7 @@ def rsync_command(
     ssh_options: Sequence[str],
     port: int,
     delete: bool = False,
-    io_timeout: float = 60,
+    io_timeout: float = IO_TIMEOUT,
 ) -> list[str]:
     """The argv of an rsync over OpenSSH (``ssh_options`` from :func:`flambe_cluster.ssh.openssh_options`)."""
     ssh = shlex.join(["ssh", "-p", str(port), *ssh_options])

@@ -191,8 +191,9 @@ def build_local_wheel(source: Path, out_dir: Path) -> Path:
     """Build a local project folder (an extension) into a wheel on the client."""
     digest = hashlib.sha256()
     for path in sorted(Path(source).rglob("*")):
-        if path.is_file() and not ({"__pycache__", ".git", "build", "dist"} & set(path.parts)):
-            digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+        relative = path.relative_to(source)
+        if path.is_file() and not ({"__pycache__", ".git", "build", "dist"} & set(relative.parts)):
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes())
     target = out_dir / digest.hexdigest()[:16]
     existing = sorted(target.glob("*.whl"))
     if existing:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .processes import group_alive, read_json, stop_group, write_json
+from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 
 
 def _supervise(job_dir: Path) -> int:
@@ -49,7 +49,7 @@ def launch(job_dir: Path) -> int:
         [sys.executable, "-m", "flambe_cluster.remote.job", "supervise", str(job_dir)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    write_json(job_dir / "process.json", {"pgid": supervisor.pid, "started": time.time()})
+    write_json(job_dir / "process.json", group_record(supervisor.pid))
     print(json.dumps({"pgid": supervisor.pid}))
     return 0
 
@@ -62,7 +62,7 @@ def status(job_dir: Path) -> dict:
     finished = read_json(job_dir / "exit_code.json")
     if finished is not None:
         return {"state": "finished", "exit_code": finished["exit_code"], "pgid": process["pgid"]}
-    if group_alive(int(process["pgid"])):
+    if recorded_alive(process):
         return {"state": "running", "exit_code": None, "pgid": process["pgid"]}
     return {"state": "lost", "exit_code": None, "pgid": process["pgid"]}
 

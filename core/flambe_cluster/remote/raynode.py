@@ -20,10 +20,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from .processes import group_alive, read_json, stop_group, write_json
+from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 
 REFUSED = 3
 MARKERS = Path.home() / ".flambe-cluster" / "ray"
@@ -33,7 +32,7 @@ def _live_markers(markers: Path) -> dict[str, dict]:
     found = {}
     for path in markers.glob("*.json"):
         data = read_json(path)
-        if data and group_alive(int(data["pgid"])):
+        if recorded_alive(data):
             found[path.stem] = data
     return found
 
@@ -81,7 +80,7 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
     pgid = process.pid  # the new session's process group; Ray's daemons inherit it
     marker = markers / f"{node_ip}.json"
-    write_json(marker, {"cluster": cluster, "pgid": pgid, "started": time.time()})
+    write_json(marker, group_record(pgid, cluster=cluster))
     if process.wait() != 0:
         stop_group(pgid, grace=2.0)
         marker.unlink(missing_ok=True)
@@ -100,8 +99,9 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
     if data["cluster"] != cluster:
         print(f"the Ray node on {node_ip} belongs to cluster {data['cluster']!r}; not stopping it", file=sys.stderr)
         return REFUSED
-    # gcs_server and raylet linger on SIGTERM when their peers go at the same time: 2 s, then SIGKILL
-    stop_group(int(data["pgid"]), grace=2.0)
+    if recorded_alive(data):
+        # gcs_server and raylet linger on SIGTERM when their peers go at the same time: 2 s, then SIGKILL
+        stop_group(int(data["pgid"]), grace=2.0)
     marker.unlink(missing_ok=True)
     print(json.dumps({"status": "stopped"}))
     return 0

@@ -101,17 +101,17 @@ def job_running(job_dir):
         return False
     try:
         with open(os.path.join(job_dir, "process.json")) as handle:
-            pgid = json.load(handle)["pgid"]
+            record = json.load(handle)
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+    except (OSError, ValueError):
+        return False
+    if os.path.exists(os.path.join(job_dir, "exit_code.json")) or record.get("boot") != boot:
+        return False  # finished, or recorded before a reboot (the number may be someone else's now)
+    try:  # the same test as flambe_cluster.remote.processes.recorded_alive, which this script cannot import
+        os.killpg(int(record["pgid"]), 0)
+        return True
     except (OSError, ValueError, KeyError):
-        return False
-    if os.path.exists(os.path.join(job_dir, "exit_code.json")):
-        return False
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except PermissionError:
-        return True
-    except OSError:
         return False
 
 

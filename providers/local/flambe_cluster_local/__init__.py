@@ -31,7 +31,7 @@ from attrs import field, frozen
 
 from flambe_cluster import hookimpl, loopback
 from flambe_cluster.config import SAFE_NAME, one_of, to_optional_path
-from flambe_cluster.errors import FlambeClusterError
+from flambe_cluster.errors import ClusterError
 from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint, Instance, Role
 from flambe_cluster.state import ClusterState, KeyPair
 from flambe_cluster.testing import hosts as namespaces
@@ -128,21 +128,38 @@ def _instances(config, record: dict) -> ClusterInstances:
     return ClusterInstances(made[0], made[1:])
 
 
-@hookimpl
-def flambe_cluster_find_instances(config) -> ClusterInstances | None:
-    """The running local hosts of this cluster, or None when they are not (all) running."""
+def _running(config) -> dict | None:
+    """The record of this cluster's hosts when every one of them runs, in the configured number."""
     record = _read_record(config)
     if record is None or not _alive(record) or len(record["hosts"]) != 1 + config.factories_num:
         return None
+    return record
+
+
+@hookimpl
+def flambe_cluster_find_instances(config) -> ClusterInstances | None:
+    """The running local hosts of this cluster; None when it has none.
+
+    Raises ClusterError when some of its hosts stopped (or ``factories_num``
+    changed): ``down`` removes what is left, ``up`` starts them anew.
+    """
+    record = _read_record(config)
+    if record is None:
+        return None
+    if _running(config) is None:
+        raise ClusterError(
+            f"cluster {config.name!r}: its local hosts are not all running (or factories_num changed); "
+            "`flambe-cluster down` removes what is left, `flambe-cluster up` starts them anew"
+        )
     return _instances(config, record)
 
 
 @hookimpl
 def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
     """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use)."""
-    found = flambe_cluster_find_instances(config)
-    if found is not None:
-        return found
+    record = _running(config)
+    if record is not None:
+        return _instances(config, record)
     stale = _read_record(config)
     if stale is not None:
         _destroy(stale)
@@ -186,7 +203,6 @@ def flambe_cluster_rollback(config, created) -> None:
 def flambe_cluster_terminate(config, instances) -> None:
     """Stop every local host of the cluster and remove its namespaces, links and folders."""
     record = _read_record(config)
-    if record is None:
-        raise FlambeClusterError(f"cluster {config.name!r}: no record of its local hosts in {_record_path(config)}")
-    _destroy(record)
+    if record is not None:
+        _destroy(record)
     _record_path(config).unlink(missing_ok=True)

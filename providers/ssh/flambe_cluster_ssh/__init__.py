@@ -91,6 +91,16 @@ def flambe_cluster_validate(config) -> list[str]:
         if address.public in seen:
             problems.append(f"{where}: {address.public} is already listed as {seen[address.public]}; each host once")
         seen.setdefault(address.public, where)
+    private: dict = {options.orchestrator_ip.private.host: "orchestrator_ip"}
+    for index, address in enumerate(options.factories_ips):
+        where = f"factories_ips[{index}]"
+        if address.private.host in private:
+            problems.append(
+                f"{where}: private address {address.private.host} is also {private[address.private.host]}'s; "
+                "hosts reach each other (and Ray tells nodes apart) by private address, so give each its own "
+                "([public, private])"
+            )
+        private.setdefault(address.private.host, where)
     return problems
 
 
