@@ -49,8 +49,9 @@ class TestAWSProviderConformance(ProviderConformance):
     current_name = ""
 
     @pytest.fixture(scope="class")
-    def conformance_hosts(self, aws_cloud):  # noqa: F811 - overrides the suite's fixed hosts
-        yield HostsOfTheClusterUnderTest(aws_cloud, type(self))
+    @classmethod
+    def conformance_hosts(cls, aws_cloud):  # noqa: F811 - overrides the suite's fixed hosts
+        yield HostsOfTheClusterUnderTest(aws_cloud, cls)
 
     @pytest.fixture(autouse=True)
     def _cloud(self, aws_cloud):  # noqa: F811

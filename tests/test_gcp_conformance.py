@@ -16,8 +16,9 @@ class TestGCPProviderConformance(ProviderConformance):
     creates_instances = True
 
     @pytest.fixture(scope="class")
-    def conformance_hosts(self, flambe_test_hosts, request):
-        network = flambe_test_hosts(1 + self.factories_num)
+    @classmethod
+    def conformance_hosts(cls, flambe_test_hosts, request):
+        network = flambe_test_hosts(1 + cls.factories_num)
         fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
         for host in network.hosts:  # the host keys each instance's guest agent publishes
             fake.publish_host_keys(host.address, [host.host_key_line()])

@@ -57,8 +57,9 @@ class ProviderConformance:
     # --- fixtures
 
     @pytest.fixture(scope="class")
-    def conformance_hosts(self, flambe_test_hosts):
-        network = flambe_test_hosts(1 + self.factories_num)
+    @classmethod
+    def conformance_hosts(cls, flambe_test_hosts):
+        network = flambe_test_hosts(1 + cls.factories_num)
         yield network.hosts
         network.close()
 
