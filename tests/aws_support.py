@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from conftest import run_cli
 import yaml
 from attrs import define
 
@@ -432,11 +434,7 @@ class MotoCloud:
         return {**env, **self.env, "FLAMBE_CLUSTER_HOME": str(home), "COLUMNS": "200"}
 
     def cli(self, *args: str, home: Path, timeout: float = 300, check: int | None = None) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
-                              timeout=timeout, env=self.cli_env(home))
-        if check is not None:
-            assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-        return done
+        return run_cli(*args, state_home=home, timeout=timeout, check=check, env=self.cli_env(home))
 
     def popen(self, *args: str, home: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "flambe_cluster", *args], stdout=subprocess.PIPE,

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import textwrap
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["flambe_cluster.testing.pytest_plugin"]
+
+#: A Ray job spreading tasks over the factories (see its docstring).
+WHERE_JOB = Path(__file__).parent / "jobs" / "where.py"
+
+
+def run_cli(*args, state_home, timeout=600, check=None, env=None) -> subprocess.CompletedProcess:
+    """Run the real command line (``python -m flambe_cluster ARGS``) with its own state folder.
+
+    ``check`` is the exit code the run must end with (its output is shown if not).
+    """
+    environment = {**(env if env is not None else os.environ), "FLAMBE_CLUSTER_HOME": str(state_home), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+    if check is not None:
+        assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
 
 
 def pytest_configure(config):

@@ -16,30 +16,13 @@ import json
 import pytest
 
 from aws_support import aws_cloud, dump  # noqa: F401 - aws_cloud is a fixture
+from conftest import WHERE_JOB
 
 pytestmark = pytest.mark.hosts
 
 NAME = "aws-e2e"
 LIVE = ("pending", "running", "stopping", "stopped")
 
-JOB = """
-import json, pathlib, time
-import ray
-
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
-def where(i):
-    out = pathlib.Path.home() / "job-results"
-    out.mkdir(exist_ok=True)
-    ip = ray.util.get_node_ip_address()
-    (out / f"task-{i}-{ip}.txt").write_text(ip)
-    time.sleep(0.5)
-    return ip
-
-ray.init(log_to_driver=False)
-ips = sorted(set(ray.get([where.remote(i) for i in range(6)])))
-print("tasks ran on", " ".join(ips))
-print("gpus", int(ray.cluster_resources().get("GPU", 0)))
-"""
 
 
 class Env:
@@ -123,9 +106,7 @@ def test_idle_factories_have_a_terminate_alarm_and_the_orchestrator_none(env):
 
 
 def test_submit_logs_pull(env, tmp_path):
-    job = tmp_path / "where.py"
-    job.write_text(JOB)
-    env.cli("submit", str(env.config), str(job), check=0)
+    env.cli("submit", str(env.config), str(WHERE_JOB), check=0)
     logs = env.cli("logs", str(env.config), "--follow", check=0)
     factories = sorted(h["private"] for h in env.status()["hosts"] if h["role"] == "factory")
     assert f"tasks ran on {' '.join(factories)}" in logs.stdout, dump(logs)

@@ -10,25 +10,22 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import ssh_cluster_yaml
+from conftest import run_cli, ssh_cluster_yaml
 from flambe_cluster import Cluster, UsageError
 from flambe_cluster.state import ClusterState
 
-CLI = [sys.executable, "-m", "flambe_cluster"]
 # Clusters that get as far as preparing software share one name: the hosts' environment
 # (Ray, installed offline) is then installed once for the module, not once per test.
 E2E = "e2e"
 
 
-def cli(*args, env_home, timeout=120):
-    env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(env_home), "COLUMNS": "200"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+def cli(*args, env_home, timeout=600):
+    return run_cli(*args, state_home=env_home, timeout=timeout)
 
 
 def authorized_keys(host):

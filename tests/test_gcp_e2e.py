@@ -11,13 +11,11 @@ takes about a minute here).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
+from conftest import WHERE_JOB, run_cli
 from gcp_fake import FakeComputeEngine
 
 NAME = "gcp-e2e"
@@ -28,12 +26,7 @@ class Env:
         self.network, self.hosts, self.fake, self.config, self.state = network, network.hosts, fake, config, state
 
     def cli(self, *args, timeout=600, check=None):
-        env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(self.state), "COLUMNS": "200"}
-        done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
-                              timeout=timeout, env=env)
-        if check is not None:
-            assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-        return done
+        return run_cli(*args, state_home=self.state, timeout=timeout, check=check)
 
     def watchdogs(self, host) -> list[str]:
         ps = host.run_in_namespace(["ps", "-eww", "-o", "pid=,args="]).stdout.splitlines()
@@ -107,26 +100,11 @@ def test_each_factory_runs_one_idle_watchdog_and_the_orchestrator_none(env):
         assert settings["timeout_hours"] == 1.0 and settings["role"] == "factory"
 
 
-JOB = """
-import json, pathlib, sys, time
-import ray
-
-@ray.remote(num_cpus=1, num_gpus=1, scheduling_strategy="SPREAD")
-def where(i):
-    time.sleep(0.5)
-    return ray.util.get_node_ip_address()
-
-ray.init(log_to_driver=False)
-print("tasks ran on", " ".join(sorted(set(ray.get([where.remote(i) for i in range(6)])))))
-"""
-
-
 def test_submit_runs_ray_tasks_on_both_factories(env, tmp_path):
-    job = tmp_path / "where.py"
-    job.write_text(JOB)
-    env.cli("submit", str(env.config), str(job), check=0)
+    env.cli("submit", str(env.config), str(WHERE_JOB), check=0)
     logs = env.cli("logs", str(env.config), "--follow", check=0)
     assert f"tasks ran on {env.hosts[1].address} {env.hosts[2].address}" in logs.stdout
+    assert "gpus 2" in logs.stdout, "one GPU per factory, from the accelerator configuration"
     assert "job finished with exit code 0" in logs.stderr
 
 

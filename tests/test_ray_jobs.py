@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ssh_cluster_yaml
+from conftest import WHERE_JOB, run_cli, ssh_cluster_yaml
 
 SECRET_VALUE = "s3cr3t-AKIA-do-not-print"
 FAKE_NVIDIA_SMI = "#!/bin/sh\n# stand-in for tests: two GPUs\necho 0\necho 1\n"
@@ -30,12 +30,7 @@ class Env:
         self.network, self.hosts, self.config, self.state = network, network.hosts, config, state
 
     def cli(self, *args, timeout=600, check=None):
-        env = {**os.environ, "FLAMBE_CLUSTER_HOME": str(self.state), "COLUMNS": "200"}
-        done = subprocess.run([sys.executable, "-m", "flambe_cluster", *args], capture_output=True, text=True,
-                              timeout=timeout, env=env)
-        if check is not None:
-            assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-        return done
+        return run_cli(*args, state_home=self.state, timeout=timeout, check=check)
 
     def processes(self, host) -> list[str]:
         return host.run_in_namespace(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
@@ -112,33 +107,8 @@ def test_second_up_installs_nothing_and_restarts_nothing(env):
     assert elapsed < 2.0, f"second up took {elapsed:.2f} s"
 
 
-JOB = """
-import json, os, pathlib, sys, time
-import ray
-
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
-def where(i):
-    out = pathlib.Path.home() / "job-results"
-    out.mkdir(exist_ok=True)
-    ip = ray.util.get_node_ip_address()
-    (out / f"task-{i}-{ip}.txt").write_text(ip)
-    time.sleep(0.5)
-    return ip
-
-ray.init(log_to_driver=False)
-ips = sorted(set(ray.get([where.remote(i) for i in range(8)])))
-out = pathlib.Path.home() / "job-results"
-out.mkdir(exist_ok=True)
-(out / "driver.json").write_text(json.dumps({"ips": ips, "args": sys.argv[1:]}))
-print("tasks ran on", " ".join(ips))
-print("secrets file:", os.environ.get("FLAMBE_SECRETS"))
-"""
-
-
 def test_submit_logs_pull(env, tmp_path):
-    job = tmp_path / "where.py"
-    job.write_text(JOB)
-    env.cli("submit", str(env.config), str(job), "--", "--lr", "0.1; echo injected", check=0)
+    env.cli("submit", str(env.config), str(WHERE_JOB), "--", "--lr", "0.1; echo injected", check=0)
     logs = env.cli("logs", str(env.config), "--follow", check=0)
     assert f"tasks ran on {env.hosts[1].address} {env.hosts[2].address}" in logs.stdout
     assert "job finished with exit code 0" in logs.stderr
