@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import attrs
 from attrs import field, frozen
@@ -129,6 +129,35 @@ class ClusterInstances:
 
     orchestrator: Instance
     factories: tuple[Instance, ...] = field(converter=tuple)
+
+    @classmethod
+    def named(
+        cls,
+        cluster: str,
+        endpoints: "Sequence[tuple[Endpoint, Endpoint]]",
+        *,
+        use_public: bool = True,
+        instance_ids: "Sequence[str | None] | None" = None,
+    ) -> "ClusterInstances":
+        """Instances with the seed's names, from ``(public, private)`` endpoints, the orchestrator's first.
+
+        The orchestrator is ``<cluster>_orchestrator``, factory ``i`` is
+        ``<cluster>_factory<i>``; ``instance_ids`` (one per endpoint pair)
+        are the provider's handles, if it has any.
+        """
+        ids = list(instance_ids) if instance_ids is not None else [None] * len(endpoints)
+        made = [
+            Instance(
+                name=f"{cluster}_orchestrator" if index == 0 else f"{cluster}_factory{index - 1}",
+                role=Role.ORCHESTRATOR if index == 0 else Role.FACTORY,
+                public=public,
+                private=private,
+                use_public=use_public,
+                instance_id=ids[index],
+            )
+            for index, (public, private) in enumerate(endpoints)
+        ]
+        return cls(made[0], made[1:])
 
     def __iter__(self) -> Iterator[Instance]:
         yield self.orchestrator

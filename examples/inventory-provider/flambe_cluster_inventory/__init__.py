@@ -54,7 +54,7 @@ from attrs import field, frozen
 
 from flambe_cluster import ClusterConfigurationError, hookimpl
 from flambe_cluster.config import to_bool, to_str
-from flambe_cluster.records import ClusterInstances, Endpoint, Instance, Role
+from flambe_cluster.records import ClusterInstances, Endpoint
 
 __all__ = ["Inventory", "InventoryError", "InventoryGroup", "InventoryHost", "InventoryOptions", "read_inventory"]
 
@@ -363,15 +363,8 @@ def _instances(config) -> ClusterInstances:
             [f"inventory: {options.inventory.where()} was not validated; build the config with parse_config"], config.source
         )
 
-    def instance(name: str, role: Role, host: InventoryHost) -> Instance:
-        return Instance(name=name, role=role, public=host.public, private=host.private, use_public=options.use_public)
-
-    return ClusterInstances(
-        orchestrator=instance(f"{config.name}_orchestrator", Role.ORCHESTRATOR, orchestrators.hosts[0]),
-        factories=[
-            instance(f"{config.name}_factory{index}", Role.FACTORY, host) for index, host in enumerate(factories.hosts)
-        ],
-    )
+    hosts = [*orchestrators.hosts, *factories.hosts]
+    return ClusterInstances.named(config.name, [(h.public, h.private) for h in hosts], use_public=options.use_public)
 
 
 @hookimpl

@@ -32,7 +32,7 @@ from attrs import field, frozen
 from flambe_cluster import hookimpl, loopback
 from flambe_cluster.config import SAFE_NAME, one_of, to_optional_path
 from flambe_cluster.errors import ClusterError
-from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint, Instance, Role
+from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint
 from flambe_cluster.state import ClusterState, KeyPair
 from flambe_cluster.testing import hosts as namespaces
 
@@ -118,14 +118,9 @@ def _destroy(record: dict) -> None:
 
 
 def _instances(config, record: dict) -> ClusterInstances:
-    def instance(index: int, host: dict) -> Instance:
-        endpoint = Endpoint(host["address"], host["port"])
-        role = Role.ORCHESTRATOR if index == 0 else Role.FACTORY
-        name = f"{config.name}_orchestrator" if index == 0 else f"{config.name}_factory{index - 1}"
-        return Instance(name=name, role=role, public=endpoint, private=endpoint, instance_id=host["name"])
-
-    made = [instance(i, h) for i, h in enumerate(record["hosts"])]
-    return ClusterInstances(made[0], made[1:])
+    endpoints = [Endpoint(host["address"], host["port"]) for host in record["hosts"]]
+    return ClusterInstances.named(config.name, [(e, e) for e in endpoints],
+                                  instance_ids=[host["name"] for host in record["hosts"]])
 
 
 def _running(config) -> dict | None:

@@ -17,7 +17,7 @@ from attrs import field, frozen
 
 from flambe_cluster import hookimpl
 from flambe_cluster.config import to_bool
-from flambe_cluster.records import ClusterInstances, Endpoint, Instance, Role
+from flambe_cluster.records import ClusterInstances, Endpoint
 
 __all__ = ["HostAddresses", "SSHOptions"]
 
@@ -106,17 +106,8 @@ def flambe_cluster_validate(config) -> list[str]:
 
 def _instances(config) -> ClusterInstances:
     options: SSHOptions = config.options
-
-    def instance(name: str, role: Role, address: HostAddresses) -> Instance:
-        return Instance(name=name, role=role, public=address.public, private=address.private, use_public=options.use_public)
-
-    return ClusterInstances(
-        orchestrator=instance(f"{config.name}_orchestrator", Role.ORCHESTRATOR, options.orchestrator_ip),
-        factories=[
-            instance(f"{config.name}_factory{index}", Role.FACTORY, address)
-            for index, address in enumerate(options.factories_ips)
-        ],
-    )
+    hosts = [options.orchestrator_ip, *options.factories_ips]
+    return ClusterInstances.named(config.name, [(h.public, h.private) for h in hosts], use_public=options.use_public)
 
 
 @hookimpl
