@@ -33,7 +33,8 @@ HOST_KEY_POLICIES = ("accept-new", "strict")
 # --- converters: each parses one value or raises ValueError saying what was expected
 
 
-def _kind(value: object) -> str:
+def describe_value(value: object) -> str:
+    """``type value``, for messages saying what was given."""
     return f"{type(value).__name__} {value!r}"
 
 
@@ -42,7 +43,7 @@ def to_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[
 
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_kind(value)}")
+            raise ValueError(f"expected an integer, got {describe_value(value)}")
         if minimum is not None and value < minimum:
             raise ValueError(f"expected an integer >= {minimum}, got {value}")
         if maximum is not None and value > maximum:
@@ -55,21 +56,21 @@ def to_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[
 def to_seconds(value: object) -> float:
     """Converter: a positive, finite number of seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {_kind(value)}")
+        raise ValueError(f"expected a positive number of seconds, got {describe_value(value)}")
     return float(value)
 
 
 def to_bool(value: object) -> bool:
     """Converter: a YAML boolean."""
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_kind(value)}")
+        raise ValueError(f"expected true or false, got {describe_value(value)}")
     return value
 
 
 def to_str(value: object) -> str:
     """Converter: a non-empty string."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {_kind(value)}")
+        raise ValueError(f"expected a non-empty string, got {describe_value(value)}")
     return value
 
 
@@ -78,28 +79,30 @@ def to_str_tuple(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of strings, got {_kind(value)}")
+        raise ValueError(f"expected a list of strings, got {describe_value(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ValueError(f"expected a list of strings, item {index} is {_kind(item)}")
+            raise ValueError(f"expected a list of strings, item {index} is {describe_value(item)}")
     return tuple(value)
 
 
-def to_safe_name(value: object) -> str:
-    """Converter: a name used in paths, tags and commands — letters, digits, '-' and '_'."""
-    if not isinstance(value, str) or not SAFE_NAME.match(value):
-        raise ValueError(
-            "expected 1-63 characters of letters, digits, '-' and '_', starting with a letter "
-            f"or digit (it is used in file names, tags and commands), got {value!r}"
-        )
-    return value
+def matching(pattern: "re.Pattern[str]", expected: str) -> Callable[[object], str]:
+    """Converter factory: a string matching ``pattern``; otherwise "expected <expected>, got ..."."""
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"expected {expected}, got {describe_value(value)}")
+        return value
+
+    return convert
 
 
-def to_username(value: object) -> str:
-    """Converter: a POSIX user name."""
-    if not isinstance(value, str) or not SAFE_USERNAME.match(value):
-        raise ValueError(f"expected a POSIX user name (lowercase letters, digits, '-', '_'), got {value!r}")
-    return value
+to_safe_name = matching(
+    SAFE_NAME,
+    "1-63 characters of letters, digits, '-' and '_', starting with a letter or digit "
+    "(it is used in file names, tags and commands)",
+)
+to_username = matching(SAFE_USERNAME, "a POSIX user name (lowercase letters, digits, '-', '_')")
 
 
 def to_private_key_path(value: object) -> Path:
@@ -109,7 +112,7 @@ def to_private_key_path(value: object) -> Path:
     elif isinstance(value, str) and value.strip():
         path = Path(value).expanduser()
     else:
-        raise ValueError(f"expected the path of an SSH private key file, got {_kind(value)}")
+        raise ValueError(f"expected the path of an SSH private key file, got {describe_value(value)}")
     if not path.is_file():
         raise ValueError(f"expected the path of an SSH private key file, but {str(path)!r} does not exist")
     if not os.access(path, os.R_OK):
@@ -123,7 +126,7 @@ def to_optional_path(value: object) -> Path | None:
         return value
     if isinstance(value, str) and value.strip():
         return Path(value).expanduser().absolute()
-    raise ValueError(f"expected a folder path, got {_kind(value)}")
+    raise ValueError(f"expected a folder path, got {describe_value(value)}")
 
 
 def one_of(*choices: str) -> Callable[[object], str]:
@@ -238,7 +241,7 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None, validate: bo
     existing cluster skip it.
     """
     if not isinstance(raw, Mapping):
-        raise ClusterConfigurationError([f"expected a mapping of fields, got {_kind(raw)}"], source)
+        raise ClusterConfigurationError([f"expected a mapping of fields, got {describe_value(raw)}"], source)
     provider_name = raw.get("provider")
     if not isinstance(provider_name, str) or not provider_name:
         tags = ", ".join(YAML_TAGS)
@@ -321,7 +324,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict:
         detail = f"{problem} ({context})" if context else problem
         raise ClusterConfigurationError([f"invalid YAML{where}: {detail}"], str(path)) from exc
     if not isinstance(data, dict):
-        raise ClusterConfigurationError([f"expected a mapping of cluster fields at the top, got {_kind(data)}"], str(path))
+        raise ClusterConfigurationError([f"expected a mapping of cluster fields at the top, got {describe_value(data)}"], str(path))
     return data
 
 

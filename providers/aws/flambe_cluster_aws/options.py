@@ -15,7 +15,7 @@ from typing import Mapping
 
 from attrs import field, frozen
 
-from flambe_cluster.config import one_of, to_bool, to_int, to_seconds, to_str
+from flambe_cluster.config import describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
 
 __all__ = ["AWSOptions", "DEFAULT_REGION", "MAX_TIMEOUT_HOURS", "default_region"]
 
@@ -30,10 +30,6 @@ _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
 _CREATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
-
-
-def _kind(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
 
 
 def default_region() -> str:
@@ -53,46 +49,24 @@ def default_creator() -> str:
     return cleaned[:128]
 
 
-def to_region(value: object) -> str:
-    if not isinstance(value, str) or not _REGION.match(value):
-        raise ValueError(f"expected an AWS region name such as 'us-east-1', got {_kind(value)}")
-    return value
-
-
-def to_instance_type(value: object) -> str:
-    if not isinstance(value, str) or not _INSTANCE_TYPE.match(value):
-        raise ValueError(f"expected an EC2 instance type such as 'm5.xlarge', got {_kind(value)}")
-    return value
-
-
-def to_subnet_id(value: object) -> str:
-    if not isinstance(value, str) or not _SUBNET.match(value):
-        raise ValueError(f"expected a subnet id such as 'subnet-0123456789abcdef0', got {_kind(value)}")
-    return value
+to_region = matching(_REGION, "an AWS region name such as 'us-east-1'")
+to_instance_type = matching(_INSTANCE_TYPE, "an EC2 instance type such as 'm5.xlarge'")
+to_subnet_id = matching(_SUBNET, "a subnet id such as 'subnet-0123456789abcdef0'")
+_to_ami = matching(_AMI, "an AMI id such as 'ami-0123456789abcdef0' (or leave it out for the default Ubuntu image)")
+to_creator = matching(
+    _CREATOR, "1-128 characters of letters, digits and '_.@+=-' (it is a tag value and part of alarm names)"
+)
 
 
 def to_optional_ami(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _AMI.match(value):
-        raise ValueError(f"expected an AMI id such as 'ami-0123456789abcdef0' (or leave it out for the default Ubuntu image), got {_kind(value)}")
-    return value
-
-
-def to_creator(value: object) -> str:
-    if not isinstance(value, str) or not _CREATOR.match(value):
-        raise ValueError(
-            "expected 1-128 characters of letters, digits and '_.@+=-' (it is a tag value and part of alarm names), "
-            f"got {_kind(value)}"
-        )
-    return value
+    return None if value is None else _to_ami(value)
 
 
 def to_timeout_hours(value: object) -> int:
     """-1 (never), 0 (as soon as the host is idle, i.e. when the job ends) or N hours idle."""
     if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_TIMEOUT_HOURS:
         raise ValueError(
-            f"expected -1 (never), 0 (when the job ends) or a number of idle hours up to {MAX_TIMEOUT_HOURS}, got {_kind(value)}"
+            f"expected -1 (never), 0 (when the job ends) or a number of idle hours up to {MAX_TIMEOUT_HOURS}, got {describe_value(value)}"
         )
     return value
 
@@ -102,7 +76,7 @@ def to_tags(value: object) -> Mapping[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of tag names to values, got {_kind(value)}")
+        raise ValueError(f"expected a mapping of tag names to values, got {describe_value(value)}")
     tags: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip() or len(key) > 128:
@@ -114,7 +88,7 @@ def to_tags(value: object) -> Mapping[str, str]:
         if isinstance(item, (bool, int, float)):
             item = str(item).lower() if isinstance(item, bool) else str(item)
         if not isinstance(item, str) or len(item) > 256:
-            raise ValueError(f"tag {key!r}: expected a value of at most 256 characters, got {_kind(item)}")
+            raise ValueError(f"tag {key!r}: expected a value of at most 256 characters, got {describe_value(item)}")
         tags[key] = item
     return tags
 

@@ -15,7 +15,7 @@ from typing import Mapping
 import attrs
 from attrs import field, frozen
 
-from flambe_cluster.config import to_bool, to_int, to_seconds, to_str
+from flambe_cluster.config import describe_value, to_bool, to_int, to_seconds, to_str
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -24,10 +24,6 @@ RESERVED_LABEL_PREFIX = "flambe-"
 DEFAULT_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
 _IMAGE_PATH = re.compile(r"^projects/([a-z][-a-z0-9.:]*[a-z0-9])/global/images/(family/)?([a-z]([-a-z0-9]*[a-z0-9])?)$")
 _IMAGE_SHORT = re.compile(r"^([a-z][-a-z0-9.:]*[a-z0-9])/([a-z]([-a-z0-9]*[a-z0-9])?)$")
-
-
-def _kind(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
 
 
 @frozen
@@ -68,7 +64,7 @@ def parse_image(value: str) -> ImageRef:
 def to_image(value: object) -> str:
     """Converter: an image reference (see :func:`parse_image`), kept as written."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected an image family as PROJECT/FAMILY, got {_kind(value)}")
+        raise ValueError(f"expected an image family as PROJECT/FAMILY, got {describe_value(value)}")
     parse_image(value)
     return value.strip()
 
@@ -82,7 +78,7 @@ def to_hours(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
         value < 0 and value != -1
     ):
-        raise ValueError(f"expected a number of hours >= 0, or -1 for never, got {_kind(value)}")
+        raise ValueError(f"expected a number of hours >= 0, or -1 for never, got {describe_value(value)}")
     return float(value)
 
 
@@ -91,11 +87,11 @@ def to_labels(value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of label keys to values, got {_kind(value)}")
+        raise ValueError(f"expected a mapping of label keys to values, got {describe_value(value)}")
     labels: dict[str, str] = {}
     for key, item in value.items():
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise ValueError(f"label {key!r}: expected a string value, got {_kind(item)}")
+            raise ValueError(f"label {key!r}: expected a string value, got {describe_value(item)}")
         item = str(item)
         if not isinstance(key, str) or not LABEL_KEY.match(key):
             raise ValueError(
@@ -116,7 +112,7 @@ def to_api_endpoint(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value.strip()):
-        raise ValueError(f"expected a URL like 'https://compute.example.com' or 'http://127.0.0.1:8080', got {_kind(value)}")
+        raise ValueError(f"expected a URL like 'https://compute.example.com' or 'http://127.0.0.1:8080', got {describe_value(value)}")
     return value.strip().rstrip("/")
 
 
