@@ -37,6 +37,20 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, interrupt)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_wheel_cache(tmp_path_factory):
+    """The wheels hosts install from are gathered into a cache of this run, never the user's
+    ``~/.cache/flambe-cluster``: no test passes because an earlier run (or the user) warmed it,
+    and nothing is left behind in the home folder."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 def ssh_cluster_yaml(path: Path, hosts, key: Path, name: str, **extra) -> Path:
     """Write an `ssh` cluster file: hosts[0] is the orchestrator, the others factories."""
     import yaml

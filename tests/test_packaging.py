@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -27,16 +28,26 @@ def test_wheel_contains_the_packages_and_works_when_installed(tmp_path):
     assert "[flambe_cluster.providers]" in text and "ssh = flambe_cluster_ssh" in text
     assert "flambe-cluster = flambe_cluster.cli:main" in text
 
-    # a venv that sees this interpreter's dependencies but gets flambe-cluster only from the wheel
+    # A venv isolated from every base interpreter (no system site-packages), whose only other
+    # package folder is the one this test runs from (named explicitly in a .pth file, which adds
+    # the folder but runs none of its own .pth files, so the checkout's editable install stays
+    # out): the dependencies come from the project's own install, flambe-cluster from the wheel.
     env = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env)
     python = env / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    env_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(env_site, "dependencies-of-the-test-run.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", str(wheel)], check=True)
     where = subprocess.run(
-        [python, "-c", "import flambe_cluster, flambe_cluster_ssh; print(flambe_cluster.__file__)"],
+        [python, "-c", "import flambe_cluster, flambe_cluster_ssh, rich; "
+                       "print(flambe_cluster.__file__); print(flambe_cluster_ssh.__file__); print(rich.__file__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path,
-    ).stdout
-    assert where.startswith(str(env)), where
+    ).stdout.splitlines()
+    assert where[0].startswith(env_site) and where[1].startswith(env_site), where
+    assert any(where[2].startswith(p) for p in ours), where
     listed = subprocess.run([env / "bin" / "flambe-cluster", "providers"], check=True, capture_output=True, text=True,
-                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
+                            cwd=tmp_path, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
     assert "ssh" in listed and "flambe-cluster" in listed
