@@ -17,7 +17,8 @@ import pytest
 
 from aws_support import dump, moto_cloud, provider_calls  # noqa: F401 - moto_cloud is a fixture
 from flambe_cluster import ClusterConfigurationError
-from flambe_cluster.config import build_fields, parse_config, read_config_file
+from flambe_cluster.config import parse_config, read_config_file
+from flambe_cluster.converters import build
 from flambe_cluster.records import CreatedResource, Endpoint, Instance, Role
 from flambe_cluster.state import ClusterState
 from flambe_cluster_aws import alarms, api, hostkeys, instances, validation
@@ -62,21 +63,21 @@ def test_seed_tag_and_defaults(moto_cloud, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     minimal = {k: raw[k] for k in ("factories_type", "orchestrator_type", "key_name", "security_group", "subnet_id")}
     problems: list[str] = []
-    options = build_fields(AWSOptions, minimal, problems)
+    options = build(AWSOptions, minimal, problems)
     assert problems == []
     assert options.region_name == "eu-west-3", "the default region is boto3's configured one"
     assert (options.volume_type, options.volume_size, options.use_public, options.dedicated) == ("gp2", 100, True, False)
     assert (options.orchestrator_timeout, options.factories_timeout) == (-1, 1)
     assert options.orchestrator_ami is None and options.factory_ami is None, "images are looked up, not hard-coded"
     monkeypatch.delenv("AWS_DEFAULT_REGION")
-    assert build_fields(AWSOptions, minimal, []).region_name == "us-east-1"
+    assert build(AWSOptions, minimal, []).region_name == "us-east-1"
     config = parse_config({k: v for k, v in raw.items() if k not in ("username", "connect_timeout")})
     assert config.username == "ubuntu" and config.connect_timeout == 300.0
 
 
 def test_bad_values_are_reported_together():
     problems: list[str] = []
-    build_fields(AWSOptions, {
+    build(AWSOptions, {
         "factories_type": "t3.micro", "orchestrator_type": "big", "key_name": "k", "security_group": "sg-1",
         "subnet_id": "sub-1", "volume_type": "io2", "factories_timeout": 200, "tags": {"aws:owner": "me"},
         "region_name": "Mars",

@@ -143,8 +143,8 @@ def test_up_creates_labelled_instances_with_the_key_in_metadata_and_reuses_them(
         assert instance["labels"]["flambe-cluster"] == "unit" and instance["labels"]["team"] == "nlp"
         items = {i["key"]: i["value"] for i in instance["metadata"]["items"]}
         assert items["ssh-keys"] == f"flambe:{flambe_client_key.public_line} flambe"
-    assert [h.endpoint.host for h in cluster._get_all_hosts()] == ADDRESSES[:3]
-    assert [r.resource_id for r in cluster.journal.created()] == [i.instance_id for i in cluster._get_all_hosts()]
+    assert [h.endpoint.host for h in cluster.all_hosts()] == ADDRESSES[:3]
+    assert [r.resource_id for r in cluster.journal.created()] == [i.instance_id for i in cluster.all_hosts()]
     request_ids = [c["query"]["requestId"] for c in inserts(fake)]
     assert len(set(request_ids)) == 3
 
@@ -153,7 +153,7 @@ def test_up_creates_labelled_instances_with_the_key_in_metadata_and_reuses_them(
     again.load_all_instances()
     assert fake.count("instances.insert") == 3, "a second up creates nothing"
     assert fake.count("instances.list") == lists_before + 1, "reuse takes one list request"
-    assert again._get_all_hosts() == cluster._get_all_hosts()
+    assert again.all_hosts() == cluster.all_hosts()
     assert again.journal.created() == []
 
 

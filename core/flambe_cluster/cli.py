@@ -102,7 +102,7 @@ def up(config: str, force: bool, lock_wait: float) -> int:
 
 def _print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
     table = Table("role", "name", "address", "private address", *(["ssh"] if reachable is not None else []))
-    for instance in cluster._get_all_hosts():
+    for instance in cluster.all_hosts():
         row = [instance.role.value, instance.name, str(instance.endpoint), str(instance.private)]
         if reachable is not None:
             row.append(reachable[instance])
@@ -120,13 +120,13 @@ def _probe(cluster: Cluster, instance: Instance) -> str:
 
 def _ray_and_job(cluster: Cluster) -> dict:
     """Ray nodes and job state, when the orchestrator has the cluster's environment."""
-    if not raycluster.has_environment(cluster, [cluster.orchestrator])[cluster.orchestrator]:
+    if not cluster.session.has_environment([cluster.orchestrator])[cluster.orchestrator]:
         return {"ray": None, "job": {"state": "none", "exit_code": None}}
-    known = raycluster.nodes(cluster)
-    job = jobs.status(cluster)
+    known = raycluster.nodes(cluster.session)
+    job = jobs.status(cluster.session)
     ray = None if known is None else {
-        "head": raycluster.head_address(cluster),
-        "alive_workers": len(raycluster.alive_workers(cluster, known)),
+        "head": cluster.session.ray_head_address,
+        "alive_workers": len(raycluster.alive_workers(known)),
         "nodes": known,
     }
     return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code}}
@@ -139,7 +139,7 @@ def status(config: str, as_json: bool) -> int:
     """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job."""
     with _opened(config, must_exist=False) as cluster:
         exists = cluster.find_instances()
-        hosts = cluster._get_all_hosts() if exists else []
+        hosts = cluster.all_hosts() if exists else []
         reachable = {}
         if hosts:
             cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
@@ -184,7 +184,7 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
     """
     line = command[0] if len(command) == 1 else shell_join(command)
     with _opened(config) as cluster:
-        hosts = {"all": cluster._get_all_hosts(), "orchestrator": [cluster.orchestrator], "factories": cluster.factories}[target]
+        hosts = {"all": cluster.all_hosts(), "orchestrator": [cluster.orchestrator], "factories": cluster.factories}[target]
         results = cluster.execute_on(hosts, line, check=False)
         for instance, result in results.items():
             for text, console in ((result.stdout, out), (result.stderr, err)):
@@ -211,7 +211,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
     with _opened(config) as cluster:
         with cluster.state.lock():
             cluster.install_extensions({spec: spec for spec in extensions})
-            status = jobs.submit(cluster, Path(path), args, force=force, entry=entry,
+            status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry,
                                  secrets_whitelist=list(secret_sections) or None)
         err.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
         return EXIT_OK
@@ -229,7 +229,7 @@ def logs(config: str, follow: bool) -> int:
             stream.write(chunk)
             stream.flush()
 
-        final = jobs.logs(cluster, write, follow=follow)
+        final = jobs.logs(cluster.session, write, follow=follow)
         if follow:
             err.print(f"job {final.describe()}")
             return EXIT_OK if final.exit_code == 0 else EXIT_FAILED
@@ -243,7 +243,7 @@ def logs(config: str, follow: bool) -> int:
 def pull(config: str, remote: str, local: str) -> int:
     """Bring REMOTE (relative to the home) back into LOCAL, after gathering the factories' copies on the orchestrator."""
     with _opened(config) as cluster:
-        jobs.pull(cluster, remote, Path(local))
+        jobs.pull(cluster.session, remote, Path(local))
         err.print(f"pulled {remote} into {local}")
         return EXIT_OK
 

@@ -17,21 +17,18 @@ import posixpath
 import shlex
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from attrs import frozen
-
-from . import wheelhouse
 from packaging.requirements import InvalidRequirement, Requirement
 
+from . import wheelhouse
 from .errors import ClusterError, HostError, UsageError
-from .records import Instance
+from .records import Instance, Resources
+from .session import HostSession
 from .wheelhouse import HostPlatform
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .cluster import Cluster
-
-BUILD_FILE = "flambe-cluster.build"
+BUILD_FILE = "flambe-session.build"
 
 # Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
 # and the live Ray nodes flambe-cluster started on this host (the same test as
@@ -92,10 +89,10 @@ def wanted_versions() -> dict:
             "build": wheelhouse.source_digest()}
 
 
-def probe(cluster: "Cluster", hosts: Sequence[Instance]) -> dict[Instance, HostReport]:
+def probe(session: HostSession, hosts: Sequence[Instance]) -> dict[Instance, HostReport]:
     """One round trip per host (all at once): platform, CPUs and the environment's versions."""
-    command = shell_python(cluster) + " -c " + shlex.quote(PROBE) + " " + cluster.remote_path("env/bin/python") + " " + cluster.remote_path(f"env/{BUILD_FILE}")
-    results = cluster.pool.run_all(hosts, command)
+    command = shell_python(session) + " -c " + shlex.quote(PROBE) + " " + session.remote_path("env/bin/python") + " " + session.remote_path(f"env/{BUILD_FILE}")
+    results = session.pool.run_all(hosts, command)
     reports = {}
     for host, result in results.items():
         try:
@@ -109,30 +106,30 @@ def probe(cluster: "Cluster", hosts: Sequence[Instance]) -> dict[Instance, HostR
     return reports
 
 
-def shell_python(cluster: "Cluster") -> str:
+def shell_python(session: HostSession) -> str:
     """The configured host interpreter as a shell word."""
-    return shlex.quote(cluster.config.python)
+    return shlex.quote(session.config.python)
 
 
-def refuse_other_clusters(cluster: "Cluster", reports: dict[Instance, HostReport]) -> None:
-    """Raise before installing anything if a host runs a Ray node of another cluster."""
+def refuse_other_clusters(session: HostSession, reports: dict[Instance, HostReport]) -> None:
+    """Raise before installing anything if a host runs a Ray node of another session."""
     busy = [
         f"{host.label} runs a Ray node of cluster {node['cluster']!r}"
         for host, report in reports.items()
         for node in report.ray_nodes
-        if node["cluster"] != cluster.name
+        if node["cluster"] != session.name
     ]
     if busy:
         raise ClusterError("; ".join(busy) + ". Take that cluster down first (flambe-cluster down) or use other hosts.")
 
 
-def prepare(cluster: "Cluster", reports: dict[Instance, HostReport]) -> list[Instance]:
+def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[Instance]:
     """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts."""
-    refuse_other_clusters(cluster, reports)
+    refuse_other_clusters(session, reports)
     wanted = wanted_versions()
     stale = [host for host, report in reports.items() if not report.matches(wanted)]
     if not stale:
-        cluster.on_step(f"software already prepared on {len(reports)} hosts (flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
+        session.on_step(f"software already prepared on {len(reports)} hosts (flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
         return []
     platforms = {reports[host].platform for host in stale}
     if len(platforms) > 1:
@@ -140,43 +137,62 @@ def prepare(cluster: "Cluster", reports: dict[Instance, HostReport]) -> list[Ins
         raise ClusterError(f"the hosts differ in Python or platform, one wheelhouse cannot serve them all: {detail}. "
                            "Use hosts of one image, or set `python:` to the same interpreter version everywhere.")
     (platform,) = platforms
-    cluster.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
+    session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
     deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
     folder = "wheelhouse"
-    ship_wheels(cluster, [deps, self_wheel.parent], folder, stale)
-    cluster.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
-    python, wheels = cluster.remote_path("env/bin/python"), cluster.remote_path(folder)
-    wheel = cluster.remote_path(f"{folder}/{self_wheel.name}")
+    ship_wheels(session, [deps, self_wheel.parent], folder, stale)
+    session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
+    python, wheels = session.remote_path("env/bin/python"), session.remote_path(folder)
+    wheel = session.remote_path(f"{folder}/{self_wheel.name}")
     pip = f"{python} -m pip install -q --disable-pip-version-check --no-compile --no-index --find-links {wheels}"
     install = " && ".join([
-        f"{{ [ -x {python} ] || {shell_python(cluster)} -m venv --system-site-packages {cluster.remote_path('env')}; }}",
+        f"{{ [ -x {python} ] || {shell_python(session)} -m venv --system-site-packages {session.remote_path('env')}; }}",
         f"{pip} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
         f"{pip} --no-deps --force-reinstall {wheel}",
-        f"printf '%s\\n' {shlex.quote(wanted['build'])} > {cluster.remote_path('env/' + BUILD_FILE)}",
+        f"printf '%s\\n' {shlex.quote(wanted['build'])} > {session.remote_path('env/' + BUILD_FILE)}",
     ])
-    cluster.pool.run_all(stale, install)
+    session.pool.run_all(stale, install)
     return stale
 
 
-def ship_wheels(cluster: "Cluster", sources: Sequence[Path], folder: str, hosts: Sequence[Instance]) -> None:
+def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, hosts: Sequence[Instance]) -> None:
     """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on ``hosts``: once to the orchestrator, then fanned out."""
-    relative = posixpath.join(cluster.remote_root, folder)
-    orchestrator = cluster.orchestrator
-    cluster.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
-    cluster.create_dirs_on([orchestrator], [relative])
-    cluster.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
+    relative = posixpath.join(session.remote_root, folder)
+    orchestrator = session.orchestrator
+    session.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
+    session.create_dirs_on([orchestrator], [relative])
+    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
     factories = [h for h in hosts if h != orchestrator]
     if factories:
-        cluster.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
-        cluster.fan_out(relative, factories)
+        session.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
+        session.fan_out(relative, factories)
 
 
 def _size_mb(sources: Sequence[Path]) -> float:
     return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl")) / 2**20
 
 
-def install_extensions(cluster: "Cluster", hosts: Sequence[Instance], extensions: dict[str, str]) -> None:
+def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
+    """CPUs (from the probe) and GPUs (through the detect_gpus hook) of every factory.
+
+    Remembered in the session; ``reports`` from a probe just made saves
+    probing again.
+    """
+    if session.resources is None or reports is not None:
+        reports = reports or probe(session, session.factories)
+
+        def detect(host: Instance) -> Resources:
+            gpus = session.hooks.flambe_cluster_detect_gpus(
+                config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
+            )
+            return Resources(cpu=reports[host].cpus, gpu=int(gpus or 0))
+
+        session.resources = session.pool.map(session.factories, detect)
+    return session.resources
+
+
+def install_extensions(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str]) -> None:
     """Install extensions in the environment of ``hosts``, offline, from wheels gathered on the client.
 
     Each value is a local project folder (built into a wheel here) or a pip
@@ -196,17 +212,17 @@ def install_extensions(cluster: "Cluster", hosts: Sequence[Instance], extensions
         except InvalidRequirement:
             raise UsageError(f"extension {name!r}: {location!r} is neither a local folder nor a pip requirement") from None
         requirements.append(location)
-    platform = probe(cluster, [cluster.orchestrator])[cluster.orchestrator].platform
-    cluster.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
+    platform = probe(session, [session.orchestrator])[session.orchestrator].platform
+    session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
     folder = wheelhouse.gather(platform, requirements, local_wheels)
-    ship_wheels(cluster, [folder], "extensions-wheelhouse", hosts)
-    wheels = cluster.remote_path("extensions-wheelhouse")
+    ship_wheels(session, [folder], "extensions-wheelhouse", hosts)
+    wheels = session.remote_path("extensions-wheelhouse")
     names = [shlex.quote(r) for r in requirements] + [
-        cluster.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
+        session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
-    cluster.on_step(f"installing extensions on {len(hosts)} hosts")
-    cluster.pool.run_all(
+    session.on_step(f"installing extensions on {len(hosts)} hosts")
+    session.pool.run_all(
         hosts,
-        f"{cluster.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
+        f"{session.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
         f"--find-links {wheels} {' '.join(names)}",
     )

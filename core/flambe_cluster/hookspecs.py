@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .config import ClusterConfig
+    from .settings import ClusterConfig
     from .records import ClusterInstances, CreatedResource, Instance
     from .state import RunJournal
 

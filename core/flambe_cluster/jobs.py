@@ -14,16 +14,13 @@ import getpass
 import json
 import posixpath
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from attrs import frozen
 
-from . import raycluster
 from .errors import ClusterError, UsageError
 from .paths import check_relative_path, home_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .cluster import Cluster
+from .session import HostSession
 
 JOB = "job"
 FOLLOW_TIMEOUT = 7 * 24 * 3600.0
@@ -43,36 +40,36 @@ class JobStatus:
         return {"none": "no job submitted", "running": "running", "lost": "ended without an exit code"}[self.state]
 
 
-def _job_dir(cluster: "Cluster") -> str:
-    return posixpath.join(cluster.remote_root, JOB)
+def _job_dir(session: HostSession) -> str:
+    return posixpath.join(session.remote_root, JOB)
 
 
-def status(cluster: "Cluster") -> JobStatus:
+def status(session: HostSession) -> JobStatus:
     """The job's state on the orchestrator (``none`` before the environment exists)."""
-    if not raycluster.has_environment(cluster, [cluster.orchestrator])[cluster.orchestrator]:
+    if not session.has_environment([session.orchestrator])[session.orchestrator]:
         return JobStatus("none")
-    result = cluster.pool.run(cluster.orchestrator, raycluster.helper(cluster, "job", "status", _job_dir(cluster)))
+    result = session.pool.run(session.orchestrator, session.helper("job", "status", _job_dir(session)))
     data = json.loads(result.stdout)
     return JobStatus(data["state"], data["exit_code"], data["pgid"])
 
 
-def stop(cluster: "Cluster") -> JobStatus:
+def stop(session: HostSession) -> JobStatus:
     """Stop the running job (its whole process group); idempotent."""
-    if not raycluster.has_environment(cluster, [cluster.orchestrator])[cluster.orchestrator]:
+    if not session.has_environment([session.orchestrator])[session.orchestrator]:
         return JobStatus("none")
-    cluster.pool.run(cluster.orchestrator, raycluster.helper(cluster, "job", "stop", _job_dir(cluster)))
-    return status(cluster)
+    session.pool.run(session.orchestrator, session.helper("job", "stop", _job_dir(session)))
+    return status(session)
 
 
-def command_for(cluster: "Cluster", path: Path, args: Sequence[str], entry: str | None, home: str) -> tuple[list[str], str]:
+def command_for(session: HostSession, path: Path, args: Sequence[str], entry: str | None, home: str) -> tuple[list[str], str]:
     """The argv and working folder (absolute, on the orchestrator) of a job shipped from ``path``.
 
     A ``.py`` file runs with the cluster environment's Python, a ``.sh`` file
     with bash, anything else as an executable; a folder runs its ``entry``
     (default ``main.py``) with the folder as working directory.
     """
-    code = posixpath.join(home, _job_dir(cluster), "code")
-    python = posixpath.join(home, cluster.remote_root, "env", "bin", "python")
+    code = posixpath.join(home, _job_dir(session), "code")
+    python = posixpath.join(home, session.remote_root, "env", "bin", "python")
     if path.is_dir():
         entry = check_relative_path(entry or "main.py", "--entry")
         if not (path / entry).is_file():
@@ -88,7 +85,7 @@ def command_for(cluster: "Cluster", path: Path, args: Sequence[str], entry: str 
 
 
 def submit(
-    cluster: "Cluster",
+    session: HostSession,
     path: Path,
     args: Sequence[str] = (),
     *,
@@ -105,61 +102,61 @@ def submit(
     path = Path(path).resolve()  # `.` and `..` become named folders
     if not path.exists():
         raise UsageError(f"nothing to submit: {path} does not exist")
-    current = status(cluster)
+    current = status(session)
     if current.state == "running":
         if not force:
             raise ClusterError(
-                f"a job is already running on cluster {cluster.name!r}; follow it with `flambe-cluster logs CONFIG "
+                f"a job is already running on cluster {session.name!r}; follow it with `flambe-cluster logs CONFIG "
                 "--follow`, or stop it and run this one with `flambe-cluster submit --force`"
             )
-        cluster.on_step("stopping the running job (--force)")
-        stop(cluster)
-    home = cluster.get_orch_home_path()
-    argv, workdir = command_for(cluster, path, args, entry, home)
+        session.on_step("stopping the running job (--force)")
+        stop(session)
+    home = session.orchestrator_home()
+    argv, workdir = command_for(session, path, args, entry, home)
     env = {
-        "RAY_ADDRESS": raycluster.head_address(cluster),
-        "FLAMBE_CLUSTER_NAME": cluster.name,
-        "FLAMBE_REMOTE_ENV": json.dumps(cluster.get_remote_env(getpass.getuser).as_dict()),
-        "PATH": f"{posixpath.join(home, cluster.remote_root, 'env', 'bin')}:/usr/local/bin:/usr/bin:/bin",
+        "RAY_ADDRESS": session.ray_head_address,
+        "FLAMBE_CLUSTER_NAME": session.name,
+        "FLAMBE_REMOTE_ENV": json.dumps(session.remote_environment(getpass.getuser()).as_dict()),
+        "PATH": f"{posixpath.join(home, session.remote_root, 'env', 'bin')}:/usr/local/bin:/usr/bin:/bin",
         "PYTHONUNBUFFERED": "1",
     }
-    if cluster.config.secrets is not None:
-        env["FLAMBE_SECRETS"] = posixpath.join(home, cluster.send_secrets(secrets_whitelist))
-    code = posixpath.join(_job_dir(cluster), "code")
-    cluster.on_step(f"shipping {path} to the orchestrator")
-    cluster.create_dirs_on([cluster.orchestrator], [code])
-    cluster.upload(cluster.orchestrator, [path], code + "/", delete=True)
+    if session.config.secrets is not None:
+        env["FLAMBE_SECRETS"] = posixpath.join(home, session.send_secrets(secrets_whitelist))
+    code = posixpath.join(_job_dir(session), "code")
+    session.on_step(f"shipping {path} to the orchestrator")
+    session.create_dirs_on([session.orchestrator], [code])
+    session.upload(session.orchestrator, [path], code + "/", delete=True)
     spec = {"argv": argv, "cwd": workdir, "env": env}
-    cluster.pool.run(cluster.orchestrator, f"cat > {cluster.remote_path(JOB + '/spec.json')}",
+    session.pool.run(session.orchestrator, f"cat > {session.remote_path(JOB + '/spec.json')}",
                      stdin=json.dumps(spec).encode())
-    cluster.pool.run(cluster.orchestrator, raycluster.helper(cluster, "job", "launch", _job_dir(cluster)))
-    cluster.on_step(f"job started on the orchestrator: {' '.join(argv)}")
-    return status(cluster)
+    session.pool.run(session.orchestrator, session.helper("job", "launch", _job_dir(session)))
+    session.on_step(f"job started on the orchestrator: {' '.join(argv)}")
+    return status(session)
 
 
-def logs(cluster: "Cluster", write: Callable[[bytes], None], follow: bool = False) -> JobStatus:
+def logs(session: HostSession, write: Callable[[bytes], None], follow: bool = False) -> JobStatus:
     """Write the job's output so far to ``write``; with ``follow``, keep going until the job ends."""
-    current = status(cluster)
+    current = status(session)
     if current.state == "none":
-        raise UsageError(f"no job was submitted to cluster {cluster.name!r}; submit one with `flambe-cluster submit`")
-    log = cluster.remote_path(JOB + "/output.log")
+        raise UsageError(f"no job was submitted to cluster {session.name!r}; submit one with `flambe-cluster submit`")
+    log = session.remote_path(JOB + "/output.log")
     if follow and current.state == "running":
         command = f"tail -c +1 -f --pid={int(current.pgid)} {log}"
-        cluster.pool.run(cluster.orchestrator, command, timeout=FOLLOW_TIMEOUT, on_stdout=write)
-        return status(cluster)
-    cluster.pool.run(cluster.orchestrator, f"cat {log}", on_stdout=write)
+        session.pool.run(session.orchestrator, command, timeout=FOLLOW_TIMEOUT, on_stdout=write)
+        return status(session)
+    session.pool.run(session.orchestrator, f"cat {log}", on_stdout=write)
     return current
 
 
-def pull(cluster: "Cluster", remote: str, local: Path) -> None:
+def pull(session: HostSession, remote: str, local: Path) -> None:
     """Gather ``~/<remote>`` from every factory into the orchestrator's, then copy it to ``local``."""
     remote = check_relative_path(remote, "remote folder")
-    present = cluster.pool.run_all(cluster.factories, f"test -d {home_path(remote)}", check=False)
+    present = session.pool.run_all(session.factories, f"test -d {home_path(remote)}", check=False)
     sources = [factory for factory, result in present.items() if result.ok]
     if sources:
-        cluster.on_step(f"gathering {remote} from {len(sources)} factories on the orchestrator")
-        cluster.gather(remote, sources)
-    cluster.on_step(f"copying {remote} from the orchestrator to {local}")
+        session.on_step(f"gathering {remote} from {len(sources)} factories on the orchestrator")
+        session.gather(remote, sources)
+    session.on_step(f"copying {remote} from the orchestrator to {local}")
     Path(local).mkdir(parents=True, exist_ok=True)
-    cluster.download(cluster.orchestrator, remote + "/", Path(local))
+    session.download(session.orchestrator, remote + "/", Path(local))
 

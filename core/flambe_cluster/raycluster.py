@@ -13,32 +13,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from .errors import ClusterError
 from .records import Instance, Resources
-from .ssh import shell_join
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .cluster import Cluster
+from .session import HostSession
 
 MARKERS = ".flambe-cluster/ray"  # on each host; see flambe_cluster.remote.raynode
 REFUSED = 3
 HEAD_DOWN = 4
 
 
-def helper(cluster: "Cluster", module: str, *args: str) -> str:
-    """The shell line running a remote helper with the cluster's environment."""
-    return f"{cluster.remote_path('env/bin/python')} -m flambe_cluster.remote.{module} {shell_join(args)}"
-
-
-def head_address(cluster: "Cluster") -> str:
-    return f"{cluster.orchestrator.private.host}:{cluster.config.ray_port}"
-
-
-def nodes(cluster: "Cluster") -> list[dict] | None:
+def nodes(session: HostSession) -> list[dict] | None:
     """The nodes the head knows, or ``None`` when no head answers."""
-    result = cluster.pool.run(cluster.orchestrator, helper(cluster, "raynode", "nodes", head_address(cluster)),
+    result = session.pool.run(session.orchestrator, session.helper("raynode", "nodes", session.ray_head_address),
                               check=False, timeout=60)
     if result.exit_code == HEAD_DOWN:
         return None
@@ -46,86 +34,100 @@ def nodes(cluster: "Cluster") -> list[dict] | None:
     return json.loads(result.stdout)
 
 
-def alive_workers(cluster: "Cluster", known: Sequence[dict] | None) -> dict[str, dict]:
+def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
     """Alive worker nodes by address."""
     return {n["ip"]: n for n in known or () if n["alive"] and not n["head"]}
 
 
-def _start(cluster: "Cluster", host: Instance, ray_args: list[str]) -> None:
-    line = helper(cluster, "raynode", "start", cluster.name, host.private.host, "--", *ray_args)
-    result = cluster.pool.run(host, line, check=False, timeout=cluster.config.ray_timeout)
+def _start(session: HostSession, host: Instance, ray_args: list[str]) -> None:
+    line = session.helper("raynode", "start", session.name, host.private.host, "--", *ray_args)
+    result = session.pool.run(host, line, check=False, timeout=session.config.ray_timeout)
     if result.exit_code == REFUSED:
         raise ClusterError(f"{host.label}: {result.stderr.strip()}")
     if not result.ok:
         raise ClusterError(f"{host.label}: `ray start` failed (exit code {result.exit_code}):\n{result.stderr_tail()}")
 
 
-def stop_node(cluster: "Cluster", host: Instance) -> None:
+def stop_node(session: HostSession, host: Instance) -> None:
     """Stop this cluster's Ray node on ``host`` (nothing if none runs; refuses another cluster's)."""
-    line = helper(cluster, "raynode", "stop", cluster.name, host.private.host)
-    result = cluster.pool.run(host, line, check=False, timeout=60)
+    line = session.helper("raynode", "stop", session.name, host.private.host)
+    result = session.pool.run(host, line, check=False, timeout=60)
     if result.exit_code == REFUSED:
         raise ClusterError(f"{host.label}: {result.stderr.strip()}")
     result.check()
 
 
-def launch(cluster: "Cluster", resources: dict[Instance, Resources]) -> None:
+def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     """Start what is missing of the Ray cluster and wait until every factory's worker is alive.
 
     A healthy cluster is left as it is.  If the head does not answer, every
     node of this cluster is stopped and the whole cluster started again.
     """
-    known = nodes(cluster)
+    known = nodes(session)
     if known is None:
-        cluster.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
-        shutdown(cluster)
-        _start(cluster, cluster.orchestrator, [
-            "--head", f"--node-ip-address={cluster.orchestrator.private.host}", f"--port={cluster.config.ray_port}",
+        session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
+        shutdown(session)
+        _start(session, session.orchestrator, [
+            "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
             "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
         ])
-    alive = alive_workers(cluster, known)
-    missing = [f for f in cluster.factories if f.private.host not in alive]
+    alive = alive_workers(known)
+    missing = [f for f in session.factories if f.private.host not in alive]
     if not missing:
-        cluster.on_step(f"Ray already up: {len(alive)} workers alive")
+        session.on_step(f"Ray already up: {len(alive)} workers alive")
         return
-    cluster.on_step(f"starting Ray workers on {len(missing)} factories at once")
-    cluster.pool.map(missing, lambda factory: _start(cluster, factory, [
-        f"--address={head_address(cluster)}", f"--node-ip-address={factory.private.host}",
+    session.on_step(f"starting Ray workers on {len(missing)} factories at once")
+    session.pool.map(missing, lambda factory: _start(session, factory, [
+        f"--address={session.ray_head_address}", f"--node-ip-address={factory.private.host}",
         f"--num-cpus={resources[factory].cpu}", f"--num-gpus={resources[factory].gpu}", "--disable-usage-stats",
     ]))
-    wait_for_workers(cluster)
+    wait_for_workers(session)
 
 
-def wait_for_workers(cluster: "Cluster") -> None:
+def wait_for_workers(session: HostSession) -> None:
     """Wait until the head reports exactly one alive worker per factory; raise naming the missing ones."""
-    deadline = time.monotonic() + cluster.config.ray_timeout
+    deadline = time.monotonic() + session.config.ray_timeout
     while True:
-        alive = alive_workers(cluster, nodes(cluster))
-        missing = [f for f in cluster.factories if f.private.host not in alive]
-        if not missing and len(alive) == cluster.factories_num:
-            cluster.on_step(f"Ray cluster up: head on {cluster.orchestrator.private.host}, {len(alive)} workers alive")
+        alive = alive_workers(nodes(session))
+        missing = [f for f in session.factories if f.private.host not in alive]
+        if not missing and len(alive) == session.config.factories_num:
+            session.on_step(f"Ray cluster up: head on {session.orchestrator.private.host}, {len(alive)} workers alive")
             return
         if time.monotonic() > deadline:
             names = ", ".join(f.label for f in missing) or "none"
-            extra = sorted(set(alive) - {f.private.host for f in cluster.factories})
+            extra = sorted(set(alive) - {f.private.host for f in session.factories})
             raise ClusterError(
-                f"the Ray head reports {len(alive)} alive workers, expected {cluster.factories_num}; missing: {names}"
+                f"the Ray head reports {len(alive)} alive workers, expected {session.config.factories_num}; missing: {names}"
                 + (f"; unexpected workers at {', '.join(extra)}" if extra else "")
                 + f". Look at ~/{MARKERS}/<address>.log and /tmp/ray/session_latest/logs on those hosts."
             )
         time.sleep(0.5)
 
 
-def shutdown(cluster: "Cluster") -> None:
+def shutdown(session: HostSession) -> None:
     """Stop this cluster's Ray node on every host that has the environment (factories, then the head); idempotent."""
-    ready = has_environment(cluster, [cluster.orchestrator, *cluster.factories])
-    cluster.pool.map([f for f in cluster.factories if ready[f]], lambda host: stop_node(cluster, host))
-    if ready[cluster.orchestrator]:
-        stop_node(cluster, cluster.orchestrator)
+    ready = session.has_environment([session.orchestrator, *session.factories])
+    session.pool.map([f for f in session.factories if ready[f]], lambda host: stop_node(session, host))
+    if ready[session.orchestrator]:
+        stop_node(session, session.orchestrator)
 
 
-def has_environment(cluster: "Cluster", hosts: Sequence[Instance]) -> dict[Instance, bool]:
-    """Whether each host has the cluster's environment (so its helpers can run)."""
-    results = cluster.pool.run_all(hosts, f"test -x {cluster.remote_path('env/bin/python')}", check=False)
-    return {host: result.ok for host, result in results.items()}
+def complete(session: HostSession) -> bool:
+    """Whether the head reports exactly one alive worker per factory."""
+    alive = alive_workers(nodes(session))
+    return len(alive) == session.config.factories_num and all(f.private.host in alive for f in session.factories)
 
+
+def is_up(session: HostSession) -> bool:
+    """Whether the orchestrator has the environment, the head answers and every factory's worker is alive."""
+    orchestrator = session.require_orchestrator()
+    return session.has_environment([orchestrator])[orchestrator] and complete(session)
+
+
+def alive_hosts(session: HostSession) -> list[Instance]:
+    """The hosts of this cluster the Ray head reports as alive nodes (none without the environment)."""
+    orchestrator = session.require_orchestrator()
+    if not session.has_environment([orchestrator])[orchestrator]:
+        return []
+    alive = {n["ip"] for n in nodes(session) or () if n["alive"]}
+    return [host for host in session.hosts() if host.private.host in alive]

@@ -33,7 +33,7 @@ def _parse_host(value: object) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if _HOSTNAME.match(text):
+    if _HOSTNAME.fullmatch(text):
         return text
     raise ValueError(f"expected an IP address or host name, got {value!r}")
 
@@ -123,6 +123,21 @@ class Instance:
         return f"{self.name} ({self.endpoint})"
 
 
+def orchestrator_name(cluster: str) -> str:
+    """The seed's orchestrator name: ``<cluster>_orchestrator``."""
+    return f"{cluster}_orchestrator"
+
+
+def factory_name(cluster: str, index: int | None = None) -> str:
+    """The seed's factory name ``<cluster>_factory<index>`` (without ``index``: the base name)."""
+    return f"{cluster}_factory" + ("" if index is None else str(index))
+
+
+def host_name(cluster: str, role: Role, index: int) -> str:
+    """The name of the orchestrator, or of factory ``index``."""
+    return orchestrator_name(cluster) if role is Role.ORCHESTRATOR else factory_name(cluster, index)
+
+
 @frozen
 class ClusterInstances:
     """The orchestrator and the factories, as a provider found or made them."""
@@ -148,7 +163,7 @@ class ClusterInstances:
         ids = list(instance_ids) if instance_ids is not None else [None] * len(endpoints)
         made = [
             Instance(
-                name=f"{cluster}_orchestrator" if index == 0 else f"{cluster}_factory{index - 1}",
+                name=host_name(cluster, Role.ORCHESTRATOR if index == 0 else Role.FACTORY, index - 1),
                 role=Role.ORCHESTRATOR if index == 0 else Role.FACTORY,
                 public=public,
                 private=private,

@@ -45,6 +45,20 @@ def rsync_command(
     return [*argv, *sources, destination]
 
 
+def remote_shell_option(ssh_args: Sequence[str]) -> str:
+    """rsync's ``-e`` value, as a shell word, for an rsync that a host's shell starts: ``"ssh 'ARG' ..."``.
+
+    The host's shell expands ``$HOME`` inside the double quotes; rsync then
+    splits the line at spaces, keeping each single-quoted argument whole.
+    Raises ``ValueError`` for an argument holding a quote, a backslash or a
+    backtick, which this quoting cannot carry.
+    """
+    for arg in ssh_args:
+        if any(c in arg for c in "'\"\\`"):
+            raise ValueError(f"cannot pass {arg!r} to a remote rsync's ssh")
+    return '"ssh ' + " ".join(f"'{arg}'" for arg in ssh_args) + '"'
+
+
 def rsync_to(
     host_label: str,
     sources: Sequence[Path | str],

@@ -28,8 +28,6 @@ from typing import Sequence
 from attrs import frozen
 from packaging.requirements import Requirement
 
-import flambe_cluster
-
 from .errors import FlambeClusterError
 
 DISTRIBUTION = "flambe-cluster"
@@ -80,7 +78,7 @@ def client_platform() -> HostPlatform:
 
 def source_digest() -> str:
     """A digest of the installed flambe_cluster package's files: changes whenever its code does."""
-    root = Path(flambe_cluster.__file__).parent
+    root = Path(__file__).parent  # the flambe_cluster package
     digest = hashlib.sha256(metadata.version(DISTRIBUTION).encode())
     for path in sorted(root.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:

@@ -99,28 +99,28 @@ class ProviderConformance:
         assert isinstance(cluster.orchestrator, Instance) and attrs.has(type(cluster.orchestrator))
         assert cluster.orchestrator.role is Role.ORCHESTRATOR
         assert [f.role for f in cluster.factories] == [Role.FACTORY] * self.factories_num
-        endpoints = {h.endpoint for h in cluster._get_all_hosts()}
+        endpoints = {h.endpoint for h in cluster.all_hosts()}
         assert len(endpoints) == 1 + self.factories_num
         assert cluster.orchestrator.endpoint.host == conformance_hosts[0].address
 
     def test_load_is_idempotent_and_find_creates_nothing(self, make_cluster):
         cluster = make_cluster()
         cluster.load_all_instances()
-        first = cluster._get_all_hosts()
+        first = cluster.all_hosts()
         entries = cluster.state.journal.entries()
         cluster.load_all_instances()
-        assert cluster._get_all_hosts() == first
+        assert cluster.all_hosts() == first
         assert cluster.state.journal.entries() == entries, "a second load must create (and journal) nothing"
         again = make_cluster(name=cluster.name)
         assert again.find_instances()
-        assert again._get_all_hosts() == first
+        assert again.all_hosts() == first
         assert cluster.state.journal.entries() == entries
 
     def test_up_reaches_every_host_with_the_cluster_key(self, make_cluster, conformance_hosts):
         cluster = make_cluster(setup_cmds=["echo conformance > \"$HOME\"/conformance-setup"])
         with cluster:
             cluster.run()
-            results = cluster.execute_on(cluster._get_all_hosts(), "ip -4 -o addr show dev eth0")
+            results = cluster.execute_on(cluster.all_hosts(), "ip -4 -o addr show dev eth0")
         assert cluster.error is None, cluster.error
         for host, result in zip(conformance_hosts, results.values()):
             assert f" {host.address}/" in result.stdout

@@ -52,9 +52,7 @@ from pathlib import Path
 
 from attrs import field, frozen
 
-from flambe_cluster import ClusterConfigurationError, hookimpl
-from flambe_cluster.config import to_bool, to_str
-from flambe_cluster.records import ClusterInstances, Endpoint
+from flambe_cluster.provider import ClusterConfigurationError, ClusterInstances, Endpoint, config_class, hookimpl, to_bool, to_str
 
 __all__ = ["Inventory", "InventoryError", "InventoryGroup", "InventoryHost", "InventoryOptions", "read_inventory"]
 
@@ -278,7 +276,7 @@ def _to_group_name(value: object) -> str:
     return value
 
 
-@frozen
+@config_class
 class InventoryOptions:
     """The inventory provider's options."""
 

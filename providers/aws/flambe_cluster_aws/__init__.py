@@ -57,7 +57,7 @@ What it guarantees:
 from __future__ import annotations
 
 from flambe_cluster import hookimpl
-from flambe_cluster.state import ClusterState
+from flambe_cluster.provider import ClusterState
 
 from . import alarms, api, catalog, hostkeys, validation
 from . import instances as fleet

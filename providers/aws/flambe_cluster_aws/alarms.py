@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from flambe_cluster.records import CreatedResource, Instance
+from flambe_cluster.provider import CreatedResource, Instance
 
 from . import api
 

@@ -18,7 +18,7 @@ import os
 import threading
 from typing import Any, Iterable, Iterator
 
-from flambe_cluster.errors import ClusterError
+from flambe_cluster import ClusterError
 
 __all__ = ["AWSError", "USER_AGENT", "client", "error_code", "has_credentials", "step"]
 

@@ -23,8 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 from attrs import frozen
 
-from flambe_cluster.errors import ClusterError
-from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint, Instance, Role
+from flambe_cluster.provider import ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name
 
 from . import api, validation
 
@@ -167,10 +166,6 @@ def describe_where(region: str, name: str, values: Iterable[str]) -> list[Machin
 # --- records for the core
 
 
-def instance_name(config, role: str, index: int = 0) -> str:
-    return f"{config.name}_orchestrator" if role == Role.ORCHESTRATOR.value else f"{config.name}_factory{index}"
-
-
 def _record(config, machine: Machine, name: str) -> Instance:
     if machine.private_ip is None:
         raise ClusterError(f"AWS, instance {machine.instance_id} of cluster {config.name!r} has no private address "
@@ -185,8 +180,8 @@ def _record(config, machine: Machine, name: str) -> Instance:
 def to_cluster_instances(config, selection: Selection) -> ClusterInstances:
     assert selection.orchestrator is not None
     return ClusterInstances(
-        orchestrator=_record(config, selection.orchestrator, instance_name(config, "orchestrator")),
-        factories=[_record(config, m, instance_name(config, "factory", i)) for i, m in enumerate(selection.factories)],
+        orchestrator=_record(config, selection.orchestrator, host_name(config.name, Role.ORCHESTRATOR, 0)),
+        factories=[_record(config, m, host_name(config.name, Role.FACTORY, i)) for i, m in enumerate(selection.factories)],
     )
 
 

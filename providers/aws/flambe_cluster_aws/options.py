@@ -13,9 +13,9 @@ import getpass
 import re
 from typing import Mapping
 
-from attrs import field, frozen
+from attrs import field
 
-from flambe_cluster.config import describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
+from flambe_cluster.provider import config_class, describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
 
 __all__ = ["AWSOptions", "DEFAULT_REGION", "MAX_TIMEOUT_HOURS", "default_region"]
 
@@ -93,7 +93,7 @@ def to_tags(value: object) -> Mapping[str, str]:
     return tags
 
 
-@frozen
+@config_class
 class AWSOptions:
     """The AWS provider's options (the seed's ``AWSCluster`` parameters, plus ``launch_timeout``).
 

@@ -58,8 +58,7 @@ import time
 from collections import defaultdict
 
 from flambe_cluster import hookimpl
-from flambe_cluster.errors import ClusterError
-from flambe_cluster.records import Role
+from flambe_cluster.provider import ClusterError, Role
 
 from . import idle, provision, validation
 from .api import GCPError, connect

@@ -34,7 +34,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.cloud import compute_v1
 
-from flambe_cluster.errors import ClusterError
+from flambe_cluster import ClusterError
 
 logger = logging.getLogger(__name__)
 

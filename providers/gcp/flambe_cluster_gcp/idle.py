@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from flambe_cluster.errors import FlambeClusterError
-from flambe_cluster.records import ClusterInstances, Instance, Role
+from flambe_cluster.provider import ClusterInstances, FlambeClusterError, Instance, Role
 
 from .api import GCPError, endpoint_for, is_test_endpoint
 from .watchdog import GOOGLE_API, GOOGLE_METADATA, NAME

@@ -15,7 +15,7 @@ from typing import Mapping
 import attrs
 from attrs import field, frozen
 
-from flambe_cluster.config import describe_value, to_bool, to_int, to_seconds, to_str
+from flambe_cluster.provider import config_class, describe_value, to_bool, to_int, to_seconds, to_str
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -49,10 +49,10 @@ def parse_image(value: str) -> ImageRef:
     text = value.strip()
     if "projects/" in text:
         text = text[text.index("projects/"):]
-    match = _IMAGE_PATH.match(text)
+    match = _IMAGE_PATH.fullmatch(text)
     if match:
         return ImageRef(match.group(1), match.group(3), bool(match.group(2)))
-    match = _IMAGE_SHORT.match(text)
+    match = _IMAGE_SHORT.fullmatch(text)
     if match:
         return ImageRef(match.group(1), match.group(2), True)
     raise ValueError(
@@ -93,13 +93,13 @@ def to_labels(value: object) -> dict[str, str]:
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise ValueError(f"label {key!r}: expected a string value, got {describe_value(item)}")
         item = str(item)
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
             raise ValueError(
                 f"label key {key!r}: expected 1-63 lowercase letters, digits, '_' or '-', starting with a letter"
             )
         if key.startswith(RESERVED_LABEL_PREFIX):
             raise ValueError(f"label key {key!r}: keys starting with {RESERVED_LABEL_PREFIX!r} are set by flambe-cluster")
-        if not LABEL_VALUE.match(item):
+        if not LABEL_VALUE.fullmatch(item):
             raise ValueError(f"label {key!r}: expected up to 63 lowercase letters, digits, '_' or '-', got {item!r}")
         labels[key] = item
     if len(labels) > 60:
@@ -111,12 +111,12 @@ def to_api_endpoint(value: object) -> str | None:
     """Converter: ``None`` or an ``http(s)://host[:port]`` URL."""
     if value is None:
         return None
-    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value.strip()):
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+/?", value.strip()):
         raise ValueError(f"expected a URL like 'https://compute.example.com' or 'http://127.0.0.1:8080', got {describe_value(value)}")
     return value.strip().rstrip("/")
 
 
-@frozen
+@config_class
 class GCPOptions:
     """The GCP provider's options (see the package docstring for their meaning)."""
 

@@ -33,7 +33,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint, Instance, Role
+from flambe_cluster.provider import ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name
 
 from .api import SCOPES, Compute, GCPError, describe, error_reasons
 from .options import GCPOptions, parse_image
@@ -202,7 +202,7 @@ def to_instance(cluster: str, options: GCPOptions, found: Found, role: Role, ind
     if not found.network_ip:
         raise GCPError(f"instance {found.name} of cluster {cluster!r} has no internal address yet (status {found.status})")
     public = found.nat_ip if options.use_public and found.nat_ip else found.network_ip
-    name = f"{cluster}_orchestrator" if role is Role.ORCHESTRATOR else f"{cluster}_factory{index}"
+    name = host_name(cluster, role, index)
     return Instance(name=name, role=role, public=Endpoint(public), private=Endpoint(found.network_ip),
                     use_public=options.use_public, instance_id=found.name, gpus=found.gpus)
 

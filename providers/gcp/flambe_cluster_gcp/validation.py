@@ -19,7 +19,7 @@ from typing import Callable
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from flambe_cluster.records import Role
+from flambe_cluster.provider import Role
 
 from .api import Compute, CredentialsMissing, GCPError, connect, describe
 from .options import GCPOptions, parse_image
@@ -34,7 +34,7 @@ def static_problems(config) -> list[str]:
     """Problems found without asking the API."""
     options: GCPOptions = config.options
     problems = []
-    if not GCP_NAME.match(config.name) or len(config.name) > MAX_NAME:
+    if not GCP_NAME.fullmatch(config.name) or len(config.name) > MAX_NAME:
         problems.append(
             f"name: GCP instance names and labels need 1-{MAX_NAME} lowercase letters, digits and '-', starting with "
             f"a letter and not ending with '-', got {config.name!r}"

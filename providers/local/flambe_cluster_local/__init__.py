@@ -27,13 +27,13 @@ import json
 import os
 from pathlib import Path
 
-from attrs import field, frozen
+from attrs import field
 
 from flambe_cluster import hookimpl, loopback
-from flambe_cluster.config import SAFE_NAME, one_of, to_optional_path
-from flambe_cluster.errors import ClusterError
-from flambe_cluster.records import ClusterInstances, CreatedResource, Endpoint
-from flambe_cluster.state import ClusterState, KeyPair
+from flambe_cluster.provider import (
+    SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class, one_of,
+    to_optional_path,
+)
 from flambe_cluster.testing import hosts as namespaces
 
 NAMESPACE_USER = "flambe"
@@ -41,7 +41,7 @@ RECORD = "local-hosts.json"
 RESOURCE_KIND = "local-hosts"
 
 
-@frozen
+@config_class
 class LocalOptions:
     """The local provider's options."""
 
@@ -71,7 +71,7 @@ def flambe_cluster_options_class() -> type:
 def flambe_cluster_config_defaults(raw: dict) -> dict:
     """A client key in the cluster's state folder and the user the hosts log in as."""
     name = raw.get("name")
-    if not isinstance(name, str) or not SAFE_NAME.match(name):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         return {}  # the name's own problem is reported by validation
     try:
         state_dir = to_optional_path(raw.get("state_dir"))

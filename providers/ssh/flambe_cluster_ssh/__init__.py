@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from flambe_cluster import hookimpl
-from flambe_cluster.config import to_bool
-from flambe_cluster.records import ClusterInstances, Endpoint
+from flambe_cluster.provider import ClusterInstances, Endpoint, config_class, hookimpl, to_bool
 
 __all__ = ["HostAddresses", "SSHOptions"]
 
@@ -58,7 +56,7 @@ def _to_address_list(value: object) -> tuple[HostAddresses, ...]:
     return tuple(parsed)
 
 
-@frozen
+@config_class
 class SSHOptions:
     """The SSH provider's options."""
 

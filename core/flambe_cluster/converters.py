@@ -1,0 +1,277 @@
+"""Converters for configuration fields, and classes that report every bad field at once.
+
+A converter parses one value or raises ``ValueError``/``TypeError`` whose
+message says what was expected and what was given.  Configuration classes
+(the core's :class:`~flambe_cluster.settings.ClusterConfig` and every
+provider's options class) are declared with :func:`config_class`: an attrs
+frozen class whose converters and validators attrs runs exactly once, as
+usual, but which — inside :func:`build` — records each field's problem
+instead of stopping at the first, so the user sees every problem of a file
+in one error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import difflib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import attrs
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+SAFE_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+C = TypeVar("C", bound=type)
+
+
+# --- converters: each parses one value or raises ValueError saying what was expected
+
+
+def describe_value(value: object) -> str:
+    """``type value``, for messages saying what was given."""
+    return f"{type(value).__name__} {value!r}"
+
+
+def to_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[object], int]:
+    """Converter: an integer (not a bool, not a string) within ``minimum`` and ``maximum``."""
+
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {describe_value(value)}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"expected an integer <= {maximum}, got {value}")
+        return value
+
+    return convert
+
+
+def to_seconds(value: object) -> float:
+    """Converter: a positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {describe_value(value)}")
+    return float(value)
+
+
+def to_bool(value: object) -> bool:
+    """Converter: a YAML boolean."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {describe_value(value)}")
+    return value
+
+
+def to_str(value: object) -> str:
+    """Converter: a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {describe_value(value)}")
+    return value
+
+
+def to_str_tuple(value: object) -> tuple[str, ...]:
+    """Converter: a list of strings (``None`` means empty)."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of strings, got {describe_value(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"expected a list of strings, item {index} is {describe_value(item)}")
+    return tuple(value)
+
+
+def matching(pattern: "re.Pattern[str]", expected: str) -> Callable[[object], str]:
+    """Converter factory: a string ``pattern`` matches whole (no trailing newline slips through)."""
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"expected {expected}, got {describe_value(value)}")
+        return value
+
+    return convert
+
+
+to_safe_name = matching(
+    SAFE_NAME,
+    "1-63 characters of letters, digits, '-' and '_', starting with a letter or digit "
+    "(it is used in file names, tags and commands)",
+)
+to_username = matching(SAFE_USERNAME, "a POSIX user name (lowercase letters, digits, '-', '_')")
+
+
+def to_private_key_path(value: object) -> Path:
+    """Converter: the path of a readable private key file (``~`` expanded)."""
+    if isinstance(value, Path):
+        path = value
+    elif isinstance(value, str) and value.strip():
+        path = Path(value).expanduser()
+    else:
+        raise ValueError(f"expected the path of an SSH private key file, got {describe_value(value)}")
+    if not path.is_file():
+        raise ValueError(f"expected the path of an SSH private key file, but {str(path)!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"the key file {str(path)!r} is not readable by this user")
+    return path.absolute()
+
+
+def to_optional_path(value: object) -> Path | None:
+    """Converter: ``None`` or a path (``~`` expanded)."""
+    if value is None or isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value.strip():
+        return Path(value).expanduser().absolute()
+    raise ValueError(f"expected a folder path, got {describe_value(value)}")
+
+
+def one_of(*choices: str) -> Callable[[object], str]:
+    """Converter: one of ``choices``."""
+
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value  # type: ignore[return-value]
+
+    return convert
+
+
+# --- configuration classes that report every problem
+
+
+class _Required:
+    """Stands for a required field the user left out (see :func:`build`)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()
+
+
+@attrs.define
+class _Report:
+    problems: list[str] = attrs.field(factory=list)
+    failed: set[str] = attrs.field(factory=set)
+
+    def add(self, name: str, message: str) -> None:
+        self.failed.add(name)
+        self.problems.append(f"{name}: {message}")
+
+
+_report: contextvars.ContextVar[_Report | None] = contextvars.ContextVar("flambe_cluster_report", default=None)
+
+
+@contextlib.contextmanager
+def _reporting() -> Iterator[_Report]:
+    report = _Report()
+    token = _report.set(report)
+    try:
+        yield report
+    finally:
+        _report.reset(token)
+
+
+def _reporting_converter(attribute: attrs.Attribute) -> Callable[[object], object]:
+    convert, expected = attribute.converter, attribute.metadata.get("help", "a value")
+
+    def run(value: object) -> object:
+        report = _report.get()
+        if value is REQUIRED:
+            if report is None:
+                raise TypeError(f"{attribute.name}: required, expected {expected}")
+            report.add(attribute.name, f"required, expected {expected}")
+            return None
+        if convert is None:
+            return value
+        if report is None:
+            return convert(value)
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            report.add(attribute.name, str(exc))
+            return None
+
+    return run
+
+
+def _reporting_validator(validator: Callable[[Any, attrs.Attribute, Any], None]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        report = _report.get()
+        if report is None:
+            validator(instance, attribute, value)
+        elif attribute.name not in report.failed:
+            try:
+                validator(instance, attribute, value)
+            except (ValueError, TypeError) as exc:
+                report.add(attribute.name, str(exc))
+
+    return check
+
+
+def _transform(cls: type, attributes: list[attrs.Attribute]) -> list[attrs.Attribute]:
+    return [
+        a.evolve(
+            converter=_reporting_converter(a),
+            validator=_reporting_validator(a.validator) if a.validator is not None else None,
+        ) if a.init else a
+        for a in attributes
+    ]
+
+
+def config_class(cls: C) -> C:
+    """Declare a configuration class: ``attrs.frozen`` whose fields :func:`build` checks all at once.
+
+    Fields are ordinary attrs fields; a converter raises ``ValueError`` or
+    ``TypeError`` saying what was expected and what came, and field metadata
+    ``help`` describes the value a missing required field expects.  Built
+    directly (``Options(...)``) the class behaves like any frozen attrs class.
+    """
+    built = attrs.frozen(cls, field_transformer=_transform)
+    built.__flambe_config_class__ = True
+    return built
+
+
+def is_config_class(cls: object) -> bool:
+    """Whether ``cls`` was declared with :func:`config_class`."""
+    return getattr(cls, "__flambe_config_class__", False) is True
+
+
+def init_fields(cls: type) -> dict[str, attrs.Attribute]:
+    """The fields a user may set, by name."""
+    return {a.name: a for a in attrs.fields(cls) if a.init}
+
+
+def unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any], also_known: frozenset[str] = frozenset()) -> list[str]:
+    """A problem per key of ``data`` that is no field, with the closest field name as a hint."""
+    problems = []
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), [*known, *also_known], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(sorted(known))}"
+            problems.append(f"{key}: unknown field{hint}")
+    return problems
+
+
+def build(cls: type, values: Mapping[str, Any], problems: list[str]) -> Any | None:
+    """Build the :func:`config_class` ``cls`` from ``values``, appending every problem to ``problems``.
+
+    Missing required fields, converter and validator errors are all
+    reported; each converter runs once (attrs runs it).  Returns ``None``
+    when anything was wrong.  Keys that are no field of ``cls`` must have
+    been removed (see :func:`unknown_keys`).
+    """
+    if not is_config_class(cls):
+        raise TypeError(f"{cls.__qualname__} is not declared with flambe_cluster.provider.config_class")
+    fields = init_fields(cls)
+    arguments = {
+        **{name: REQUIRED for name, a in fields.items() if a.default is attrs.NOTHING},
+        **values,
+    }
+    with _reporting() as report:
+        built = cls(**arguments)
+    problems.extend(report.problems)
+    return None if report.problems else built

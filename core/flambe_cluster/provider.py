@@ -1,0 +1,83 @@
+"""Everything a provider may use, in one import: the face of flambe-cluster for plugins.
+
+A provider package imports ``flambe_cluster`` (the marker :data:`hookimpl`
+and the errors) and this module, nothing else of the core; the layering
+contract in ``.importlinter`` holds every built-in provider to that.  The
+hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
+
+- the marker: :data:`hookimpl`;
+- records crossing the hook boundary: :class:`Instance`, :class:`Endpoint`,
+  :class:`Role`, :class:`ClusterInstances`, :class:`CreatedResource`,
+  :class:`Resources`, and the validated :class:`ClusterConfig`; the seed's
+  host names (:func:`host_name`);
+- declaring options: :func:`config_class` and the converters (``to_*``,
+  :func:`matching`, :func:`one_of`, :func:`describe_value`, :data:`SAFE_NAME`);
+- the journal a load hook records creations in (:class:`RunJournal`), and a
+  cluster's local state folder (:class:`ClusterState`: its pinned
+  ``known_hosts``, key pairs);
+- the errors of :mod:`flambe_cluster.errors`.
+"""
+
+from .converters import (
+    SAFE_NAME,
+    config_class,
+    describe_value,
+    matching,
+    one_of,
+    to_bool,
+    to_int,
+    to_optional_path,
+    to_safe_name,
+    to_seconds,
+    to_str,
+    to_str_tuple,
+)
+from .errors import (
+    ClusterConfigurationError,
+    ClusterError,
+    FlambeClusterError,
+    HostError,
+    HostUnreachableError,
+    ProviderError,
+    RemoteCommandError,
+    UsageError,
+)
+from .hookspecs import hookimpl
+from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, host_name
+from .settings import ClusterConfig
+from .state import ClusterState, KeyPair, RunJournal
+
+__all__ = [
+    "SAFE_NAME",
+    "ClusterConfig",
+    "ClusterConfigurationError",
+    "ClusterError",
+    "ClusterInstances",
+    "ClusterState",
+    "CreatedResource",
+    "Endpoint",
+    "FlambeClusterError",
+    "HostError",
+    "HostUnreachableError",
+    "Instance",
+    "KeyPair",
+    "ProviderError",
+    "RemoteCommandError",
+    "Resources",
+    "Role",
+    "RunJournal",
+    "UsageError",
+    "config_class",
+    "describe_value",
+    "hookimpl",
+    "host_name",
+    "matching",
+    "one_of",
+    "to_bool",
+    "to_int",
+    "to_optional_path",
+    "to_safe_name",
+    "to_seconds",
+    "to_str",
+    "to_str_tuple",
+]

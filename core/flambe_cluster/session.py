@@ -1,0 +1,300 @@
+"""The host session: one cluster's hosts, connections, remote layout and file transfer.
+
+A :class:`HostSession` is what every step that touches hosts works on: the
+validated configuration, the provider's hooks, the local state folder, the
+loaded orchestrator and factories, the pool of SSH connections, where things
+live on the hosts, and moving files to, from and between them.  The steps
+(:mod:`~flambe_cluster.keys`, :mod:`~flambe_cluster.environment`,
+:mod:`~flambe_cluster.raycluster`, :mod:`~flambe_cluster.jobs`) take a
+session; :class:`~flambe_cluster.cluster.Cluster` is the seed's API on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import shlex
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from attrs import define, field
+
+from . import secrets, sync
+from .errors import ClusterError, RemoteCommandError, UsageError
+from .paths import check_relative_path, home_path
+from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
+from .settings import ClusterConfig
+from .ssh import CommandResult, SSHPool, openssh_options, shell_join
+from .state import ClusterState, RunJournal
+
+logger = logging.getLogger(__name__)
+
+
+def _log_step(message: str) -> None:
+    logger.info("%s", message)
+
+
+@define
+class HostSession:
+    """One cluster's hosts and everything needed to work on them.
+
+    ``hooks`` is the plugin manager's hook relay (the chosen provider plus
+    the core's defaults); ``on_step`` receives one line per step of a long
+    operation.  Instances are loaded by :meth:`set_instances`; methods that
+    need them raise :class:`ClusterError` before.  Connections open lazily
+    and stay open until :meth:`close`.
+    """
+
+    config: ClusterConfig
+    hooks: Any
+    state: ClusterState
+    on_step: Callable[[str], None] = field(default=_log_step)
+    orchestrator: Instance | None = field(default=None, init=False)
+    factories: list[Instance] = field(factory=list, init=False)
+    resources: dict[Instance, Resources] | None = field(default=None, init=False)
+    """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
+    _pool: SSHPool | None = field(default=None, init=False)
+    _run_journal: RunJournal | None = field(default=None, init=False)
+    _orch_home: str | None = field(default=None, init=False)
+
+    # --- names and places
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def remote_root(self) -> str:
+        """The cluster's folder on every host, relative to the home: ``.flambe-cluster/<name>``."""
+        return f".flambe-cluster/{self.name}"
+
+    def remote_path(self, relative: str) -> str:
+        """A quoted shell word for ``$HOME/<remote_root>/<relative>``."""
+        return home_path(posixpath.join(self.remote_root, relative))
+
+    @property
+    def remote_key_name(self) -> str:
+        """File name of the cluster key under ``~/.ssh`` on every host."""
+        return f"flambe-cluster-{self.name}"
+
+    def remote_key_files(self) -> tuple[str, str, str]:
+        """The cluster key's private, public and known_hosts files, relative to each host's home."""
+        base = f".ssh/{self.remote_key_name}"
+        return base, f"{base}.pub", f"{base}.known_hosts"
+
+    def helper(self, module: str, *args: str) -> str:
+        """The shell line running the remote helper ``flambe_cluster.remote.<module>`` in the cluster's environment."""
+        return f"{self.remote_path('env/bin/python')} -m flambe_cluster.remote.{module} {shell_join(args)}"
+
+    @property
+    def ray_head_address(self) -> str:
+        """``<orchestrator private address>:<ray_port>``."""
+        return f"{self.require_orchestrator().private.host}:{self.config.ray_port}"
+
+    # --- instances
+
+    def set_instances(self, instances: ClusterInstances) -> None:
+        """Adopt what the provider returned; raises :class:`ClusterError` on wrong roles or count."""
+        provider = self.config.provider
+        if instances.orchestrator.role is not Role.ORCHESTRATOR or any(f.role is not Role.FACTORY for f in instances.factories):
+            raise ClusterError(f"provider {provider!r} returned instances with the wrong roles")
+        if len(instances.factories) != self.config.factories_num:
+            raise ClusterError(
+                f"provider {provider!r} returned {len(instances.factories)} factories for cluster "
+                f"{self.name!r}, expected {self.config.factories_num}"
+            )
+        self.orchestrator = instances.orchestrator
+        self.factories = list(instances.factories)
+
+    def require_orchestrator(self) -> Instance:
+        """The orchestrator; raises :class:`ClusterError` before instances are loaded."""
+        if self.orchestrator is None:
+            raise ClusterError(
+                f"cluster {self.name!r}: no instances loaded; call load_all_instances() or find_instances() first"
+            )
+        return self.orchestrator
+
+    def hosts(self) -> list[Instance]:
+        """The orchestrator followed by every factory (raises before instances are loaded)."""
+        return [self.require_orchestrator(), *self.factories]
+
+    def loaded(self) -> list[Instance]:
+        """The instances loaded so far (empty before loading)."""
+        return [self.orchestrator, *self.factories] if self.orchestrator is not None else []
+
+    def instances(self) -> ClusterInstances:
+        return ClusterInstances(self.require_orchestrator(), self.factories)
+
+    # --- connections and the journal
+
+    @property
+    def pool(self) -> SSHPool:
+        """The cluster's SSH connections (created on first use)."""
+        if self._pool is None:
+            self.state.ensure()
+            self._pool = SSHPool(
+                username=self.config.username,
+                key_path=self.config.key,
+                known_hosts=self.state.known_hosts,
+                host_key_policy=self.config.host_key_policy,
+                connect_timeout=self.config.connect_timeout,
+                command_timeout=self.config.command_timeout,
+                vouched_keys=lambda instance: self.hooks.flambe_cluster_host_keys(config=self.config, instance=instance),
+            )
+        return self._pool
+
+    @property
+    def journal(self) -> RunJournal:
+        """This run's journal handle (one per session)."""
+        if self._run_journal is None:
+            self._run_journal = self.state.ensure().journal.start_run()
+        return self._run_journal
+
+    @property
+    def has_run_journal(self) -> bool:
+        """Whether this session started a run (and so may have created something)."""
+        return self._run_journal is not None
+
+    def run_all(self, hosts: Sequence[Instance], command: str | Callable[[Instance], str], check: bool = True,
+                timeout: float | None = None) -> dict[Instance, CommandResult]:
+        """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`."""
+        return self.pool.run_all(hosts, command, check=check, timeout=timeout)
+
+    def forget_host_keys(self, instances: Sequence[Instance]) -> None:
+        """Drop the pinned keys of ``instances`` (their addresses may come back as other machines)."""
+        self.state.forget_host_keys({n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)})
+
+    def close(self) -> None:
+        """Close the SSH connections (idempotent; they reopen on next use)."""
+        if self._pool is not None:
+            self._pool.close()
+
+    # --- the orchestrator's home and the job's view of the cluster
+
+    def orchestrator_home(self) -> str:
+        """The orchestrator's home folder (asked once, then remembered)."""
+        if self._orch_home is None:
+            self._orch_home = self.pool.run(self.require_orchestrator(), 'printf %s "$HOME"').stdout
+        return self._orch_home
+
+    def remote_environment(self, local_user: str) -> RemoteEnvironment:
+        """What a job on the orchestrator needs to know about the cluster (private addresses)."""
+        orchestrator = self.require_orchestrator()
+        return RemoteEnvironment(
+            orchestrator_ip=orchestrator.private.host,
+            orchestrator_public_ip=orchestrator.public.host,
+            factories_ips=tuple(f.private.host for f in self.factories),
+            key=posixpath.join(self.orchestrator_home(), self.remote_key_files()[0]),
+            user=self.config.username,
+            local_user=local_user,
+        )
+
+    def has_environment(self, hosts: Sequence[Instance]) -> dict[Instance, bool]:
+        """Whether each host has the cluster's Python environment (so its helpers can run)."""
+        results = self.run_all(hosts, f"test -x {self.remote_path('env/bin/python')}", check=False)
+        return {host: result.ok for host, result in results.items()}
+
+    def send_secrets(self, whitelist: Sequence[str] | None = None) -> str:
+        """Send the secrets file (only ``whitelist`` sections, if given) to the orchestrator.
+
+        Lands at ``~/<remote_root>/secrets.ini`` with mode 0600, sent on the
+        SSH channel's stdin; its contents are never logged or printed.
+        Returns that path relative to the home.
+        """
+        if self.config.secrets is None:
+            raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration")
+        payload = secrets.filtered(self.config.secrets, whitelist)
+        temporary, final = self.remote_path("secrets.ini.tmp"), self.remote_path("secrets.ini")
+        command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {temporary} && mv -f {temporary} {final}"
+        self.pool.run(self.require_orchestrator(), command, stdin=payload)
+        return posixpath.join(self.remote_root, "secrets.ini")
+
+    # --- folders and files
+
+    def create_dirs_on(self, hosts: Sequence[Instance], relative_dirs: Sequence[str]) -> None:
+        """Create folders (relative to each host's home) on ``hosts``; existing ones are kept."""
+        if not relative_dirs:
+            return
+        paths = [check_relative_path(d, "folder") for d in relative_dirs]
+        self.run_all(hosts, "mkdir -p -- " + " ".join(home_path(p) for p in paths))
+
+    def existing_dir(self, relative: str) -> bool:
+        """Whether the folder ``$HOME/<relative>`` exists on at least one host."""
+        path = home_path(check_relative_path(relative, "existing_dir path"))
+        return any(result.ok for result in self.run_all(self.hosts(), f"test -d {path}", check=False).values())
+
+    def remove_dir(self, relative: str, content_only: bool = True, all_hosts: bool = True) -> None:
+        """Remove ``$HOME/<relative>`` (or only what is inside it) on all hosts or the orchestrator only."""
+        path = home_path(check_relative_path(relative, "remove_dir path"))
+        if content_only:
+            command = f"if [ -d {path} ]; then find {path} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +; fi"
+        else:
+            command = f"rm -rf -- {path}"
+        self.run_all(self.hosts() if all_hosts else [self.require_orchestrator()], command)
+
+    def ssh_options(self) -> list[str]:
+        """OpenSSH options for subprocesses (rsync): the cluster's key and pinned host keys."""
+        return openssh_options(self.config.key, self.state.known_hosts, self.config.connect_timeout)
+
+    def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False) -> None:
+        """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents)."""
+        self.pool.connection(host)  # pins the host key before OpenSSH checks it strictly
+        sync.rsync_to(
+            host.label,
+            list(sources),
+            sync.remote_spec(self.config.username, host.endpoint, relative_dest),
+            ssh_options=self.ssh_options(),
+            port=host.endpoint.port,
+            timeout=self.config.command_timeout,
+            delete=delete,
+        )
+
+    def download(self, host: Instance, relative_source: str, local: Path) -> None:
+        """rsync ``$HOME/<relative_source>`` on ``host`` to the local path ``local``."""
+        self.pool.connection(host)
+        source = check_relative_path(relative_source, "remote path") + ("/" if relative_source.endswith("/") else "")
+        sync.rsync_from(
+            host.label,
+            sync.remote_spec(self.config.username, host.endpoint, source),
+            local,
+            ssh_options=self.ssh_options(),
+            port=host.endpoint.port,
+            timeout=self.config.command_timeout,
+        )
+
+    def fan_out(self, folder: str, factories: Sequence[Instance]) -> None:
+        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories`` at once (mirroring it there)."""
+        self._orchestrator_rsync(folder, factories, push=True)
+
+    def gather(self, folder: str, factories: Sequence[Instance]) -> None:
+        """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once."""
+        self._orchestrator_rsync(folder, factories, push=False)
+
+    def _orchestrator_rsync(self, folder: str, factories: Sequence[Instance], push: bool) -> None:
+        """rsync between the orchestrator and each factory, run on the orchestrator.
+
+        Uses the cluster key and the cluster's known_hosts (hosts verify each
+        other strictly); raises one error naming every factory that failed.
+        """
+        folder = check_relative_path(folder, "folder")
+        orchestrator = self.require_orchestrator()
+        private, _public, known = self.remote_key_files()
+        # `$HOME`, not `~`: OpenSSH expands `~` to the passwd home, which need not be $HOME.
+        options = openssh_options(f"$HOME/{private}", f"$HOME/{known}", self.config.connect_timeout)
+
+        def command(factory: Instance) -> str:
+            remote = shlex.quote(sync.remote_spec(self.config.username, factory.private, folder + "/"))
+            local = home_path(folder + "/")
+            source, target = (local, remote) if push else (remote, local)
+            ssh = sync.remote_shell_option(["-p", str(factory.private.port), *options])
+            return (
+                f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)} --timeout={sync.IO_TIMEOUT}"
+                f"{' --delete' if push else ''} -e {ssh} {source} {target}"
+            )
+
+        if push:
+            self.create_dirs_on(factories, [folder])
+        results = self.pool.map(factories, lambda factory: self.pool.run(orchestrator, command(factory), check=False))
+        failures = [result for result in results.values() if not result.ok]
+        if failures:
+            raise RemoteCommandError(failures)

@@ -1,0 +1,62 @@
+"""The validated description of a cluster: :class:`ClusterConfig`.
+
+Its fields are the seed's common parameters (``name``, ``factories_num``,
+``key``, ``username``, ``setup_cmds``) and the core's settings, each declared
+once with its converter; the provider's own options ride along in
+``options`` (an instance of the provider's
+:func:`~flambe_cluster.converters.config_class`).  Reading a file into one is
+:mod:`flambe_cluster.config`'s job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attrs import field
+
+from .converters import (
+    config_class,
+    init_fields,
+    one_of,
+    to_int,
+    to_optional_path,
+    to_private_key_path,
+    to_safe_name,
+    to_seconds,
+    to_str,
+    to_str_tuple,
+    to_username,
+)
+
+HOST_KEY_POLICIES = ("accept-new", "strict")
+
+
+@config_class
+class ClusterConfig:
+    """A validated cluster description.
+
+    ``options`` is the provider's options object (see
+    ``flambe_cluster_options_class``); ``source`` names the file it came from.
+    """
+
+    provider: str = field(converter=to_str, metadata={"help": "a provider name (see `flambe-cluster providers`)"})
+    name: str = field(converter=to_safe_name, metadata={"help": "the cluster's name"})
+    key: Path = field(converter=to_private_key_path, metadata={"help": "the path of the SSH private key for all hosts"})
+    username: str = field(converter=to_username, metadata={"help": "the user name on all hosts"})
+    factories_num: int = field(converter=to_int(minimum=0), metadata={"help": "the number of factories"})
+    options: Any = field(default=None)
+    setup_cmds: tuple[str, ...] = field(default=(), converter=to_str_tuple)
+    host_key_policy: str = field(default="accept-new", converter=one_of(*HOST_KEY_POLICIES))
+    connect_timeout: float = field(default=60.0, converter=to_seconds)
+    command_timeout: float = field(default=1800.0, converter=to_seconds)
+    state_dir: Path | None = field(default=None, converter=to_optional_path)
+    python: str = field(default="python3", converter=to_str)
+    ray_port: int = field(default=6379, converter=to_int(minimum=1, maximum=65535))
+    ray_timeout: float = field(default=120.0, converter=to_seconds)
+    secrets: Path | None = field(default=None, converter=to_optional_path)
+    source: str | None = field(default=None)
+
+
+#: The keys of a configuration that belong to the cluster, not to the provider's options.
+COMMON_FIELDS = frozenset(init_fields(ClusterConfig)) - {"options", "source"}

@@ -1,0 +1,46 @@
+"""The layering contract (.importlinter) holds, and a back-import breaks it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+PACKAGES = ["core", "providers/ssh", "providers/local", "providers/aws", "providers/gcp", "examples/inventory-provider"]
+
+
+def lint_imports(source_root: Path) -> subprocess.CompletedProcess:
+    """Run import-linter on the packages found under ``source_root`` (the checkout's layout)."""
+    path = os.pathsep.join(str(source_root / p) for p in PACKAGES)
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", str(ROOT / ".importlinter")], capture_output=True,
+                          text=True, cwd=source_root, env={**os.environ, "PYTHONPATH": path}, timeout=300)
+
+
+def test_the_import_contracts_hold():
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Contracts: 3 kept, 0 broken" in done.stdout, done.stdout
+
+
+def test_a_module_importing_one_above_it_breaks_the_layers(tmp_path):
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    records = tmp_path / "core" / "flambe_cluster" / "records.py"
+    records.write_text(records.read_text() + "\nfrom . import session  # a deliberate back-import\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert "flambe_cluster.records is not allowed to import flambe_cluster.session" in done.stdout, done.stdout
+
+
+def test_a_provider_reaching_past_the_face_breaks_the_contract(tmp_path):
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    ssh = tmp_path / "providers" / "ssh" / "flambe_cluster_ssh" / "__init__.py"
+    ssh.write_text(ssh.read_text() + "\nfrom flambe_cluster import session  # reaching past the face\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert "flambe_cluster_ssh is not allowed to import flambe_cluster.session" in done.stdout, done.stdout
