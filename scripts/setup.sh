@@ -4,7 +4,8 @@
 # then flambe-cluster itself into the virtual environment .venv of this checkout
 # (made with $PYTHON, default python3).
 #   scripts/setup.sh         the package
-#   scripts/setup.sh --dev   the package with its test dependencies and the example provider
+#   scripts/setup.sh --dev   the package with its test dependencies and the example provider,
+#                            plus Chromium (the report-site test loads its page headless)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,9 @@ command -v ps >/dev/null || missing+=(procps)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "${1:-}" = "--dev" ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
