@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from flambe_cluster.remote.processes import read_json, stop_group
+from flambe_cluster.remote.processes import stop_group, stop_recorded
 
 PYTHON = sys.executable
 
@@ -70,9 +70,7 @@ def started(tmp_path):
     folders: list[Path] = []
     yield folders
     for folder in folders:
-        record = read_json(folder / "process.json")
-        if record is not None:
-            stop_group(int(record["pgid"]), grace=2.0)
+        stop_recorded(folder, grace=2.0)
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -107,17 +105,28 @@ def job_dir(tmp_path, started):
     return folder
 
 
-def chromium_dom(url: str, profile: Path) -> str:
+def chromium() -> str:
     browser = shutil.which("chromium")
     if browser is None:
         pytest.skip("headless Chromium is missing: Debian package `chromium` (scripts/setup.sh --dev installs it as root)")
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                           "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return browser
+
+
+def chromium_dom(browser: str, url: str, profile: Path) -> str:
+    browser_run = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                                    "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+    try:
+        dom, errors = browser_run.communicate(timeout=120)
+    finally:  # its helper processes share its group; none outlives the test
+        stop_group(browser_run.pid, grace=2.0)
+        browser_run.wait()
+    assert browser_run.returncode == 0, errors[-3000:]
+    return dom
 
 
 def test_report_site_page_shows_the_job_and_its_files(tmp_path, started, job_dir):
+    browser = chromium()
     output = tmp_path / "output"
     (output / "escape").symlink_to("/etc/passwd")
     (tmp_path / "progress.json").write_text('{"done": 3, "note": "<b>x</b>"}')
@@ -130,7 +139,7 @@ def test_report_site_page_shows_the_job_and_its_files(tmp_path, started, job_dir
     assert launched["port"] == port
     assert json.loads(helper("report_site", "status", str(site)).stdout)["state"] == "running"
 
-    dom = chromium_dom(f"http://127.0.0.1:{port}/", tmp_path / "chromium")
+    dom = chromium_dom(browser, f"http://127.0.0.1:{port}/", tmp_path / "chromium")
     assert '<strong id="job-state">running</strong>' in dom
     assert "model.pt" in dom and "2.9 KiB" in dom
     assert "metrics/a&lt;b&gt;&amp;c.txt" in dom, "file names are escaped"
@@ -138,11 +147,6 @@ def test_report_site_page_shows_the_job_and_its_files(tmp_path, started, job_dir
     assert "step 1 &lt;done&gt;" in dom, "the log's tail, escaped"
     assert "&lt;b&gt;x&lt;/b&gt;" in dom, "the progress file, escaped"
     assert f'href="http://127.0.0.1:{tensorboard_port}/"' in dom
-
-    assert http_get(f"http://127.0.0.1:{port}/files/model.pt") == (200, b"w" * 3000)
-    assert http_get(f"http://127.0.0.1:{port}/files/metrics/a%3Cb%3E%26c.txt") == (200, b"score 0.9")
-    for outside in ("escape", "..%2Fsite%2Fsite.json", "%2Fetc%2Fpasswd", "metrics", "missing"):
-        assert http_get(f"http://127.0.0.1:{port}/files/{outside}")[0] == 404, outside
 
     refused = helper("report_site", "launch", str(site), "--port", str(free_port()), check=3)
     assert "already runs" in refused.stderr
@@ -154,8 +158,12 @@ def test_report_site_page_shows_the_job_and_its_files(tmp_path, started, job_dir
     assert json.loads(helper("job", "stop", str(job_dir)).stdout)["state"] == "finished"
 
 
-def test_report_site_refuses_a_taken_port_and_shows_a_missing_job(tmp_path, started):
-    site = tmp_path / "site"
+def test_report_site_serves_only_the_output_files(tmp_path, started):
+    site, output = tmp_path / "site", tmp_path / "output"
+    (output / "metrics").mkdir(parents=True)
+    (output / "model.pt").write_bytes(b"w" * 3000)
+    (output / "metrics" / "a<b>&c.txt").write_text("score 0.9")
+    (output / "escape").symlink_to("/etc/passwd")
     started.append(site)
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
@@ -166,10 +174,16 @@ def test_report_site_refuses_a_taken_port_and_shows_a_missing_job(tmp_path, star
                                                                              "port": None}
     port = free_port()
     launched = json.loads(helper("report_site", "launch", str(site), "--port", str(port),
-                                 "--job-dir", str(tmp_path / "no-job"), "--output-dir", str(tmp_path / "none")).stdout)
+                                 "--job-dir", str(tmp_path / "no-job"), "--output-dir", str(output)).stdout)
     status, page = http_get(f"http://127.0.0.1:{port}/")
     assert status == 200
-    assert b"<strong id='job-state'>none</strong>" in page and b"(no files yet)" in page
+    assert b"<strong id='job-state'>none</strong>" in page
+    assert b"<a href='files/metrics/a%3Cb%3E%26c.txt'>metrics/a&lt;b&gt;&amp;c.txt</a>" in page
+    assert http_get(f"http://127.0.0.1:{port}/files/model.pt") == (200, b"w" * 3000)
+    assert http_get(f"http://127.0.0.1:{port}/files/metrics/a%3Cb%3E%26c.txt") == (200, b"score 0.9")
+    for outside in ("escape", "..%2Fsite%2Fsite.json", "%2E%2E/site/site.json", "%2Fetc%2Fpasswd", "metrics",
+                    "missing", "../../site/site.json"):
+        assert http_get(f"http://127.0.0.1:{port}/files/{outside}")[0] == 404, outside
     helper("report_site", "stop", str(site))
     assert wait_gone(launched["pgid"]) == []
 
