@@ -145,18 +145,20 @@ def _output_files(root: Path) -> list[tuple[str, int]]:
 
 def _inside(root: Path, relative: str) -> Path | None:
     """The regular file ``root/relative`` if its real path lies inside ``root``'s, else None."""
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if target != base and base in target.parents and target.is_file():
-        return target
-    return None
+    try:
+        base = root.resolve()
+        target = (base / relative).resolve()
+        inside = base in target.parents and target.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return None
+    return target if inside else None
 
 
 def _size(count: int) -> str:
     """``count`` bytes for people: ``512 B``, ``1.5 KiB``, …, ``3.2 GiB``."""
     if count < 1024:
         return f"{count} B"
-    scaled, unit = float(count), "B"
+    scaled = float(count)
     for unit in ("KiB", "MiB", "GiB"):
         scaled /= 1024
         if scaled < 1024:
@@ -217,10 +219,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     def _host(self) -> str:
-        """The host part of the request's Host header (what the browser used), else our address."""
-        header = self.headers.get("Host") or ""
-        host = urllib.parse.urlsplit(f"//{header}").hostname if header else None
-        host = host or self.server.server_address[0]
+        """The host part of the request's Host header (what the browser used), else the address it reached."""
+        try:
+            host = urllib.parse.urlsplit(f"//{self.headers.get('Host') or ''}").hostname
+        except ValueError:  # a malformed header, e.g. "[::1"
+            host = None
+        host = host or self.connection.getsockname()[0]
         return f"[{host}]" if ":" in host else host
 
     def _send(self, code: HTTPStatus, body: bytes, kind: str) -> None:
