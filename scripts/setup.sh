@@ -4,7 +4,8 @@
 # then flambe-cluster itself into the virtual environment .venv of this checkout
 # (made with $PYTHON, default python3).
 #   scripts/setup.sh         the package
-#   scripts/setup.sh --dev   the package with its test dependencies and the example provider
+#   scripts/setup.sh --dev   the package with its test dependencies and the example provider,
+#                            plus Chromium (the report-site test loads its page headless)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,13 @@ command -v ps >/dev/null || missing+=(procps)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    missing+=(chromium)
+  else
+    echo "chromium is missing: the report-site test will be skipped (install it as root: apt-get install chromium)" >&2
+  fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

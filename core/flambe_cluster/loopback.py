@@ -184,7 +184,7 @@ def alive(record: dict) -> bool:
 
 
 def _stop_recorded_groups(home: Path) -> None:
-    """Stop the Ray nodes and the running job flambe-cluster started from this host's home.
+    """Stop the Ray nodes and the running job, TensorBoard or report site flambe-cluster started from this home.
 
     Loopback hosts share the machine's process table, so stopping a host's
     sshd does not end what ran on it (namespaced hosts need no such step).
@@ -194,7 +194,8 @@ def _stop_recorded_groups(home: Path) -> None:
     from .remote.processes import read_json, recorded_alive, stop_group
 
     markers = list(home.glob(".flambe-cluster/ray/*.json"))
-    markers += [p for p in home.glob(".flambe-cluster/*/job/process.json") if not p.with_name("exit_code.json").exists()]
+    # every helper's record (remote/processes.py): <cluster>/job, <cluster>/tensorboard, <cluster>/report-site, ...
+    markers += [p for p in home.glob(".flambe-cluster/*/*/process.json") if not p.with_name("exit_code.json").exists()]
     for marker in markers:
         data = read_json(marker)
         if recorded_alive(data):

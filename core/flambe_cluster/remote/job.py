@@ -10,6 +10,7 @@ Usage (on the orchestrator)::
 the spec's environment, its output appended to ``JOB_DIR/output.log``, and
 writes ``JOB_DIR/exit_code`` when the job ends.  The client may disconnect
 at any time; the job goes on.  ``stop`` ends the job's process group.
+``JOB_DIR`` is absolute or relative to ``$HOME`` (see :mod:`.processes`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .processes import group_record, read_json, recorded_alive, stop_group, write_json
+from .processes import dispatch, launch_detached, print_json, read_json, recorded_state, stop_group, write_json
 
 
 def _supervise(job_dir: Path) -> int:
@@ -45,26 +46,19 @@ def launch(job_dir: Path) -> int:
     for stale in ("exit_code.json", "output.log"):
         (job_dir / stale).unlink(missing_ok=True)
     (job_dir / "output.log").touch()
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "flambe_cluster.remote.job", "supervise", str(job_dir)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    write_json(job_dir / "process.json", group_record(supervisor.pid))
-    print(json.dumps({"pgid": supervisor.pid}))
-    return 0
+    record = launch_detached(job_dir, [sys.executable, "-m", "flambe_cluster.remote.job", "supervise", str(job_dir)])
+    return print_json({"pgid": record["pgid"]})
 
 
 def status(job_dir: Path) -> dict:
     """``{"state": "none"|"running"|"finished"|"lost", "exit_code": int|None, "pgid": int|None}``."""
-    process = read_json(job_dir / "process.json")
+    state, process = recorded_state(job_dir)
     if process is None:
         return {"state": "none", "exit_code": None, "pgid": None}
     finished = read_json(job_dir / "exit_code.json")
     if finished is not None:
         return {"state": "finished", "exit_code": finished["exit_code"], "pgid": process["pgid"]}
-    if recorded_alive(process):
-        return {"state": "running", "exit_code": None, "pgid": process["pgid"]}
-    return {"state": "lost", "exit_code": None, "pgid": process["pgid"]}
+    return {"state": state, "exit_code": None, "pgid": process["pgid"]}
 
 
 def stop(job_dir: Path) -> int:
@@ -73,24 +67,12 @@ def stop(job_dir: Path) -> int:
         stop_group(int(current["pgid"]))
         if read_json(job_dir / "exit_code.json") is None:
             write_json(job_dir / "exit_code.json", {"exit_code": -15, "finished": time.time(), "stopped": True})
-    print(json.dumps(status(job_dir)))
-    return 0
+    return print_json(status(job_dir))
 
 
 def main(argv: list[str]) -> int:
-    command, job_dir = argv
-    path = Path(job_dir) if Path(job_dir).is_absolute() else Path.home() / job_dir
-    if command == "launch":
-        return launch(path)
-    if command == "supervise":
-        return _supervise(path)
-    if command == "status":
-        print(json.dumps(status(path)))
-        return 0
-    if command == "stop":
-        return stop(path)
-    print(f"unknown command {command!r}", file=sys.stderr)
-    return 2
+    return dispatch(argv, {"launch": launch, "supervise": _supervise, "status": lambda path: print_json(status(path)),
+                           "stop": stop})
 
 
 if __name__ == "__main__":
