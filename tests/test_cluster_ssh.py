@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import run_cli, ssh_cluster_yaml
-from flambe_cluster import Cluster, UsageError
+from flambe_cluster import Cluster, SSHCluster, UsageError
 from flambe_cluster.state import ClusterState
 
 # Clusters that get as far as preparing software share one name: the hosts' environment
@@ -90,11 +90,8 @@ def test_second_up_reuses_the_key_pair_and_is_fast(three_hosts, flambe_client_ke
 
 def test_up_through_the_python_api(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
     hosts = three_hosts.hosts
-    cluster = Cluster(
-        name=E2E, key=str(flambe_client_key.path), username=hosts[0].username, provider="ssh",
-        orchestrator_ip=hosts[0].address, factories_ips=[h.address for h in hosts[1:]],
-        setup_cmds=['touch "$HOME"/setup-api-e2e'],
-    )
+    cluster = SSHCluster(E2E, hosts[0].address, [h.address for h in hosts[1:]], str(flambe_client_key.path),
+                         hosts[0].username, setup_cmds=['touch "$HOME"/setup-api-e2e'])
     with cluster:
         cluster.run()
         assert cluster.cluster_has_key()

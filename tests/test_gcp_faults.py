@@ -117,7 +117,7 @@ def test_an_instance_that_never_answers_ssh(hosts_and_fake, fake, raw, tmp_path,
 
 
 def test_a_failing_setup_command_on_a_cluster_that_partly_existed(fake, raw, tmp_path, flambe_state_home):
-    earlier = Cluster(config=parse_config({**raw, "factories_num": 1}))
+    earlier = Cluster.from_config(parse_config({**raw, "factories_num": 1}))
     earlier.load_all_instances()
     before = left(fake, raw["name"])
     done = up(raw, tmp_path, flambe_state_home, setup_cmds=["echo broken >&2; exit 3"])
@@ -143,7 +143,7 @@ def test_a_host_key_other_than_the_published_one_is_refused(hosts_and_fake, fake
     for host, key in zip(hosts, keys):
         fake.publish_host_keys(host.address, [key])
     try:
-        cluster = Cluster(config=parse_config(raw))
+        cluster = Cluster.from_config(parse_config(raw))
         with cluster:
             cluster.run()
         assert isinstance(cluster.error, HostKeyError)
@@ -178,7 +178,7 @@ def test_a_fault_at_a_later_step(fake, raw, monkeypatch, step):
             raise Injected(f"injected failure at {step}")
 
         monkeypatch.setattr(Cluster, step, fail)
-    cluster = Cluster(config=parse_config({**raw, **overrides}))
+    cluster = Cluster.from_config(parse_config({**raw, **overrides}))
     with cluster:
         cluster.run()
     assert cluster.error is not None

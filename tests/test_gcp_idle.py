@@ -144,7 +144,7 @@ def test_install_starts_one_watchdog_keeps_it_restarts_on_change_and_stops_on_mi
 
 
 def test_release_deletes_the_instance_through_the_metadata_server_and_the_api(fake, config_of):
-    cluster = Cluster(config=config_of())
+    cluster = Cluster.from_config(config_of())
     cluster.load_all_instances()
     name = cluster.orchestrator.instance_id
     settings = idle.watchdog_config(cluster.config, Role.ORCHESTRATOR)
@@ -161,7 +161,7 @@ def test_release_deletes_the_instance_through_the_metadata_server_and_the_api(fa
 
 
 def test_release_powers_off_when_the_instance_cannot_delete_itself(fake, config_of, tmp_path):
-    cluster = Cluster(config=config_of())
+    cluster = Cluster.from_config(config_of())
     cluster.load_all_instances()
     fake.fail_next("instances.delete", code=403, message="Required 'compute.instances.delete' permission",
                    reason="forbidden")
@@ -190,7 +190,7 @@ def test_an_idle_factory_deletes_itself_on_a_real_host(flambe_test_hosts, flambe
                 "project": fake.project, "api_endpoint": fake.url, "use_public": False,
                 "factories_timeout": 0.0005, "connect_timeout": 20,
             })
-            cluster = Cluster(config=config)
+            cluster = Cluster.from_config(config)
             with cluster:
                 cluster.load_all_instances()
                 cluster.wait_until_accessible()

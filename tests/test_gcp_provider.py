@@ -41,7 +41,7 @@ def raw(fake, flambe_client_key, flambe_state_home):
 
 
 def cluster_of(raw, **overrides) -> Cluster:
-    return Cluster(config=parse_config({**raw, **overrides}))
+    return Cluster.from_config(parse_config({**raw, **overrides}))
 
 
 def inserts(fake):

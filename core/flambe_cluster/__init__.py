@@ -3,7 +3,9 @@
 One orchestrator and N factories — over SSH, on AWS or on GCP — reachable,
 verified, keyed, set up, and running Ray.  The public API:
 
-- :class:`Cluster`, the seed's cluster API for any provider;
+- :class:`Cluster`, the seed's cluster API for any provider, and the seed's
+  classes :class:`SSHCluster`, :class:`AWSCluster`, :class:`GCPCluster`;
+- the instance objects :class:`OrchestratorInstance`, :class:`FactoryInstance`;
 - :data:`hookimpl`, the marker provider plugins use (contract in
   :mod:`flambe_cluster.hookspecs`);
 - the errors of :mod:`flambe_cluster.errors`.
@@ -25,17 +27,28 @@ from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+#: Public names loaded on first use (they import paramiko), and the module that defines each.
+_LAZY = {
+    "Cluster": "cluster", "SSHCluster": "cluster", "AWSCluster": "cluster", "GCPCluster": "cluster",
+    "OrchestratorInstance": "handles", "FactoryInstance": "handles",
+}
+
 __all__ = [
+    "AWSCluster",
     "Cluster",
     "ClusterBusyError",
     "ClusterConfigurationError",
     "ClusterError",
+    "FactoryInstance",
     "FlambeClusterError",
+    "GCPCluster",
     "HostError",
     "HostKeyError",
     "HostUnreachableError",
+    "OrchestratorInstance",
     "ProviderError",
     "RemoteCommandError",
+    "SSHCluster",
     "UsageError",
     "__version__",
     "hookimpl",
@@ -43,9 +56,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Cluster imports paramiko; providers import only `hookimpl`, so load it lazily.
-    if name == "Cluster":
-        from .cluster import Cluster
+    # The clusters import paramiko; providers import only `hookimpl` and the errors, so load them lazily.
+    if _LAZY.get(name) == "cluster":
+        from . import cluster
 
-        return Cluster
-    raise AttributeError(name)
+        return getattr(cluster, name)
+    if _LAZY.get(name) == "handles":
+        from . import handles
+
+        return getattr(handles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

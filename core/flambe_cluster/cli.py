@@ -91,7 +91,7 @@ def up(config: str, force: bool, lock_wait: float) -> int:
     """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent)."""
     cluster = _load(config, validate=True)
     with cluster:
-        cluster.run(force=force, lock_wait=lock_wait)
+        cluster.up(force=force, lock_wait=lock_wait)
     if cluster.error is not None:
         raise cluster.error
     err.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
@@ -211,8 +211,9 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
     with _opened(config) as cluster:
         with cluster.state.lock():
             cluster.install_extensions({spec: spec for spec in extensions})
-            status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry,
-                                 secrets_whitelist=list(secret_sections) or None)
+            secrets = (cluster.session.send_secrets(list(secret_sections) or None)
+                       if cluster.config.secrets is not None else None)
+            status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry, secrets=secrets)
         err.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
         return EXIT_OK
 

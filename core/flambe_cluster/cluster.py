@@ -1,34 +1,36 @@
-"""The generic Cluster: the seed's API, driven by one provider's hooks.
+"""The generic Cluster and the seed's classes: the seed's API, driven by one provider's hooks.
 
-:class:`Cluster` owns the lifecycle — bringing a cluster up, rolling back
-what a failed run created, taking it down, the context manager — and
-delegates everything else in one line to the modules below it: the
-:class:`~flambe_cluster.session.HostSession` (hosts, connections, files),
-:mod:`~flambe_cluster.keys`, :mod:`~flambe_cluster.environment`,
-:mod:`~flambe_cluster.raycluster`, :mod:`~flambe_cluster.jobs` and
-:mod:`~flambe_cluster.content`.  The provider finds or creates machines;
-everything done on the machines is done the same way for every provider.
+:class:`Cluster` owns the lifecycle — building from the seed's parameters,
+a configuration or a YAML file, bringing a cluster up, rolling back what a
+failed run created, taking it down, the context manager — and the instance
+objects (:mod:`~flambe_cluster.handles`); every other operation of the seed
+comes from :class:`~flambe_cluster.operations.ClusterOperations`, one-line
+delegations to the layers below.  :class:`SSHCluster`, :class:`AWSCluster`
+and :class:`GCPCluster` take the seed's parameters in its order and pick
+their provider, still found through its entry point.  The provider finds or
+creates machines; everything done on the machines is done the same way for
+every provider.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import pluggy
 
-from . import environment, jobs, keys, plugins, raycluster
-from .config import load_config, parse_config, provider_of, provider_problems, read_config_file
+from . import plugins
+from .config import load_config, parse_config, provider_of, read_config_file
 from .content import UPLOAD_WARN_LIMIT_MB
-from .content import send_local_content as _send_local_content
-from .errors import ClusterConfigurationError, FlambeClusterError
-from .records import Endpoint, Instance, RemoteEnvironment, Role, factory_name, orchestrator_name
+from .errors import FlambeClusterError
+from .handles import handle
+from .records import Instance, Role, factory_name, orchestrator_name
+from .operations import ClusterOperations
 from .session import HostSession
 from .settings import ClusterConfig
-from .ssh import CommandResult, SSHPool
+from .ssh import SSHPool
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 REMOTE_DIRS = ("extensions",)
 
 
-class Cluster:
+class Cluster(ClusterOperations):
     """One orchestrator and ``factories_num`` factories, on any provider.
 
     Build it from a validated :class:`ClusterConfig`, from the seed's keyword
@@ -50,39 +52,49 @@ class Cluster:
     """
 
     UPLOAD_WARN_LIMIT_MB = UPLOAD_WARN_LIMIT_MB
+    #: The provider a seed subclass (``SSHCluster``, ...) stands for; YAML files naming it load as that class.
+    PROVIDER: Optional[str] = None
+    _classes: Dict[str, type] = {}
 
-    def __init__(
-        self,
-        name: Optional[str] = None,
-        factories_num: Optional[int] = None,
-        key: Optional[str] = None,
-        username: Optional[str] = None,
-        setup_cmds: Optional[List[str]] = None,
-        *,
-        provider: Optional[str] = None,
-        config: Optional[ClusterConfig] = None,
-        plugin_manager: Optional[pluggy.PluginManager] = None,
-        **options: Any,
-    ) -> None:
-        if config is None:
-            raw = {"provider": provider, "name": name, "key": key, "username": username,
-                   "factories_num": factories_num, "setup_cmds": setup_cmds, **options}
-            raw = {k: v for k, v in raw.items() if v is not None}
-            plugin_manager = plugin_manager or plugins.make_plugin_manager(provider_of(raw))
-            config = parse_config(raw, manager=plugin_manager)
-        self.plugin_manager = plugin_manager or plugins.make_plugin_manager(config.provider)
-        self.session = HostSession(config, self.plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.PROVIDER is not None:
+            Cluster._classes.setdefault(cls.PROVIDER, cls)
+
+    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: Optional[List[str]] = None,
+                 *, provider: str = "local", plugin_manager: Optional[pluggy.PluginManager] = None,
+                 **options: Any) -> None:
+        self._configure(dict(provider=provider, name=name, factories_num=factories_num, key=key, username=username,
+                             setup_cmds=setup_cmds, **options), plugin_manager)
+
+    def _configure(self, raw: Dict[str, Any], plugin_manager: Optional[pluggy.PluginManager]) -> None:
+        """Validate the seed's parameters (``None`` meaning "the default") and adopt the configuration."""
+        raw = {k: v for k, v in raw.items() if v is not None}
+        plugin_manager = plugin_manager or plugins.make_plugin_manager(provider_of(raw))
+        self._adopt(parse_config(raw, manager=plugin_manager), plugin_manager)
+
+    def _adopt(self, config: ClusterConfig, plugin_manager: pluggy.PluginManager) -> None:
+        self.plugin_manager = plugin_manager
+        self.session = HostSession(config, plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
         self.error: Optional[BaseException] = None
 
     @classmethod
+    def from_config(cls, config: ClusterConfig, plugin_manager: Optional[pluggy.PluginManager] = None) -> "Cluster":
+        """The cluster of a validated configuration (as the seed class of its provider, when called on Cluster)."""
+        chosen = cls._classes.get(config.provider, cls) if cls is Cluster else cls
+        cluster = chosen.__new__(chosen)
+        cluster._adopt(config, plugin_manager or plugins.make_plugin_manager(config.provider))
+        return cluster
+
+    @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], validate: bool = True) -> "Cluster":
-        """A cluster described by a YAML file (``provider:`` key or a seed tag).
+        """A cluster described by a YAML file (``provider:`` key or a seed tag such as ``!SSHCluster``).
 
         ``validate=False`` skips the provider's (possibly online) validation:
         for commands on a cluster that already exists.
         """
         manager = plugins.make_plugin_manager(provider_of(read_config_file(path), str(path)))
-        return cls(config=load_config(path, validate=validate, manager=manager), plugin_manager=manager)
+        return cls.from_config(load_config(path, validate=validate, manager=manager), manager)
 
     # --- the seed's fields, and what the session holds
 
@@ -94,8 +106,10 @@ class Cluster:
     key = property(lambda self: self.config.key)
     username = property(lambda self: self.config.username)
     setup_cmds = property(lambda self: list(self.config.setup_cmds))
-    orchestrator = property(lambda self: self.session.orchestrator, doc="The orchestrator (None before loading).")
-    factories = property(lambda self: self.session.factories, doc="The factories (empty before loading).")
+    orchestrator = property(lambda self: handle(self.session.orchestrator, self.session),
+                            doc="The orchestrator's :class:`OrchestratorInstance` (None before loading).")
+    factories = property(lambda self: [handle(f, self.session) for f in self.session.factories],
+                         doc="The factories' :class:`FactoryInstance` objects (empty before loading).")
     pool: SSHPool = property(lambda self: self.session.pool, doc="The cluster's SSH connections.")  # type: ignore[assignment]
     journal: RunJournal = property(lambda self: self.session.journal, doc="This run's journal.")  # type: ignore[assignment]
     remote_key_name = property(lambda self: self.session.remote_key_name)
@@ -119,22 +133,17 @@ class Cluster:
         """The factories' base name: ``<name>_factory`` (append an index per factory)."""
         return factory_name(self.name)
 
-    def _instance(self, role: Role, name: str, ip: str, private_ip: Optional[str], use_public: bool, gpus: Optional[int]) -> Instance:
-        public = Endpoint.parse(ip)
-        private = Endpoint.parse(private_ip) if private_ip else public
-        return Instance(name=name, role=role, public=public, private=private, use_public=use_public, gpus=gpus)
-
     def get_orchestrator(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
         """An orchestrator record for the host at ``ip`` (``private_ip`` defaults to ``ip``)."""
-        return self._instance(Role.ORCHESTRATOR, self.get_orchestrator_name(), ip, private_ip, use_public, 0)
+        return Instance.at(Role.ORCHESTRATOR, self.get_orchestrator_name(), ip, private_ip, use_public, gpus=0)
 
     def get_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
         """A CPU factory record (no GPUs)."""
-        return self._instance(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, 0)
+        return Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=0)
 
     def get_gpu_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
         """A factory record known to have GPUs (their count is still to be detected)."""
-        return self._instance(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, None)
+        return Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=None)
 
     def all_hosts(self) -> List[Instance]:
         """The orchestrator followed by every factory (raises ClusterError before loading)."""
@@ -166,25 +175,34 @@ class Cluster:
         self.pool.connect_all(hosts)
 
     def run(self, force: bool = False, **kwargs: Any) -> None:
-        """Bring the cluster up: load, connect, keys, folders, setup commands, software, Ray.
+        """Make the cluster ready for work, as the seed's ``run``: load, connect, keys, folders, setup, software.
 
-        Idempotent: on a cluster that is already up it reuses the instances,
-        the key pair, the environments and the running Ray cluster, and only
-        re-runs the (idempotent) setup commands.  With ``force`` (the seed's
-        flag) a running job is stopped.  Holds the cluster's lock for its
-        whole duration, a rollback after a failure included, so another
-        ``up`` never reuses what is being rolled back.
+        Ray is not started (Flambé starts it with :meth:`launch_ray_cluster`;
+        :meth:`up` does everything).  Idempotent: on a cluster that is
+        already prepared it reuses the instances, the key pair and the
+        environments, and only re-runs the (idempotent) setup commands.  With
+        ``force`` (the seed's flag) a running job is stopped.  Holds the
+        cluster's lock for its whole duration, a rollback after a failure
+        included, so another process never reuses what is being rolled back.
+        ``lock_wait`` (seconds) waits for another process's lock.
         """
+        self._locked(self._prepare, force, kwargs)
+
+    def up(self, force: bool = False, **kwargs: Any) -> None:
+        """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does."""
+        self._locked(self._up, force, kwargs)
+
+    def _locked(self, step: Callable[[], None], force: bool, kwargs: Dict[str, Any]) -> None:
         with self.state.lock(wait=float(kwargs.get("lock_wait", 0.0))):
             try:
-                self._up()
+                step()
                 if force:
                     self.shutdown_flambe_execution()
             except BaseException:
                 self._rollback_keeping_error()
                 raise
 
-    def _up(self) -> None:
+    def _prepare(self) -> None:
         self.load_all_instances()
         self.wait_until_accessible()
         if self.cluster_has_key():
@@ -194,6 +212,9 @@ class Cluster:
         self.create_dirs(list(REMOTE_DIRS))
         self.run_cmds(self.setup_cmds)
         self.prepare_all_instances()
+
+    def _up(self) -> None:
+        self._prepare()
         self.launch_ray_cluster()
         self.hooks.flambe_cluster_configure_idle_shutdown(
             config=self.config,
@@ -281,7 +302,11 @@ class Cluster:
         exc_value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool:
-        """Roll back on error, log it, keep it in :attr:`error` and suppress it (the seed's contract)."""
+        """Roll back on error, log it, keep it in :attr:`error` and suppress it (the seed's contract).
+
+        An interrupt (``KeyboardInterrupt``, ``SystemExit``) is rolled back
+        too, then goes on: the program is meant to stop.
+        """
         try:
             if exc_value is not None:
                 self.error = exc_value
@@ -289,148 +314,63 @@ class Cluster:
                 self._rollback_keeping_error()
         finally:
             self.close()
-        return exc_value is not None
+        return isinstance(exc_value, Exception)
 
-    # --- commands, folders, files (delegated)
 
-    def run_cmds(self, setup_cmds: List[str]) -> None:
-        """Run each setup command on every host at once, in order; raises RemoteCommandError naming each failing host."""
-        hosts = self.all_hosts()
-        for index, command in enumerate(setup_cmds, 1):
-            self.on_step(f"setup command {index}/{len(setup_cmds)} on {len(hosts)} hosts: {command}")
-            self.session.run_all(hosts, command)
+class SSHCluster(Cluster):
+    """Machines you already have, reached over SSH: the seed's ``SSHCluster``, parameters in its order.
 
-    def execute_on(self, hosts: List[Instance], command: str, check: bool = True) -> Dict[Instance, CommandResult]:
-        """Run a shell command line on ``hosts`` at once; returns results per host."""
-        return self.session.run_all(hosts, command, check=check)
+    ``orchestrator_ip`` and each of ``factories_ips`` is an address (``ip``,
+    ``ip:port``) or ``[public, private]``.  ``remote_context`` is Flambé's
+    (it names the cluster's save folder there); it is kept as
+    :attr:`remote_context` and changes nothing here.
+    """
 
-    def create_dirs(self, relative_dirs: List[str]) -> None:
-        """Create folders (relative to each host's home) on every host; existing ones are kept."""
-        self.session.create_dirs_on(self.all_hosts(), relative_dirs)
+    PROVIDER = "ssh"
 
-    def existing_dir(self, _dir: str) -> bool:
-        """Whether the folder ``$HOME/_dir`` exists on at least one host."""
-        return self.session.existing_dir(_dir)
+    def __init__(self, name: str, orchestrator_ip: Any, factories_ips: List[Any], key: str, username: str,
+                 remote_context: Any = None, use_public: bool = True, setup_cmds: Optional[List[str]] = None,
+                 **options: Any) -> None:
+        self.remote_context = remote_context
+        self._configure(dict(provider=self.PROVIDER, name=name, orchestrator_ip=orchestrator_ip,
+                             factories_ips=list(factories_ips), key=key, username=username, use_public=use_public,
+                             setup_cmds=setup_cmds, **options), None)
 
-    def remove_dir(self, _dir: str, content_only: bool = True, all_hosts: bool = True) -> None:
-        """Remove ``$HOME/_dir`` (or only what is inside it) on all hosts or the orchestrator only."""
-        self.session.remove_dir(_dir, content_only, all_hosts)
 
-    def get_orch_home_path(self) -> str:
-        """The orchestrator's home folder (asked once, then remembered)."""
-        return self.session.orchestrator_home()
+class AWSCluster(Cluster):
+    """EC2 instances made for the cluster: the seed's ``AWSCluster``, parameters in its order and with its defaults.
 
-    def cluster_has_key(self) -> bool:
-        """Whether every host holds this cluster's key pair and authorises its public key."""
-        return keys.has_key(self.session)
+    A parameter left ``None`` takes the provider's default (the region
+    boto3 is configured with, the Ubuntu image found by lookup); more
+    options of the ``aws`` provider go as keywords.
+    """
 
-    def distribute_keys(self) -> None:
-        """Install the per-cluster key pair on every host and authorise it everywhere (see :mod:`keys`)."""
-        keys.distribute(self.session)
+    PROVIDER = "aws"
 
-    def send_local_content(self, content: Dict[str, str], dest: str, all_hosts: bool = False) -> Dict[str, str]:
-        """Send local files or folders to ``$HOME/<dest>/<key>/`` (see :mod:`flambe_cluster.content`)."""
-        return _send_local_content(self.session, content, dest, all_hosts)
+    def __init__(self, name: str, factories_num: int, factories_type: str, orchestrator_type: str, key_name: str,
+                 security_group: str, subnet_id: str, creator: str, key: str, volume_type: str = "gp2",
+                 region_name: Optional[str] = None, username: str = "ubuntu", tags: Optional[Dict[str, str]] = None,
+                 orchestrator_ami: Optional[str] = None, factory_ami: Optional[str] = None, dedicated: bool = False,
+                 orchestrator_timeout: int = -1, factories_timeout: int = 1, volume_size: int = 100,
+                 setup_cmds: Optional[List[str]] = None, **options: Any) -> None:
+        self._configure(dict(
+            provider=self.PROVIDER, name=name, factories_num=factories_num, factories_type=factories_type,
+            orchestrator_type=orchestrator_type, key_name=key_name, security_group=security_group,
+            subnet_id=subnet_id, creator=creator, key=key, volume_type=volume_type, region_name=region_name,
+            username=username, tags=tags, orchestrator_ami=orchestrator_ami, factory_ami=factory_ami,
+            dedicated=dedicated, orchestrator_timeout=orchestrator_timeout, factories_timeout=factories_timeout,
+            volume_size=volume_size, setup_cmds=setup_cmds, **options), None)
 
-    def rsync_orch(self, folder: str) -> None:
-        """Copy ``$HOME/<folder>`` from the orchestrator to every factory at once (the seed's API)."""
-        self.session.fan_out(folder, self.factories)
 
-    def get_remote_env(self, user_provider: Callable[[], str]) -> RemoteEnvironment:
-        """What a job on the orchestrator needs to know about the cluster (private addresses)."""
-        return self.session.remote_environment(user_provider())
+class GCPCluster(Cluster):
+    """Compute Engine instances made for the cluster (Flambé 0.4 has no GCP class; the base's parameters first).
 
-    def send_secrets(self, whitelist: Optional[List[str]] = None) -> str:
-        """Send the secrets file (``whitelist`` sections only, if given) to the orchestrator; returns its path."""
-        return self.session.send_secrets(whitelist)
+    ``zone`` and the ``gcp`` provider's other options go as keywords.
+    """
 
-    # --- software, resources, Ray
+    PROVIDER = "gcp"
 
-    def prepare_all_instances(self) -> None:
-        """Give every host the cluster's Python environment with the client's flambe-cluster and Ray.
-
-        Installs offline from a wheelhouse shipped once to the orchestrator
-        and fanned out to the factories; hosts whose versions already match
-        are left alone.  Also learns each factory's CPUs and GPUs.
-        """
-        reports = environment.probe(self.session, self.all_hosts())
-        environment.prepare(self.session, reports)
-        environment.factory_resources(self.session, {f: reports[f] for f in self.factories})
-
-    def contains_gpu_factories(self) -> bool:
-        """Whether any factory has a GPU."""
-        return any(r.gpu > 0 for r in environment.factory_resources(self.session).values())
-
-    def get_max_resources(self) -> Dict[str, int]:
-        """The CPUs and GPUs every factory has at least: ``{"cpu": N, "gpu": M}``."""
-        resources = list(environment.factory_resources(self.session).values())
-        return {"cpu": min(r.cpu for r in resources), "gpu": min(r.gpu for r in resources)} if resources else {"cpu": 0, "gpu": 0}
-
-    def install_extensions(self, extensions: Dict[str, str]) -> None:
-        """Install extensions on every host at once (one wheelhouse, shipped once)."""
-        environment.install_extensions(self.session, self.all_hosts(), extensions)
-
-    def install_extensions_in_orchestrator(self, extensions: Dict[str, str]) -> None:
-        """Install extensions (local project folders or pip requirements) in the orchestrator's environment."""
-        environment.install_extensions(self.session, [self.session.require_orchestrator()], extensions)
-
-    def install_extensions_in_factories(self, extensions: Dict[str, str]) -> None:
-        """Install extensions (local project folders or pip requirements) in every factory's environment."""
-        environment.install_extensions(self.session, self.factories, extensions)
-
-    def launch_ray_cluster(self) -> None:
-        """Start the Ray head on the orchestrator (``--num-cpus=0``) and a worker on each factory.
-
-        Starts only what is missing; returns when the head reports exactly
-        ``factories_num`` alive workers, else raises naming the missing ones.
-        """
-        raycluster.launch(self.session, environment.factory_resources(self.session))
-
-    def check_ray_cluster(self) -> bool:
-        """Whether the head reports exactly one alive worker per factory."""
-        return raycluster.complete(self.session)
-
-    def is_ray_cluster_up(self) -> bool:
-        """Whether the head answers and every factory's worker is alive."""
-        return raycluster.is_up(self.session)
-
-    def existing_ray_cluster(self) -> List[Instance]:
-        """The hosts of this cluster the Ray head reports as alive nodes."""
-        return raycluster.alive_hosts(self.session)
-
-    def shutdown_ray_cluster(self) -> None:
-        """Stop this cluster's Ray nodes on every host (idempotent)."""
-        self.session.require_orchestrator()
-        raycluster.shutdown(self.session)
-
-    # --- jobs
-
-    def existing_flambe_execution(self) -> List[Instance]:
-        """The hosts running a job of this cluster (the orchestrator, or none)."""
-        orchestrator = self.session.require_orchestrator()
-        return [orchestrator] if jobs.status(self.session).state == "running" else []
-
-    def shutdown_flambe_execution(self) -> None:
-        """Stop the running job, if any (idempotent)."""
-        self.session.require_orchestrator()
-        jobs.stop(self.session)
-
-    def execute(self, cluster_runnable: str, extensions: Dict[str, str], new_secrets: Optional[str], force: bool,
-                args: Sequence[str] = ()) -> "jobs.JobStatus":
-        """Run a job (a local file or folder) on the orchestrator, detached.
-
-        Installs ``extensions`` on every host first and sends the secrets
-        (``new_secrets`` names whitelisted sections, comma-separated, or None
-        for all).  Refuses while a job runs unless ``force``.
-        """
-        self.install_extensions(extensions)
-        whitelist = [s for s in new_secrets.split(",") if s] if new_secrets else None
-        return jobs.submit(self.session, Path(cluster_runnable), args, force=force, secrets_whitelist=whitelist)
-
-    # --- validation
-
-    def parse(self) -> None:
-        """Check the configuration with the provider; raise ClusterConfigurationError listing all problems."""
-        problems = provider_problems(self.hooks, self.config)
-        if problems:
-            raise ClusterConfigurationError(problems, self.config.source)
+    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: Optional[List[str]] = None,
+                 **options: Any) -> None:
+        self._configure(dict(provider=self.PROVIDER, name=name, factories_num=factories_num, key=key,
+                             username=username, setup_cmds=setup_cmds, **options), None)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import UsageError
-from .paths import check_relative_path
+from .paths import relative_to_home
 from .session import HostSession
 
 logger = logging.getLogger(__name__)
@@ -17,29 +17,33 @@ UPLOAD_WARN_LIMIT_MB = 10
 
 
 def send_local_content(session: HostSession, content: Mapping[str, str], dest: str, all_hosts: bool = False) -> dict[str, str]:
-    """Send local files or folders to ``$HOME/<dest>/<key>/`` on the orchestrator (and the factories).
+    """Send the local files and folders among ``content``'s values to ``<dest>/<key>/`` on the orchestrator.
 
-    Returns a new dict from each key to the absolute path on the
-    orchestrator.  Warns when more than ``UPLOAD_WARN_LIMIT_MB`` are sent.
-    Keys must be plain names (no ``/``); ``dest`` a relative path.
+    ``dest`` is relative to the home folder, or absolute inside it (Flambé
+    passes ``get_orch_home_path() + "/extensions"``).  A value that is no
+    local path (a pip requirement, say) is not sent and comes back
+    unchanged; every other comes back as the absolute path of its copy on
+    the hosts, which the ``install_extensions_in_*`` methods accept.  With
+    ``all_hosts`` the factories get the same copies.  Keys must be plain
+    names (no ``/``).  Warns when more than ``UPLOAD_WARN_LIMIT_MB`` are sent.
     """
-    dest = check_relative_path(dest, "send_local_content dest")
-    for name, local in content.items():
+    home = session.orchestrator_home()
+    dest = relative_to_home(dest, home, "send_local_content dest")
+    local = {name: Path(value).expanduser() for name, value in content.items() if Path(value).expanduser().exists()}
+    for name in local:
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise UsageError(f"send_local_content key must be a plain name without '/', got {name!r}")
-        if not Path(local).exists():
-            raise UsageError(f"send_local_content: local path {local!r} (for {name!r}) does not exist")
-    size_mb = sum(_size_bytes(Path(p)) for p in content.values()) / 2**20
+    size_mb = sum(_size_bytes(p) for p in local.values()) / 2**20
     if size_mb > UPLOAD_WARN_LIMIT_MB:
         logger.warning("Uploading %.1f MB to the cluster (more than %d MB); this may take a while.", size_mb, UPLOAD_WARN_LIMIT_MB)
     hosts = session.hosts() if all_hosts else [session.require_orchestrator()]
-    folders = [posixpath.join(dest, name) for name in content]
-    session.create_dirs_on(hosts, folders)
-    home = session.orchestrator_home()
-    result = {}
-    for (name, local), folder in zip(content.items(), folders):
-        session.pool.map(hosts, lambda host: session.upload(host, [Path(local)], folder + "/"))
-        result[name] = posixpath.join(home, folder, Path(local).absolute().name)
+    folders = {name: posixpath.join(dest, name) for name in local}
+    session.create_dirs_on(hosts, list(folders.values()))
+    result = dict(content)
+    for name, path in local.items():
+        session.pool.map(hosts, lambda host: session.upload(host, [path], folders[name] + "/"))
+        result[name] = posixpath.join(home, folders[name], path.absolute().name)
+        session.sent_content[result[name]] = path.absolute()
     return result
 
 

@@ -195,15 +195,17 @@ def factory_resources(session: HostSession, reports: dict[Instance, HostReport] 
 def install_extensions(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str]) -> None:
     """Install extensions in the environment of ``hosts``, offline, from wheels gathered on the client.
 
-    Each value is a local project folder (built into a wheel here) or a pip
-    requirement (``scikit-learn==1.5``); raises :class:`UsageError` naming
-    the extension otherwise.
+    Each value is a local project folder (built into a wheel here), the
+    path on the hosts that :func:`~flambe_cluster.content.send_local_content`
+    returned for one (its local original is built), or a pip requirement
+    (``scikit-learn==1.5``); raises :class:`UsageError` naming the extension
+    otherwise.
     """
     if not extensions:
         return
     local_wheels, requirements = [], []
     for name, location in extensions.items():
-        folder = Path(location).expanduser()
+        folder = session.sent_content.get(location) or Path(location).expanduser()
         if folder.is_dir():
             local_wheels.append(wheelhouse.build_local_wheel(folder, wheelhouse.cache_home() / "extensions"))
             continue
@@ -226,3 +228,12 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         f"{session.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
         f"--find-links {wheels} {' '.join(names)}",
     )
+
+
+def ensure_installed(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str], module: str) -> None:
+    """Install ``extensions`` (see :func:`install_extensions`) on those ``hosts`` whose environment lacks ``module``."""
+    probe_line = f"{session.remote_path('env/bin/python')} -c {shlex.quote(f'import {module}')}"
+    results = session.run_all(hosts, probe_line, check=False)
+    missing = [host for host, result in results.items() if not result.ok]
+    if missing:
+        install_extensions(session, missing, extensions)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import getpass
 import json
 import posixpath
+import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +25,7 @@ from .paths import check_relative_path, home_path
 from .session import HostSession
 
 JOB = "job"
+RUNNABLE_FILE = "runnable.pkl"
 FOLLOW_TIMEOUT = 7 * 24 * 3600.0
 
 
@@ -46,9 +49,10 @@ def _job_dir(session: HostSession) -> str:
 
 def status(session: HostSession) -> JobStatus:
     """The job's state on the orchestrator (``none`` before the environment exists)."""
-    if not session.has_environment([session.orchestrator])[session.orchestrator]:
+    orchestrator = session.require_orchestrator()
+    if not session.has_environment([orchestrator])[orchestrator]:
         return JobStatus("none")
-    result = session.pool.run(session.orchestrator, session.helper("job", "status", _job_dir(session)))
+    result = session.pool.run(orchestrator, session.helper("job", "status", _job_dir(session)))
     data = json.loads(result.stdout)
     return JobStatus(data["state"], data["exit_code"], data["pgid"])
 
@@ -91,28 +95,78 @@ def submit(
     *,
     force: bool = False,
     entry: str | None = None,
-    secrets_whitelist: Sequence[str] | None = None,
+    secrets: str | None = None,
 ) -> JobStatus:
     """Ship ``path`` (a file or folder) to the orchestrator and start it, detached.
 
     Refuses (naming ``--force``) while another job runs; with ``force`` the
-    running job is stopped first.  Secrets are sent first when the cluster
-    has a secrets file.
+    running job is stopped first.  ``secrets`` is the path on the
+    orchestrator that :meth:`HostSession.send_secrets` returned (the job gets
+    it as ``FLAMBE_SECRETS``).
     """
     path = Path(path).resolve()  # `.` and `..` become named folders
     if not path.exists():
         raise UsageError(f"nothing to submit: {path} does not exist")
-    current = status(session)
-    if current.state == "running":
-        if not force:
-            raise ClusterError(
-                f"a job is already running on cluster {session.name!r}; follow it with `flambe-cluster logs CONFIG "
-                "--follow`, or stop it and run this one with `flambe-cluster submit --force`"
-            )
-        session.on_step("stopping the running job (--force)")
-        stop(session)
+    _make_room(session, force)
+    argv, workdir = command_for(session, path, args, entry, session.orchestrator_home())
+    return _launch(session, path, argv, workdir, secrets)
+
+
+def submit_runnable(session: HostSession, runnable: object, *, force: bool = False, secrets: str | None = None) -> JobStatus:
+    """Ship any object with a ``run()`` method to the orchestrator, pickled, and call ``run()`` there, detached.
+
+    Flambé's way (``cluster.execute(runnable, ...)``).  The object is pickled
+    with cloudpickle (Ray's), its class's module by value, so a class
+    defined in the caller's own code needs no install on the hosts; what it
+    imports must be installed there (extensions).  ``secrets`` is the path
+    on the orchestrator that :meth:`HostSession.send_secrets` returned (the
+    job gets it as ``FLAMBE_SECRETS``).
+    """
+    if not callable(getattr(runnable, "run", None)):
+        raise UsageError(f"cannot execute {type(runnable).__name__!r} objects: they have no run() method")
+    _make_room(session, force)
+    with tempfile.TemporaryDirectory(prefix="flambe-runnable-") as scratch:
+        folder = Path(scratch) / "runnable"
+        folder.mkdir()
+        (folder / RUNNABLE_FILE).write_bytes(_pickled(runnable))
+        code = posixpath.join(session.orchestrator_home(), _job_dir(session), "code", folder.name)
+        argv = [posixpath.join(session.orchestrator_home(), session.remote_root, "env", "bin", "python"),
+                "-m", "flambe_cluster.remote.runnable", posixpath.join(code, RUNNABLE_FILE)]
+        return _launch(session, folder, argv, code, secrets)
+
+
+def _pickled(runnable: object) -> bytes:
+    from ray import cloudpickle  # Ray brings cloudpickle; imported only when an object is shipped
+
+    module = sys.modules.get(type(runnable).__module__)
+    by_value = module is not None and module.__name__ not in ("__main__", "builtins") \
+        and not module.__name__.startswith("flambe_cluster")
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(runnable)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _make_room(session: HostSession, force: bool) -> None:
+    """Refuse while a job runs (naming ``--force``), or stop it with ``force``."""
+    if status(session).state != "running":
+        return
+    if not force:
+        raise ClusterError(
+            f"a job is already running on cluster {session.name!r}; follow it with `flambe-cluster logs CONFIG "
+            "--follow`, or stop it and run this one with `flambe-cluster submit --force`"
+        )
+    session.on_step("stopping the running job (--force)")
+    stop(session)
+
+
+def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, secrets: str | None) -> JobStatus:
+    """Ship ``path`` into the job's code folder, write the job's spec and start it detached."""
     home = session.orchestrator_home()
-    argv, workdir = command_for(session, path, args, entry, home)
+    orchestrator = session.require_orchestrator()
     env = {
         "RAY_ADDRESS": session.ray_head_address,
         "FLAMBE_CLUSTER_NAME": session.name,
@@ -120,16 +174,15 @@ def submit(
         "PATH": f"{posixpath.join(home, session.remote_root, 'env', 'bin')}:/usr/local/bin:/usr/bin:/bin",
         "PYTHONUNBUFFERED": "1",
     }
-    if session.config.secrets is not None:
-        env["FLAMBE_SECRETS"] = posixpath.join(home, session.send_secrets(secrets_whitelist))
+    if secrets is not None:
+        env["FLAMBE_SECRETS"] = posixpath.join(home, secrets)
     code = posixpath.join(_job_dir(session), "code")
     session.on_step(f"shipping {path} to the orchestrator")
-    session.create_dirs_on([session.orchestrator], [code])
-    session.upload(session.orchestrator, [path], code + "/", delete=True)
+    session.create_dirs_on([orchestrator], [code])
+    session.upload(orchestrator, [path], code + "/", delete=True)
     spec = {"argv": argv, "cwd": workdir, "env": env}
-    session.pool.run(session.orchestrator, f"cat > {session.remote_path(JOB + '/spec.json')}",
-                     stdin=json.dumps(spec).encode())
-    session.pool.run(session.orchestrator, session.helper("job", "launch", _job_dir(session)))
+    session.pool.run(orchestrator, f"cat > {session.remote_path(JOB + '/spec.json')}", stdin=json.dumps(spec).encode())
+    session.pool.run(orchestrator, session.helper("job", "launch", _job_dir(session)))
     session.on_step(f"job started on the orchestrator: {' '.join(argv)}")
     return status(session)
 

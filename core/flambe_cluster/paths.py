@@ -28,3 +28,17 @@ def check_relative_path(path: str, what: str = "path") -> str:
 def home_path(relative: str) -> str:
     """A shell word for ``$HOME/<relative>``, with ``relative`` quoted."""
     return '"$HOME"/' + shlex.quote(relative)
+
+
+def relative_to_home(path: str, home: str, what: str = "path") -> str:
+    """``path`` relative to ``home``: an absolute path must lie inside ``home``, a relative one is checked as such.
+
+    Flambé passes absolute paths built from ``get_orch_home_path()``; the
+    commands here address everything relative to ``$HOME``.
+    """
+    if isinstance(path, str) and path.startswith("/"):
+        normal = posixpath.normpath(path)
+        if normal == home or not normal.startswith(home.rstrip("/") + "/"):
+            raise UsageError(f"{what} must lie inside the home folder {home}, got {path!r}")
+        return check_relative_path(posixpath.relpath(normal, home), what)
+    return check_relative_path(path, what)

@@ -26,7 +26,7 @@ HEAD_DOWN = 4
 
 def nodes(session: HostSession) -> list[dict] | None:
     """The nodes the head knows, or ``None`` when no head answers."""
-    result = session.pool.run(session.orchestrator, session.helper("raynode", "nodes", session.ray_head_address),
+    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", "nodes", session.ray_head_address),
                               check=False, timeout=60)
     if result.exit_code == HEAD_DOWN:
         return None
@@ -106,7 +106,7 @@ def wait_for_workers(session: HostSession) -> None:
 
 def shutdown(session: HostSession) -> None:
     """Stop this cluster's Ray node on every host that has the environment (factories, then the head); idempotent."""
-    ready = session.has_environment([session.orchestrator, *session.factories])
+    ready = session.has_environment(session.hosts())
     session.pool.map([f for f in session.factories if ready[f]], lambda host: stop_node(session, host))
     if ready[session.orchestrator]:
         stop_node(session, session.orchestrator)

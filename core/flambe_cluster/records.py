@@ -112,6 +112,14 @@ class Instance:
     instance_id: str | None = None
     gpus: int | None = None
 
+    @classmethod
+    def at(cls, role: Role, name: str, ip: str, private_ip: str | None = None, use_public: bool = True,
+           gpus: int | None = 0) -> "Instance":
+        """The record of the host at ``ip`` (``host[:port]``); ``private_ip`` defaults to ``ip``."""
+        public = Endpoint.parse(ip)
+        private = Endpoint.parse(private_ip) if private_ip else public
+        return cls(name=name, role=role, public=public, private=private, use_public=use_public, gpus=gpus)
+
     @property
     def endpoint(self) -> Endpoint:
         """The endpoint the client connects to."""

@@ -21,13 +21,15 @@ from attrs import define, field
 
 from . import secrets, sync
 from .errors import ClusterError, RemoteCommandError, UsageError
-from .paths import check_relative_path, home_path
+from .paths import check_relative_path, home_path, relative_to_home
 from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
 from .ssh import CommandResult, SSHPool, openssh_options, shell_join
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SECRETS = Path("~/.flambe/secrets.ini")  # Flambé's default ``--secrets``
 
 
 def _log_step(message: str) -> None:
@@ -55,7 +57,9 @@ class HostSession:
     """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
     _pool: SSHPool | None = field(default=None, init=False)
     _run_journal: RunJournal | None = field(default=None, init=False)
-    _orch_home: str | None = field(default=None, init=False)
+    sent_content: dict[str, Path] = field(factory=dict, init=False)
+    """Local files and folders sent to the hosts, by the absolute path of their copy there."""
+    _homes: dict[Instance, str] = field(factory=dict, init=False)
 
     # --- names and places
 
@@ -171,11 +175,19 @@ class HostSession:
 
     # --- the orchestrator's home and the job's view of the cluster
 
+    def home(self, host: Instance) -> str:
+        """``host``'s home folder (asked once, then remembered)."""
+        if host not in self._homes:
+            self._homes[host] = self.pool.run(host, 'printf %s "$HOME"').stdout
+        return self._homes[host]
+
     def orchestrator_home(self) -> str:
-        """The orchestrator's home folder (asked once, then remembered)."""
-        if self._orch_home is None:
-            self._orch_home = self.pool.run(self.require_orchestrator(), 'printf %s "$HOME"').stdout
-        return self._orch_home
+        """The orchestrator's home folder."""
+        return self.home(self.require_orchestrator())
+
+    def relative(self, path: str, what: str = "path") -> str:
+        """``path`` relative to the home: relative already, or absolute inside the orchestrator's home (Flambé's way)."""
+        return relative_to_home(path, self.orchestrator_home(), what) if path.startswith("/") else check_relative_path(path, what)
 
     def remote_environment(self, local_user: str) -> RemoteEnvironment:
         """What a job on the orchestrator needs to know about the cluster (private addresses)."""
@@ -194,6 +206,13 @@ class HostSession:
         results = self.run_all(hosts, f"test -x {self.remote_path('env/bin/python')}", check=False)
         return {host: result.ok for host, result in results.items()}
 
+    def secrets_file(self) -> Path | None:
+        """The secrets file: the configuration's ``secrets``, else Flambé's ``~/.flambe/secrets.ini`` if it exists."""
+        if self.config.secrets is not None:
+            return self.config.secrets
+        default = DEFAULT_SECRETS.expanduser()
+        return default if default.is_file() else None
+
     def send_secrets(self, whitelist: Sequence[str] | None = None) -> str:
         """Send the secrets file (only ``whitelist`` sections, if given) to the orchestrator.
 
@@ -201,9 +220,11 @@ class HostSession:
         SSH channel's stdin; its contents are never logged or printed.
         Returns that path relative to the home.
         """
-        if self.config.secrets is None:
-            raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration")
-        payload = secrets.filtered(self.config.secrets, whitelist)
+        path = self.secrets_file()
+        if path is None:
+            raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration "
+                             f"or write {DEFAULT_SECRETS}")
+        payload = secrets.filtered(path, whitelist)
         temporary, final = self.remote_path("secrets.ini.tmp"), self.remote_path("secrets.ini")
         command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {temporary} && mv -f {temporary} {final}"
         self.pool.run(self.require_orchestrator(), command, stdin=payload)
@@ -218,26 +239,31 @@ class HostSession:
         paths = [check_relative_path(d, "folder") for d in relative_dirs]
         self.run_all(hosts, "mkdir -p -- " + " ".join(home_path(p) for p in paths))
 
-    def existing_dir(self, relative: str) -> bool:
-        """Whether the folder ``$HOME/<relative>`` exists on at least one host."""
+    def existing_dir(self, relative: str, hosts: Sequence[Instance] | None = None) -> bool:
+        """Whether the folder ``$HOME/<relative>`` exists on at least one of ``hosts`` (default: all)."""
         path = home_path(check_relative_path(relative, "existing_dir path"))
-        return any(result.ok for result in self.run_all(self.hosts(), f"test -d {path}", check=False).values())
+        results = self.run_all(self.hosts() if hosts is None else hosts, f"test -d {path}", check=False)
+        return any(result.ok for result in results.values())
 
-    def remove_dir(self, relative: str, content_only: bool = True, all_hosts: bool = True) -> None:
-        """Remove ``$HOME/<relative>`` (or only what is inside it) on all hosts or the orchestrator only."""
+    def remove_dir(self, relative: str, content_only: bool = True, hosts: Sequence[Instance] | None = None) -> None:
+        """Remove ``$HOME/<relative>`` (or only what is inside it) on ``hosts`` (default: all)."""
         path = home_path(check_relative_path(relative, "remove_dir path"))
         if content_only:
             command = f"if [ -d {path} ]; then find {path} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +; fi"
         else:
             command = f"rm -rf -- {path}"
-        self.run_all(self.hosts() if all_hosts else [self.require_orchestrator()], command)
+        self.run_all(self.hosts() if hosts is None else hosts, command)
 
     def ssh_options(self) -> list[str]:
         """OpenSSH options for subprocesses (rsync): the cluster's key and pinned host keys."""
         return openssh_options(self.config.key, self.state.known_hosts, self.config.connect_timeout)
 
-    def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False) -> None:
-        """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents)."""
+    def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False,
+               extra: Sequence[str] = ()) -> None:
+        """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents).
+
+        ``extra`` are further rsync options, passed as separate arguments.
+        """
         self.pool.connection(host)  # pins the host key before OpenSSH checks it strictly
         sync.rsync_to(
             host.label,
@@ -247,6 +273,7 @@ class HostSession:
             port=host.endpoint.port,
             timeout=self.config.command_timeout,
             delete=delete,
+            extra=extra,
         )
 
     def download(self, host: Instance, relative_source: str, local: Path) -> None:
@@ -262,39 +289,49 @@ class HostSession:
             timeout=self.config.command_timeout,
         )
 
-    def fan_out(self, folder: str, factories: Sequence[Instance]) -> None:
-        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories`` at once (mirroring it there)."""
-        self._orchestrator_rsync(folder, factories, push=True)
+    def fan_out(self, folder: str, factories: Sequence[Instance], mirror: bool = True) -> None:
+        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories`` at once.
+
+        With ``mirror`` the factories' copies end identical (files only they
+        hold are deleted); without, files are added and updated only.
+        """
+        folder = check_relative_path(folder, "folder")
+        self.create_dirs_on([self.require_orchestrator(), *factories], [folder])
+        self._each_factory(factories, lambda factory: self.orchestrator_rsync(
+            home_path(folder + "/"), self._remote(factory, folder + "/"), delete=mirror, quoted=True,
+            port=factory.private.port))
 
     def gather(self, folder: str, factories: Sequence[Instance]) -> None:
         """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once."""
-        self._orchestrator_rsync(folder, factories, push=False)
-
-    def _orchestrator_rsync(self, folder: str, factories: Sequence[Instance], push: bool) -> None:
-        """rsync between the orchestrator and each factory, run on the orchestrator.
-
-        Uses the cluster key and the cluster's known_hosts (hosts verify each
-        other strictly); raises one error naming every factory that failed.
-        """
         folder = check_relative_path(folder, "folder")
-        orchestrator = self.require_orchestrator()
+        self.create_dirs_on([self.require_orchestrator()], [folder])
+        self._each_factory(factories, lambda factory: self.orchestrator_rsync(
+            self._remote(factory, folder + "/"), home_path(folder + "/"), quoted=True, port=factory.private.port))
+
+    def _remote(self, factory: Instance, path: str) -> str:
+        return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))
+
+    def _each_factory(self, factories: Sequence[Instance], run: Callable[[Instance], CommandResult]) -> None:
+        failures = [result for result in self.pool.map(factories, run).values() if not result.ok]
+        if failures:
+            raise RemoteCommandError(failures)
+
+    def orchestrator_rsync(self, source: str, target: str, *, port: int = 22, delete: bool = False,
+                           exclude: Sequence[str] = (), quoted: bool = False, check: bool = False) -> CommandResult:
+        """Run rsync on the orchestrator from ``source`` to ``target`` (either may be ``user@host:path``).
+
+        The orchestrator reaches the other host (SSH on ``port``) with the
+        cluster key and the cluster's known_hosts: hosts verify each other
+        strictly.  ``source`` and ``target`` are quoted here unless
+        ``quoted`` says they are shell words already.  The target's parent
+        folder must exist.
+        """
         private, _public, known = self.remote_key_files()
         # `$HOME`, not `~`: OpenSSH expands `~` to the passwd home, which need not be $HOME.
         options = openssh_options(f"$HOME/{private}", f"$HOME/{known}", self.config.connect_timeout)
-
-        def command(factory: Instance) -> str:
-            remote = shlex.quote(sync.remote_spec(self.config.username, factory.private, folder + "/"))
-            local = home_path(folder + "/")
-            source, target = (local, remote) if push else (remote, local)
-            ssh = sync.remote_shell_option(["-p", str(factory.private.port), *options])
-            return (
-                f"mkdir -p -- {home_path(folder)} && rsync {' '.join(sync.RSYNC_FLAGS)} --timeout={sync.IO_TIMEOUT}"
-                f"{' --delete' if push else ''} -e {ssh} {source} {target}"
-            )
-
-        if push:
-            self.create_dirs_on(factories, [folder])
-        results = self.pool.map(factories, lambda factory: self.pool.run(orchestrator, command(factory), check=False))
-        failures = [result for result in results.values() if not result.ok]
-        if failures:
-            raise RemoteCommandError(failures)
+        ssh = sync.remote_shell_option(["-p", str(port), *options])
+        words = (source, target) if quoted else (shlex.quote(source), shlex.quote(target))
+        options = [*sync.RSYNC_FLAGS, f"--timeout={sync.IO_TIMEOUT}", *(["--delete"] if delete else []),
+                   *(f"--exclude={shlex.quote(pattern)}" for pattern in exclude)]
+        command = f"rsync {' '.join(options)} -e {ssh} {words[0]} {words[1]}"
+        return self.pool.run(self.require_orchestrator(), command, check=check)

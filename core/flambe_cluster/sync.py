@@ -36,13 +36,17 @@ def rsync_command(
     port: int,
     delete: bool = False,
     io_timeout: float = IO_TIMEOUT,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The argv of an rsync over OpenSSH (``ssh_options`` from :func:`flambe_cluster.ssh.openssh_options`)."""
+    """The argv of an rsync over OpenSSH (``ssh_options`` from :func:`flambe_cluster.ssh.openssh_options`).
+
+    ``extra`` are further rsync options, each one argument.
+    """
     ssh = shlex.join(["ssh", "-p", str(port), *ssh_options])
-    argv = ["rsync", *RSYNC_FLAGS, f"--timeout={max(1, int(io_timeout))}", "-e", ssh]
+    argv = ["rsync", *RSYNC_FLAGS, f"--timeout={max(1, int(io_timeout))}", "-e", ssh, *extra]
     if delete:
         argv.append("--delete")
-    return [*argv, *sources, destination]
+    return [*argv, "--", *sources, destination]
 
 
 def remote_shell_option(ssh_args: Sequence[str]) -> str:
@@ -68,8 +72,9 @@ def rsync_to(
     port: int,
     timeout: float,
     delete: bool = False,
+    extra: Sequence[str] = (),
 ) -> None:
-    """Copy local ``sources`` to ``destination`` (``user@host:path``) with rsync.
+    """Copy local ``sources`` to ``destination`` (``user@host:path``) with rsync (``extra``: more options).
 
     A source given as a string ending in ``/`` sends the folder's contents
     (rsync's convention); any other source is sent as itself.
@@ -78,7 +83,8 @@ def rsync_to(
     of its stderr.
     """
     argv = rsync_command(
-        [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources], destination, ssh_options=ssh_options, port=port, delete=delete
+        [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources], destination,
+        ssh_options=ssh_options, port=port, delete=delete, extra=extra,
     )
     _run_rsync(host_label, argv, timeout)
 

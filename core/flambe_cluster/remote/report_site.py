@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import sys
 import urllib.parse

@@ -70,7 +70,7 @@ class ProviderConformance:
         def make(**overrides: Any) -> Cluster:
             name = f"conformance-{next(_names)}"
             raw = {**self.cluster_config(conformance_hosts, name, flambe_client_key.path), **overrides}
-            cluster = Cluster(config=parse_config({"provider": self.provider, **raw}))
+            cluster = Cluster.from_config(parse_config({"provider": self.provider, **raw}))
             clusters.append(cluster)
             return cluster
 
