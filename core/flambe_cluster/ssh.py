@@ -7,11 +7,11 @@ timeout, stdout and stderr read together (large outputs never deadlock; each
 is streamed to an optional callback and only its tail kept in memory) and
 the exit status checked.  A connection that breaks mid-command is a
 :class:`HostError` at once; keepalives bound how long a silent peer (a
-partition, a host powered off) goes unnoticed.  Host keys are verified against the cluster's own
-known_hosts file: ``accept-new`` pins a host's key on first contact and
-refuses a changed one, ``strict`` refuses unknown hosts too.  Callers quote
-every value they put into a command with :func:`shlex.quote`
-(:func:`shell_join` for argv lists).
+partition, a host powered off) goes unnoticed.  Host keys are verified
+against the cluster's own known_hosts file: ``accept-new`` pins a host's key
+on first contact and refuses a changed one, ``strict`` refuses unknown hosts
+too.  Callers quote every value they put into a command with
+:func:`shlex.quote` (:func:`shell_join` for argv lists).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import paramiko
-from attrs import define, field, frozen
+from attrs import define, field, frozen, validators
 
 from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
 from .records import Endpoint, Instance
@@ -391,9 +391,9 @@ class SSHPool:
     connect_timeout: float = 60.0
     command_timeout: float = 1800.0
     vouched_keys: Callable[[Instance], Sequence[str] | None] = lambda instance: None
-    keepalive_interval: float = KEEPALIVE_INTERVAL
-    keepalive_count: int = KEEPALIVE_COUNT
-    output_limit: int = OUTPUT_LIMIT
+    keepalive_interval: float = field(default=KEEPALIVE_INTERVAL, validator=validators.gt(0))
+    keepalive_count: int = field(default=KEEPALIVE_COUNT, validator=validators.ge(2))
+    output_limit: int = field(default=OUTPUT_LIMIT, validator=validators.gt(0))
     _known: _KnownHosts = field(init=False)
     _connections: dict[Endpoint, Connection] = field(init=False, factory=dict)
     _locks: dict[Endpoint, threading.Lock] = field(init=False, factory=dict)
@@ -452,7 +452,7 @@ class SSHPool:
             )
             try:
                 with self._handshakes:
-                    dead_after = self.keepalive_interval * max(1, self.keepalive_count - 1)
+                    dead_after = self.keepalive_interval * (self.keepalive_count - 1)
                     sock = _open_socket(endpoint, timeout=min(remaining, 10.0), dead_after=dead_after)
                     client.connect(
                         endpoint.host,
@@ -466,7 +466,7 @@ class SSHPool:
                         allow_agent=False,
                         look_for_keys=False,
                     )
-                client.get_transport().set_keepalive(max(1, int(self.keepalive_interval)))
+                client.get_transport().set_keepalive(self.keepalive_interval)
                 return Connection(instance, client, self.command_timeout, self.output_limit)
             except HostKeyError:
                 client.close()
