@@ -16,10 +16,14 @@ from .errors import UsageError
 def filtered(path: Path, whitelist: Sequence[str] | None) -> bytes:
     """The INI text of ``path`` keeping only the ``whitelist`` sections (all when None).
 
-    Raises :class:`UsageError` naming the file (never a value) when it cannot
-    be read or parsed, or a whitelisted section is missing.
+    ``[DEFAULT]`` is a section like any other: its keys travel only when
+    ``DEFAULT`` is whitelisted (as a ``[DEFAULT]`` section), never merged into
+    the sections that are.  Raises :class:`UsageError` naming the file (never
+    a value) when it cannot be read or parsed, or a whitelisted section is
+    missing.
     """
-    parser = configparser.ConfigParser(interpolation=None)
+    # No header can name the section "\n": [DEFAULT] is then read as an ordinary section, not merged into the others.
+    parser = configparser.ConfigParser(interpolation=None, default_section="\n")
     parser.optionxform = str  # keep keys as written (AWS_ACCESS_KEY_ID stays upper case)
     try:
         with open(path) as handle:

@@ -3,20 +3,22 @@
 :class:`SSHPool` opens one paramiko connection per host (TCP_NODELAY set,
 handshakes bounded because they are CPU-bound, retried until a deadline for
 hosts still booting) and runs every command on it in a fresh channel, with a
-timeout, stdout and stderr read together (large outputs never deadlock) and
-the exit status checked.  Host keys are verified against the cluster's own
-known_hosts file: ``accept-new`` pins a host's key on first contact and
-refuses a changed one, ``strict`` refuses unknown hosts too.  Callers quote
-every value they put into a command with :func:`shlex.quote`
-(:func:`shell_join` for argv lists).
+timeout, stdout and stderr read together (large outputs never deadlock; each
+is streamed to an optional callback and only its tail kept in memory) and
+the exit status checked.  A connection that breaks mid-command is a
+:class:`HostError` at once; keepalives bound how long a silent peer (a
+partition, a host powered off) goes unnoticed.  Host keys are verified
+against the cluster's own known_hosts file: ``accept-new`` pins a host's key
+on first contact and refuses a changed one, ``strict`` refuses unknown hosts
+too.  Callers quote every value they put into a command with
+:func:`shlex.quote` (:func:`shell_join` for argv lists).
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
+import collections
 import hashlib
-import os
 import select
 import shlex
 import socket
@@ -26,13 +28,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import paramiko
-from attrs import define, field, frozen
+from attrs import define, field, frozen, validators
 
 from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
 from .records import Endpoint, Instance
+from .state import edit_private
 
 STDERR_TAIL_LINES = 20
+STDERR_TAIL_BYTES = 4000  # at most this much of stderr goes into an error message (one huge line is cut)
 COMMAND_SHOWN = 300  # characters of a failed command shown in its error (long scripts are cut)
+OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
+KEEPALIVE_INTERVAL = 15.0  # seconds of silence before a keepalive is sent
+KEEPALIVE_COUNT = 3  # a peer that leaves this many intervals unanswered is dead: 45 s by default
 MAX_CONCURRENT_HANDSHAKES = 8
 MAX_CHANNELS_PER_CONNECTION = 8  # sshd's default MaxSessions is 10
 T = TypeVar("T")
@@ -41,6 +48,11 @@ T = TypeVar("T")
 def shell_join(argv: Sequence[str]) -> str:
     """A shell command line running ``argv`` exactly, every item quoted."""
     return " ".join(shlex.quote(str(item)) for item in argv)
+
+
+def _shown(command: str) -> str:
+    """``command`` as errors show it: cut after ``COMMAND_SHOWN`` characters."""
+    return command if len(command) <= COMMAND_SHOWN else command[:COMMAND_SHOWN] + "…"
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -59,7 +71,10 @@ class CommandResult:
     """The outcome of one command on one host.
 
     ``exit_code`` is ``None`` when the command timed out (it was then
-    abandoned and its channel closed).
+    abandoned and its channel closed).  ``stdout_bytes`` and
+    ``stderr_bytes`` are the tails of the streams: ``stdout_dropped`` and
+    ``stderr_dropped`` count the bytes that came before them and were not
+    kept (see ``output_limit`` of :class:`SSHPool`).
     """
 
     host: str
@@ -68,6 +83,8 @@ class CommandResult:
     stdout_bytes: bytes = field(repr=False)
     stderr_bytes: bytes = field(repr=False)
     timeout: float | None = None
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -82,13 +99,21 @@ class CommandResult:
         return self.stderr_bytes.decode("utf-8", errors="replace")
 
     def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        return "\n".join(self.stderr.rstrip().splitlines()[-lines:])
+        """The last ``lines`` lines of stderr, within its last ``STDERR_TAIL_BYTES`` bytes ("…" marks a cut)."""
+        data = self.stderr_bytes.rstrip()
+        text = data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
+        if len(data) > STDERR_TAIL_BYTES or self.stderr_dropped:
+            text = "…" + text
+        return "\n".join(text.splitlines()[-lines:])
 
     def describe_failure(self) -> str:
-        """One block naming host, command, exit code (or timeout) and the tail of stderr."""
+        """One block naming host, command, exit code (or timeout) and the tail of stderr.
+
+        Bounded whatever the output: the command is cut after
+        ``COMMAND_SHOWN`` characters, stderr to :meth:`stderr_tail`.
+        """
         status = f"timed out after {self.timeout:g} s" if self.exit_code is None else f"exited with code {self.exit_code}"
-        command = self.command if len(self.command) <= COMMAND_SHOWN else self.command[:COMMAND_SHOWN] + "…"
-        text = f"{self.host}: command {command!r} {status}"
+        text = f"{self.host}: command {_shown(self.command)!r} {status}"
         tail = self.stderr_tail()
         if tail:
             text += "; stderr ends with:\n" + "\n".join(f"      | {line}" for line in tail.splitlines())
@@ -104,27 +129,63 @@ class CommandResult:
 
 
 class _KnownHosts:
-    """The cluster's known_hosts file, shared by every connection of a pool."""
+    """The cluster's known_hosts file, shared by every connection of a pool.
+
+    The file is only ever replaced whole (:func:`~flambe_cluster.state.edit_private`),
+    so a crash never leaves it empty or cut.  One that is damaged all the
+    same (empty, a line cut short or garbled) is refused with
+    :class:`HostKeyError` rather than read around: paramiko would skip the
+    damaged line, and ``accept-new`` would then silently pin whatever key
+    answers for the hosts it named.
+    """
 
     def __init__(self, path: Path, policy: str) -> None:
         self.path = path
         self.policy = policy
         self._lock = threading.Lock()
 
-    def load_into(self, client: paramiko.SSHClient) -> None:
+    def load_into(self, client: paramiko.SSHClient, label: str) -> None:
+        """Load the pinned keys into ``client``; :class:`HostKeyError` (for host ``label``) if the file is damaged."""
         with self._lock:
-            if self.path.exists():
-                client.load_host_keys(str(self.path))
+            try:
+                text = self.path.read_text(errors="replace")
+            except FileNotFoundError:
+                return
+            damage = _known_hosts_damage(text)
+            if damage:
+                raise HostKeyError(
+                    label,
+                    f"the cluster's pinned host keys in {self.path} are damaged ({damage}). Nothing was run on it, "
+                    "and no key is pinned again until the file is repaired: restore it from a backup, or delete the "
+                    "damaged lines (or the file) to pin the hosts' keys again on first contact.",
+                )
+            client.load_host_keys(str(self.path))
 
     def pin(self, name: str, key: paramiko.PKey) -> None:
-        """Append ``name key`` to the file (mode 0600)."""
+        """Add ``name key`` to the file (mode 0600), replacing the file atomically."""
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
-                handle.write(f"{name} {key_line(key)}\n")
+            edit_private(self.path, lambda text: f"{text}{name} {key_line(key)}\n")
 
     def removal_hint(self, name: str) -> str:
         return f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.path))}"
+
+
+def _known_hosts_damage(text: str) -> str | None:
+    """What is wrong with a known_hosts text (None when every line is a well-formed entry)."""
+    if not text.strip():
+        return "the file is empty"
+    if not text.endswith("\n"):
+        return f"its last line (line {text.count(chr(10)) + 1}) is cut short"
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), number)
+        except Exception:  # paramiko raises several kinds for a malformed key
+            entry = None
+        if entry is None:
+            return f"line {number} is not a host key entry"
+    return None
 
 
 class _VerifyNewHostKey(paramiko.MissingHostKeyPolicy):
@@ -160,6 +221,36 @@ class _VerifyNewHostKey(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
+class _Tail:
+    """One output stream of a command: each chunk goes to ``on_chunk`` as it arrives; the last ``limit`` bytes are kept."""
+
+    def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None) -> None:
+        self.limit = limit
+        self.on_chunk = on_chunk
+        self.received = 0
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        self.received += len(chunk)
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= self.limit:  # the oldest chunk lies wholly before the tail
+            self._size -= len(self._chunks.popleft())
+
+    def data(self) -> bytes:
+        """The tail: the last ``limit`` bytes received."""
+        data = b"".join(self._chunks)
+        return data[max(0, len(data) - self.limit):]
+
+    @property
+    def dropped(self) -> int:
+        """How many bytes came before the tail and were not kept."""
+        return max(0, self.received - self.limit)
+
+
 @define
 class Connection:
     """One open SSH connection to one host; commands run in fresh channels on it."""
@@ -167,9 +258,11 @@ class Connection:
     instance: Instance
     client: paramiko.SSHClient
     command_timeout: float
+    output_limit: int = OUTPUT_LIMIT
     _channels: threading.BoundedSemaphore = field(
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
+    _closed_here: bool = field(init=False, default=False)  # set by close(): commands then say why they stopped
 
     @property
     def host_key(self) -> paramiko.PKey:
@@ -185,30 +278,39 @@ class Connection:
         timeout: float | None = None,
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
 
-        With ``on_stdout``, stdout is handed to it chunk by chunk as it
-        arrives (for following logs) instead of being kept in the result.
+        ``on_stdout`` and ``on_stderr`` get each chunk of their stream as it
+        arrives (to print or follow it); whether or not they are given, the
+        result keeps only the last ``output_limit`` bytes of each stream.
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
         on timeout the channel is closed and ``exit_code`` is ``None``.
-        Raises :class:`HostError` if the connection itself is broken.  At most
+        Raises :class:`HostError` at once, naming the host and saying
+        "connection lost", if the connection breaks before the command ends
+        (the host went down, keepalives went unanswered, or :meth:`close`
+        was called); waiting costs no CPU.  At most
         ``MAX_CHANNELS_PER_CONNECTION`` commands run at once per host; more wait.
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin, on_stdout)
+            return self._run(command, timeout, stdin, _Tail(self.output_limit, on_stdout), _Tail(self.output_limit, on_stderr))
 
-    def _run(
-        self, command: str, timeout: float, stdin: bytes | None, on_stdout: Callable[[bytes], None] | None
-    ) -> CommandResult:
+    def _run(self, command: str, timeout: float, stdin: bytes | None, out: _Tail, err: _Tail) -> CommandResult:
         deadline = time.monotonic() + timeout
+        transport = self.client.get_transport()
         try:
-            channel = self.client.get_transport().open_session(timeout=min(timeout, 30))
+            channel = transport.open_session(timeout=min(timeout, 30))
         except (paramiko.SSHException, OSError, AttributeError) as exc:
             raise HostError(self.instance.label, f"the SSH connection is broken ({exc}); retry the command") from exc
-        out, err = bytearray(), bytearray()
+
+        def result(exit_code: int | None) -> CommandResult:
+            return CommandResult(
+                self.instance.label, command, exit_code, out.data(), err.data(), timeout, out.dropped, err.dropped
+            )
+
         with channel:
             try:
                 channel.exec_command(command)
@@ -217,33 +319,53 @@ class Connection:
                 channel.shutdown_write()
             except (paramiko.SSHException, OSError) as exc:
                 raise HostError(self.instance.label, f"the SSH connection broke ({exc}); retry the command") from exc
-            wakeup = channel.fileno()
+            wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
             while True:
                 while channel.recv_ready():
-                    chunk = channel.recv(1 << 20)
-                    if on_stdout is None:
-                        out += chunk
-                    else:
-                        on_stdout(chunk)
+                    out.add(channel.recv(1 << 20))
                 while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 20)
+                    err.add(channel.recv_stderr(1 << 20))
                 if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
+                if channel.closed or not transport.is_active():  # closed without EOF: the connection died
+                    raise self._lost(transport, command)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return CommandResult(self.instance.label, command, None, bytes(out), bytes(err), timeout)
+                    return result(None)
                 select.select([wakeup], [], [], min(remaining, 5.0))
             if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-                return CommandResult(self.instance.label, command, None, bytes(out), bytes(err), timeout)
-            return CommandResult(self.instance.label, command, channel.recv_exit_status(), bytes(out), bytes(err), timeout)
+                return result(None)
+            if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+                raise self._lost(transport, command)
+            return result(channel.recv_exit_status())
+
+    def _lost(self, transport: paramiko.Transport, command: str) -> HostError:
+        if self._closed_here:
+            why = "the cluster's connections were closed (interrupted)"
+        else:
+            reason = transport.get_exception()
+            why = f"the host went down or stopped answering ({reason or 'the connection was closed'})"
+        return HostError(self.instance.label, f"connection lost while running {_shown(command)!r}: {why}")
 
     def close(self) -> None:
+        """Close the connection; commands running on it end at once with :class:`HostError`."""
+        self._closed_here = True
         self.client.close()
 
 
-def _open_socket(endpoint: Endpoint, timeout: float) -> socket.socket:
+def _open_socket(endpoint: Endpoint, timeout: float, dead_after: float) -> socket.socket:
+    """A TCP connection to ``endpoint`` that the kernel drops when data it sent stays unacknowledged for ``dead_after`` s.
+
+    With keepalives sent after every ``keepalive_interval`` of silence there
+    is always such data when the peer is gone, so a silent partition breaks
+    the connection (and every command on it) within interval + ``dead_after``.
+    ``TCP_USER_TIMEOUT`` is Linux's; elsewhere TCP's own retransmission
+    limit applies.
+    """
     sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(dead_after * 1000)))
     return sock
 
 
@@ -253,6 +375,13 @@ class SSHPool:
 
     Connections open lazily (or all at once with :meth:`connect_all`) and
     stay open until :meth:`close`.  Thread-safe.
+
+    A keepalive is sent after ``keepalive_interval`` seconds without
+    traffic; a peer that stops answering (partitioned, powered off) is
+    dropped within ``keepalive_interval`` × ``keepalive_count`` seconds
+    (``keepalive_count`` ≥ 2), and commands on it raise :class:`HostError`.
+    Each command's result keeps the last ``output_limit`` bytes of its
+    stdout and of its stderr.
     """
 
     username: str
@@ -262,6 +391,9 @@ class SSHPool:
     connect_timeout: float = 60.0
     command_timeout: float = 1800.0
     vouched_keys: Callable[[Instance], Sequence[str] | None] = lambda instance: None
+    keepalive_interval: float = field(default=KEEPALIVE_INTERVAL, validator=validators.gt(0))
+    keepalive_count: int = field(default=KEEPALIVE_COUNT, validator=validators.ge(2))
+    output_limit: int = field(default=OUTPUT_LIMIT, validator=validators.gt(0))
     _known: _KnownHosts = field(init=False)
     _connections: dict[Endpoint, Connection] = field(init=False, factory=dict)
     _locks: dict[Endpoint, threading.Lock] = field(init=False, factory=dict)
@@ -269,7 +401,6 @@ class SSHPool:
     _handshakes: threading.BoundedSemaphore = field(
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CONCURRENT_HANDSHAKES)
     )
-    _executor: concurrent.futures.ThreadPoolExecutor | None = field(init=False, default=None)
     _generation: int = field(init=False, default=0)  # bumped by close(): connects in progress give up
 
     def __attrs_post_init__(self) -> None:
@@ -315,13 +446,14 @@ class SSHPool:
                     "Check that the host is up, reachable from here, and accepts the cluster's key.",
                 )
             client = paramiko.SSHClient()
-            self._known.load_into(client)
+            self._known.load_into(client, instance.label)
             client.set_missing_host_key_policy(
                 _VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
             )
             try:
                 with self._handshakes:
-                    sock = _open_socket(endpoint, timeout=min(remaining, 10.0))
+                    dead_after = self.keepalive_interval * (self.keepalive_count - 1)
+                    sock = _open_socket(endpoint, timeout=min(remaining, 10.0), dead_after=dead_after)
                     client.connect(
                         endpoint.host,
                         port=endpoint.port,
@@ -334,7 +466,8 @@ class SSHPool:
                         allow_agent=False,
                         look_for_keys=False,
                     )
-                return Connection(instance, client, self.command_timeout)
+                client.get_transport().set_keepalive(self.keepalive_interval)
+                return Connection(instance, client, self.command_timeout, self.output_limit)
             except HostKeyError:
                 client.close()
                 raise
@@ -363,22 +496,38 @@ class SSHPool:
         Every failure is collected: one failing host raises its own error;
         several raise :class:`HostsFailedError` (or one
         :class:`RemoteCommandError` when all are command failures).
+
+        Each action runs in a daemon thread of its own: an interrupt
+        (KeyboardInterrupt) of the calling thread leaves ``map`` at once
+        without waiting for them, and they never keep the interpreter alive
+        at exit.  :meth:`close` ends the commands they are running.
         """
         instances = list(instances)
-        with self._guard:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="flambe-ssh")
-            executor = self._executor
-        futures = {instance: executor.submit(action, instance) for instance in instances}
+        outcomes: dict[Instance, tuple[T | None, BaseException | None]] = {}
+
+        def work(instance: Instance) -> None:
+            try:
+                outcomes[instance] = (action(instance), None)
+            except BaseException as exc:  # handed to the calling thread below
+                outcomes[instance] = (None, exc)
+
+        threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True) for i in instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         results: dict[Instance, T] = {}
         errors: list[FlambeClusterError] = []
-        for instance, future in futures.items():
-            try:
-                results[instance] = future.result()
-            except FlambeClusterError as exc:
-                errors.append(exc)
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                errors.append(HostError(instance.label, f"the SSH connection broke ({exc!r})"))
+        for instance in instances:
+            value, error = outcomes[instance]
+            if error is None:
+                results[instance] = value  # type: ignore[assignment]
+            elif isinstance(error, FlambeClusterError):
+                errors.append(error)
+            elif isinstance(error, (paramiko.SSHException, OSError, EOFError)):
+                errors.append(HostError(instance.label, f"the SSH connection broke ({error!r})"))
+            else:
+                raise error
         if errors:
             raise _combine(errors)
         return results
@@ -397,9 +546,12 @@ class SSHPool:
         check: bool = True,
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
-        """Run ``command`` on one host; raises :class:`RemoteCommandError` on failure if ``check``."""
-        result = self.connection(instance).run(command, timeout=timeout, stdin=stdin, on_stdout=on_stdout)
+        """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
+        result = self.connection(instance).run(
+            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr
+        )
         return result.check() if check else result
 
     def run_all(
@@ -427,14 +579,15 @@ class SSHPool:
         return self.connection(instance).host_key
 
     def close(self) -> None:
-        """Close every connection and the worker threads (idempotent; the pool reopens on next use)."""
+        """Close every connection (idempotent; the pool reopens on next use).
+
+        Commands in flight end at once with :class:`HostError` and connects
+        in progress give up, so threads of :meth:`map` finish promptly.
+        """
         with self._guard:
             connections = list(self._connections.values())
             self._connections.clear()
-            executor, self._executor = self._executor, None
             self._generation += 1
-        if executor is not None:
-            executor.shutdown(wait=False)
         for connection in connections:
             connection.close()
 
@@ -447,8 +600,14 @@ def _combine(errors: list[FlambeClusterError]) -> FlambeClusterError:
     return HostsFailedError(errors)
 
 
-def openssh_options(key_path: Path, known_hosts: Path, connect_timeout: float) -> list[str]:
-    """OpenSSH client options matching the pool: same key, same pinned host keys, no prompts."""
+def openssh_options(
+    key_path: Path,
+    known_hosts: Path,
+    connect_timeout: float,
+    keepalive_interval: float = KEEPALIVE_INTERVAL,
+    keepalive_count: int = KEEPALIVE_COUNT,
+) -> list[str]:
+    """OpenSSH client options matching the pool: same key, same pinned host keys, same keepalives, no prompts."""
     return [
         "-i", str(key_path),
         "-o", "IdentitiesOnly=yes",
@@ -457,5 +616,7 @@ def openssh_options(key_path: Path, known_hosts: Path, connect_timeout: float) -
         "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", f"ConnectTimeout={max(1, int(connect_timeout))}",
+        "-o", f"ServerAliveInterval={max(1, int(keepalive_interval))}",
+        "-o", f"ServerAliveCountMax={keepalive_count}",
         "-o", "LogLevel=ERROR",
     ]

@@ -14,7 +14,9 @@ import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +30,7 @@ from .errors import ClusterBusyError
 from .records import CreatedResource
 
 STATE_HOME_ENV = "FLAMBE_CLUSTER_HOME"
+logger = logging.getLogger(__name__)
 
 
 def state_home() -> Path:
@@ -35,12 +38,53 @@ def state_home() -> Path:
     return Path(os.environ.get(STATE_HOME_ENV) or Path.home() / ".flambe-cluster")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` created with mode 0600 from the start (never readable by others)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, mode 0600, atomically.
+
+    The data goes to a temporary file in the same folder (created 0600, so
+    never readable by others), is flushed to disk, then renamed over
+    ``path``: a reader, or a crash at any moment, sees the old file or the
+    new one, whole — never an empty or half-written one.
+    """
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def edit_private(path: Path, edit: Callable[[str], str]) -> None:
+    """Rewrite the text file ``path`` as ``edit(current text)`` ("" when missing), atomically.
+
+    Holds an exclusive lock on the folder while reading and replacing, so
+    edits by concurrent processes are applied one after the other, none
+    lost.  The new text is written with :func:`write_private`; an empty
+    result removes the file instead, so an existing empty file is never
+    something these functions left.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            current = path.read_text()
+        except FileNotFoundError:
+            current = ""
+        new = edit(current)
+        if new == current:
+            return
+        if new:
+            write_private(path, new.encode())
+        else:
+            path.unlink()
+    finally:
+        os.close(folder)  # releases the lock
 
 
 @frozen
@@ -60,7 +104,9 @@ class Journal:
     """Append-only record of what runs created and what was destroyed since.
 
     One JSON object per line, flushed and fsynced before ``record`` returns,
-    so a crash right after creating a resource still leaves it on disk.
+    so a crash right after creating a resource still leaves it on disk.  A
+    line cut short by a crash is skipped with a warning naming the file and
+    line, and what is appended after it starts on a line of its own.
     """
 
     path: Path
@@ -72,20 +118,42 @@ class Journal:
 
     def _append(self, entry: dict) -> None:
         line = json.dumps(entry, sort_keys=True) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: never glue an entry onto it
+                line = "\n" + line
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def entries(self) -> list[dict]:
-        """Every entry, oldest first (an empty list when nothing was recorded)."""
+        """Every entry, oldest first (an empty list when nothing was recorded).
+
+        A damaged line (cut short by a crash) is skipped and logged as a
+        warning naming the file and the line.
+        """
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(errors="replace")
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if isinstance(entry, dict):
+                entries.append(entry)
+            else:
+                logger.warning(
+                    "%s line %d is damaged (cut short by a crash?) and was skipped: %.80r",
+                    self.path, number, line,
+                )
+        return entries
 
     def outstanding(self, run_id: str | None = None) -> list[CreatedResource]:
         """Resources created (by ``run_id``, or by any run) and not marked destroyed, oldest first."""
@@ -153,13 +221,11 @@ class ClusterState:
 
     def forget_host_keys(self, names: set[str]) -> None:
         """Drop the pinned keys of ``names`` (known_hosts names) — for machines that were destroyed."""
-        try:
-            lines = self.known_hosts.read_text().splitlines(keepends=True)
-        except FileNotFoundError:
-            return
-        kept = [line for line in lines if not set(line.split(" ", 1)[0].split(",")) & names]
-        if kept != lines:
-            _write_private(self.known_hosts, "".join(kept).encode())
+        def forget(text: str) -> str:
+            lines = text.splitlines(keepends=True)
+            return "".join(line for line in lines if not set(line.split(" ", 1)[0].split(",")) & names)
+
+        edit_private(self.known_hosts, forget)
 
     @property
     def journal(self) -> Journal:
@@ -181,7 +247,7 @@ class ClusterState:
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
             )
             public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            _write_private(private_path, private)
+            write_private(private_path, private)
             public_path.write_text(f"{public.decode()} {comment}\n")
         return KeyPair(private_path, public_path.read_text().strip())
 
