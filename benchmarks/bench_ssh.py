@@ -11,7 +11,7 @@ measures, in one run:
 2. ``SSHPool.run(host, "true")`` on an open paramiko connection vs
    ``ssh ... true`` through an established OpenSSH ControlMaster.
 3. The wall time of a second "up" on an already-set-up 1+2 cluster with no
-   setup commands: ``Cluster.run()`` in-process, and the CLI
+   setup commands: ``Cluster.up()`` in-process, and the CLI
    ``python3 -m flambe_cluster up CONFIG`` (a subprocess, interpreter start
    included).
 
@@ -336,10 +336,10 @@ def bench_second_up(hosts, key: Path, workdir: Path, up_repeat: int, notes: list
             cluster = Cluster.from_yaml(config)
             cluster.on_step = lambda message: steps.append((time.perf_counter() - start, message))
             with cluster:
-                cluster.run()
+                cluster.up()
             runs.append((time.perf_counter() - start, steps))
             if cluster.error is not None:
-                raise RuntimeError(f"Cluster.run() failed: {cluster.error}") from cluster.error
+                raise RuntimeError(f"Cluster.up() failed: {cluster.error}") from cluster.error
 
         def describe(run: tuple[float, list[tuple[float, str]]]) -> str:
             total, steps = run
@@ -348,12 +348,12 @@ def bench_second_up(hosts, key: Path, workdir: Path, up_repeat: int, notes: list
                 + f" (total {total:.2f} s)"
 
         up_in_process()  # the first up: pins host keys, distributes the cluster key, prepares the hosts
-        notes.append(f"first up of the 1+2 cluster (Cluster.run(), in-process; everything `up` sets up on "
+        notes.append(f"first up of the 1+2 cluster (Cluster.up(), in-process; everything `up` sets up on "
                      f"fresh hosts), not part of any figure: {fmt(runs[0][0])}")
         notes.append("steps of the first up: " + describe(runs[0]))
-        in_process = Sample("Cluster.run(), 2nd up, 1+2 hosts", timed(up_in_process, up_repeat))
+        in_process = Sample("Cluster.up(), 2nd up, 1+2 hosts", timed(up_in_process, up_repeat))
         seconds = runs[1:]
-        notes.append("second ups (Cluster.run(), in-process), each: " + ", ".join(fmt(t) for t, _ in seconds))
+        notes.append("second ups (Cluster.up(), in-process), each: " + ", ".join(fmt(t) for t, _ in seconds))
         notes.append("steps of the fastest second up: " + describe(min(seconds, key=lambda run: run[0])))
         notes.append("steps of the slowest second up: " + describe(max(seconds, key=lambda run: run[0])))
 

@@ -14,10 +14,9 @@ from flambe_cluster import ProviderError, plugins
 from flambe_cluster.config import parse_config
 
 COMPLETE_PROVIDER = """
-    from flambe_cluster import hookimpl
-    import attrs
+    from flambe_cluster.provider import config_class, hookimpl
 
-    @attrs.frozen
+    @config_class
     class Options:
         pass
 
@@ -136,3 +135,25 @@ def test_missing_extra_of_a_builtin_provider_names_the_extra():
 def test_unknown_provider_in_a_config_is_a_provider_error(tmp_path):
     with pytest.raises(ProviderError, match="unknown provider 'nope'"):
         parse_config({"provider": "nope", "name": "x"})
+
+
+def test_a_cluster_from_yaml_builds_exactly_one_plugin_manager(tmp_path, monkeypatch):
+    from flambe_cluster import Cluster
+
+    made = []
+    real = plugins.make_plugin_manager
+    monkeypatch.setattr(plugins, "make_plugin_manager", lambda name: made.append(name) or real(name))
+    key = tmp_path / "id"
+    key.write_text("not read here\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"!SSHCluster\nname: one\nkey: {key}\nusername: u\norchestrator_ip: 10.0.0.1\nfactories_ips: [10.0.0.2]\n")
+    cluster = Cluster.from_yaml(path)
+    assert made == ["ssh"]
+    assert cluster.hooks.flambe_cluster_options_class() is cluster.config.options.__class__
+    assert type(cluster).__name__ == "SSHCluster", "the !SSHCluster tag builds the seed's class"
+
+
+def test_an_options_class_not_declared_with_config_class_is_refused(fake_dist):
+    fake_dist("acme-plain", {"plain": COMPLETE_PROVIDER.replace("@config_class", "@__import__('attrs').frozen")})
+    with pytest.raises(ProviderError, match=r"provider 'plain'.*Options.*flambe_cluster.provider.config_class"):
+        plugins.make_plugin_manager("plain")

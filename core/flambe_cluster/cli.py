@@ -120,8 +120,9 @@ def _probe(cluster: Cluster, instance: Instance) -> str:
 
 def _ray_and_job(cluster: Cluster) -> dict:
     """Ray nodes and job state, when the orchestrator has the cluster's environment."""
-    if not cluster.session.has_environment([cluster.orchestrator])[cluster.orchestrator]:
-        return {"ray": None, "job": {"state": "none", "exit_code": None}}
+    orchestrator = cluster.session.require_orchestrator()
+    if not cluster.session.has_environment([orchestrator])[orchestrator]:
+        return {"ray": None, "job": {"state": "none", "exit_code": None}, "services": {}}
     known = raycluster.nodes(cluster.session)
     job = jobs.status(cluster.session)
     ray = None if known is None else {
@@ -129,7 +130,8 @@ def _ray_and_job(cluster: Cluster) -> dict:
         "alive_workers": len(raycluster.alive_workers(known)),
         "nodes": known,
     }
-    return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code}}
+    return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code},
+            "services": cluster.orchestrator.service_addresses()}
 
 
 @cli.command()
@@ -144,7 +146,8 @@ def status(config: str, as_json: bool) -> int:
         if hosts:
             cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
             reachable = cluster.pool.map(hosts, lambda h: _probe(cluster, h))
-        extra = _ray_and_job(cluster) if hosts and reachable[cluster.orchestrator] == "ok" else {"ray": None, "job": None}
+        reached = hosts and reachable[cluster.session.orchestrator] == "ok"
+        extra = _ray_and_job(cluster) if reached else {"ray": None, "job": None, "services": {}}
         if as_json:
             payload = {
                 "name": cluster.name,
@@ -169,6 +172,8 @@ def status(config: str, as_json: bool) -> int:
                 out.print(f"ray: head {ray['head']}, {ray['alive_workers']}/{cluster.factories_num} workers alive")
             if extra["job"] is not None:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
+            for name, address in extra["services"].items():
+                out.print(f"{name.replace('_', ' ')}: {address}")
         return EXIT_OK if all(v == "ok" for v in reachable.values()) else EXIT_FAILED
 
 
@@ -184,7 +189,8 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
     """
     line = command[0] if len(command) == 1 else shell_join(command)
     with _opened(config) as cluster:
-        hosts = {"all": cluster.all_hosts(), "orchestrator": [cluster.orchestrator], "factories": cluster.factories}[target]
+        session = cluster.session
+        hosts = {"all": session.hosts(), "orchestrator": [session.require_orchestrator()], "factories": session.factories}[target]
         results = cluster.execute_on(hosts, line, check=False)
         for instance, result in results.items():
             for text, console in ((result.stdout, out), (result.stderr, err)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import environment, jobs, raycluster
 from .errors import ClusterError
@@ -184,6 +184,17 @@ class OrchestratorInstance(InstanceHandle):
         """Stop the report site this cluster started (nothing else)."""
         if self._has_environment():
             self._service("report_site", REPORT_SITE, "stop")
+
+    def service_addresses(self) -> Dict[str, str]:
+        """``{"tensorboard": URL, "report_site": URL}`` for those of the two that run (none without the environment)."""
+        if not self._has_environment():
+            return {}
+        found = {}
+        for name, folder in (("tensorboard", TENSORBOARD), ("report_site", REPORT_SITE)):
+            state = self._service(name, folder, "status")
+            if state["state"] == "running":
+                found[name] = f"http://{self.host}:{state['port']}/"
+        return found
 
     def worker_nodes(self) -> List[str]:
         """The private addresses of the alive Ray workers."""

@@ -10,8 +10,9 @@ Required hooks: :func:`flambe_cluster_options_class`,
 :func:`flambe_cluster_validate`, :func:`flambe_cluster_load_instances`,
 :func:`flambe_cluster_find_instances`.  Every other hook is optional.
 
-Records passed across this boundary are the frozen classes of
-:mod:`flambe_cluster.records`; SDK objects never cross it.  A hook that fails
+Everything a provider may use is exported by :mod:`flambe_cluster.provider`
+(the face); records passed across this boundary are its frozen classes, SDK
+objects never cross it.  A hook that fails
 raises a :class:`flambe_cluster.errors.FlambeClusterError` subclass whose
 message names what failed and what to do.
 """
@@ -34,16 +35,18 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec(firstresult=True)
 def flambe_cluster_options_class() -> type:
-    """Return the attrs class holding this provider's own options.
+    """Return the class holding this provider's own options, declared with
+    :func:`flambe_cluster.provider.config_class` (a provider whose class is
+    not is refused when it is selected).
 
     Every key of the user's configuration that is not a common cluster field
     (``name``, ``factories_num``, ``key``, ``username``, ``setup_cmds``, ...)
-    is passed to this class.  The core builds it field by field and reports
-    every problem at once: unknown keys (with the closest known name),
-    missing required fields (those without default), and each converter or
-    validator that raises ``ValueError``/``TypeError`` (its message should say
-    what was expected and what was given).  Converters must accept their own
-    output (they may run twice).
+    is passed to this class.  The core builds it and reports every problem at
+    once: unknown keys (with the closest known name), missing required fields
+    (those without default; metadata ``help`` says what they expect), and
+    each converter or validator that raises ``ValueError``/``TypeError`` (its
+    message should say what was expected and what was given).  Each
+    converter runs once, by attrs.
 
     If the class has an attribute ``implied_factories_num`` (an int or
     ``None``), it is used when the user gave no ``factories_num``.

@@ -16,6 +16,7 @@ import pluggy
 from attrs import frozen
 
 from . import defaults, hookspecs
+from .converters import is_config_class
 from .errors import ProviderError
 
 ENTRY_POINT_GROUP = "flambe_cluster.providers"
@@ -154,5 +155,11 @@ def make_plugin_manager(name: str) -> pluggy.PluginManager:
         raise ProviderError(
             f"provider {name!r} defines {', '.join(unmarked)} without the @flambe_cluster.hookimpl marker; "
             "decorate each hook implementation with it."
+        )
+    options_class = manager.hook.flambe_cluster_options_class()
+    if not is_config_class(options_class):
+        raise ProviderError(
+            f"provider {name!r}: its options class {getattr(options_class, '__qualname__', options_class)!r} is not "
+            "declared with @flambe_cluster.provider.config_class, which reports every bad field at once; decorate it."
         )
     return manager
