@@ -10,7 +10,8 @@ import paramiko
 
 from flambe_cluster.records import CreatedResource
 from flambe_cluster.secrets import filtered
-from flambe_cluster.ssh import CommandResult, _KnownHosts
+from flambe_cluster.commands import CommandResult
+from flambe_cluster.hostkeys import KnownHosts
 from flambe_cluster.state import ClusterState
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -34,7 +35,7 @@ def test_pinning_a_key_replaces_the_file(tmp_path):
     path = tmp_path / "known_hosts"
     path.write_text(f"10.0.0.1 {KEY_A}\n")
     before = path.stat().st_ino
-    _KnownHosts(path, "accept-new").pin("10.0.0.2", paramiko.PKey.from_type_string(*_parts(KEY_B)))
+    KnownHosts(path, "accept-new").pin("10.0.0.2", paramiko.PKey.from_type_string(*_parts(KEY_B)))
     assert path.read_text() == f"10.0.0.1 {KEY_A}\n10.0.0.2 {KEY_B}\n"
     assert path.stat().st_ino != before and oct(path.stat().st_mode & 0o777) == "0o600"
 

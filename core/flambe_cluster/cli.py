@@ -23,7 +23,7 @@ from . import __version__, jobs, plugins, raycluster
 from .cluster import Cluster
 from .errors import FlambeClusterError, UsageError
 from .records import Instance
-from .ssh import shell_join
+from .commands import shell_join
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

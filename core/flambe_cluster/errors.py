@@ -67,7 +67,7 @@ class HostKeyError(HostError):
 class RemoteCommandError(FlambeClusterError):
     """A command failed (non-zero exit or timeout) on one or more hosts.
 
-    ``failures`` holds one :class:`~flambe_cluster.ssh.CommandResult` per
+    ``failures`` holds one :class:`~flambe_cluster.commands.CommandResult` per
     failing host, each with host, command, exit code and output.
     """
 

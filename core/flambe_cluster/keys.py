@@ -13,7 +13,7 @@ import shlex
 
 from .paths import home_path
 from .session import HostSession
-from .ssh import key_line
+from .hostkeys import key_line
 
 
 def cluster_known_hosts(session: HostSession) -> str:

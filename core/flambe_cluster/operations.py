@@ -22,7 +22,7 @@ from .content import send_local_content as _send_local_content
 from .errors import ClusterConfigurationError
 from .records import Instance, RemoteEnvironment
 from .session import HostSession
-from .ssh import CommandResult
+from .commands import CommandResult
 
 
 class ClusterOperations:

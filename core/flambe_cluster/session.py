@@ -24,7 +24,8 @@ from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
 from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
-from .ssh import CommandResult, SSHPool, openssh_options, shell_join
+from .commands import CommandResult, shell_join
+from .ssh import SSHPool, openssh_options
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class HostSession:
                 host_key_policy=self.config.host_key_policy,
                 connect_timeout=self.config.connect_timeout,
                 command_timeout=self.config.command_timeout,
+                keepalive_interval=self.config.keepalive_interval,
+                keepalive_count=self.config.keepalive_count,
                 vouched_keys=lambda instance: self.hooks.flambe_cluster_host_keys(config=self.config, instance=instance),
             )
         return self._pool
@@ -256,7 +259,11 @@ class HostSession:
 
     def ssh_options(self) -> list[str]:
         """OpenSSH options for subprocesses (rsync): the cluster's key and pinned host keys."""
-        return openssh_options(self.config.key, self.state.known_hosts, self.config.connect_timeout)
+        return self._openssh_options(self.config.key, self.state.known_hosts)
+
+    def _openssh_options(self, key: Path | str, known_hosts: Path | str) -> list[str]:
+        config = self.config
+        return openssh_options(key, known_hosts, config.connect_timeout, config.keepalive_interval, config.keepalive_count)
 
     def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False,
                extra: Sequence[str] = ()) -> None:
@@ -328,7 +335,7 @@ class HostSession:
         """
         private, _public, known = self.remote_key_files()
         # `$HOME`, not `~`: OpenSSH expands `~` to the passwd home, which need not be $HOME.
-        options = openssh_options(f"$HOME/{private}", f"$HOME/{known}", self.config.connect_timeout)
+        options = self._openssh_options(f"$HOME/{private}", f"$HOME/{known}")
         ssh = sync.remote_shell_option(["-p", str(port), *options])
         words = (source, target) if quoted else (shlex.quote(source), shlex.quote(target))
         options = [*sync.RSYNC_FLAGS, f"--timeout={sync.IO_TIMEOUT}", *(["--delete"] if delete else []),

@@ -50,6 +50,8 @@ class ClusterConfig:
     host_key_policy: str = field(default="accept-new", converter=one_of(*HOST_KEY_POLICIES))
     connect_timeout: float = field(default=60.0, converter=to_seconds)
     command_timeout: float = field(default=1800.0, converter=to_seconds)
+    keepalive_interval: float = field(default=15.0, converter=to_seconds)
+    keepalive_count: int = field(default=3, converter=to_int(minimum=2))
     state_dir: Path | None = field(default=None, converter=to_optional_path)
     python: str = field(default="python3", converter=to_str)
     ray_port: int = field(default=6379, converter=to_int(minimum=1, maximum=65535))

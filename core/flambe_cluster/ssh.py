@@ -16,11 +16,7 @@ too.  Callers quote every value they put into a command with
 
 from __future__ import annotations
 
-import base64
-import collections
-import hashlib
 import select
-import shlex
 import socket
 import threading
 import time
@@ -28,227 +24,19 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import paramiko
-from attrs import define, field, frozen, validators
+from attrs import define, field, validators
 
 from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
+from .commands import CommandResult, OutputTail, shown
+from .hostkeys import KnownHosts, VerifyNewHostKey, fingerprint
 from .records import Endpoint, Instance
-from .state import edit_private
 
-STDERR_TAIL_LINES = 20
-STDERR_TAIL_BYTES = 4000  # at most this much of stderr goes into an error message (one huge line is cut)
-COMMAND_SHOWN = 300  # characters of a failed command shown in its error (long scripts are cut)
 OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before a keepalive is sent
 KEEPALIVE_COUNT = 3  # a peer that leaves this many intervals unanswered is dead: 45 s by default
 MAX_CONCURRENT_HANDSHAKES = 8
 MAX_CHANNELS_PER_CONNECTION = 8  # sshd's default MaxSessions is 10
 T = TypeVar("T")
-
-
-def shell_join(argv: Sequence[str]) -> str:
-    """A shell command line running ``argv`` exactly, every item quoted."""
-    return " ".join(shlex.quote(str(item)) for item in argv)
-
-
-def _shown(command: str) -> str:
-    """``command`` as errors show it: cut after ``COMMAND_SHOWN`` characters."""
-    return command if len(command) <= COMMAND_SHOWN else command[:COMMAND_SHOWN] + "…"
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """The OpenSSH-style SHA256 fingerprint of a public key."""
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
-
-
-def key_line(key: paramiko.PKey) -> str:
-    """``"<type> <base64>"``: the key as OpenSSH writes it in known_hosts and authorized_keys."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
-@frozen
-class CommandResult:
-    """The outcome of one command on one host.
-
-    ``exit_code`` is ``None`` when the command timed out (it was then
-    abandoned and its channel closed).  ``stdout_bytes`` and
-    ``stderr_bytes`` are the tails of the streams: ``stdout_dropped`` and
-    ``stderr_dropped`` count the bytes that came before them and were not
-    kept (see ``output_limit`` of :class:`SSHPool`).
-    """
-
-    host: str
-    command: str
-    exit_code: int | None
-    stdout_bytes: bytes = field(repr=False)
-    stderr_bytes: bytes = field(repr=False)
-    timeout: float | None = None
-    stdout_dropped: int = 0
-    stderr_dropped: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_bytes.decode("utf-8", errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_bytes.decode("utf-8", errors="replace")
-
-    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        """The last ``lines`` lines of stderr, within its last ``STDERR_TAIL_BYTES`` bytes ("…" marks a cut)."""
-        data = self.stderr_bytes.rstrip()
-        text = data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
-        if len(data) > STDERR_TAIL_BYTES or self.stderr_dropped:
-            text = "…" + text
-        return "\n".join(text.splitlines()[-lines:])
-
-    def describe_failure(self) -> str:
-        """One block naming host, command, exit code (or timeout) and the tail of stderr.
-
-        Bounded whatever the output: the command is cut after
-        ``COMMAND_SHOWN`` characters, stderr to :meth:`stderr_tail`.
-        """
-        status = f"timed out after {self.timeout:g} s" if self.exit_code is None else f"exited with code {self.exit_code}"
-        text = f"{self.host}: command {_shown(self.command)!r} {status}"
-        tail = self.stderr_tail()
-        if tail:
-            text += "; stderr ends with:\n" + "\n".join(f"      | {line}" for line in tail.splitlines())
-        else:
-            text += " (no stderr output)"
-        return text
-
-    def check(self) -> "CommandResult":
-        """Return self if the command succeeded, else raise :class:`RemoteCommandError`."""
-        if not self.ok:
-            raise RemoteCommandError([self])
-        return self
-
-
-class _KnownHosts:
-    """The cluster's known_hosts file, shared by every connection of a pool.
-
-    The file is only ever replaced whole (:func:`~flambe_cluster.state.edit_private`),
-    so a crash never leaves it empty or cut.  One that is damaged all the
-    same (empty, a line cut short or garbled) is refused with
-    :class:`HostKeyError` rather than read around: paramiko would skip the
-    damaged line, and ``accept-new`` would then silently pin whatever key
-    answers for the hosts it named.
-    """
-
-    def __init__(self, path: Path, policy: str) -> None:
-        self.path = path
-        self.policy = policy
-        self._lock = threading.Lock()
-
-    def load_into(self, client: paramiko.SSHClient, label: str) -> None:
-        """Load the pinned keys into ``client``; :class:`HostKeyError` (for host ``label``) if the file is damaged."""
-        with self._lock:
-            try:
-                text = self.path.read_text(errors="replace")
-            except FileNotFoundError:
-                return
-            damage = _known_hosts_damage(text)
-            if damage:
-                raise HostKeyError(
-                    label,
-                    f"the cluster's pinned host keys in {self.path} are damaged ({damage}). Nothing was run on it, "
-                    "and no key is pinned again until the file is repaired: restore it from a backup, or delete the "
-                    "damaged lines (or the file) to pin the hosts' keys again on first contact.",
-                )
-            client.load_host_keys(str(self.path))
-
-    def pin(self, name: str, key: paramiko.PKey) -> None:
-        """Add ``name key`` to the file (mode 0600), replacing the file atomically."""
-        with self._lock:
-            edit_private(self.path, lambda text: f"{text}{name} {key_line(key)}\n")
-
-    def removal_hint(self, name: str) -> str:
-        return f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.path))}"
-
-
-def _known_hosts_damage(text: str) -> str | None:
-    """What is wrong with a known_hosts text (None when every line is a well-formed entry)."""
-    if not text.strip():
-        return "the file is empty"
-    if not text.endswith("\n"):
-        return f"its last line (line {text.count(chr(10)) + 1}) is cut short"
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), number)
-        except Exception:  # paramiko raises several kinds for a malformed key
-            entry = None
-        if entry is None:
-            return f"line {number} is not a host key entry"
-    return None
-
-
-class _VerifyNewHostKey(paramiko.MissingHostKeyPolicy):
-    """Decides about a host whose name is not in known_hosts yet.
-
-    ``strict`` refuses it; ``accept-new`` pins its key — unless the provider
-    vouched for other keys, which wins over the policy.
-    """
-
-    def __init__(self, known: _KnownHosts, label: str, vouched: Callable[[], Sequence[str] | None]) -> None:
-        self.known = known
-        self.label = label
-        self.vouched = vouched  # asked only here, for hosts not pinned yet
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        vouched = self.vouched()
-        if vouched is not None:
-            if key_line(key) not in {" ".join(v.split()[:2]) for v in vouched}:
-                raise HostKeyError(
-                    self.label,
-                    f"the host presented key {fingerprint(key)}, which is not one of the host keys the provider "
-                    "reports for this instance. Nothing was run on it. The instance may have been replaced, or "
-                    "the connection intercepted; check the instance before retrying.",
-                )
-        elif self.known.policy == "strict":
-            raise HostKeyError(
-                self.label,
-                f"unknown host key {fingerprint(key)} and host_key_policy is 'strict'. Nothing was run on it. "
-                f"Verify the fingerprint, then add the host's key to {self.known.path} "
-                "(or set host_key_policy: accept-new to pin it on first contact).",
-            )
-        self.known.pin(hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class _Tail:
-    """One output stream of a command: each chunk goes to ``on_chunk`` as it arrives; the last ``limit`` bytes are kept."""
-
-    def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None) -> None:
-        self.limit = limit
-        self.on_chunk = on_chunk
-        self.received = 0
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-
-    def add(self, chunk: bytes) -> None:
-        if self.on_chunk is not None:
-            self.on_chunk(chunk)
-        self.received += len(chunk)
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        while self._size - len(self._chunks[0]) >= self.limit:  # the oldest chunk lies wholly before the tail
-            self._size -= len(self._chunks.popleft())
-
-    def data(self) -> bytes:
-        """The tail: the last ``limit`` bytes received."""
-        data = b"".join(self._chunks)
-        return data[max(0, len(data) - self.limit):]
-
-    @property
-    def dropped(self) -> int:
-        """How many bytes came before the tail and were not kept."""
-        return max(0, self.received - self.limit)
 
 
 @define
@@ -296,9 +84,9 @@ class Connection:
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin, _Tail(self.output_limit, on_stdout), _Tail(self.output_limit, on_stderr))
+            return self._run(command, timeout, stdin, OutputTail(self.output_limit, on_stdout), OutputTail(self.output_limit, on_stderr))
 
-    def _run(self, command: str, timeout: float, stdin: bytes | None, out: _Tail, err: _Tail) -> CommandResult:
+    def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail) -> CommandResult:
         deadline = time.monotonic() + timeout
         transport = self.client.get_transport()
         try:
@@ -345,7 +133,7 @@ class Connection:
         else:
             reason = transport.get_exception()
             why = f"the host went down or stopped answering ({reason or 'the connection was closed'})"
-        return HostError(self.instance.label, f"connection lost while running {_shown(command)!r}: {why}")
+        return HostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
 
     def close(self) -> None:
         """Close the connection; commands running on it end at once with :class:`HostError`."""
@@ -394,7 +182,7 @@ class SSHPool:
     keepalive_interval: float = field(default=KEEPALIVE_INTERVAL, validator=validators.gt(0))
     keepalive_count: int = field(default=KEEPALIVE_COUNT, validator=validators.ge(2))
     output_limit: int = field(default=OUTPUT_LIMIT, validator=validators.gt(0))
-    _known: _KnownHosts = field(init=False)
+    _known: KnownHosts = field(init=False)
     _connections: dict[Endpoint, Connection] = field(init=False, factory=dict)
     _locks: dict[Endpoint, threading.Lock] = field(init=False, factory=dict)
     _guard: threading.Lock = field(init=False, factory=threading.Lock)
@@ -404,7 +192,7 @@ class SSHPool:
     _generation: int = field(init=False, default=0)  # bumped by close(): connects in progress give up
 
     def __attrs_post_init__(self) -> None:
-        self._known = _KnownHosts(self.known_hosts, self.host_key_policy)
+        self._known = KnownHosts(self.known_hosts, self.host_key_policy)
 
     def connection(self, instance: Instance, deadline: float | None = None) -> Connection:
         """The open connection to ``instance``, connecting first if needed.
@@ -448,7 +236,7 @@ class SSHPool:
             client = paramiko.SSHClient()
             self._known.load_into(client, instance.label)
             client.set_missing_host_key_policy(
-                _VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
+                VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
             )
             try:
                 with self._handshakes:
