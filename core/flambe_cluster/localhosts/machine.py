@@ -155,9 +155,11 @@ def choose_subnet(subnet: str | None) -> ipaddress.IPv4Network:
         if problem:
             raise LocalHostsError(problem)
         net = ipaddress.IPv4Network(subnet, strict=False)
-        clash = [str(u) for u in used if u.overlaps(net)]
+        clash = {u for u in used if u.overlaps(net)}
         if clash:
-            raise LocalHostsError(f"subnet {net} overlaps networks already on this machine: {', '.join(clash)}")
+            widest = sorted(c for c in clash if not any(c != o and c.subnet_of(o) for o in clash))
+            raise LocalHostsError(f"subnet {net} overlaps networks already on this machine: "
+                                  f"{', '.join(map(str, widest))}")
         return net
     candidates = list(AUTO_SUBNET_THIRD_OCTETS)
     random.shuffle(candidates)
