@@ -28,11 +28,11 @@ from attrs import define, field
 
 from ..errors import LocalHostsError
 from ..localhosts.machine import require_root_namespaces
-from ..localhosts.namespaces import NamespaceNetwork, destroy_detached, detached_alive
+from ..localhosts.namespaces import NamespaceNetwork
 from ..localhosts.nshost import NamespaceHost
 from ..localhosts.system import generate_host_key, run
 
-__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork", "destroy_detached", "detached_alive"]
+__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork"]
 
 
 @define(eq=False)
