@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from flambe_cluster.localhosts import system as localhosts_system
 from flambe_cluster.testing import hosts as hosts_mod
 from flambe_cluster.testing.hosts import TestHostNetwork, require_root_namespaces
 
@@ -363,7 +364,7 @@ def test_add_host_subnet_and_close_leave_nothing(tmp_path):
 
 def test_failed_start_cleans_up(tmp_path, monkeypatch):
     before_ns, before_links = our_names()
-    monkeypatch.setattr(hosts_mod, "SSHD", "/bin/false")
+    monkeypatch.setattr(localhosts_system, "SSHD", "/bin/false")
     workdir = tmp_path / "w"
     with pytest.raises(RuntimeError, match="sshd exited"):
         TestHostNetwork(2, workdir=workdir)

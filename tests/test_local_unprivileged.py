@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flambe_cluster import loopback, wheelhouse
+from flambe_cluster import wheelhouse
+from flambe_cluster.localhosts import loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "fcuser"

@@ -56,6 +56,13 @@ class HostError(FlambeClusterError):
         super().__init__(f"{host}: {message}")
 
 
+class LocalHostsError(FlambeClusterError, RuntimeError):
+    """Machine-local hosts (:mod:`flambe_cluster.localhosts`) could not be made,
+    started or removed: a command such as ``ip`` failed, a subnet is taken, an
+    ``sshd`` did not come up.  Also a RuntimeError, as these failures were
+    before the hosts became part of the production package."""
+
+
 class HostUnreachableError(HostError):
     """The host did not accept an SSH login before the deadline."""
 

@@ -15,9 +15,12 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 - the journal a load hook records creations in (:class:`RunJournal`), and a
   cluster's local state folder (:class:`ClusterState`: its pinned
   ``known_hosts``, key pairs);
-- the errors of :mod:`flambe_cluster.errors`.
+- the errors of :mod:`flambe_cluster.errors`;
+- :mod:`flambe_cluster.localhosts`, for providers that start sshd hosts on
+  this machine (the ``local`` one).
 """
 
+from . import localhosts
 from .converters import (
     SAFE_NAME,
     config_class,
@@ -70,6 +73,7 @@ __all__ = [
     "config_class",
     "describe_value",
     "hookimpl",
+    "localhosts",
     "host_name",
     "matching",
     "one_of",

@@ -4,20 +4,24 @@
 here and the cluster talks to them exactly as to remote machines:
 
 - as root, each host is an ``sshd`` in its own Linux network, PID and mount
-  namespaces on a private bridge (the same hosts the test suite uses, see
-  :mod:`flambe_cluster.testing.hosts`), logging in as the user ``flambe``;
+  namespaces on a private bridge (the same hosts the test suite builds on,
+  see :mod:`flambe_cluster.localhosts.namespaces`), logging in as the user
+  ``flambe``;
 - otherwise, each host is an ``sshd`` run as the current user on its own
-  loopback address, with its own home folder (:mod:`flambe_cluster.loopback`).
+  loopback address, with its own home folder
+  (:mod:`flambe_cluster.localhosts.loopback`).
 
 ``key`` and ``username`` may be left out: the provider makes a client key in
 the cluster's state folder and uses the right user.  What it starts is
 recorded in the journal and in ``local-hosts.json`` in the state folder;
 ``down`` (and a rollback) stops exactly those processes and removes the
-namespaces, links and folders.
+namespaces, links and folders.  When the hosts cannot be started (say the
+subnet is taken), ``up`` fails with a one-line error and exit code 1.
 
 Options::
 
     mode: auto        # auto (namespaces as root, loopback otherwise) | namespaces | loopback
+    subnet: null      # namespaces: the hosts' private IPv4 network, e.g. 10.213.40.0/24 (default: a free /24)
 """
 
 from __future__ import annotations
@@ -29,29 +33,40 @@ from pathlib import Path
 
 from attrs import field
 
-from flambe_cluster import hookimpl, loopback
 from flambe_cluster.provider import (
-    SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class, one_of,
-    to_optional_path,
+    SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class,
+    describe_value, hookimpl, localhosts, one_of, to_optional_path,
 )
-from flambe_cluster.testing import hosts as namespaces
 
 NAMESPACE_USER = "flambe"
 RECORD = "local-hosts.json"
 RESOURCE_KIND = "local-hosts"
 
 
+def _to_subnet(value: object) -> str | None:
+    """None, or a private IPv4 network with room for the bridge and hosts."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IPv4 network such as '10.213.40.0/24', got {describe_value(value)}")
+    problem = localhosts.subnet_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 @config_class
 class LocalOptions:
     """The local provider's options."""
 
-    mode: str = field(default="auto", converter=one_of("auto", "namespaces", "loopback"))
+    mode: str = field(default="auto", converter=one_of("auto", *localhosts.MODES))
+    subnet: str | None = field(default=None, converter=_to_subnet)
 
 
 def _mode(options: LocalOptions) -> str:
     if options.mode != "auto":
         return options.mode
-    return "namespaces" if os.geteuid() == 0 and namespaces.require_root_namespaces() is None else "loopback"
+    return "namespaces" if os.geteuid() == 0 and localhosts.require_root_namespaces() is None else "loopback"
 
 
 def _state(name: str, state_dir: Path | None) -> ClusterState:
@@ -88,13 +103,17 @@ def flambe_cluster_validate(config) -> list[str]:
     mode = _mode(config.options)
     problems = []
     if mode == "namespaces":
-        reason = namespaces.require_root_namespaces()
+        reason = localhosts.require_root_namespaces()
         if reason:
             problems.append(f"mode: 'namespaces' is not possible here: {reason}")
         if config.username != NAMESPACE_USER:
             problems.append(f"username: namespaced local hosts log in as {NAMESPACE_USER!r}, got {config.username!r}")
-    elif config.username != getpass.getuser():
-        problems.append(f"username: loopback local hosts run as the current user {getpass.getuser()!r}, got {config.username!r}")
+    else:
+        if config.username != getpass.getuser():
+            problems.append(f"username: loopback local hosts run as the current user {getpass.getuser()!r}, "
+                            f"got {config.username!r}")
+        if config.options.subnet is not None:
+            problems.append("subnet: only namespaced local hosts (mode: namespaces, as root) have a subnet")
     return problems
 
 
@@ -109,14 +128,6 @@ def _read_record(config) -> dict | None:
         return None
 
 
-def _alive(record: dict) -> bool:
-    return (namespaces.detached_alive if record["mode"] == "namespaces" else loopback.alive)(record)
-
-
-def _destroy(record: dict) -> None:
-    (namespaces.destroy_detached if record["mode"] == "namespaces" else loopback.destroy)(record)
-
-
 def _instances(config, record: dict) -> ClusterInstances:
     endpoints = [Endpoint(host["address"], host["port"]) for host in record["hosts"]]
     return ClusterInstances.named(config.name, [(e, e) for e in endpoints],
@@ -126,7 +137,7 @@ def _instances(config, record: dict) -> ClusterInstances:
 def _running(config) -> dict | None:
     """The record of this cluster's hosts when every one of them runs, in the configured number."""
     record = _read_record(config)
-    if record is None or not _alive(record) or len(record["hosts"]) != 1 + config.factories_num:
+    if record is None or not localhosts.alive(record) or len(record["hosts"]) != 1 + config.factories_num:
         return None
     return record
 
@@ -157,17 +168,13 @@ def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
         return _instances(config, record)
     stale = _read_record(config)
     if stale is not None:
-        _destroy(stale)
+        localhosts.destroy(stale)
     state = _state(config.name, config.state_dir).ensure()
     client = _client_key(state)
     workdir = state.root / "hosts"
     count = 1 + config.factories_num
-    if _mode(config.options) == "namespaces":
-        network = namespaces.TestHostNetwork(count, authorized_keys=[client.public_line],
-                                             username=NAMESPACE_USER, workdir=workdir)
-        record = network.detach()
-    else:
-        record = loopback.LoopbackNetwork(count, [client.public_line], workdir).record()
+    record = localhosts.start(_mode(config.options), count, [client.public_line], workdir,
+                              username=NAMESPACE_USER, subnet=config.options.subnet)
     names = [h["name"] for h in record["hosts"]]
     journal.record(CreatedResource(RESOURCE_KIND, str(workdir), {"record": record, "instance_ids": names}))
     _record_path(config).write_text(json.dumps(record))
@@ -189,7 +196,7 @@ def flambe_cluster_rollback(config, created) -> None:
     """Stop and remove the hosts a failed run started."""
     for resource in created:
         if resource.kind == RESOURCE_KIND:
-            _destroy(resource.details["record"])
+            localhosts.destroy(resource.details["record"])
             if (_read_record(config) or {}).get("hosts") == resource.details["record"]["hosts"]:
                 _record_path(config).unlink(missing_ok=True)
 
@@ -199,5 +206,5 @@ def flambe_cluster_terminate(config, instances) -> None:
     """Stop every local host of the cluster and remove its namespaces, links and folders."""
     record = _read_record(config)
     if record is not None:
-        _destroy(record)
+        localhosts.destroy(record)
     _record_path(config).unlink(missing_ok=True)

@@ -10,7 +10,9 @@ and process table; they are not isolated the way namespaced hosts are.
 
 A network is described by a JSON-serialisable record (:meth:`LoopbackNetwork.record`)
 so a later process can find it (:func:`alive`) and stop it (:func:`destroy`)
-by the process IDs it recorded — never by matching names.
+by the process IDs it recorded — never by matching names.  Failures raise
+:class:`~flambe_cluster.errors.LocalHostsError` (one line), after stopping
+what was started.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from pathlib import Path
 
 from attrs import define, field
 
-from .errors import FlambeClusterError
-
-SSHD = "/usr/sbin/sshd"
-START_DEADLINE_S = 10.0
+from ..errors import LocalHostsError
+from ..remote.processes import read_json, recorded_alive, stop_group
+from . import system
+from .system import generate_host_key, host_key_line, process_is, run, wait_for_sshd
 
 _SSHD_CONFIG = """\
 # Written by flambe-cluster for local host {name}; listens on loopback only.
@@ -68,22 +70,6 @@ exec /bin/bash -l
 """
 
 
-def read_banner(address: str, port: int, timeout: float) -> bytes:
-    """The first line an SSH server sends (b"" if it closes at once)."""
-    with socket.create_connection((address, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        data = b""
-        while b"\n" not in data and len(data) < 256:
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            data += chunk
-        if data.startswith(b"SSH-"):
-            with contextlib.suppress(OSError):
-                sock.sendall(b"SSH-2.0-flambe-cluster-probe\r\n")
-        return data
-
-
 def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
@@ -92,25 +78,13 @@ def _free_port(address: str) -> int:
 
 def _pick_subnet() -> ipaddress.IPv4Network:
     """A 127.77.N.0/24 no listening socket of this machine uses."""
-    busy = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+    busy = run(["ss", "-Htln"], check=False).stdout if shutil.which("ss") else ""
     candidates = list(range(1, 255))
     random.shuffle(candidates)
     for third in candidates:
         if f"127.77.{third}." not in busy:
             return ipaddress.IPv4Network(f"127.77.{third}.0/24")
-    raise FlambeClusterError("no free loopback subnet left in 127.77.0.0/16")
-
-
-def process_is(pid: int, comm: str) -> bool:
-    """Whether ``pid`` is a live (not zombie) process named ``comm``; reaps it if it is our dead child."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
-    return name == comm and state not in ("Z", "X")
+    raise LocalHostsError("no free loopback subnet left in 127.77.0.0/16")
 
 
 @define
@@ -128,8 +102,8 @@ class LoopbackNetwork:
     hosts: list[dict] = field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
-        if not os.access(SSHD, os.X_OK):
-            raise FlambeClusterError(f"{SSHD} is missing; install OpenSSH's server (apt-get install openssh-server)")
+        if not os.access(system.SSHD, os.X_OK):
+            raise LocalHostsError(f"{system.SSHD} is missing; install OpenSSH's server (apt-get install openssh-server)")
         subnet = _pick_subnet()
         try:
             for index in range(self.count):
@@ -146,32 +120,21 @@ class LoopbackNetwork:
         os.chmod(home / ".ssh", 0o700)
         (home / ".ssh" / "authorized_keys").write_text("".join(k.strip() + "\n" for k in self.authorized_keys))
         if not (directory / "host_key").exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(directory / "host_key")],
-                           check=True, capture_output=True)
+            generate_host_key(directory / "host_key", name)
         enter = directory / "enter"
         enter.write_text(_ENTER.format(home=shlex.quote(str(home))))
         enter.chmod(0o755)
         port = _free_port(address)
         (directory / "sshd_config").write_text(_SSHD_CONFIG.format(
             name=name, address=address, port=port, directory=directory, username=getpass.getuser()))
-        with open(directory / "sshd.log", "ab") as log:
-            process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(directory / "sshd_config")], stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=log, start_new_session=True)
-        host_key = " ".join((directory / "host_key.pub").read_text().split()[:2])
+        log_path = directory / "sshd.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([system.SSHD, "-D", "-e", "-f", str(directory / "sshd_config")],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         host = {"name": name, "address": address, "port": port, "home": str(home), "directory": str(directory),
-                "host_key": host_key, "pid": process.pid}
+                "host_key": host_key_line(directory / "host_key"), "pid": process.pid}
         self.hosts.append(host)  # recorded at once: a failure from here on still stops it
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            if process.poll() is not None:
-                raise FlambeClusterError(f"local host {name}: sshd exited ({process.returncode}): "
-                                         f"{(directory / 'sshd.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                if read_banner(address, port, 1.0).startswith(b"SSH-"):
-                    return
-            if time.monotonic() > deadline:
-                raise FlambeClusterError(f"local host {name}: no SSH banner on {address}:{port} within {START_DEADLINE_S:g} s")
-            time.sleep(0.05)
+        wait_for_sshd(process, address, port, f"local host {name}", log_path)
 
     def record(self) -> dict:
         """A JSON-serialisable description: enough for :func:`alive` and :func:`destroy`."""
@@ -191,8 +154,6 @@ def _stop_recorded_groups(home: Path) -> None:
     Only groups whose records are still alive (same boot, group running) are
     signalled; a job that finished is left alone.
     """
-    from .remote.processes import read_json, recorded_alive, stop_group
-
     markers = list(home.glob(".flambe-cluster/ray/*.json"))
     # every helper's record (remote/processes.py): <cluster>/job, <cluster>/tensorboard, <cluster>/report-site, ...
     markers += [p for p in home.glob(".flambe-cluster/*/*/process.json") if not p.with_name("exit_code.json").exists()]

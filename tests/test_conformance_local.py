@@ -1,0 +1,77 @@
+"""The local provider passes the provider conformance suite, with namespaced hosts.
+
+The suite describes a cluster on given hosts; the local provider makes its own.
+So ``conformance_hosts`` is the hosts of the cluster under test, read (when
+used) from the record the provider keeps in the cluster's state folder,
+orchestrator first.  Needs root; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from attrs import frozen
+
+import flambe_cluster_local as local_provider
+from flambe_cluster import localhosts
+from flambe_cluster.state import ClusterState
+from flambe_cluster.testing.conformance import ProviderConformance
+
+pytestmark = pytest.mark.hosts
+
+
+@frozen
+class RecordedHost:
+    """A host of a local cluster, as its record names it."""
+
+    address: str
+    home: Path
+    username: str = local_provider.NAMESPACE_USER
+
+
+class HostsOfTheClusterUnderTest(Sequence):
+    """The hosts of the last cluster the suite described, from its record (looked up when read)."""
+
+    def __init__(self, suite: type) -> None:
+        self.suite = suite
+
+    def _hosts(self) -> list[RecordedHost]:
+        record = ClusterState.for_cluster(self.suite.current_name, None).root / local_provider.RECORD
+        if not record.exists():
+            return []
+        return [RecordedHost(h["address"], Path(h["home"])) for h in json.loads(record.read_text())["hosts"]]
+
+    def __getitem__(self, index):
+        return self._hosts()[index]
+
+    def __len__(self) -> int:
+        return len(self._hosts())
+
+    def __iter__(self):
+        return iter(self._hosts())
+
+
+class TestLocalProviderConformance(ProviderConformance):
+    provider = "local"
+    creates_instances = True
+    current_name = ""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_hosts(cls):  # overrides the suite's fixed hosts
+        reason = localhosts.require_root_namespaces()
+        if reason:
+            pytest.skip(f"namespaced local hosts: {reason}")
+        yield HostsOfTheClusterUnderTest(cls)
+
+    @pytest.fixture(autouse=True)
+    def _private_state(self, flambe_state_home):
+        """Every cluster of the suite, its client key included, lives in the test's own state folder."""
+
+    def cluster_config(self, hosts, name, key):
+        type(self).current_name = name
+        # no key: the provider makes the client key its hosts accept (the suite's key is not on them)
+        return {"name": name, "factories_num": self.factories_num, "mode": "namespaces"}
