@@ -174,3 +174,21 @@ def test_flambe_flow_on_aws(aws_cloud, flambe_state_home, secrets_file, tmp_path
     finally:
         cluster.down()
     assert aws_cloud.instances("flow-aws") == [], "down terminated every instance"
+
+
+def test_the_base_class_built_positionally_runs_on_this_machine(flambe_client_key, flambe_state_home):
+    """``Cluster(name, factories_num, key, username)``, the seed's call, builds a local cluster that takes the key."""
+    from flambe_cluster import Cluster
+    from flambe_cluster.localhosts import require_root_namespaces
+
+    if require_root_namespaces():
+        pytest.skip(f"namespaced local hosts: {require_root_namespaces()}")
+    cluster = Cluster("flow-base", 1, str(flambe_client_key.path), "flambe")
+    try:
+        assert cluster.config.provider == "local"
+        cluster.load_all_instances()
+        cluster.wait_until_accessible()
+        assert cluster.orchestrator.get_home_path() == "/home/flambe"
+        assert [f.name for f in cluster.factories] == ["flow-base_factory0"]
+    finally:
+        assert cluster.down()

@@ -14,7 +14,7 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
   :func:`matching`, :func:`one_of`, :func:`describe_value`, :data:`SAFE_NAME`);
 - the journal a load hook records creations in (:class:`RunJournal`), and a
   cluster's local state folder (:class:`ClusterState`: its pinned
-  ``known_hosts``, key pairs);
+  ``known_hosts``, key pairs), and :func:`public_key_line` of a private key;
 - the errors of :mod:`flambe_cluster.errors`;
 - :mod:`flambe_cluster.localhosts`, for providers that start sshd hosts on
   this machine (the ``local`` one).
@@ -48,7 +48,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, host_name
 from .settings import ClusterConfig
-from .state import ClusterState, KeyPair, RunJournal
+from .state import ClusterState, KeyPair, RunJournal, public_key_line
 
 __all__ = [
     "SAFE_NAME",
@@ -77,6 +77,7 @@ __all__ = [
     "host_name",
     "matching",
     "one_of",
+    "public_key_line",
     "to_bool",
     "to_int",
     "to_optional_path",

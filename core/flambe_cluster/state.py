@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from attrs import define, frozen
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -288,3 +289,30 @@ class ClusterState:
             yield
         finally:
             os.close(fd)
+
+
+def public_key_line(key_path: Path) -> str:
+    """``"ssh-ed25519 AAAA..."``: the public half of the private key at ``key_path``.
+
+    Derived from the private key; an encrypted key needs its public key next
+    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise.
+    """
+    data = key_path.read_bytes()
+    key = None
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            key = load(data, password=None)
+            break
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+    if key is not None:
+        return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = key_path.with_name(key_path.name + ".pub")
+    if public.is_file():
+        fields = public.read_text().split()
+        if len(fields) >= 2:
+            return " ".join(fields[:2])
+    raise ValueError(
+        f"cannot read the private key {str(key_path)!r} (encrypted or not a key); put its public key next to it "
+        f"as {str(public)!r}"
+    )

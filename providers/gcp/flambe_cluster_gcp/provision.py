@@ -23,17 +23,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from attrs import frozen
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 import requests
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from flambe_cluster.provider import ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name
+from flambe_cluster.provider import ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name, public_key_line
 
 from .api import SCOPES, Compute, GCPError, describe, error_reasons
 from .options import GCPOptions, parse_image
@@ -133,33 +130,6 @@ def request_id(run_id: str, name: str) -> str:
 
 def cluster_filter(cluster: str) -> str:
     return f'labels.{LABEL_CLUSTER} = "{cluster}"'
-
-
-def public_key_line(key_path: Path) -> str:
-    """``"ssh-ed25519 AAAA..."``: the public half of the private key at ``key_path``.
-
-    Derived from the private key; an encrypted key needs its public key next
-    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise.
-    """
-    data = key_path.read_bytes()
-    key = None
-    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
-        try:
-            key = load(data, password=None)
-            break
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            continue
-    if key is not None:
-        return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    public = key_path.with_name(key_path.name + ".pub")
-    if public.is_file():
-        fields = public.read_text().split()
-        if len(fields) >= 2:
-            return " ".join(fields[:2])
-    raise ValueError(
-        f"cannot read the private key {str(key_path)!r} (encrypted or not a key); put its public key next to it "
-        f"as {str(public)!r}"
-    )
 
 
 # --- finding

@@ -23,7 +23,9 @@ from flambe_cluster.provider import Role
 
 from .api import Compute, CredentialsMissing, GCPError, connect, describe
 from .options import GCPOptions, parse_image
-from .provision import instance_name, public_key_line
+from flambe_cluster.provider import public_key_line
+
+from .provision import instance_name
 
 #: The longest cluster name whose instance names stay within GCP's 63 characters.
 MAX_NAME = 63 - len("-orchestrator-") - 8

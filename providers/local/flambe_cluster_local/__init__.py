@@ -35,7 +35,7 @@ from attrs import field
 
 from flambe_cluster.provider import (
     SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class,
-    describe_value, hookimpl, localhosts, one_of, to_optional_path,
+    describe_value, hookimpl, localhosts, one_of, public_key_line, to_optional_path,
 )
 
 NAMESPACE_USER = "flambe"
@@ -100,6 +100,7 @@ def flambe_cluster_config_defaults(raw: dict) -> dict:
 
 @hookimpl
 def flambe_cluster_validate(config) -> list[str]:
+    """The mode is possible here, the username is the one local hosts log in as, the key's public half is known."""
     mode = _mode(config.options)
     problems = []
     if mode == "namespaces":
@@ -114,6 +115,10 @@ def flambe_cluster_validate(config) -> list[str]:
                             f"got {config.username!r}")
         if config.options.subnet is not None:
             problems.append("subnet: only namespaced local hosts (mode: namespaces, as root) have a subnet")
+    try:
+        public_key_line(config.key)  # the hosts authorise its public half
+    except ValueError as exc:
+        problems.append(f"key: {exc}")
     return problems
 
 
@@ -173,7 +178,8 @@ def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
     client = _client_key(state)
     workdir = state.root / "hosts"
     count = 1 + config.factories_num
-    record = localhosts.start(_mode(config.options), count, [client.public_line], workdir,
+    authorized = sorted({client.public_line, public_key_line(config.key)})  # the client key, or the user's own
+    record = localhosts.start(_mode(config.options), count, authorized, workdir,
                               username=NAMESPACE_USER, subnet=config.options.subnet)
     names = [h["name"] for h in record["hosts"]]
     journal.record(CreatedResource(RESOURCE_KIND, str(workdir), {"record": record, "instance_ids": names}))
