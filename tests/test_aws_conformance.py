@@ -10,37 +10,27 @@ reports its instances.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import pytest
 
 from aws_support import aws_cloud  # noqa: F401 - a fixture
 from flambe_cluster.config import parse_config
-from flambe_cluster.testing.conformance import ProviderConformance
+from flambe_cluster.testing.conformance import HostsFoundLater, ProviderConformance
 from flambe_cluster_aws import instances as fleet
 
 pytestmark = pytest.mark.hosts
 
 
-class HostsOfTheClusterUnderTest(Sequence):
+class HostsOfTheClusterUnderTest(HostsFoundLater):
     """The test hosts behind the instances of the last cluster the suite described (looked up when read)."""
 
     def __init__(self, cloud, suite: type) -> None:
         self.cloud, self.suite = cloud, suite
 
-    def _hosts(self) -> list:
+    def found(self) -> list:
         found = fleet.find(parse_config(self.cloud.config(self.suite.current_name)))
         by_address = {host.address: host for host in self.cloud.hosts_by_id.values()}
         return [] if found is None else [by_address[instance.private.host] for instance in found]
-
-    def __getitem__(self, index):
-        return self._hosts()[index]
-
-    def __len__(self) -> int:
-        return len(self._hosts())
-
-    def __iter__(self):
-        return iter(self._hosts())
 
 
 class TestAWSProviderConformance(ProviderConformance):

@@ -9,7 +9,6 @@ orchestrator first.  Needs root; skipped otherwise.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from attrs import frozen
 import flambe_cluster_local as local_provider
 from flambe_cluster import localhosts
 from flambe_cluster.state import ClusterState
-from flambe_cluster.testing.conformance import ProviderConformance
+from flambe_cluster.testing.conformance import HostsFoundLater, ProviderConformance
 
 pytestmark = pytest.mark.hosts
 
@@ -32,26 +31,17 @@ class RecordedHost:
     username: str = local_provider.NAMESPACE_USER
 
 
-class HostsOfTheClusterUnderTest(Sequence):
+class HostsOfTheClusterUnderTest(HostsFoundLater):
     """The hosts of the last cluster the suite described, from its record (looked up when read)."""
 
     def __init__(self, suite: type) -> None:
         self.suite = suite
 
-    def _hosts(self) -> list[RecordedHost]:
+    def found(self) -> list[RecordedHost]:
         record = ClusterState.for_cluster(self.suite.current_name, None).root / local_provider.RECORD
         if not record.exists():
             return []
         return [RecordedHost(h["address"], Path(h["home"])) for h in json.loads(record.read_text())["hosts"]]
-
-    def __getitem__(self, index):
-        return self._hosts()[index]
-
-    def __len__(self) -> int:
-        return len(self._hosts())
-
-    def __iter__(self):
-        return iter(self._hosts())
 
 
 class TestLocalProviderConformance(ProviderConformance):

@@ -21,6 +21,7 @@ a ``Test*`` subclass.
 
 from __future__ import annotations
 
+import collections.abc
 import itertools
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ from ..records import ClusterInstances, Instance, Role
 from .hosts import TestHost
 
 _names = itertools.count()
+
+
+class HostsFoundLater(collections.abc.Sequence):
+    """The test hosts of the cluster under test, looked up each time they are read.
+
+    For providers that create their hosts during the test (their addresses
+    are known only then): subclass it, implement :meth:`found`, and yield an
+    instance from your ``conformance_hosts`` fixture.
+    """
+
+    def found(self) -> list:
+        """The hosts now behind the last cluster the suite described, orchestrator first."""
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        return self.found()[index]
+
+    def __len__(self) -> int:
+        return len(self.found())
 
 
 class ProviderConformance:
