@@ -117,8 +117,9 @@ def test_a_setup_command_fails(cloud, tmp_path):
     assert_rolled_back(cloud, name, 3)
 
 
-def test_ctrl_c_while_waiting_for_ssh(cloud, tmp_path):
-    name = "fault-interrupted"
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_while_waiting_for_ssh_rolls_back_once_and_exits(cloud, tmp_path, signum):
+    name = f"fault-{signum.name.lower()}"
     cloud.unanswering["orchestrator"] = 1
     process = cloud.popen("up", str(cloud.write_config(tmp_path / "c.yaml", name, connect_timeout=15)), home=tmp_path)
     try:
@@ -126,14 +127,19 @@ def test_ctrl_c_while_waiting_for_ssh(cloud, tmp_path):
         while len(cloud.instances(name)) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
+        sent = time.monotonic()
         stdout, stderr = process.communicate(timeout=60)
+        waited = time.monotonic() - sent
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "rolling back" in stderr
+    print(f"{signum.name} while connecting on moto: exit {process.returncode} after {waited:.2f} s")
+    assert process.returncode == 128 + signum, stderr
+    assert waited < 5, f"exited {waited:.1f} s after {signum.name}"
+    assert f"interrupted ({signum.name})" in stderr and stderr.count("rolling back") == 1, stderr
+    assert "ERROR" not in stderr, "the interrupt is reported once, by the command line"
     assert_rolled_back(cloud, name, 3)
 
 

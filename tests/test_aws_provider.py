@@ -136,6 +136,7 @@ def test_the_key_must_be_the_key_pairs_private_key(moto_cloud, tmp_path):
     rsa_path = tmp_path / "rsa.pem"
     rsa_path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                                serialization.NoEncryption()))
+    rsa_path.chmod(0o600)
     public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     moto_cloud.ec2.import_key_pair(KeyName="rsa-key", PublicKeyMaterial=public)
     assert parse_config(moto_cloud.config("rsa-key", key_name="rsa-key", key=str(rsa_path))), "MD5 of the DER public key"

@@ -15,6 +15,7 @@ from flambe_cluster.records import Endpoint
 def key_file(tmp_path):
     path = tmp_path / "id_test"
     path.write_text("not checked here\n")
+    path.chmod(0o600)
     return path
 
 
@@ -123,3 +124,18 @@ def test_endpoint_parsing(text, expected):
 def test_endpoint_rejects_garbage(text):
     with pytest.raises(ValueError):
         Endpoint.parse(text)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_key_readable_by_others_is_refused_with_the_chmod_line(key_file, mode):
+    """OpenSSH (so rsync) refuses a private key others may read: refused at validation, with the fix."""
+    key_file.chmod(mode)
+    raw = {"provider": "ssh", "name": "c", "username": "u", "key": str(key_file),
+           "orchestrator_ip": "10.0.0.1", "factories_ips": ["10.0.0.2"]}
+    with pytest.raises(ClusterConfigurationError) as caught:
+        parse_config(raw)
+    message = str(caught.value)
+    assert str(key_file) in message and f"{mode:o}" in message
+    assert f"chmod 600 {key_file}" in message
+    key_file.chmod(0o600)
+    assert parse_config(raw).key == key_file

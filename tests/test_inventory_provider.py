@@ -85,6 +85,7 @@ def test_cli_lists_the_provider_with_its_distribution():
 def key(tmp_path):
     path = tmp_path / "id_test"
     path.write_text("not a real key; only its existence is checked\n")
+    path.chmod(0o600)
     return path
 
 

@@ -145,6 +145,7 @@ def test_a_cluster_from_yaml_builds_exactly_one_plugin_manager(tmp_path, monkeyp
     monkeypatch.setattr(plugins, "make_plugin_manager", lambda name: made.append(name) or real(name))
     key = tmp_path / "id"
     key.write_text("not read here\n")
+    key.chmod(0o600)
     path = tmp_path / "c.yaml"
     path.write_text(f"!SSHCluster\nname: one\nkey: {key}\nusername: u\norchestrator_ip: 10.0.0.1\nfactories_ips: [10.0.0.2]\n")
     cluster = Cluster.from_yaml(path)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 import click
 from rich.console import Console
@@ -29,6 +30,35 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived (``signum``); unwinds like Ctrl-C, so every layer rolls back and closes as for it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, once.
+
+    Later signals are reported and ignored: the first one's rollback runs to
+    its end, under the cluster's lock, exactly once (SIGKILL still ends the
+    process at once).
+    """
+    def stop(signum: int, _frame: object) -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, already_stopping)
+        raise Interrupted(signum)
+
+    def already_stopping(signum: int, _frame: object) -> None:
+        err.print(f"{signal.Signals(signum).name}: already stopping (undoing what this run started)")
+
+    for each in STOP_SIGNALS:
+        signal.signal(each, stop)
 
 
 class Progress:
@@ -62,6 +92,43 @@ def _opened(config_path: str, must_exist: bool = True) -> Iterator[Cluster]:
         cluster.close()
 
 
+class VerbatimTail(click.Command):
+    """A command whose last argument takes every word from its start on, options included, verbatim.
+
+    The tail starts at the ``word``-th positional word (``inclusive``) or
+    right after it; options before it are the command's own.  A ``--``
+    before the tail starts it too (and one right after an exclusive start
+    word is dropped: ``submit CONFIG PATH -- ARGS`` still works).
+    """
+
+    def __init__(self, *args: Any, word: int, inclusive: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.word, self.inclusive = word, inclusive
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        takes_value = {name for p in self.params if isinstance(p, click.Option) and not p.is_flag for name in p.opts}
+        seen, index = 0, 0
+        while index < len(args) and args[index] != "--":
+            if args[index] in takes_value:
+                index += 2
+                continue
+            if not args[index].startswith("-") or args[index] == "-":
+                seen += 1
+                if seen == self.word:
+                    start = index if self.inclusive else index + 1
+                    tail = args[start:]
+                    if not self.inclusive and tail[:1] == ["--"]:
+                        tail = tail[1:]
+                    args = [*args[:start], "--", *tail]
+                    break
+            index += 1
+        return super().parse_args(ctx, args)
+
+
+LOCK_WAIT = click.option("--wait", "lock_wait", type=float, default=0.0, show_default=True, metavar="SECONDS",
+                         help="Seconds to wait when another process is changing this cluster.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flambe-cluster")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -85,15 +152,18 @@ def providers() -> int:
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Stop a running job.")
-@click.option("--wait", "lock_wait", type=float, default=0.0, show_default=True,
-              help="Seconds to wait when another process is changing this cluster.")
+@LOCK_WAIT
 def up(config: str, force: bool, lock_wait: float) -> int:
-    """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent)."""
+    """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent).
+
+    A failure or an interrupt rolls back what this run created (once, under
+    the cluster's lock) before the command exits.
+    """
     cluster = _load(config, validate=True)
-    with cluster:
+    try:
         cluster.up(force=force, lock_wait=lock_wait)
-    if cluster.error is not None:
-        raise cluster.error
+    finally:
+        cluster.close()
     err.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
               f"({time.monotonic() - cluster.on_step.started:.1f}s)")
     _print_hosts(cluster)
@@ -138,7 +208,11 @@ def _ray_and_job(cluster: Cluster) -> dict:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str, as_json: bool) -> int:
-    """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job."""
+    """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job.
+
+    Exits 1 when the cluster exists but a host does not answer or Ray is
+    not fully up (fewer workers alive than factories).
+    """
     with _opened(config, must_exist=False) as cluster:
         exists = cluster.find_instances()
         hosts = cluster.all_hosts() if exists else []
@@ -174,18 +248,22 @@ def status(config: str, as_json: bool) -> int:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
             for name, address in extra["services"].items():
                 out.print(f"{name.replace('_', ' ')}: {address}")
-        return EXIT_OK if all(v == "ok" for v in reachable.values()) else EXIT_FAILED
+        ray_up = extra["ray"] is not None and extra["ray"]["alive_workers"] == cluster.factories_num
+        healthy = not exists or (ray_up and all(v == "ok" for v in reachable.values()))
+        return EXIT_OK if healthy else EXIT_FAILED
 
 
-@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True)
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(config: str, target: str, command: Sequence[str]) -> int:
     """Run a command on the cluster's hosts; prints each host's output labelled by host.
 
-    One argument after `--` is a shell command line; several are an argv
-    whose items are each quoted (`exec -- echo 'a;b'` prints `a;b`).
+    Usage: exec CONFIG [--on WHICH] [--] COMMAND...  Everything from the
+    command's first word on is the command's, options included.  One
+    argument is a shell command line; several are an argv whose items are
+    each quoted (`exec -- echo 'a;b'` prints `a;b`).
     """
     line = command[0] if len(command) == 1 else shell_join(command)
     with _opened(config) as cluster:
@@ -201,7 +279,7 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command(cls=VerbatimTail, word=2, inclusive=False)
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -211,11 +289,18 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
               help="Install an extension first on every host: a local project folder or a pip requirement (repeatable).")
 @click.option("--secret", "secret_sections", multiple=True, metavar="SECTION",
               help="Send only this section of the secrets file (repeatable; default: all sections).")
+@LOCK_WAIT
 def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Optional[str],
-           extensions: Sequence[str], secret_sections: Sequence[str]) -> int:
-    """Ship a file or folder to the orchestrator and run it there, detached (`-- ARGS` are passed to it)."""
+           extensions: Sequence[str], secret_sections: Sequence[str], lock_wait: float) -> int:
+    """Ship a file or folder to the orchestrator and run it there, detached.
+
+    Usage: submit CONFIG [OPTIONS] PATH [ARGS]...  Options of submit go
+    before PATH; every word after PATH is the job's, options included
+    (`submit c.yaml job.py --epochs 3 --force` passes `--epochs 3 --force`
+    to the job).
+    """
     with _opened(config) as cluster:
-        with cluster.state.lock():
+        with cluster.locked(lock_wait):
             cluster.install_extensions({spec: spec for spec in extensions})
             secrets = (cluster.session.send_secrets(list(secret_sections) or None)
                        if cluster.config.secrets is not None else None)
@@ -257,10 +342,11 @@ def pull(config: str, remote: str, local: str) -> int:
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-def down(config: str) -> int:
+@LOCK_WAIT
+def down(config: str, lock_wait: float) -> int:
     """Stop the job and Ray on every host, then release the machines the provider manages."""
     with _opened(config, must_exist=False) as cluster:
-        if not cluster.down():
+        if not cluster.down(wait=lock_wait):
             err.print(f"cluster {cluster.name!r} does not exist; nothing to do")
         else:
             err.print(f"cluster {cluster.name!r} is down")
@@ -269,11 +355,11 @@ def down(config: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the console script; exits with 0, 1 or 2."""
+    _stop_on_signals()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("interrupted")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
@@ -283,7 +369,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except FlambeClusterError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _interrupted(cause: Optional[BaseException]) -> None:
+    """Exit 128 + the signal's number (130 for Ctrl-C), saying so; what the run started was already undone."""
+    signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
+    err.print(f"interrupted ({signal.Signals(signum).name}); stopped")
+    sys.exit(128 + signum)

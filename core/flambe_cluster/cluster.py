@@ -14,10 +14,11 @@ every provider.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
@@ -77,6 +78,7 @@ class Cluster(ClusterOperations):
         self.plugin_manager = plugin_manager
         self.session = HostSession(config, plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
         self.error: Optional[BaseException] = None
+        self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
 
     @classmethod
     def from_config(cls, config: ClusterConfig, plugin_manager: Optional[pluggy.PluginManager] = None) -> "Cluster":
@@ -192,14 +194,32 @@ class Cluster(ClusterOperations):
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does."""
         self._locked(self._up, force, kwargs)
 
+    @contextlib.contextmanager
+    def locked(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the cluster's lock for the block, waiting up to ``wait`` seconds for another process's (and saying so)."""
+        def waiting(holder: str) -> None:
+            self.on_step(f"waiting up to {wait:g} s for {holder} to release cluster {self.name!r}")
+
+        with self.state.lock(wait=wait, on_wait=waiting):
+            yield
+
     def _locked(self, step: Callable[[], None], force: bool, kwargs: Dict[str, Any]) -> None:
-        with self.state.lock(wait=float(kwargs.get("lock_wait", 0.0))):
+        """Run ``step`` under the lock; on any failure or interrupt stop all work, then roll back, still locked.
+
+        Closing the connections first ends the commands other threads are
+        running (they fail at once), so nothing of this run goes on during
+        or after the rollback.  The error is remembered as rolled back:
+        :meth:`__exit__` does not roll back a second time.
+        """
+        with self.locked(float(kwargs.get("lock_wait", 0.0))):
             try:
                 step()
                 if force:
                     self.shutdown_flambe_execution()
-            except BaseException:
+            except BaseException as exc:
+                self.close()
                 self._rollback_keeping_error()
+                self._rolled_back_for = exc
                 raise
 
     def _prepare(self) -> None:
@@ -221,6 +241,7 @@ class Cluster(ClusterOperations):
             instances=self.session.instances(),
             journal=self.journal,
             run=lambda host, command: self.pool.run(host, command).stdout,
+            map=self.pool.map,
         )
 
     def _rollback_keeping_error(self) -> None:
@@ -243,7 +264,7 @@ class Cluster(ClusterOperations):
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
         self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id in destroyed])
 
-    def down(self) -> bool:
+    def down(self, wait: float = 0.0) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
 
         Returns False when the cluster does not exist and the journal holds
@@ -254,9 +275,10 @@ class Cluster(ClusterOperations):
         terminated anyway — and a cluster found incomplete is still released;
         machines the user brought must be reachable.  Terminated machines'
         pinned host keys are forgotten (their addresses may be reused); the
-        journal records everything as destroyed.  Holds the cluster's lock.
+        journal records everything as destroyed.  Holds the cluster's lock
+        (waiting up to ``wait`` seconds for another process's).
         """
-        with self.state.lock():
+        with self.locked(wait):
             try:
                 exists = self.find_instances()
             except FlambeClusterError as incomplete:
@@ -275,16 +297,21 @@ class Cluster(ClusterOperations):
             return True
 
     def _stop_everything(self) -> None:
-        """Stop the job and Ray; best effort (with a short connect deadline) on machines about to be terminated."""
+        """Stop the job, remove the secrets it was sent, stop Ray; best effort (with a short connect deadline)
+        on machines about to be terminated."""
         self.on_step("stopping the job and Ray")
-        if not all(h.instance_id is not None for h in self.all_hosts()):
+
+        def stop() -> None:
             self.shutdown_flambe_execution()
+            self.session.remove_secrets()
             self.shutdown_ray_cluster()
+
+        if not all(h.instance_id is not None for h in self.all_hosts()):
+            stop()
             return
         self.pool.connect_timeout = min(self.pool.connect_timeout, 15.0)
         try:
-            self.shutdown_flambe_execution()
-            self.shutdown_ray_cluster()
+            stop()
         except FlambeClusterError as exc:
             logger.warning("could not stop the job and Ray before terminating (%s); terminating anyway", exc)
             self.on_step("some hosts did not answer; terminating them anyway")
@@ -305,13 +332,17 @@ class Cluster(ClusterOperations):
         """Roll back on error, log it, keep it in :attr:`error` and suppress it (the seed's contract).
 
         An interrupt (``KeyboardInterrupt``, ``SystemExit``) is rolled back
-        too, then goes on: the program is meant to stop.
+        too, then goes on: the program is meant to stop.  An error that
+        :meth:`run` or :meth:`up` already rolled back (under the lock) is not
+        rolled back again.
         """
         try:
             if exc_value is not None:
                 self.error = exc_value
-                logger.error("cluster %r failed: %s", self.name, exc_value)
-                self._rollback_keeping_error()
+                logger.error("cluster %r failed: %s", self.name, exc_value or type(exc_value).__name__)
+                if exc_value is not self._rolled_back_for:
+                    self.close()
+                    self._rollback_keeping_error()
         finally:
             self.close()
         return isinstance(exc_value, Exception)

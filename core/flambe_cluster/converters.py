@@ -17,6 +17,7 @@ import contextvars
 import difflib
 import math
 import os
+import shlex
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -105,7 +106,11 @@ to_username = matching(SAFE_USERNAME, "a POSIX user name (lowercase letters, dig
 
 
 def to_private_key_path(value: object) -> Path:
-    """Converter: the path of a readable private key file (``~`` expanded)."""
+    """Converter: the path of a readable private key file (``~`` expanded) that OpenSSH accepts.
+
+    A key of this user that others may read or write is refused, as OpenSSH
+    refuses it; the message gives the ``chmod 600`` line that fixes it.
+    """
     if isinstance(value, Path):
         path = value
     elif isinstance(value, str) and value.strip():
@@ -116,6 +121,10 @@ def to_private_key_path(value: object) -> Path:
         raise ValueError(f"expected the path of an SSH private key file, but {str(path)!r} does not exist")
     if not os.access(path, os.R_OK):
         raise ValueError(f"the key file {str(path)!r} is not readable by this user")
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:  # OpenSSH's own rule: it refuses such a key
+        raise ValueError(f"the key file {str(path)!r} is readable by others (mode {info.st_mode & 0o777:o}) and "
+                         f"OpenSSH refuses it; restrict it with: chmod 600 {shlex.quote(str(path.absolute()))}")
     return path.absolute()
 
 

@@ -136,6 +136,7 @@ def flambe_cluster_configure_idle_shutdown(
     instances: "ClusterInstances",
     journal: "RunJournal",
     run: Callable[["Instance", str], str],
+    map: Callable[..., dict],
 ) -> None:
     """Arrange for idle machines to be released when the client is gone (cloud providers).
 
@@ -144,7 +145,10 @@ def flambe_cluster_configure_idle_shutdown(
     Anything created (an alarm) is passed to ``journal.record(...)``; it is
     removed by ``flambe_cluster_terminate``.  ``run(instance, command)``
     runs a shell command on a host and returns its stdout (for an on-host
-    watchdog).  Optional.
+    watchdog).  ``map(instances, action)`` runs ``action(instance)`` for
+    every instance at once and returns ``{instance: result}`` (see
+    :meth:`SSHPool.map <flambe_cluster.ssh.SSHPool.map>`): use it, not
+    threads of your own, so an interrupt stops the work at once.  Optional.
     """
 
 

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from attrs import define, field
+from attrs import define, evolve, field
 
 from . import secrets, sync
 from .errors import ClusterError, RemoteCommandError, UsageError
@@ -233,6 +233,11 @@ class HostSession:
         self.pool.run(self.require_orchestrator(), command, stdin=payload)
         return posixpath.join(self.remote_root, "secrets.ini")
 
+    def remove_secrets(self) -> None:
+        """Remove what :meth:`send_secrets` left on the orchestrator (idempotent): no secret outlives the cluster."""
+        files = (self.remote_path("secrets.ini"), self.remote_path("secrets.ini.tmp"))
+        self.pool.run(self.require_orchestrator(), f"rm -f -- {' '.join(files)}")
+
     # --- folders and files
 
     def create_dirs_on(self, hosts: Sequence[Instance], relative_dirs: Sequence[str]) -> None:
@@ -319,7 +324,17 @@ class HostSession:
         return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))
 
     def _each_factory(self, factories: Sequence[Instance], run: Callable[[Instance], CommandResult]) -> None:
-        failures = [result for result in self.pool.map(factories, run).values() if not result.ok]
+        """Run ``run(factory)``, a command on the orchestrator that reaches ``factory``, for all factories at once.
+
+        Raises one :class:`RemoteCommandError` whose failures each name the
+        factory they were about (first, so the command's cut cannot hide
+        it) and the orchestrator that ran the command, with its exit code
+        and stderr tail (rsync's, saying what went wrong between them).
+        """
+        via = self.require_orchestrator().label
+        results = self.pool.map(factories, run)
+        failures = [evolve(result, host=f"{factory.label}, reached from {via}")
+                    for factory, result in results.items() if not result.ok]
         if failures:
             raise RemoteCommandError(failures)
 

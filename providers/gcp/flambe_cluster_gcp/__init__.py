@@ -143,9 +143,9 @@ def flambe_cluster_terminate(config, instances) -> None:
 
 
 @hookimpl
-def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> None:
+def flambe_cluster_configure_idle_shutdown(config, instances, journal, run, map) -> None:
     """Ensure each host's idle watchdog matches its role's timeout (see :mod:`.idle`); idempotent."""
-    idle.configure(config, instances, run)
+    idle.configure(config, instances, run, at_once=map)
 
 
 @hookimpl

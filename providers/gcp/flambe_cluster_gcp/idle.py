@@ -21,7 +21,6 @@ import json
 import logging
 import posixpath
 import shlex
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -89,23 +88,24 @@ def install_command(config, role: Role) -> str:
     )
 
 
-def configure(config, instances: ClusterInstances, run: Callable[[Instance, str], str]) -> dict[str, str]:
+def configure(config, instances: ClusterInstances, run: Callable[[Instance, str], str],
+              at_once: Callable[..., dict]) -> dict[str, str]:
     """Ensure every host's watchdog matches its role's timeout; returns ``{instance name: outcome}``.
 
-    Raises :class:`GCPError` naming each host where installing failed.
+    ``at_once(hosts, action)`` runs ``action`` on every host at once: the
+    core's pool, which an interrupt leaves at once (an executor of our own
+    would wait for its threads before any rollback could start).  Raises :class:`GCPError` naming each host where installing failed.
     """
-    def ensure(instance: Instance) -> str:
-        return run(instance, install_command(config, instance.role)).strip()
+    def ensure(instance: Instance) -> str | FlambeClusterError:
+        try:
+            return run(instance, install_command(config, instance.role)).strip()
+        except FlambeClusterError as exc:
+            return exc
 
     hosts = list(instances)
-    outcomes: dict[str, str] = {}
-    failures = []
-    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        for instance, future in [(h, pool.submit(ensure, h)) for h in hosts]:
-            try:
-                outcomes[instance.name] = future.result()
-            except FlambeClusterError as exc:
-                failures.append(f"{instance.label}: {exc}")
+    results = at_once(hosts, ensure)
+    outcomes = {host.name: result for host, result in results.items() if isinstance(result, str)}
+    failures = [f"{host.label}: {result}" for host, result in results.items() if not isinstance(result, str)]
     if failures:
         raise GCPError(
             f"cluster {config.name!r}: starting the idle watchdog failed on {len(failures)} host(s):\n  "

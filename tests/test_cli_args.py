@@ -1,0 +1,47 @@
+"""How the command line splits its words: a job's and a command's arguments are theirs, options included."""
+
+from __future__ import annotations
+
+import pytest
+
+from flambe_cluster.cli import down, exec_, submit
+
+
+@pytest.fixture
+def job(tmp_path):
+    path = tmp_path / "job.py"
+    path.write_text("print('hi')\n")
+    return str(path)
+
+
+def parsed(command, words):
+    return command.make_context(command.name, list(words)).params
+
+
+def test_every_word_after_the_job_path_goes_to_the_job(job):
+    params = parsed(submit, ["c.yaml", job, "--epochs", "3", "--force", "--entry", "x", "--secret", "s", "--ext", "e"])
+    assert params["args"] == ("--epochs", "3", "--force", "--entry", "x", "--secret", "s", "--ext", "e")
+    assert not params["force"] and params["entry"] is None and params["secret_sections"] == () and params["extensions"] == ()
+
+
+def test_options_of_submit_go_before_the_job_path(job):
+    params = parsed(submit, ["c.yaml", "--force", "--entry", "main.py", "--ext", "e", "--wait", "5", job, "--lr", "1"])
+    assert params["force"] and params["entry"] == "main.py" and params["extensions"] == ("e",)
+    assert params["lock_wait"] == 5.0 and params["path"] == job and params["args"] == ("--lr", "1")
+
+
+def test_a_double_dash_after_the_job_path_still_works(job):
+    assert parsed(submit, ["c.yaml", job, "--", "--force"])["args"] == ("--force",)
+    assert parsed(submit, ["c.yaml", job, "--", "--", "x"])["args"] == ("--", "x")
+
+
+def test_exec_takes_its_options_before_the_command_and_none_inside_it():
+    params = parsed(exec_, ["c.yaml", "--on", "factories", "--", "echo", "--on", "orchestrator"])
+    assert params["target"] == "factories" and params["command"] == ("echo", "--on", "orchestrator")
+    params = parsed(exec_, ["c.yaml", "ls", "--on", "orchestrator", "-l"])
+    assert params["target"] == "all" and params["command"] == ("ls", "--on", "orchestrator", "-l")
+
+
+def test_down_and_submit_take_the_wait_the_busy_message_suggests(job):
+    assert parsed(down, ["c.yaml", "--wait", "30"])["lock_wait"] == 30.0
+    assert parsed(submit, ["c.yaml", "--wait", "30", job])["lock_wait"] == 30.0

@@ -1,0 +1,131 @@
+"""SIGINT, SIGTERM and SIGHUP sent to `flambe-cluster up` at several points, through the real command line.
+
+Each run must exit within 5 s of the signal with 128 + the signal's number
+and an "interrupted" line, leave nothing of its own running on this machine
+(no ssh or rsync child), and roll back at most once; the next `up` completes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ssh_cluster_yaml
+
+pytestmark = pytest.mark.hosts
+
+EXIT_WITHIN = 5.0
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of this machine's processes that mention ``text`` (a run's state folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in line:
+                found.append(f"{entry.name}: {line}")
+    return found
+
+
+def interrupted_up(config: Path, home: Path, signum: int, when: str, env: dict | None = None) -> tuple[int, float, str]:
+    """Start `up`, send ``signum`` 1 s after a stderr line containing ``when``; (exit code, seconds to exit, stderr)."""
+    environment = {**(env if env is not None else os.environ), "FLAMBE_CLUSTER_HOME": str(home), "COLUMNS": "200"}
+    process = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "up", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=environment)
+    lines: list[str] = []
+    reached = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if when in line:
+                reached.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert reached.wait(600), f"never reached {when!r}:\n{''.join(lines)}"
+        time.sleep(1.0)
+        process.send_signal(signum)
+        sent = time.monotonic()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after {signal.Signals(signum).name}:\n{''.join(lines)}")
+        waited = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    reader.join(10)
+    text = "".join(lines)
+    print(f"{signal.Signals(signum).name} at {when!r}: exit {process.returncode} after {waited:.2f} s")
+    return process.returncode, waited, text
+
+
+def assert_stopped(code: int, waited: float, stderr: str, signum: int, home: Path) -> None:
+    assert code == 128 + signum, stderr
+    assert waited < EXIT_WITHIN, f"exited {waited:.1f} s after the signal:\n{stderr}"
+    assert f"interrupted ({signal.Signals(signum).name})" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("rolling back") <= 1, stderr
+    assert not processes_mentioning(str(home)), processes_mentioning(str(home))
+
+
+POINTS = [
+    (signal.SIGINT, "connecting"),
+    (signal.SIGTERM, "setup"),
+    (signal.SIGHUP, "setup"),
+    (signal.SIGHUP, "installing"),
+    (signal.SIGTERM, "starting Ray"),
+]
+
+
+@pytest.mark.parametrize("signum,point", POINTS, ids=[f"{signal.Signals(s).name}-{p}" for s, p in POINTS])
+def test_a_signal_stops_up_promptly_and_the_next_up_completes(flambe_test_hosts, flambe_client_key, tmp_path,
+                                                             signum, point):
+    network = flambe_test_hosts(3)
+    try:
+        hosts = network.hosts
+        home = tmp_path / "state"
+        name = "stopped"
+        marker = f"flambe-interrupt-{os.getpid()}-{tmp_path.name}"
+        extra: dict = {}
+        when = {"connecting": "connecting to 3 hosts", "setup": "setup command 1/1",
+                "installing": "installing flambe-cluster and ray offline", "starting Ray": "starting the Ray head"}[point]
+        if point == "connecting":
+            hosts[2].partition()
+            extra["connect_timeout"] = 60
+        if point == "setup":
+            extra["setup_cmds"] = [f"sleep 120 # {marker}"]
+        config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, name, **extra)
+
+        code, waited, stderr = interrupted_up(config, home, signum, when)
+        assert_stopped(code, waited, stderr, signum, home)
+        if point == "setup":
+            time.sleep(1.0)
+            assert not processes_mentioning(marker), "the setup command goes on on the hosts"
+        if point == "connecting":
+            hosts[2].heal()
+        if point in ("connecting", "setup", "installing"):
+            return  # the next up of these is the one below, after Ray's point
+        ssh_cluster_yaml(config, hosts, flambe_client_key.path, name)
+        done = subprocess.run([sys.executable, "-m", "flambe_cluster", "up", str(config)], capture_output=True,
+                              text=True, timeout=900, env={**os.environ, "FLAMBE_CLUSTER_HOME": str(home)})
+        assert done.returncode == 0, done.stderr
+        assert "Ray cluster up" in done.stderr or "Ray already up" in done.stderr, done.stderr
+        subprocess.run([sys.executable, "-m", "flambe_cluster", "down", str(config)], capture_output=True, timeout=300,
+                       env={**os.environ, "FLAMBE_CLUSTER_HOME": str(home)})
+    finally:
+        network.close()
