@@ -27,8 +27,8 @@ from .config import load_config, parse_config, provider_of, read_config_file
 from .content import UPLOAD_WARN_LIMIT_MB
 from .errors import FlambeClusterError
 from .handles import handle
-from .records import Instance, Role, factory_name, orchestrator_name
 from .operations import ClusterOperations
+from .records import Instance, Role, factory_name, orchestrator_name
 from .session import HostSession
 from .settings import ClusterConfig
 from .ssh import SSHPool

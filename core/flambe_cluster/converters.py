@@ -17,8 +17,8 @@ import contextvars
 import difflib
 import math
 import os
-import shlex
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .settings import ClusterConfig
     from .records import ClusterInstances, CreatedResource, Instance
+    from .settings import ClusterConfig
     from .state import RunJournal
 
 PROJECT = "flambe_cluster"

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import shlex
 
+from .hostkeys import key_line
 from .paths import home_path
 from .session import HostSession
-from .hostkeys import key_line
 
 
 def cluster_known_hosts(session: HostSession) -> str:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import environment, jobs, keys, raycluster
+from .commands import CommandResult
 from .config import provider_problems
 from .content import send_local_content as _send_local_content
 from .errors import ClusterConfigurationError
 from .records import Instance, RemoteEnvironment
 from .session import HostSession
-from .commands import CommandResult
 
 
 class ClusterOperations:

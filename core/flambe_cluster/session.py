@@ -20,11 +20,11 @@ from typing import Any, Callable, Sequence
 from attrs import define, evolve, field
 
 from . import secrets, sync
+from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
 from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
-from .commands import CommandResult, shell_join
 from .ssh import SSHPool, openssh_options
 from .state import ClusterState, RunJournal
 

@@ -52,8 +52,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import job
-from .processes import (dispatch, launch_service, print_json, read_json, service_status, state_dir, stop_service,
-                        write_json)
+from .processes import (
+    dispatch,
+    launch_service,
+    print_json,
+    read_json,
+    service_status,
+    state_dir,
+    stop_service,
+    write_json,
+)
 
 OPTIONS = "site.json"
 #: The most of the output log and of the progress file a page reads (the log's tail, the progress file's head).
