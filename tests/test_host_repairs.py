@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli, ssh_cluster_yaml
-from flambe_cluster import SSHCluster
+from flambe_cluster import SSHCluster, hookimpl
 from flambe_cluster.errors import HostKeyError
 from flambe_cluster.records import Endpoint, Instance, Role
 from flambe_cluster.ssh import SSHPool
@@ -63,29 +63,54 @@ def test_a_replaced_instance_is_repinned_only_from_a_vouched_key(two_hosts, flam
     pool.close()
 
 
-def test_the_hosts_known_hosts_counts_as_missing_once_a_pinned_key_changes(two_hosts, flambe_client_key,
-                                                                         flambe_state_home):
-    def cluster() -> SSHCluster:  # not a `with` block: that would swallow a failed assertion
-        made = SSHCluster("stalepin", two_hosts[0].address, [two_hosts[1].address], str(flambe_client_key.path),
+class Vouching:
+    """A plugin vouching, as a cloud's console would, for the key each test host has now (or for none)."""
+
+    def __init__(self, hosts, vouch: bool) -> None:
+        self.hosts, self.vouch = hosts, vouch
+
+    @hookimpl
+    def flambe_cluster_host_keys(self, config, instance):
+        if not self.vouch:
+            return None
+        (host,) = [h for h in self.hosts if h.address == instance.endpoint.host]
+        return [host.host_key_path.with_name(host.host_key_path.name + ".pub").read_text().strip()]
+
+
+def test_a_host_replaced_at_its_address_is_repinned_from_the_providers_key_and_its_peers_told(
+        two_hosts, flambe_client_key, flambe_state_home, caplog):
+    def cluster(vouch: bool) -> SSHCluster:  # not a `with` block: that would swallow a failed assertion
+        made = SSHCluster("replaced", two_hosts[0].address, [two_hosts[1].address], str(flambe_client_key.path),
                           two_hosts[0].username)
+        made.plugin_manager.register(Vouching(two_hosts, vouch))  # registered last: asked first
         made.load_all_instances()
         return made
 
-    first = cluster()
+    first = cluster(vouch=True)
     try:
         first.distribute_keys()
         assert first.cluster_has_key()
-        first.session.forget_host_keys(first.session.hosts())  # as re-pinning a replaced instance does
     finally:
         first.close()
-    two_hosts[1].replace_host_key()
-    second = cluster()
-    try:
-        assert not second.cluster_has_key(), "the hosts' known_hosts still pins the replaced host's old key"
-        second.distribute_keys()
-        assert second.cluster_has_key()
-    finally:
-        second.close()
+    two_hosts[1].replace_host_key()  # a new instance at the same address, with a new key
     public = two_hosts[1].host_key_path.with_name(two_hosts[1].host_key_path.name + ".pub")
-    known = two_hosts[0].home / ".ssh" / "flambe-cluster-stalepin.known_hosts"
-    assert " ".join(public.read_text().split()[:2]) in known.read_text()
+    new = " ".join(public.read_text().split()[:2])
+
+    unvouched = cluster(vouch=False)
+    try:
+        with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
+            unvouched.cluster_has_key()
+    finally:
+        unvouched.close()
+    assert new not in (flambe_state_home / "clusters" / "replaced" / "known_hosts").read_text()
+
+    vouched = cluster(vouch=True)
+    try:
+        assert not vouched.cluster_has_key(), "the hosts' known_hosts still pins the replaced host's old key"
+        assert "which the provider vouches for" in caplog.text and "replaced_factory0" in caplog.text
+        vouched.distribute_keys()
+        assert vouched.cluster_has_key()
+    finally:
+        vouched.close()
+    assert new in (flambe_state_home / "clusters" / "replaced" / "known_hosts").read_text()
+    assert new in (two_hosts[0].home / ".ssh" / "flambe-cluster-replaced.known_hosts").read_text()
