@@ -7,7 +7,10 @@ is reused), holding the client's flambe-cluster and Ray versions.  The
 client gathers the wheels once (:mod:`flambe_cluster.wheelhouse`), ships them
 to the orchestrator, which passes them to all factories at once, and the
 hosts install with ``--no-index``: hosts need no internet access.  Hosts
-whose environment already matches are not touched.
+whose environment already matches are not touched.  An environment counts as
+complete only with its marker (:data:`~flambe_cluster.session.ENVIRONMENT_MARKER`),
+removed before an install and written after it succeeded; one without it (a
+host stopped mid-install) is rebuilt from scratch.
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from . import wheelhouse
 from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
-from .session import HostSession
+from .session import ENVIRONMENT_MARKER, HostSession
 from .wheelhouse import HostPlatform
-
-BUILD_FILE = "flambe-session.build"
 
 # Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
 # and the live Ray nodes flambe-cluster started on this host (the same test as
@@ -91,7 +92,7 @@ def wanted_versions() -> dict:
 
 def probe(session: HostSession, hosts: Sequence[Instance]) -> dict[Instance, HostReport]:
     """One round trip per host (all at once): platform, CPUs and the environment's versions."""
-    command = shell_python(session) + " -c " + shlex.quote(PROBE) + " " + session.remote_path("env/bin/python") + " " + session.remote_path(f"env/{BUILD_FILE}")
+    command = shell_python(session) + " -c " + shlex.quote(PROBE) + " " + session.remote_path("env/bin/python") + " " + session.remote_path(ENVIRONMENT_MARKER)
     results = session.pool.run_all(hosts, command)
     reports = {}
     for host, result in results.items():
@@ -124,7 +125,12 @@ def refuse_other_clusters(session: HostSession, reports: dict[Instance, HostRepo
 
 
 def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[Instance]:
-    """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts."""
+    """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts.
+
+    A host's environment is rebuilt when it lacks the completion marker, and
+    the marker is removed before installing and written last: it stands only
+    for an install that succeeded.
+    """
     refuse_other_clusters(session, reports)
     wanted = wanted_versions()
     stale = [host for host, report in reports.items() if not report.matches(wanted)]
@@ -144,13 +150,15 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
     ship_wheels(session, [deps, self_wheel.parent], folder, stale)
     session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
     python, wheels = session.remote_path("env/bin/python"), session.remote_path(folder)
+    env, marker = session.remote_path("env"), session.remote_path(ENVIRONMENT_MARKER)
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
     pip = f"{python} -m pip install -q --disable-pip-version-check --no-compile --no-index --find-links {wheels}"
     install = " && ".join([
-        f"{{ [ -x {python} ] || {shell_python(session)} -m venv --system-site-packages {session.remote_path('env')}; }}",
+        f"{{ [ -f {marker} ] || {{ rm -rf {env} && {shell_python(session)} -m venv --system-site-packages {env}; }}; }}",
+        f"rm -f {marker}",
         f"{pip} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
         f"{pip} --no-deps --force-reinstall {wheel}",
-        f"printf '%s\\n' {shlex.quote(wanted['build'])} > {session.remote_path('env/' + BUILD_FILE)}",
+        f"printf '%s\\n' {shlex.quote(wanted['build'])} > {marker}",
     ])
     session.pool.run_all(stale, install)
     return stale

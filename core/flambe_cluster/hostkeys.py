@@ -3,7 +3,10 @@
 :class:`KnownHosts` is a cluster's known_hosts file, replaced whole on every
 change (a crash never leaves it cut) and refused when damaged;
 :class:`VerifyNewHostKey` decides about a host not pinned yet: a key the
-provider vouches for wins, ``strict`` refuses, ``accept-new`` pins.
+provider vouches for wins, ``strict`` refuses, ``accept-new`` pins.  A host
+presenting another key than its pinned one is refused, unless the provider
+vouches for the new key (an instance replaced at the same address):
+:meth:`KnownHosts.replace_vouched` then replaces the pin.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Callable, Sequence
 import paramiko
 
 from .errors import HostKeyError
-from .state import edit_private
+from .state import edit_private, without_host_names
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -66,12 +69,30 @@ class KnownHosts:
             client.load_host_keys(str(self.path))
 
     def pin(self, name: str, key: paramiko.PKey) -> None:
-        """Add ``name key`` to the file (mode 0600), replacing the file atomically."""
+        """Pin ``key`` for ``name`` in place of any key pinned for it (mode 0600), replacing the file atomically."""
         with self._lock:
-            edit_private(self.path, lambda text: f"{text}{name} {key_line(key)}\n")
+            edit_private(self.path, lambda text: f"{without_host_names(text, {name})}{name} {key_line(key)}\n")
+
+    def replace_vouched(self, name: str, key: paramiko.PKey, vouched: Sequence[str] | None) -> bool:
+        """Re-pin ``name`` to the changed ``key`` it presents if the provider vouches for that key.
+
+        ``vouched`` is what the provider's ``flambe_cluster_host_keys`` hook
+        reports for the instance now at ``name`` (None: it does not know).
+        Returns whether the pin was replaced; without a vouched key nothing
+        changes and the caller refuses the host.
+        """
+        if vouched is None or not vouched_for(key, vouched):
+            return False
+        self.pin(name, key)
+        return True
 
     def removal_hint(self, name: str) -> str:
         return f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.path))}"
+
+
+def vouched_for(key: paramiko.PKey, vouched: Sequence[str]) -> bool:
+    """Whether ``key`` is one of the ``vouched`` key lines (``"<type> <base64> [comment]"``)."""
+    return key_line(key) in {" ".join(v.split()[:2]) for v in vouched}
 
 
 def known_hosts_damage(text: str) -> str | None:
@@ -107,7 +128,7 @@ class VerifyNewHostKey(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         vouched = self.vouched()
         if vouched is not None:
-            if key_line(key) not in {" ".join(v.split()[:2]) for v in vouched}:
+            if not vouched_for(key, vouched):
                 raise HostKeyError(
                     self.label,
                     f"the host presented key {fingerprint(key)}, which is not one of the host keys the provider "

@@ -26,12 +26,15 @@ def cluster_known_hosts(session: HostSession) -> str:
 
 
 def has_key(session: HostSession) -> bool:
-    """Whether every host holds this cluster's key pair and authorises its public key."""
+    """Whether every host holds this cluster's key pair, authorises its public key, and holds the cluster's
+    known_hosts with the keys pinned here now (a host replaced at its address makes it stale)."""
     key = session.state.key_pair(comment=session.remote_key_name)
     private, public, known = session.remote_key_files()
     quoted = shlex.quote(key.public_line)
+    session.pool.connect_all(session.hosts())
     command = (
-        f"test -f {home_path(private)} && test -f {home_path(known)} && "
+        f"test -f {home_path(private)} && printf %s {shlex.quote(cluster_known_hosts(session))} | "
+        f"cmp -s - {home_path(known)} && "
         f"grep -qxF {quoted} {home_path(public)} && grep -qxF {quoted} \"$HOME\"/.ssh/authorized_keys"
     )
     results = session.run_all(session.hosts(), command, check=False)

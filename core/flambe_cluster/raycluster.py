@@ -99,7 +99,7 @@ def wait_for_workers(session: HostSession) -> None:
             raise ClusterError(
                 f"the Ray head reports {len(alive)} alive workers, expected {session.config.factories_num}; missing: {names}"
                 + (f"; unexpected workers at {', '.join(extra)}" if extra else "")
-                + f". Look at ~/{MARKERS}/<address>.log and /tmp/ray/session_latest/logs on those hosts."
+                + f". Look at ~/{MARKERS}/<address>.log on those hosts (its first line names the node's Ray logs)."
             )
         time.sleep(0.5)
 

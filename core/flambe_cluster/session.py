@@ -31,6 +31,8 @@ from .state import ClusterState, RunJournal
 logger = logging.getLogger(__name__)
 
 DEFAULT_SECRETS = Path("~/.flambe/secrets.ini")  # Flambé's default ``--secrets``
+ENVIRONMENT_MARKER = "env/flambe-session.build"
+"""Under the remote root: written last by an install that succeeded, so an environment without it is incomplete."""
 
 
 def _log_step(message: str) -> None:
@@ -205,8 +207,12 @@ class HostSession:
         )
 
     def has_environment(self, hosts: Sequence[Instance]) -> dict[Instance, bool]:
-        """Whether each host has the cluster's Python environment (so its helpers can run)."""
-        results = self.run_all(hosts, f"test -x {self.remote_path('env/bin/python')}", check=False)
+        """Whether each host has the cluster's Python environment, installed completely (so its helpers can run).
+
+        An environment counts only with its :data:`ENVIRONMENT_MARKER`: one
+        left half-built (a host stopped mid-install) does not.
+        """
+        results = self.run_all(hosts, f"test -f {self.remote_path(ENVIRONMENT_MARKER)}", check=False)
         return {host: result.ok for host, result in results.items()}
 
     def secrets_file(self) -> Path | None:

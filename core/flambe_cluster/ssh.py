@@ -16,6 +16,7 @@ too.  Callers quote every value they put into a command with
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
@@ -37,6 +38,7 @@ KEEPALIVE_COUNT = 3  # a peer that leaves this many intervals unanswered is dead
 MAX_CONCURRENT_HANDSHAKES = 8
 MAX_CHANNELS_PER_CONNECTION = 8  # sshd's default MaxSessions is 10
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @define
@@ -262,6 +264,11 @@ class SSHPool:
             except paramiko.BadHostKeyException as exc:
                 client.close()
                 name = endpoint.known_hosts_name
+                if self._known.replace_vouched(name, exc.key, self.vouched_keys(instance)):
+                    logger.warning("%s: host key changed from %s to %s, which the provider vouches for (the instance "
+                                   "was replaced at the same address); pinned the new key in %s", instance.label,
+                                   fingerprint(exc.expected_key), fingerprint(exc.key), self.known_hosts)
+                    continue
                 raise HostKeyError(
                     instance.label,
                     f"HOST KEY CHANGED: {self.known_hosts} pins {fingerprint(exc.expected_key)}, but the host now "

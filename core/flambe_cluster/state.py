@@ -60,6 +60,12 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def without_host_names(text: str, names: set[str]) -> str:
+    """A known_hosts ``text`` less every line naming one of ``names``."""
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if not set(line.split(" ", 1)[0].split(",")) & names)
+
+
 def edit_private(path: Path, edit: Callable[[str], str]) -> None:
     """Rewrite the text file ``path`` as ``edit(current text)`` ("" when missing), atomically.
 
@@ -222,11 +228,7 @@ class ClusterState:
 
     def forget_host_keys(self, names: set[str]) -> None:
         """Drop the pinned keys of ``names`` (known_hosts names) — for machines that were destroyed."""
-        def forget(text: str) -> str:
-            lines = text.splitlines(keepends=True)
-            return "".join(line for line in lines if not set(line.split(" ", 1)[0].split(",")) & names)
-
-        edit_private(self.known_hosts, forget)
+        edit_private(self.known_hosts, lambda text: without_host_names(text, names))
 
     @property
     def journal(self) -> Journal:

@@ -12,12 +12,21 @@ host) with the owning cluster's name, so it is
 stopped by that number and a node of another cluster (or one not started by
 flambe-cluster) is recognised and left alone.  Exit code 3 means "refused":
 the message on stderr says why and what to do.
+
+Each node keeps Ray's temp folder (sessions, logs, unix sockets) inside a
+private folder of its own, :func:`temp_dir`, never the shared ``/tmp/ray``
+(which another user of the machine may own): created 0700 by ``start``
+(Ray makes its own folders world-writable, so they live one level down),
+removed by ``stop``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +35,39 @@ from .processes import group_record, read_json, recorded_alive, stop_group, writ
 
 REFUSED = 3
 MARKERS = Path.home() / ".flambe-cluster" / "ray"
+
+
+def temp_dir(cluster: str, node_ip: str) -> Path:
+    """The private folder of ``cluster``'s node at ``node_ip`` for this user: ``/tmp/fc-<uid>-<name>-<digest>``.
+
+    Ray's temp folder is its ``ray`` subfolder.  One per user, cluster and
+    node (nodes of one cluster may share a machine's ``/tmp``), and short:
+    Ray puts unix sockets three levels below it, and a socket's path must
+    stay under 108 bytes (at most 40 bytes here, about 104 there).
+    """
+    digest = hashlib.sha256(f"{cluster}\0{node_ip}".encode()).hexdigest()[:6]
+    return Path("/tmp") / f"fc-{os.getuid()}-{cluster[:10]}-{digest}"
+
+
+def _not_private(path: Path) -> str | None:
+    """Why ``path`` is not a folder of this user's that only it can use (None when it is)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "it does not exist"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if info.st_uid != os.getuid():
+        return f"it belongs to user id {info.st_uid}"
+    if info.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):o}, not 700"
+    return None
+
+
+def _remove_temp_dir(path: Path) -> None:
+    """Remove the node's temp folder if it is this user's own (never follows a link, never another's)."""
+    if _not_private(path) is None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _live_markers(markers: Path) -> dict[str, dict]:
@@ -56,6 +98,7 @@ def _raylets_on(node_ip: str) -> list[tuple[int, int]]:
 
 
 def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int:
+    """Start this cluster's node (``ray start RAY_ARGS --temp-dir=<temp_dir>/ray``) unless it runs; refuse others'."""
     live = _live_markers(markers)
     mine = live.get(node_ip)
     if mine and mine["cluster"] == cluster:
@@ -71,19 +114,32 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
         print(f"a Ray node not started by flambe-cluster runs on {node_ip} (raylet PID {foreign[0]}); stop it "
               "(`ray stop`) or use another host", file=sys.stderr)
         return REFUSED
+    temp = temp_dir(cluster, node_ip)
+    try:
+        temp.mkdir(mode=0o700)
+    except FileExistsError:
+        pass  # a folder left by a node that died, or something else: checked next
+    problem = _not_private(temp)
+    if problem:
+        print(f"cannot use {temp} as this node's private folder: {problem}; remove it or use another host",
+              file=sys.stderr)
+        return REFUSED
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     ray = str(Path(sys.executable).with_name("ray"))
     markers.mkdir(parents=True, exist_ok=True)
     log = markers / f"{node_ip}.log"
     with open(log, "w") as output:  # a file, not a pipe: Ray's daemons must not hold our stdout open
-        process = subprocess.Popen([ray, "start", *ray_args], stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        output.write(f"Ray temp folder (its logs: session_latest/logs): {temp / 'ray'}\n")
+        output.flush()
+        process = subprocess.Popen([ray, "start", *ray_args, f"--temp-dir={temp / 'ray'}"], stdin=subprocess.DEVNULL,
+                                   stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     pgid = process.pid  # the new session's process group; Ray's daemons inherit it
     marker = markers / f"{node_ip}.json"
     write_json(marker, group_record(pgid, cluster=cluster))
     if process.wait() != 0:
         stop_group(pgid, grace=2.0)
         marker.unlink(missing_ok=True)
+        _remove_temp_dir(temp)
         print(log.read_text()[-4000:], file=sys.stderr)
         return process.returncode
     print(json.dumps({"status": "started", "pgid": pgid}))
@@ -91,9 +147,11 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
 
 
 def stop(markers: Path, cluster: str, node_ip: str) -> int:
+    """Stop this cluster's node at ``node_ip`` and remove its temp folder; refuse another cluster's node."""
     marker = markers / f"{node_ip}.json"
     data = read_json(marker)
     if data is None:
+        _remove_temp_dir(temp_dir(cluster, node_ip))
         print(json.dumps({"status": "not running"}))
         return 0
     if data["cluster"] != cluster:
@@ -103,6 +161,7 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
         # gcs_server and raylet linger on SIGTERM when their peers go at the same time: 2 s, then SIGKILL
         stop_group(int(data["pgid"]), grace=2.0)
     marker.unlink(missing_ok=True)
+    _remove_temp_dir(temp_dir(cluster, node_ip))
     print(json.dumps({"status": "stopped"}))
     return 0
 
