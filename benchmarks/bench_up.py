@@ -46,6 +46,31 @@ TARGET_SECOND_UP_S = 2.0
 NAME = "bench-ray"
 
 
+def ray_start_by_hand(hosts, key: Path, known_hosts: Path, cluster: str) -> float:
+    """Seconds of the bare sequence over OpenSSH (a fresh connection per command): ``ray start --head`` on
+    hosts[0], then ``ray start --address`` on the others in parallel, with the Ray of ``cluster``'s environment;
+    then ``ray stop`` everywhere (not timed)."""
+    ssh = ["ssh", *openssh_options(key, known_hosts, 10)]
+    ray = f"/home/{hosts[0].username}/.flambe-cluster/{cluster}/env/bin/ray"
+
+    def over_ssh(host, command: str) -> None:
+        subprocess.run([*ssh, f"{host.username}@{host.address}", f"RAY_USAGE_STATS_ENABLED=0 {command}"], check=True,
+                       capture_output=True, timeout=300)
+
+    head = hosts[0].address
+    start = time.perf_counter()
+    over_ssh(hosts[0], f"{ray} start --head --node-ip-address={head} --port=6379 --num-cpus=0 "
+                       "--num-gpus=0 --include-dashboard=false --disable-usage-stats")
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        list(pool.map(lambda h: over_ssh(h, f"{ray} start --address={head}:6379 "
+                                            f"--node-ip-address={h.address} --num-cpus=2 --disable-usage-stats"),
+                      hosts[1:]))
+    elapsed = time.perf_counter() - start
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        list(pool.map(lambda h: over_ssh(h, f"{ray} stop"), hosts))
+    return elapsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -75,27 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         first = cli("up")
         print(f"first up on fresh hosts (installs flambe-cluster + Ray offline on 3 hosts): {first:.1f} s")
         known_hosts = workdir / "state" / "clusters" / NAME / "known_hosts"
-        ssh = ["ssh", *openssh_options(key.path, known_hosts, 10)]
-        ray = f"/home/{hosts[0].username}/.flambe-cluster/{NAME}/env/bin/ray"
-        target = lambda host: f"{host.username}@{host.address}"  # noqa: E731
-
-        def over_ssh(host, command: str) -> None:
-            subprocess.run([*ssh, target(host), f"RAY_USAGE_STATS_ENABLED=0 {command}"], check=True,
-                           capture_output=True, timeout=300)
-
-        def by_hand() -> float:
-            head = hosts[0].address
-            start = time.perf_counter()
-            over_ssh(hosts[0], f"{ray} start --head --node-ip-address={head} --port=6379 --num-cpus=0 "
-                               "--num-gpus=0 --include-dashboard=false --disable-usage-stats")
-            with ThreadPoolExecutor(2) as pool:
-                list(pool.map(lambda h: over_ssh(h, f"{ray} start --address={head}:6379 "
-                                                    f"--node-ip-address={h.address} --num-cpus=2 --disable-usage-stats"),
-                              hosts[1:]))
-            elapsed = time.perf_counter() - start
-            with ThreadPoolExecutor(3) as pool:
-                list(pool.map(lambda h: over_ssh(h, f"{ray} stop"), hosts))
-            return elapsed
+        by_hand = lambda: ray_start_by_hand(hosts, key.path, known_hosts, NAME)  # noqa: E731
 
         manual, ups = [], []
         cli("down")

@@ -222,7 +222,8 @@ class Cluster(ClusterOperations):
                 self._rolled_back_for = exc
                 raise
 
-    def _prepare(self) -> None:
+    def _prepare(self, start_ray: bool = False) -> None:
+        """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`)."""
         self.load_all_instances()
         self.wait_until_accessible()
         if self.cluster_has_key():
@@ -231,11 +232,10 @@ class Cluster(ClusterOperations):
             self.distribute_keys()
         self.create_dirs(list(REMOTE_DIRS))
         self.run_cmds(self.setup_cmds)
-        self.prepare_all_instances()
+        self._prepare_software(start_ray)
 
     def _up(self) -> None:
-        self._prepare()
-        self.launch_ray_cluster()
+        self._prepare(start_ray=True)
         self.hooks.flambe_cluster_configure_idle_shutdown(
             config=self.config,
             instances=self.session.instances(),

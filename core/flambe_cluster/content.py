@@ -24,7 +24,8 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
     local path (a pip requirement, say) is not sent and comes back
     unchanged; every other comes back as the absolute path of its copy on
     the hosts, which the ``install_extensions_in_*`` methods accept.  With
-    ``all_hosts`` the factories get the same copies.  Keys must be plain
+    ``all_hosts`` the factories get the same copies, passed on from the
+    orchestrator as a tree (:meth:`HostSession.fan_out`): one upload from here.  Keys must be plain
     names (no ``/``).  Warns when more than ``UPLOAD_WARN_LIMIT_MB`` are sent.
     """
     home = session.orchestrator_home()
@@ -36,12 +37,14 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
     size_mb = sum(_size_bytes(p) for p in local.values()) / 2**20
     if size_mb > UPLOAD_WARN_LIMIT_MB:
         logger.warning("Uploading %.1f MB to the cluster (more than %d MB); this may take a while.", size_mb, UPLOAD_WARN_LIMIT_MB)
-    hosts = session.hosts() if all_hosts else [session.require_orchestrator()]
+    orchestrator = session.require_orchestrator()
     folders = {name: posixpath.join(dest, name) for name in local}
-    session.create_dirs_on(hosts, list(folders.values()))
+    session.create_dirs_on([orchestrator], list(folders.values()))
     result = dict(content)
     for name, path in local.items():
-        session.pool.map(hosts, lambda host: session.upload(host, [path], folders[name] + "/"))
+        session.upload(orchestrator, [path], folders[name] + "/")
+        if all_hosts:
+            session.fan_out(folders[name], session.factories, mirror=False)
         result[name] = posixpath.join(home, folders[name], path.absolute().name)
         session.sent_content[result[name]] = path.absolute()
     return result

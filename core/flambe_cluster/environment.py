@@ -5,8 +5,10 @@ Every host ends with a virtual environment at
 with ``--system-site-packages`` (so a deep-learning image's own Ray or torch
 is reused), holding the client's flambe-cluster and Ray versions.  The
 client gathers the wheels once (:mod:`flambe_cluster.wheelhouse`), ships them
-to the orchestrator, which passes them to all factories at once, and the
-hosts install with ``--no-index``: hosts need no internet access.  Hosts
+to the orchestrator, from which they pass on to the factories as a tree, and
+each host installs as soon as they reach it, offline (with the uv that
+travels in the wheelhouse, else pip; see
+:mod:`flambe_cluster.remote.offline_install`): hosts need no internet access.  Hosts
 whose environment already matches are not touched.  An environment counts as
 complete only with its marker (:data:`~flambe_cluster.session.ENVIRONMENT_MARKER`),
 removed before an install and written after it succeeded; one without it (a
@@ -20,7 +22,7 @@ import posixpath
 import shlex
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
@@ -124,16 +126,25 @@ def refuse_other_clusters(session: HostSession, reports: dict[Instance, HostRepo
         raise ClusterError("; ".join(busy) + ". Take that cluster down first (flambe-cluster down) or use other hosts.")
 
 
-def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[Instance]:
+def prepare(session: HostSession, reports: dict[Instance, HostReport],
+            on_ready: Callable[[Instance], None] | None = None) -> list[Instance]:
     """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts.
 
     A host's environment is rebuilt when it lacks the completion marker, and
     the marker is removed before installing and written last: it stands only
-    for an install that succeeded.
+    for an install that succeeded.  Each host installs as soon as the
+    wheelhouse reaches it (see :func:`ship_wheels`), with uv where it runs.
+    ``on_ready(host)`` is called once for every host whose environment is
+    complete: at once for those that match, right after its install for the
+    others (from other threads, while the rest still install).
     """
     refuse_other_clusters(session, reports)
     wanted = wanted_versions()
     stale = [host for host, report in reports.items() if not report.matches(wanted)]
+    ready = on_ready or (lambda host: None)
+    for host in reports:
+        if host not in stale:
+            ready(host)
     if not stale:
         session.on_step(f"software already prepared on {len(reports)} hosts (flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
         return []
@@ -147,25 +158,43 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
     deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
     folder = "wheelhouse"
-    ship_wheels(session, [deps, self_wheel.parent], folder, stale)
-    session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
-    python, wheels = session.remote_path("env/bin/python"), session.remote_path(folder)
     env, marker = session.remote_path("env"), session.remote_path(ENVIRONMENT_MARKER)
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
-    pip = f"{python} -m pip install -q --disable-pip-version-check --no-compile --no-index --find-links {wheels}"
     install = " && ".join([
-        f"{{ [ -f {marker} ] || {{ rm -rf {env} && {shell_python(session)} -m venv --system-site-packages {env}; }}; }}",
+        f"{{ [ -f {marker} ] || {{ rm -rf {env} && {_installer(session, folder, 'venv')}; }}; }}",
         f"rm -f {marker}",
-        f"{pip} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
-        f"{pip} --no-deps --force-reinstall {wheel}",
+        f"{_installer(session, folder, 'install')} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
+        f"{_installer(session, folder, 'install')} --reinstall {wheel}",
         f"printf '%s\\n' {shlex.quote(wanted['build'])} > {marker}",
     ])
-    session.pool.run_all(stale, install)
+
+    def arrived(host: Instance) -> None:
+        if host in stale:
+            session.pool.run(host, install)
+            ready(host)
+
+    session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts, each as the wheelhouse reaches it")
+    ship_wheels(session, [deps, self_wheel.parent], folder, stale, arrived)
     return stale
 
 
-def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, hosts: Sequence[Instance]) -> None:
-    """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on ``hosts``: once to the orchestrator, then fanned out."""
+INSTALLER = Path(__file__).with_name("remote") / "offline_install.py"
+
+
+def _installer(session: HostSession, folder: str, verb: str) -> str:
+    """The shell line running :mod:`flambe_cluster.remote.offline_install` ``verb`` with the host's interpreter."""
+    return " ".join([shell_python(session), "-c", shlex.quote(INSTALLER.read_text()), verb, session.remote_path("uv"),
+                     session.remote_path(folder), session.remote_path("env")])
+
+
+def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, hosts: Sequence[Instance],
+                on_arrival: Callable[[Instance], None]) -> None:
+    """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on the orchestrator, then on to the factories among ``hosts``.
+
+    The factories get them along a tree (:meth:`HostSession.fan_out`);
+    ``on_arrival(host)`` runs for the orchestrator and for each factory as
+    soon as the wheels are there.
+    """
     relative = posixpath.join(session.remote_root, folder)
     orchestrator = session.orchestrator
     session.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
@@ -173,8 +202,8 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
     factories = [h for h in hosts if h != orchestrator]
     if factories:
-        session.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
-        session.fan_out(relative, factories)
+        session.on_step(f"passing the wheelhouse on to {len(factories)} factories as a tree")
+    session.fan_out(relative, factories, on_arrival=on_arrival)
 
 
 def _size_mb(sources: Sequence[Path]) -> float:
@@ -225,17 +254,13 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
     platform = probe(session, [session.orchestrator])[session.orchestrator].platform
     session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
     folder = wheelhouse.gather(platform, requirements, local_wheels)
-    ship_wheels(session, [folder], "extensions-wheelhouse", hosts)
-    wheels = session.remote_path("extensions-wheelhouse")
     names = [shlex.quote(r) for r in requirements] + [
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
+    install = f"{_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"
     session.on_step(f"installing extensions on {len(hosts)} hosts")
-    session.pool.run_all(
-        hosts,
-        f"{session.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
-        f"--find-links {wheels} {' '.join(names)}",
-    )
+    ship_wheels(session, [folder], "extensions-wheelhouse", hosts,
+                lambda host: session.pool.run(host, install) if host in hosts else None)
 
 
 def ensure_installed(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str], module: str) -> None:

@@ -209,7 +209,7 @@ class OrchestratorInstance(InstanceHandle):
         ports = {host.private.host: host.private.port for host in self._session.hosts()}
         remote = next((spec for spec in (_from, _to) if ":" in spec.split("/")[0]), "")
         port = ports.get(remote.split("@")[-1].split(":")[0], 22)
-        self._session.orchestrator_rsync(_from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
+        self._session.rsync_on(self._session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
 
     def _has_environment(self) -> bool:
         return self._session.has_environment([self.record])[self.record]

@@ -97,9 +97,21 @@ class ClusterOperations:
         and fanned out to the factories; hosts whose versions already match
         are left alone.  Also learns each factory's CPUs and GPUs.
         """
+        self._prepare_software(start_ray=False)
+
+    def _prepare_software(self, start_ray: bool) -> None:
+        """:meth:`prepare_all_instances`; with ``start_ray`` also the Ray cluster, each node as soon as its host is ready."""
         reports = environment.probe(self.session, self.session.hosts())
-        environment.prepare(self.session, reports)
-        environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
+        resources = environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
+        launch = raycluster.Launch(self.session, resources) if start_ray else None
+        try:
+            environment.prepare(self.session, reports, launch.ready if launch else None)
+        except BaseException:
+            if launch:
+                launch.abandon()
+            raise
+        if launch:
+            launch.finish()
 
     def contains_gpu_factories(self) -> bool:
         """Whether any factory has a GPU."""

@@ -12,10 +12,11 @@ workers, one on each factory.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Sequence
 
-from .errors import ClusterError
+from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError
 from .records import Instance, Resources
 from .session import HostSession
 
@@ -58,30 +59,102 @@ def stop_node(session: HostSession, host: Instance) -> None:
 
 
 def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
-    """Start what is missing of the Ray cluster and wait until every factory's worker is alive.
+    """Start what is missing of the Ray cluster and wait until every factory's worker is alive (see :class:`Launch`)."""
+    Launch(session, resources).finish()
 
-    A healthy cluster is left as it is.  If the head does not answer, every
-    node of this cluster is stopped and the whole cluster started again.
+
+class Launch:
+    """Starting the Ray cluster while the hosts become ready, each node as soon as it can.
+
+    :meth:`ready` (from any thread, once per host) starts that host's node
+    in a thread of its own and returns: the head when the orchestrator is
+    ready, a factory's worker when that factory is ready and the head is up.
+    A head that answers is kept, with its alive workers; if none answers,
+    every node of this cluster is stopped and the head started anew.
+    :meth:`finish` readies the hosts not readied yet, waits for those
+    threads (raising what failed, naming the hosts), then until the head
+    reports exactly ``factories_num`` alive workers.  :meth:`abandon` lets
+    the threads end without starting anything more.
     """
-    known = nodes(session)
-    if known is None:
-        session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
-        shutdown(session)
-        _start(session, session.orchestrator, [
-            "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
-            "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+
+    def __init__(self, session: HostSession, resources: dict[Instance, Resources]) -> None:
+        self.session, self.resources = session, resources
+        self._threads: dict[Instance, threading.Thread] = {}
+        self._errors: list[FlambeClusterError] = []
+        self._guard = threading.Lock()
+        self._head_checked = threading.Event()
+        self._alive: dict[str, dict] | None = None  # workers alive once the head is up; None before or if it failed
+        self._abandoned = False
+        self._started = 0
+
+    def ready(self, host: Instance) -> None:
+        """Start ``host``'s node in the background (nothing if it was readied before)."""
+        with self._guard:
+            if host in self._threads:
+                return
+            self._threads[host] = thread = threading.Thread(target=self._start_node, args=(host,), daemon=True,
+                                                            name=f"flambe-ray {host.name}")
+        thread.start()
+
+    def finish(self) -> None:
+        """Ready every host, wait for their nodes and then for every worker to be alive (see the class)."""
+        for host in self.session.hosts():
+            self.ready(host)
+        for thread in list(self._threads.values()):
+            thread.join()
+        if self._errors:
+            raise self._errors[0] if len(self._errors) == 1 else HostsFailedError(self._errors)
+        if not self._started:
+            self.session.on_step(f"Ray already up: {len(self._alive or ())} workers alive")
+            return
+        wait_for_workers(self.session)
+
+    def abandon(self) -> None:
+        """Start nothing more: the threads waiting for the head end (a command under way ends with the pool)."""
+        self._abandoned = True
+        self._head_checked.set()
+
+    def _start_node(self, host: Instance) -> None:
+        try:
+            if host == self.session.orchestrator:
+                self._start_head()
+            else:
+                self._start_worker(host)
+        except Exception as exc:  # handed to finish()
+            with self._guard:
+                self._errors.append(exc if isinstance(exc, FlambeClusterError) else HostError(host.label, repr(exc)))
+        finally:
+            if host == self.session.orchestrator:
+                self._head_checked.set()
+
+    def _start_head(self) -> None:
+        session = self.session
+        known = nodes(session)
+        if known is None and not self._abandoned:
+            session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
+            shutdown(session)
+            _start(session, session.orchestrator, [
+                "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
+                "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+            ])
+            with self._guard:
+                self._started += 1
+        self._alive = alive_workers(known)
+
+    def _start_worker(self, factory: Instance) -> None:
+        self._head_checked.wait()
+        if self._abandoned or self._alive is None:
+            return  # the orchestrator's error says why
+        if factory.private.host in self._alive:
+            return
+        self.session.on_step(f"starting the Ray worker on {factory.label}")
+        _start(self.session, factory, [
+            f"--address={self.session.ray_head_address}", f"--node-ip-address={factory.private.host}",
+            f"--num-cpus={self.resources[factory].cpu}", f"--num-gpus={self.resources[factory].gpu}",
+            "--disable-usage-stats",
         ])
-    alive = alive_workers(known)
-    missing = [f for f in session.factories if f.private.host not in alive]
-    if not missing:
-        session.on_step(f"Ray already up: {len(alive)} workers alive")
-        return
-    session.on_step(f"starting Ray workers on {len(missing)} factories at once")
-    session.pool.map(missing, lambda factory: _start(session, factory, [
-        f"--address={session.ray_head_address}", f"--node-ip-address={factory.private.host}",
-        f"--num-cpus={resources[factory].cpu}", f"--num-gpus={resources[factory].gpu}", "--disable-usage-stats",
-    ]))
-    wait_for_workers(session)
+        with self._guard:
+            self._started += 1
 
 
 def wait_for_workers(session: HostSession) -> None:

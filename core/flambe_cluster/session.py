@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from attrs import define, evolve, field
 
-from . import secrets, sync
+from . import secrets, sync, tree
 from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
@@ -307,52 +307,62 @@ class HostSession:
             timeout=self.config.command_timeout,
         )
 
-    def fan_out(self, folder: str, factories: Sequence[Instance], mirror: bool = True) -> None:
-        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories`` at once.
+    def fan_out(self, folder: str, factories: Sequence[Instance], mirror: bool = True,
+                on_arrival: Callable[[Instance], None] | None = None) -> None:
+        """Copy ``$HOME/<folder>`` from the orchestrator to ``factories``, passed on from host to host as a tree.
 
-        With ``mirror`` the factories' copies end identical (files only they
-        hold are deleted); without, files are added and updated only.
+        The orchestrator sends at most :data:`~flambe_cluster.tree.FAN`
+        copies; each factory that has the folder passes it on (see
+        :func:`~flambe_cluster.tree.spread`, whose ``on_arrival`` this
+        takes).  With ``mirror`` the factories' copies end identical (files
+        only they hold are deleted); without, files are added and updated
+        only.  Raises once all is done, naming every factory that did not get
+        the folder (``<factory>, reached from <host that sent>``) while every
+        other got it.
         """
-        folder = check_relative_path(folder, "folder")
-        self.create_dirs_on([self.require_orchestrator(), *factories], [folder])
-        self._each_factory(factories, lambda factory: self.orchestrator_rsync(
-            home_path(folder + "/"), self._remote(factory, folder + "/"), delete=mirror, quoted=True,
-            port=factory.private.port))
-
-    def gather(self, folder: str, factories: Sequence[Instance]) -> None:
-        """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once."""
         folder = check_relative_path(folder, "folder")
         self.create_dirs_on([self.require_orchestrator()], [folder])
-        self._each_factory(factories, lambda factory: self.orchestrator_rsync(
-            self._remote(factory, folder + "/"), home_path(folder + "/"), quoted=True, port=factory.private.port))
 
-    def _remote(self, factory: Instance, path: str) -> str:
-        return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))
+        def send(giver: Instance, taker: Instance) -> CommandResult:
+            result = self.rsync_on(giver, home_path(folder + "/"), self._remote(taker, folder + "/"), delete=mirror,
+                                   quoted=True, port=taker.private.port, make_target=folder)
+            return evolve(result, host=f"{taker.label}, reached from {giver.label}")
 
-    def _each_factory(self, factories: Sequence[Instance], run: Callable[[Instance], CommandResult]) -> None:
-        """Run ``run(factory)``, a command on the orchestrator that reaches ``factory``, for all factories at once.
+        tree.spread(self.require_orchestrator(), factories, send, on_arrival)
+
+    def gather(self, folder: str, factories: Sequence[Instance]) -> None:
+        """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once.
 
         Raises one :class:`RemoteCommandError` whose failures each name the
-        factory they were about (first, so the command's cut cannot hide
-        it) and the orchestrator that ran the command, with its exit code
-        and stderr tail (rsync's, saying what went wrong between them).
+        factory they were about (first, so the command's cut cannot hide it)
+        and the orchestrator that ran the command, with its exit code and
+        stderr tail (rsync's, saying what went wrong between them).
         """
-        via = self.require_orchestrator().label
-        results = self.pool.map(factories, run)
-        failures = [evolve(result, host=f"{factory.label}, reached from {via}")
+        folder = check_relative_path(folder, "folder")
+        orchestrator = self.require_orchestrator()
+        self.create_dirs_on([orchestrator], [folder])
+        results = self.pool.map(factories, lambda factory: self.rsync_on(
+            orchestrator, self._remote(factory, folder + "/"), home_path(folder + "/"), quoted=True,
+            port=factory.private.port))
+        failures = [evolve(result, host=f"{factory.label}, reached from {orchestrator.label}")
                     for factory, result in results.items() if not result.ok]
         if failures:
             raise RemoteCommandError(failures)
 
-    def orchestrator_rsync(self, source: str, target: str, *, port: int = 22, delete: bool = False,
-                           exclude: Sequence[str] = (), quoted: bool = False, check: bool = False) -> CommandResult:
-        """Run rsync on the orchestrator from ``source`` to ``target`` (either may be ``user@host:path``).
+    def _remote(self, factory: Instance, path: str) -> str:
+        return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))
 
-        The orchestrator reaches the other host (SSH on ``port``) with the
-        cluster key and the cluster's known_hosts: hosts verify each other
-        strictly.  ``source`` and ``target`` are quoted here unless
-        ``quoted`` says they are shell words already.  The target's parent
-        folder must exist.
+    def rsync_on(self, host: Instance, source: str, target: str, *, port: int = 22, delete: bool = False,
+                 exclude: Sequence[str] = (), quoted: bool = False, check: bool = False,
+                 make_target: str | None = None) -> CommandResult:
+        """Run rsync on ``host`` from ``source`` to ``target`` (either may be ``user@other:path``).
+
+        ``host`` reaches the other host (SSH on ``port``) with the cluster
+        key and the cluster's known_hosts: hosts verify each other strictly.
+        ``source`` and ``target`` are quoted here unless ``quoted`` says they
+        are shell words already.  The target's parent folder must exist,
+        unless ``make_target`` names the target folder (relative to the
+        other host's home), which is then made first.
         """
         private, _public, known = self.remote_key_files()
         # `$HOME`, not `~`: OpenSSH expands `~` to the passwd home, which need not be $HOME.
@@ -361,5 +371,7 @@ class HostSession:
         words = (source, target) if quoted else (shlex.quote(source), shlex.quote(target))
         options = [*sync.RSYNC_FLAGS, f"--timeout={sync.IO_TIMEOUT}", *(["--delete"] if delete else []),
                    *(f"--exclude={shlex.quote(pattern)}" for pattern in exclude)]
+        if make_target is not None:
+            options.append("--rsync-path=" + shlex.quote(f"mkdir -p -- {shlex.quote(make_target)} && rsync"))
         command = f"rsync {' '.join(options)} -e {ssh} {words[0]} {words[1]}"
-        return self.pool.run(self.require_orchestrator(), command, check=check)
+        return self.pool.run(host, command, check=check)

@@ -146,13 +146,14 @@ def _repackage(dist: metadata.Distribution, out_dir: Path) -> Path:
 
 
 def runtime_requirements() -> list[str]:
-    """flambe-cluster's own dependencies (no extras) and the client's exact Ray version."""
+    """flambe-cluster's own dependencies (no extras), the client's exact Ray version and uv."""
     requirements = []
     for text in metadata.requires(DISTRIBUTION) or []:
         requirement = Requirement(text)
         if requirement.marker is None or "extra" not in str(requirement.marker):
             requirements.append(str(requirement))
     requirements.append(f"ray=={metadata.version('ray')}")
+    requirements.append("uv")  # the hosts' installer (flambe_cluster.remote.offline_install), not installed itself
     return sorted(requirements)
 
 

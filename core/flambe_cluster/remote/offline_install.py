@@ -1,0 +1,73 @@
+"""Build the cluster's environment and install into it offline: with uv when it runs here, else with pip.
+
+Usage (on a host, with the host's own interpreter: stdlib only, the
+environment may not exist yet; flambe_cluster.environment sends this file's
+text with ``python3 -c``)::
+
+    python3 -c SOURCE venv    TOOLS WHEELHOUSE ENV
+    python3 -c SOURCE install TOOLS WHEELHOUSE ENV [--reinstall] REQUIREMENT...
+
+uv is the ``uv`` binary of the uv wheel in WHEELHOUSE (a wheel is a zip:
+``uv-*.data/scripts/uv``), unpacked once into TOOLS, with its cache (the
+wheels unpacked once per host) in ``TOOLS/cache``.  Where there is no such
+wheel or the binary does not run, ``python3 -m venv`` and pip do the same
+work.  Nothing is downloaded: uv runs ``--offline``, both ``--no-index``.
+``venv`` makes ENV with ``--system-site-packages``; ``install`` installs the
+requirements from WHEELHOUSE, with ``--reinstall`` only them, again, without
+dependencies.  Exits with the failing tool's exit code.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+
+def uv_binary(tools, wheelhouse):
+    """The path of a ``uv`` that runs here, unpacked from the wheelhouse if needed, or None."""
+    path = os.path.join(tools, "uv")
+    if not os.path.isfile(path):
+        wheels = sorted(glob.glob(os.path.join(wheelhouse, "uv-*.whl")))
+        if not wheels:
+            return None
+        with zipfile.ZipFile(wheels[-1]) as archive:
+            members = [n for n in archive.namelist() if n.endswith(".data/scripts/uv")]
+            if not members:
+                return None
+            os.makedirs(tools, exist_ok=True)
+            partial = path + ".partial"
+            with archive.open(members[0]) as source, open(partial, "wb") as target:
+                shutil.copyfileobj(source, target)
+            os.chmod(partial, 0o755)
+            os.replace(partial, path)
+    try:
+        works = subprocess.run([path, "--version"], capture_output=True, timeout=60).returncode == 0
+    except OSError:
+        works = False
+    return path if works else None
+
+
+def main(argv):
+    verb, tools, wheelhouse, env, rest = argv[0], argv[1], argv[2], argv[3], argv[4:]
+    uv = uv_binary(tools, wheelhouse)
+    python = os.path.join(env, "bin", "python")
+    os.environ.update(UV_CACHE_DIR=os.path.join(tools, "cache"), UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
+    if verb == "venv":
+        command = ([uv, "venv", "--offline", "--quiet", "--system-site-packages", "--python", sys.executable, env] if uv
+                   else [sys.executable, "-m", "venv", "--system-site-packages", env])
+    else:
+        again = rest[:1] == ["--reinstall"]
+        requirements = rest[1:] if again else rest
+        if uv:
+            command = [uv, "pip", "install", "--offline", "--quiet", "--python", python, "--no-index",
+                       "--find-links", wheelhouse, *(["--no-deps", "--reinstall"] if again else []), *requirements]
+        else:
+            command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--no-index",
+                       "--find-links", wheelhouse, *(["--no-deps", "--force-reinstall"] if again else []), *requirements]
+    return subprocess.run(command, stdin=subprocess.DEVNULL).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
