@@ -171,6 +171,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     def arrived(host: Instance) -> None:
         if host in stale:
             session.pool.run(host, install)
+            session.on_step(f"installed on {host.label}")
             ready(host)
 
     session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts, each as the wheelhouse reaches it")
