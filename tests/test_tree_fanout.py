@@ -72,14 +72,14 @@ def test_wheelhouse_and_content_reach_every_factory_with_two_copies_from_the_orc
 def test_a_factory_that_dies_mid_tree_is_named_and_its_subtree_still_served(
         seven_hosts, flambe_client_key, flambe_state_home, tmp_path, monkeypatch):
     hosts = seven_hosts.hosts
-    victim = hosts[1]  # the first factory: it would pass the content on to factories 3 and 4
+    parent, victim = hosts[1], hosts[2]  # factory0 passes the content to factory1, which would pass it to 3 and 4
     local = random_folder(tmp_path / "data", 2)
     cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, NAME))
     real_rsync_on = session_module.HostSession.rsync_on
 
     def killing_first(self, host, *args, **kwargs):
-        if host.private.host == hosts[0].address and victim.is_running():
-            victim.stop()  # during the fan-out: the orchestrator's first copy is about to go to it
+        if host.private.host == parent.address and victim.is_running():
+            victim.stop()  # during the fan-out: its parent's first copy is about to go to it
         return real_rsync_on(self, host, *args, **kwargs)
 
     try:
@@ -91,8 +91,9 @@ def test_a_factory_that_dies_mid_tree_is_named_and_its_subtree_still_served(
             monkeypatch.undo()
         message = str(raised.value)
         named = message.splitlines()[1]
-        assert named.startswith(f"{NAME}_factory0 ({victim.address}") and ", reached from" in named, message
-        for other in hosts[2:]:
+        assert named.startswith(f"{NAME}_factory1 ({victim.address}") and f"reached from {NAME}_factory0" in named, message
+        assert len(message.splitlines()) == 2, "one failure: the other factories got the content"
+        for other in [hosts[1], *hosts[3:]]:
             assert other.address not in message, message
             assert digests(other.home / "tree-faults" / "data" / "data") == digests(local), other.name
     finally:
@@ -120,7 +121,7 @@ def test_spread_plans_a_binary_tree_and_reroutes_around_failures():
         return Result(True)
 
     spread(source, targets, send, lambda host: arrived.append(host.name))
-    assert sorted(copies) == sorted([("o", "f0"), ("o", "f1"), ("f0", "f2"), ("f0", "f3"), ("f1", "f4"), ("f1", "f5")])
+    assert sorted(copies) == sorted([("o", "f0"), ("f0", "f1"), ("f0", "f2"), ("f1", "f3"), ("f1", "f4"), ("f2", "f5")])
     assert sorted(arrived) == ["f0", "f1", "f2", "f3", "f4", "f5", "o"]
 
     copies.clear()
@@ -136,6 +137,7 @@ def test_spread_plans_a_binary_tree_and_reroutes_around_failures():
     with pytest.raises(FlambeClusterError) as raised:
         spread(source, targets, failing)
     assert "f0, reached from o" in str(raised.value) and "f1: the SSH connection broke" in str(raised.value)
-    served = {taker for _giver, taker in copies if taker not in ("f0",)}
+    served = {taker for _giver, taker in copies if taker != "f0"}
     assert served == {"f1", "f2", "f3", "f4", "f5"}, "every subtree is served by another host"
-    assert ("o", "f2") in copies and ("o", "f3") in copies, "the failed factory's children come from its parent"
+    assert ("o", "f1") in copies and ("o", "f2") in copies, "the failed factory's children come from its parent"
+    assert ("f1", "f3") in copies and ("o", "f3") in copies, "a broken giver's children go to its nearest working ancestor"

@@ -311,8 +311,8 @@ class HostSession:
                 on_arrival: Callable[[Instance], None] | None = None) -> None:
         """Copy ``$HOME/<folder>`` from the orchestrator to ``factories``, passed on from host to host as a tree.
 
-        The orchestrator sends at most :data:`~flambe_cluster.tree.FAN`
-        copies; each factory that has the folder passes it on (see
+        The orchestrator sends one copy; each factory that has the folder
+        passes it on to at most :data:`~flambe_cluster.tree.FAN` more (see
         :func:`~flambe_cluster.tree.spread`, whose ``on_arrival`` this
         takes).  With ``mirror`` the factories' copies end identical (files
         only they hold are deleted); without, files are added and updated

@@ -1,11 +1,14 @@
 """Passing what one host holds on to many hosts as a tree, so no host sends more than ``FAN`` copies.
 
 :func:`spread` plans a complete ``FAN``-ary tree over the targets in the
-order given (the source serves the first ``FAN``, the first target the next
-``FAN``, and so on) and lets every holder pass the content on as soon as it
-has it: the source sends ``FAN`` copies whatever N is, and the last host is
-reached after about log_FAN(N) hops.  Each holder sends one copy at a time
-(each at full speed, so its first child can pass on early).
+order given, under the source: the source serves the first target only, the
+first target the next ``FAN``, and so on; every holder passes the content on
+as soon as it has it.  So the source (the orchestrator, whose link every
+byte from the client crosses, and which is busy installing) sends one copy
+whatever N is, and the last host is reached after about log_FAN(N) + 1
+hops.  Each holder sends one copy at a time (each at full speed, so its
+first child can pass on early; with one copy at a time, the source's second
+copy would reach no host sooner than its first child's first copy does).
 
 Failures never leave a host silently without the content: a target whose
 copy failed is named, and the host that tried serves that target's subtree
@@ -45,9 +48,9 @@ def spread(source: Instance, targets: Sequence[Instance], send: Callable[[Instan
 class _Spread:
     def __init__(self, source: Instance, targets: list[Instance], send: Callable[[Instance, Instance], CommandResult],
                  on_arrival: Callable[[Instance], None] | None) -> None:
-        order = [source, *targets]
         self.source, self.send, self.on_arrival = source, send, on_arrival
-        self.todo = {host: collections.deque(order[FAN * i + 1:FAN * i + 1 + FAN]) for i, host in enumerate(order)}
+        self.todo = {source: collections.deque(targets[:1])}
+        self.todo.update({host: collections.deque(targets[FAN * i + 1:FAN * i + 1 + FAN]) for i, host in enumerate(targets)})
         self.parent: dict[Instance, Instance] = {}
         self.sending: set[Instance] = set()
         self.broken: set[Instance] = set()
