@@ -85,6 +85,10 @@ class HostReport:
     def matches(self, wanted: dict) -> bool:
         return self.installed is not None and all(self.installed.get(k) == v for k, v in wanted.items())
 
+    def runs_node_of(self, cluster: str) -> bool:
+        """Whether a live Ray node of ``cluster`` runs on the host."""
+        return any(node["cluster"] == cluster for node in self.ray_nodes)
+
 
 def wanted_versions() -> dict:
     """The versions every host must end with: the client's own."""

@@ -103,7 +103,8 @@ class ClusterOperations:
         """:meth:`prepare_all_instances`; with ``start_ray`` also the Ray cluster, each node as soon as its host is ready."""
         reports = environment.probe(self.session, self.session.hosts())
         resources = environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
-        launch = raycluster.Launch(self.session, resources) if start_ray else None
+        running = [host for host, report in reports.items() if report.runs_node_of(self.session.name)]
+        launch = raycluster.Launch(self.session, resources, running) if start_ray else None
         try:
             environment.prepare(self.session, reports, launch.ready if launch else None)
         except BaseException:

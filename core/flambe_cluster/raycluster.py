@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError
 from .records import Instance, Resources
@@ -74,11 +74,15 @@ class Launch:
     :meth:`finish` readies the hosts not readied yet, waits for those
     threads (raising what failed, naming the hosts), then until the head
     reports exactly ``factories_num`` alive workers.  :meth:`abandon` lets
-    the threads end without starting anything more.
+    the threads end without starting anything more.  ``running``, when a
+    probe just told, are the hosts that run a node of this cluster: with no
+    head among them the head is started without asking (a Python that
+    imports Ray on the orchestrator: seconds) and only they are stopped.
     """
 
-    def __init__(self, session: HostSession, resources: dict[Instance, Resources]) -> None:
-        self.session, self.resources = session, resources
+    def __init__(self, session: HostSession, resources: dict[Instance, Resources],
+                 running: Collection[Instance] | None = None) -> None:
+        self.session, self.resources, self.running = session, resources, running
         self._threads: dict[Instance, threading.Thread] = {}
         self._errors: list[FlambeClusterError] = []
         self._guard = threading.Lock()
@@ -129,10 +133,10 @@ class Launch:
 
     def _start_head(self) -> None:
         session = self.session
-        known = nodes(session)
+        known = nodes(session) if self.running is None or session.orchestrator in self.running else None
         if known is None and not self._abandoned:
             session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
-            shutdown(session)
+            shutdown(session, None if self.running is None else list(self.running))
             _start(session, session.orchestrator, [
                 "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
@@ -177,11 +181,12 @@ def wait_for_workers(session: HostSession) -> None:
         time.sleep(0.5)
 
 
-def shutdown(session: HostSession) -> None:
-    """Stop this cluster's Ray node on every host that has the environment (factories, then the head); idempotent."""
-    ready = session.has_environment(session.hosts())
-    session.pool.map([f for f in session.factories if ready[f]], lambda host: stop_node(session, host))
-    if ready[session.orchestrator]:
+def shutdown(session: HostSession, hosts: Sequence[Instance] | None = None) -> None:
+    """Stop this cluster's Ray node on ``hosts`` (default: every host) that have the environment (factories, then the head); idempotent."""
+    hosts = session.hosts() if hosts is None else hosts
+    ready = session.has_environment(hosts) if hosts else {}
+    session.pool.map([f for f in session.factories if ready.get(f)], lambda host: stop_node(session, host))
+    if ready.get(session.orchestrator):
         stop_node(session, session.orchestrator)
 
 
