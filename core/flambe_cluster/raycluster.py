@@ -41,7 +41,10 @@ def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
 
 
 def _start(session: HostSession, host: Instance, ray_args: list[str]) -> None:
+    """``ray start ray_args`` on ``host``; a worker waits for the head's GCS up to ``ray_timeout`` (it may be starting)."""
     line = session.helper("raynode", "start", session.name, host.private.host, "--", *ray_args)
+    if host != session.orchestrator:
+        line = f"RAY_gcs_server_port_wait_time_s={int(session.config.ray_timeout)} {line}"
     result = session.pool.run(host, line, check=False, timeout=session.config.ray_timeout)
     if result.exit_code == REFUSED:
         raise ClusterError(f"{host.label}: {result.stderr.strip()}")
@@ -68,7 +71,8 @@ class Launch:
 
     :meth:`ready` (from any thread, once per host) starts that host's node
     in a thread of its own and returns: the head when the orchestrator is
-    ready, a factory's worker when that factory is ready and the head is up.
+    ready, a factory's worker when that factory is ready and the head is up
+    or starting.
     A head that answers is kept, with its alive workers; if none answers,
     every node of this cluster is stopped and the head started anew.
     :meth:`finish` readies the hosts not readied yet, waits for those
@@ -137,13 +141,16 @@ class Launch:
         if known is None and not self._abandoned:
             session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
             shutdown(session, None if self.running is None else list(self.running))
+            self._alive = {}
+            self._head_checked.set()  # workers start alongside the head: each waits for its GCS (see _start)
             _start(session, session.orchestrator, [
                 "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
             ])
             with self._guard:
                 self._started += 1
-        self._alive = alive_workers(known)
+        elif known is not None:
+            self._alive = alive_workers(known)
 
     def _start_worker(self, factory: Instance) -> None:
         self._head_checked.wait()
