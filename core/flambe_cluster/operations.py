@@ -73,7 +73,7 @@ class ClusterOperations:
         return _send_local_content(self.session, content, dest, all_hosts)
 
     def rsync_orch(self, folder: str) -> None:
-        """Copy ``$HOME/<folder>`` from the orchestrator to every factory at once (the seed's API)."""
+        """Copy ``$HOME/<folder>`` from the orchestrator to every factory, passed on as a tree (the seed's API)."""
         self.session.fan_out(self.session.relative(folder, "rsync_orch folder"), self.session.factories, mirror=False)
 
     def get_remote_env(self, user_provider: Callable[[], str]) -> RemoteEnvironment:
@@ -94,8 +94,9 @@ class ClusterOperations:
         """Give every host the cluster's Python environment with the client's flambe-cluster and Ray.
 
         Installs offline from a wheelhouse shipped once to the orchestrator
-        and fanned out to the factories; hosts whose versions already match
-        are left alone.  Also learns each factory's CPUs and GPUs.
+        and passed on to the factories as a tree, each host as soon as it
+        has it; hosts whose versions already match are left alone.  Also
+        learns each factory's CPUs and GPUs.
         """
         self._prepare_software(start_ray=False)
 
