@@ -95,9 +95,12 @@ class ClusterOperations:
 
         Installs offline from a wheelhouse shipped once to the orchestrator
         and fanned out to the factories; hosts whose versions already match
-        are left alone.  Also learns each factory's CPUs and GPUs.
+        are left alone.  Also learns each factory's CPUs and GPUs, and on
+        which hosts this cluster's Ray node runs.
         """
         reports = environment.probe(self.session, self.session.hosts())
+        self.session.ray_node_hosts = {h for h, r in reports.items() if any(n["cluster"] == self.session.name
+                                                                            for n in r.ray_nodes)}
         environment.prepare(self.session, reports)
         environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
 

@@ -72,7 +72,10 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
             "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
         ])
     alive = alive_workers(known)
-    missing = [f for f in session.factories if f.private.host not in alive]
+    # The head may still count a worker whose host went away (it notices after its health checks): a factory
+    # whose node the last probe did not find running is started again, whatever the head says.
+    running, session.ray_node_hosts = session.ray_node_hosts, None  # the probe's answer is used once
+    missing = [f for f in session.factories if f.private.host not in alive or (running is not None and f not in running)]
     if not missing:
         session.on_step(f"Ray already up: {len(alive)} workers alive")
         return

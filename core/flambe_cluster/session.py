@@ -58,6 +58,8 @@ class HostSession:
     factories: list[Instance] = field(factory=list, init=False)
     resources: dict[Instance, Resources] | None = field(default=None, init=False)
     """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
+    ray_node_hosts: set[Instance] | None = field(default=None, init=False)
+    """The hosts where this cluster's Ray node ran at the last probe (None before one)."""
     _pool: SSHPool | None = field(default=None, init=False)
     _run_journal: RunJournal | None = field(default=None, init=False)
     sent_content: dict[str, Path] = field(factory=dict, init=False)
