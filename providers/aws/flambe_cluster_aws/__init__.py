@@ -61,7 +61,7 @@ from flambe_cluster.provider import ClusterState
 
 from . import alarms, api, catalog, hostkeys, validation
 from . import instances as fleet
-from .options import AWSOptions
+from .options import AWSOptions, default_region
 
 __all__ = ["AWSOptions"]
 
@@ -117,6 +117,12 @@ def flambe_cluster_terminate(config, instances) -> None:
     """Delete the cluster's alarms, terminate all its instances, wait until they are terminated."""
     alarms.delete_all(config)
     fleet.terminate(config, instances)
+
+
+@hookimpl
+def flambe_cluster_sweep(where):
+    """The clusters with live instances tagged by flambe-cluster in ``where["region"]`` (default: boto3's region)."""
+    return fleet.sweep(where.get("region") or default_region())
 
 
 @hookimpl
