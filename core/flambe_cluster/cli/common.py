@@ -39,13 +39,16 @@ def set_verbosity(verbosity: int) -> None:
     """-1 (``-q``): errors only, notes silenced; 0: warnings; 1: the project's info; 2: the project's debug.
 
     Only the project's own loggers go below WARNING: other libraries
-    (botocore, urllib3, paramiko) stay at WARNING, or ERROR with ``-q``.
+    (botocore, urllib3) stay at WARNING, or ERROR with ``-q``.  paramiko's
+    log is off: its transport thread logs tracebacks of failures that come
+    back as flambe-cluster's own errors (unreachable host, refused key).
     """
     verbosity = max(-1, min(verbosity, 2))
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in project_loggers():
         logging.getLogger(name).setLevel(_LEVELS[verbosity])
     logging.getLogger().setLevel(_LEVELS[min(verbosity, 0)])
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     note.quiet = verbosity < 0
 
 

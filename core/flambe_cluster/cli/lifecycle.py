@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import jobs, plugins, raycluster
@@ -24,7 +25,7 @@ def providers() -> int:
     for info in plugins.installed_providers():
         missing = plugins.missing_requirements(info)
         ready = f"no: {plugins.install_hint(info, missing)}" if missing else "yes"
-        table.add_row(info.name, info.distribution, info.version, info.target, ready)
+        table.add_row(*map(escape, (info.name, info.distribution, info.version, info.target, ready)))
     out.print(table)
     return EXIT_OK
 
@@ -64,7 +65,7 @@ def print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
         row = [instance.role.value, instance.name, str(instance.endpoint), str(instance.private)]
         if reachable is not None:
             row.append(reachable[instance])
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     out.print(table)
 
 

@@ -6,6 +6,7 @@ import json
 from typing import List, Optional
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import jobs, plugins
@@ -106,5 +107,5 @@ def _print_clusters(clusters: list) -> None:
         hosts = f"{answering}/{len(c['hosts'])} answer" if c["hosts"] else ("none" if c["exists"] is False else "-")
         ray = f"{c['ray']['alive_workers']} workers" if c["ray"] else "-"
         job = jobs.JobStatus(c["job"]["state"], c["job"]["exit_code"]).describe() if c["job"] else "-"
-        table.add_row(c["name"], c["provider"] or "?", hosts, ray, job, c["error"] or "")
+        table.add_row(*map(escape, (c["name"], c["provider"] or "?", hosts, ray, job, c["error"] or "")))
     out.print(table)

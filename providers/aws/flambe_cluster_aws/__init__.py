@@ -49,6 +49,9 @@ What it guarantees:
   ``down`` terminates every instance of the cluster, deletes its alarms and
   waits until they are terminated.
 - **Idle auto-termination** with CloudWatch alarms (see :mod:`.alarms`).
+- **Sweep** (``list --provider aws --region R``): the clusters with live
+  instances tagged ``flambe-cluster:cluster`` in the region, each with the
+  ``aws ec2 terminate-instances`` line that removes them.
 - **GPUs** are counted from the instance type (DescribeInstanceTypes).
 - **Host keys** the instance printed on its console are required on first
   contact (see :mod:`.hostkeys`).
