@@ -84,3 +84,18 @@ def test_verbose_after_the_command_of_exec_is_the_commands():
 ])
 def test_logs_follow_exits_with_the_jobs_code(state, code, expected):
     assert job_exit_code(JobStatus(state, code)) == expected
+
+
+def test_the_hosts_table_folds_long_names_on_a_narrow_terminal(monkeypatch):
+    from types import SimpleNamespace
+
+    from flambe_cluster.cli import lifecycle
+    from flambe_cluster.records import Instance, Role
+
+    name = "a-rather-long-cluster-name-for-a-narrow-terminal_orchestrator"
+    host = Instance.at(Role.ORCHESTRATOR, name, "10.213.100.200:2222")
+    monkeypatch.setattr(lifecycle.out, "width", 40)
+    with lifecycle.out.capture() as captured:
+        lifecycle.print_hosts(SimpleNamespace(all_hosts=lambda: [host]))
+    cells = [line.split("│")[2].strip() for line in captured.get().splitlines() if line.count("│") > 2]
+    assert "".join(cells) == name

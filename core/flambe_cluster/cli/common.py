@@ -72,6 +72,8 @@ class Group(click.Group):
     """The command group: every command it registers takes ``-v`` and ``-q`` too."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:
+        if args and callable(args[0]):  # used bare: @cli.command
+            return self.command(*args[1:], **kwargs)(args[0])
         register = super().command(*args, **kwargs)
         return lambda function: register(verbosity_options(function))
 

@@ -55,12 +55,10 @@ def up(config: str, force: bool, lock_wait: float) -> int:
 
 
 def print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
-    """The hosts' table; names and addresses are folded, never cut, on a narrow terminal."""
-    table = Table("role")
-    for column in ("name", "address", "private address"):
+    """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut."""
+    table = Table()
+    for column in ("role", "name", "address", "private address", *(["ssh"] if reachable is not None else [])):
         table.add_column(column, overflow="fold")
-    if reachable is not None:
-        table.add_column("ssh")
     for instance in cluster.all_hosts():
         row = [instance.role.value, instance.name, str(instance.endpoint), str(instance.private)]
         if reachable is not None:
