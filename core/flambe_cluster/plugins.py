@@ -70,11 +70,13 @@ def installed_providers() -> list[ProviderInfo]:
 
 
 def missing_requirements(info: ProviderInfo) -> list[str]:
-    """The requirements of the provider that are not installed (or not in a matching version), imports none.
+    """The requirements of the extra named after the provider (``flambe-cluster[aws]`` for ``aws``) that are
+    not installed, or not in a matching version; imports nothing.
 
-    They are its distribution's unconditional requirements and those of
-    the extra named after the provider (``flambe-cluster[aws]`` for
-    ``aws``), whose environment markers hold here.
+    Only requirements the extra adds count (those whose markers hold with
+    that extra and not without it): a distribution's unconditional
+    requirements come with it, and one missing anyway shows as an import
+    error when the provider is loaded.
     """
     try:
         requires = metadata.distribution(info.distribution).requires or []
@@ -83,7 +85,8 @@ def missing_requirements(info: ProviderInfo) -> list[str]:
     missing = []
     for line in requires:
         requirement = Requirement(line)
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": info.name}):
+        marker = requirement.marker
+        if marker is None or not marker.evaluate({"extra": info.name}) or marker.evaluate({"extra": ""}):
             continue
         try:
             version = metadata.version(requirement.name)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import click
 
 from ..errors import FlambeClusterError, UsageError
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, err, set_verbosity
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err
 from .lifecycle import down, providers, status, up
 from .listing import list_
 from .work import exec_, logs, pull, submit
@@ -60,7 +60,7 @@ def _stop_on_signals() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the console script; exits with 0, 1 or 2 (or the job's code, or 128 + a signal)."""
     _stop_on_signals()
-    set_verbosity(0)
+    configure_logging()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:

@@ -35,20 +35,27 @@ def project_loggers() -> List[str]:
     return sorted({"flambe_cluster", *(p.target.split(":")[0].split(".")[0] for p in plugins.installed_providers())})
 
 
+def configure_logging() -> None:
+    """Log records as ``LEVEL name: message`` on stderr, warnings and up; paramiko's log off (its transport
+    thread logs tracebacks of failures that come back as flambe-cluster's own errors: unreachable host,
+    refused key).  Cheap: no provider is looked up (``-v``/``-q`` do that, through :func:`set_verbosity`)."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
 def set_verbosity(verbosity: int) -> None:
     """-1 (``-q``): errors only, notes silenced; 0: warnings; 1: the project's info; 2: the project's debug.
 
     Only the project's own loggers go below WARNING: other libraries
     (botocore, urllib3) stay at WARNING, or ERROR with ``-q``.  paramiko's
-    log is off: its transport thread logs tracebacks of failures that come
-    back as flambe-cluster's own errors (unreachable host, refused key).
+    log is off (see :func:`configure_logging`).
     """
     verbosity = max(-1, min(verbosity, 2))
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     for name in project_loggers():
         logging.getLogger(name).setLevel(_LEVELS[verbosity])
     logging.getLogger().setLevel(_LEVELS[min(verbosity, 0)])
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     note.quiet = verbosity < 0
 
 

@@ -87,7 +87,8 @@ def describe(state: ClusterState) -> dict:
                                "instance_id": h.instance_id, "ssh": reachable[h]} for h in cluster.all_hosts()]
             if reachable[cluster.session.orchestrator] == "ok":
                 extra = ray_and_job(cluster)
-                entry["ray"] = extra["ray"] and {k: extra["ray"][k] for k in ("head", "alive_workers")}
+                ray = extra["ray"]
+                entry["ray"] = None if ray is None else {"head": ray["head"], "alive_workers": ray["alive_workers"]}
                 entry["job"] = extra["job"]
     except FlambeClusterError as exc:
         entry["error"] = str(exc)
