@@ -24,7 +24,6 @@ import pluggy
 
 from . import plugins
 from .config import load_config, parse_config, provider_of, read_config_file
-from .content import UPLOAD_WARN_LIMIT_MB
 from .errors import FlambeClusterError
 from .handles import handle
 from .operations import ClusterOperations
@@ -33,6 +32,7 @@ from .session import HostSession
 from .settings import ClusterConfig
 from .ssh import SSHPool
 from .state import ClusterState, RunJournal
+from .sync import UPLOAD_WARN_LIMIT_MB
 
 logger = logging.getLogger(__name__)
 

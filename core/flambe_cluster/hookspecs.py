@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .records import ClusterInstances, CreatedResource, Instance
+    from .records import ClusterInstances, CreatedResource, Instance, TaggedCluster
     from .settings import ClusterConfig
     from .state import RunJournal
 
@@ -126,7 +126,9 @@ def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstanc
     running.  ``instances`` is ``None`` when the cluster could not be found
     whole (``find_instances`` raised, e.g. an idle alarm already terminated
     some factories): the provider then releases whatever of the cluster it
-    can find.  Idempotent; waits until they are gone.  Optional.
+    can find.  Idempotent; waits until they are gone.  The machines whose
+    records carry an ``instance_id`` are the ones destroyed: the command
+    line asks before ``down`` on a terminal when there are any.  Optional.
     """
 
 
@@ -172,4 +174,19 @@ def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> l
     Each item is an OpenSSH public key line (``"ssh-ed25519 AAAA..."``), for
     example read from a cloud console's output.  When given, the host's key
     must be one of them on first contact, whatever the host-key policy.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_sweep(where: "dict[str, str]") -> "list[TaggedCluster] | None":
+    """Return every cluster with live machines carrying this provider's tags, for ``list --provider``.
+
+    Needs no cluster file: ``where`` says where to look, from the command
+    line (``{"region": "eu-west-1"}`` for ``--region``; empty: the
+    provider's default place, e.g. the configured region).  One
+    :class:`~flambe_cluster.records.TaggedCluster` per cluster name, with a
+    command line that destroys its machines; the core shows those no state
+    folder knows (leaks).  Looks only: never creates, changes or destroys
+    anything.  Optional (a provider whose machines are the user's has
+    nothing to sweep).
     """

@@ -8,7 +8,7 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 - the marker: :data:`hookimpl`;
 - records crossing the hook boundary: :class:`Instance`, :class:`Endpoint`,
   :class:`Role`, :class:`ClusterInstances`, :class:`CreatedResource`,
-  :class:`Resources`, and the validated :class:`ClusterConfig`; the seed's
+  :class:`Resources`, :class:`TaggedCluster`, and the validated :class:`ClusterConfig`; the seed's
   host names (:func:`host_name`);
 - declaring options: :func:`config_class` and the converters (``to_*``,
   :func:`matching`, :func:`one_of`, :func:`describe_value`, :data:`SAFE_NAME`);
@@ -46,7 +46,7 @@ from .errors import (
     UsageError,
 )
 from .hookspecs import hookimpl
-from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, host_name
+from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, TaggedCluster, host_name
 from .settings import ClusterConfig
 from .state import ClusterState, KeyPair, RunJournal, public_key_line
 
@@ -69,6 +69,7 @@ __all__ = [
     "Resources",
     "Role",
     "RunJournal",
+    "TaggedCluster",
     "UsageError",
     "config_class",
     "describe_value",

@@ -1,8 +1,9 @@
 """The local state of a cluster: one folder per cluster on the client.
 
 It holds the pinned host keys (``known_hosts``), the per-cluster key pair,
-the journal of every resource a run created, and the lock that keeps two
-processes from changing the same cluster at once.  The folder is
+the journal of every resource a run created, the path of the cluster's
+configuration file (remembered by ``up``, for ``list``), and the lock that
+keeps two processes from changing the same cluster at once.  The folder is
 ``$FLAMBE_CLUSTER_HOME/clusters/<name>`` (default ``~/.flambe-cluster``), or
 ``<state_dir>/<name>`` when the configuration sets ``state_dir``.
 """
@@ -214,6 +215,29 @@ class ClusterState:
     def for_cluster(cls, name: str, state_dir: Path | None = None) -> "ClusterState":
         base = state_dir if state_dir is not None else state_home() / "clusters"
         return cls(base / name)
+
+    @classmethod
+    def every_cluster(cls) -> "list[ClusterState]":
+        """The state folders of the state home (``state_home()/clusters``), sorted by name.
+
+        Clusters whose configuration sets ``state_dir`` keep their state
+        elsewhere and are not among them.
+        """
+        base = state_home() / "clusters"
+        return [cls(path) for path in sorted(base.iterdir()) if path.is_dir()] if base.is_dir() else []
+
+    def remember_config(self, path: str | os.PathLike[str]) -> None:
+        """Remember the absolute path of the cluster's configuration file."""
+        self.ensure()
+        write_private(self.root / "config_path", f"{Path(path).resolve()}\n".encode())
+
+    @property
+    def config_path(self) -> Path | None:
+        """The configuration file :meth:`remember_config` remembered (``None`` when none was)."""
+        try:
+            return Path((self.root / "config_path").read_text().strip())
+        except FileNotFoundError:
+            return None
 
     def ensure(self) -> "ClusterState":
         """Create the folder (and parents) if missing; returns self."""

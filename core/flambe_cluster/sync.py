@@ -10,6 +10,7 @@ shell, so any file name is passed as data.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 from pathlib import Path
@@ -20,6 +21,10 @@ from .records import Endpoint
 
 RSYNC_FLAGS = ("--archive", "--protect-args", "--partial")
 IO_TIMEOUT = 120  # seconds without any data before rsync gives up
+#: Sending more than this many MB logs a warning.
+UPLOAD_WARN_LIMIT_MB = 10
+
+logger = logging.getLogger(__name__)
 
 
 def remote_spec(username: str, endpoint: Endpoint, path: str) -> str:
@@ -82,11 +87,38 @@ def rsync_to(
     Raises :class:`HostError` naming the host, rsync's exit code and the tail
     of its stderr.
     """
-    argv = rsync_command(
-        [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources], destination,
-        ssh_options=ssh_options, port=port, delete=delete, extra=extra,
-    )
+    argv = rsync_command(_source_args(sources), destination, ssh_options=ssh_options, port=port, delete=delete,
+                         extra=extra)
     _run_rsync(host_label, argv, timeout)
+
+
+def _source_args(sources: Sequence[Path | str]) -> list[str]:
+    """Absolute source paths, keeping a trailing ``/`` (rsync's "the folder's contents")."""
+    return [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources]
+
+
+def shipped_bytes(sources: Sequence[Path | str], extra: Sequence[str] = ()) -> int:
+    """The bytes of the regular files that :func:`rsync_to` with the same ``sources`` and ``extra`` sends.
+
+    Asks rsync itself (``--list-only``), so filters and excludes in
+    ``extra`` count exactly as in the transfer.
+    """
+    argv = ["rsync", "--archive", "--list-only", "--no-human-readable", *extra, "--", *_source_args(sources)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
+    if done.returncode != 0:
+        raise FlambeClusterError(f"rsync could not list {', '.join(map(str, sources))}: {done.stderr.strip()}")
+    return sum(int(line.split()[1].replace(",", "")) for line in done.stdout.splitlines() if line.startswith("-"))
+
+
+def warn_if_large(sources: Sequence[Path | str], extra: Sequence[str] = ()) -> None:
+    """Log a warning when what :func:`rsync_to` would send exceeds :data:`UPLOAD_WARN_LIMIT_MB`."""
+    size_mb = shipped_bytes(sources, extra) / 2**20
+    if size_mb > UPLOAD_WARN_LIMIT_MB:
+        logger.warning("Uploading %.1f MB to the cluster (more than %d MB); this may take a while.",
+                       size_mb, UPLOAD_WARN_LIMIT_MB)
 
 
 def rsync_from(

@@ -49,6 +49,9 @@ What it guarantees:
   ``down`` terminates every instance of the cluster, deletes its alarms and
   waits until they are terminated.
 - **Idle auto-termination** with CloudWatch alarms (see :mod:`.alarms`).
+- **Sweep** (``list --provider aws --region R``): the clusters with live
+  instances tagged ``flambe-cluster:cluster`` in the region, each with the
+  ``aws ec2 terminate-instances`` line that removes them.
 - **GPUs** are counted from the instance type (DescribeInstanceTypes).
 - **Host keys** the instance printed on its console are required on first
   contact (see :mod:`.hostkeys`).
@@ -61,7 +64,7 @@ from flambe_cluster.provider import ClusterState
 
 from . import alarms, api, catalog, hostkeys, validation
 from . import instances as fleet
-from .options import AWSOptions
+from .options import AWSOptions, default_region
 
 __all__ = ["AWSOptions"]
 
@@ -117,6 +120,12 @@ def flambe_cluster_terminate(config, instances) -> None:
     """Delete the cluster's alarms, terminate all its instances, wait until they are terminated."""
     alarms.delete_all(config)
     fleet.terminate(config, instances)
+
+
+@hookimpl
+def flambe_cluster_sweep(where):
+    """The clusters with live instances tagged by flambe-cluster in ``where["region"]`` (default: boto3's region)."""
+    return fleet.sweep(where.get("region") or default_region())
 
 
 @hookimpl

@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Sequence
 
 from attrs import frozen
 
-from flambe_cluster.provider import ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name
+from flambe_cluster.provider import (
+    ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Role, TaggedCluster, host_name,
+)
 
 from . import api, validation
 
@@ -61,6 +63,7 @@ class Machine:
     private_ip: str | None
     public_ip: str | None
     reason: str
+    cluster: str | None = None
 
     @classmethod
     def parse(cls, item: dict) -> "Machine":
@@ -76,6 +79,7 @@ class Machine:
             private_ip=item.get("PrivateIpAddress") or None,
             public_ip=item.get("PublicIpAddress") or None,
             reason=(item.get("StateReason") or {}).get("Message", ""),
+            cluster=tags.get(TAG_CLUSTER),
         )
 
     def describe(self) -> str:
@@ -161,6 +165,25 @@ def describe_where(region: str, name: str, values: Iterable[str]) -> list[Machin
     for chunk in _chunks(sorted(set(values)), FILTER_VALUES):
         machines += describe(region, [{"Name": name, "Values": chunk}])
     return machines
+
+
+def sweep(region: str) -> list[TaggedCluster]:
+    """Every cluster with live instances tagged ``flambe-cluster:cluster`` in ``region``, by name (one paginated look).
+
+    Each comes with the AWS CLI line that terminates its instances.
+    """
+    with api.step(f"looking for flambe-cluster's instances in {region}"):
+        machines = describe(region, [{"Name": "tag-key", "Values": [TAG_CLUSTER]},
+                                     {"Name": "instance-state-name", "Values": list(LIVE)}])
+    by_cluster: dict[str, list[Machine]] = {}
+    for machine in machines:
+        by_cluster.setdefault(machine.cluster or "", []).append(machine)
+    return [
+        TaggedCluster(name, [f"{m.instance_id} ({m.state}, {m.role or 'no role'})" for m in found],
+                      f"aws ec2 terminate-instances --region {region} --instance-ids "
+                      + " ".join(m.instance_id for m in found))
+        for name, found in sorted(by_cluster.items())
+    ]
 
 
 # --- records for the core

@@ -13,6 +13,7 @@ import getpass
 import re
 from typing import Mapping
 
+import boto3  # the [aws] extra: without it the provider fails to import, and the core names the extra
 from attrs import field
 
 from flambe_cluster.provider import config_class, describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
@@ -34,8 +35,6 @@ _CREATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
 
 def default_region() -> str:
     """The region boto3 is configured with (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``~/.aws/config``), else us-east-1."""
-    import boto3
-
     return boto3.session.Session().region_name or DEFAULT_REGION
 
 
