@@ -50,9 +50,10 @@ STOPPED = {"TERMINATED", "STOPPED"}
 #: Machine-type families whose GPUs come with the type (they cannot live-migrate).
 GPU_MACHINE_FAMILIES = ("a2-", "a3-", "a4-", "g2-")
 #: The project publishing the Deep Learning VM images, and the families of those with the NVIDIA driver
-#: installed (``common-cu128-ubuntu-2204-nvidia-570``), as an RE2 pattern for an images.list filter.
+#: installed (``common-cu128-ubuntu-2204-nvidia-570``), as an RE2 pattern for an images.list filter
+#: (no backslashes: the filter's literal is quoted).
 DLVM_PROJECT = "deeplearning-platform-release"
-DLVM_FAMILY = rf"common-cu\d+-ubuntu-{UBUNTU}-nvidia-\d+"
+DLVM_FAMILY = f"common-cu[0-9]+-ubuntu-{UBUNTU}-nvidia-[0-9]+"
 #: Waits poll quickly at first, then back off to this many seconds between list requests.
 MAX_POLL_INTERVAL = 2.0
 
