@@ -143,7 +143,8 @@ def default_image(region: str, architecture: str, gpus: bool = False, ubuntu: st
     :data:`UBUNTU_VERSIONS` that has one (see :func:`gpu_image`).
     """
     if gpus:
-        return gpu_image(region, architecture, dict.fromkeys([ubuntu, *UBUNTU_VERSIONS] if ubuntu else UBUNTU_VERSIONS))
+        others = tuple(v for v in UBUNTU_VERSIONS if v != ubuntu)
+        return gpu_image(region, architecture, (ubuntu, *others) if ubuntu else UBUNTU_VERSIONS)
     from botocore.exceptions import ClientError
 
     arch = _UBUNTU_ARCH.get(architecture)
