@@ -19,7 +19,10 @@ launches in the test subnet gets a real OpenSSH test host at the private
 address moto gave it (moto hands out 10.x.y.4, .5, ... in order and never
 reuses one), stopped or terminated instances stop their host, started ones
 start it again.  An instance marked "unanswering" gets a host cut off the
-network: it never answers SSH.
+network: it never answers SSH.  New factory hosts get a stand-in
+``nvidia-smi`` listing ``factory_gpus`` GPUs when that is set.  moto's image
+catalogue holds no Deep Learning Base AMI with the NVIDIA driver, so one is
+registered (:data:`DLAMI_NAME`, owner ``amazon``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import run_cli
+from conftest import install_nvidia_smi, run_cli
 import yaml
 from attrs import define
 
@@ -55,6 +58,8 @@ ZONE = "us-east-1a"
 KEY_NAME = "flambe-test"
 PROVIDER_AGENT = "flambe-cluster-aws"
 TAG_ROLE = "flambe-cluster:role"
+#: An AWS Deep Learning Base AMI with the OSS NVIDIA driver, named as EC2 names them (moto's catalogue has none).
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101"
 #: /24s tried for the test subnet (outside the test hosts' automatic pool, 10.213.100-199).
 SUBNET_THIRD_OCTETS = range(40, 100)
 #: Environment variables that would point boto3 elsewhere; removed for the tests.
@@ -274,6 +279,8 @@ class MotoCloud:
         self.network = None
         self.hosts_by_id: dict[str, Any] = {}
         self.unanswering: dict[str, int] = {"orchestrator": 0, "factory": 0}
+        #: GPUs the stand-in nvidia-smi of each new factory host lists (None: the host has no nvidia-smi).
+        self.factory_gpus: int | None = None
         self._added = 0
         self._hosts_lock = threading.Lock()
         try:
@@ -301,6 +308,7 @@ class MotoCloud:
             self.security_group_id = self.ec2.create_security_group(
                 GroupName="flambe-test", Description="flambe-cluster tests", VpcId=self.vpc_id)["GroupId"]
             self.ec2.import_key_pair(KeyName=KEY_NAME, PublicKeyMaterial=client_key.public_line.encode())
+            self.gpu_image_id = self.amazon_image(DLAMI_NAME)
             if self.network is not None:
                 self.server.observers.append(self._follow)
         except BaseException:
@@ -344,6 +352,8 @@ class MotoCloud:
                     if role in self.unanswering and self.unanswering[role] > 0:
                         self.unanswering[role] -= 1
                         host.partition()
+                    if role == "factory" and self.factory_gpus is not None:
+                        install_nvidia_smi(host, self.factory_gpus)
                     self.hosts_by_id[instance_id] = host
             elif call.action in ("TerminateInstances", "StopInstances"):
                 for instance_id in call.instance_ids():
@@ -390,6 +400,27 @@ class MotoCloud:
 
     def image_id(self) -> str:
         return self.ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+
+    def amazon_image(self, name: str, architecture: str = "x86_64", created: str | None = None) -> str:
+        """Register an image named ``name`` for ``architecture``, owned by ``amazon`` as AWS's own images are.
+
+        ``created`` (ISO 8601) is its CreationDate (default: now).  moto's
+        RegisterImage keeps only the name (for this account), so the owner
+        alias, architecture and date are set in moto's backend, which runs
+        in this process.
+        """
+        import datetime
+
+        from moto.backends import get_backend
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        image_id = self.ec2.register_image(Name=name, Architecture=architecture, RootDeviceName="/dev/sda1",
+                                           VirtualizationType="hvm")["ImageId"]
+        image = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION].amis[image_id]
+        image.owner_alias, image.architecture = "amazon", architecture
+        if created is not None:
+            image.creation_date = datetime.datetime.fromisoformat(created)
+        return image_id
 
     def make_instance(self, tags: dict[str, str] | None = None, count: int = 1) -> list[str]:
         """Instances made outside the provider (by the test), in the test subnet."""

@@ -51,6 +51,18 @@ def private_wheel_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = saved
 
 
+def install_nvidia_smi(host, gpus: int) -> None:
+    """Give a test host a stand-in ``nvidia-smi`` in ``~/bin`` (on a login shell's PATH) listing ``gpus`` GPU indexes.
+
+    No GPU can be had here; the core counts the index lines it prints.
+    """
+    smi = host.home / "bin" / "nvidia-smi"
+    smi.parent.mkdir(exist_ok=True)
+    smi.write_text("#!/bin/sh\n# stand-in for tests\n" + "".join(f"echo {i}\n" for i in range(gpus)))
+    smi.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{host.username}:", str(smi.parent)], check=True)
+
+
 def ssh_cluster_yaml(path: Path, hosts, key: Path, name: str, **extra) -> Path:
     """Write an `ssh` cluster file: hosts[0] is the orchestrator, the others factories."""
     import yaml

@@ -14,9 +14,12 @@ and parses:
   (``guestCpus``, ``memoryMb``, bundled ``accelerators`` of ``a2-*`` types);
 * ``acceleratorTypes.get``, ``acceleratorTypes.aggregatedList``
   (``maximumCardsPerInstance``); ``diskTypes.get``;
-* ``images.getFromFamily``, ``images.get`` for the public image projects
-  ``ubuntu-os-cloud`` and ``debian-cloud`` (one current image per family)
-  plus images added with :meth:`add_image`;
+* ``images.getFromFamily``, ``images.get``, ``images.list`` (one page;
+  ``filter`` as for instances, on ``family``, ``name``, ``status``) for the
+  public image projects ``ubuntu-os-cloud``, ``debian-cloud`` and
+  ``deeplearning-platform-release`` (one current image per family; the
+  Deep Learning VM family is one with the NVIDIA driver, named as the real
+  ones are) plus images added with :meth:`add_image`;
 * ``networks.get``, ``subnetworks.get`` (an auto-mode ``default`` network
   with one subnetwork per region; more with :meth:`add_network`);
 * ``instances.insert`` (validates name, machine type, boot image, disk size,
@@ -90,6 +93,9 @@ PUBLIC_IMAGE_PROJECTS = {
         "ubuntu-2404-lts-amd64": "ubuntu-2404-noble-amd64-v20240423",
     },
     "debian-cloud": {"debian-12": "debian-12-bookworm-v20240312"},
+    "deeplearning-platform-release": {
+        "common-cu128-ubuntu-2204-nvidia-570": "common-cu128-ubuntu-2204-nvidia-570-v20250326",
+    },
 }
 DEFAULT_ZONES = ("us-central1-a", "us-central1-b", "europe-west4-a")
 MACHINE_TYPES = {
@@ -406,6 +412,7 @@ class FakeComputeEngine:
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/family/(?P<family>[^/]+)$",
          "images.getFromFamily"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/(?P<name>[^/]+)$", "images.get"),
+        ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images$", "images.list"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<name>[^/]+)$", "networks.get"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/regions/(?P<region>[^/]+)/subnetworks/(?P<name>[^/]+)$",
          "subnetworks.get"),
@@ -513,6 +520,12 @@ class FakeComputeEngine:
 
     def _images_get(self, project, name, **_):
         return _public_image(self._image(project, name=name))
+
+    def _images_list(self, project, query, **_):
+        items = [_public_image(i) for (p, _), i in sorted(self.images.items(), key=lambda kv: kv[1]["_order"])
+                 if p == project]
+        return {"kind": "compute#imageList", "id": f"projects/{project}/global/images",
+                "items": _filtered(items, query.get("filter"))}
 
     def _networks_get(self, project, name, **_):
         self._project(project)

@@ -22,7 +22,7 @@ from flambe_cluster.converters import build
 from flambe_cluster.records import CreatedResource, Endpoint, Instance, Role
 from flambe_cluster.state import ClusterState
 from flambe_cluster_aws import alarms, api, hostkeys, instances, validation
-from flambe_cluster_aws import flambe_cluster_detect_gpus, flambe_cluster_host_keys, flambe_cluster_rollback, flambe_cluster_terminate
+from flambe_cluster_aws import flambe_cluster_host_keys, flambe_cluster_promised_gpus, flambe_cluster_rollback, flambe_cluster_terminate
 from flambe_cluster_aws.options import AWSOptions
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -169,19 +169,15 @@ def test_aws_failing_during_validation_names_the_step_and_exits_1(moto_cloud, tm
 # --- instance types, host keys, launch parameters
 
 
-def test_gpus_come_from_the_instance_type_without_ssh(moto_cloud):
+def test_promised_gpus_come_from_the_instance_type_without_ssh(moto_cloud):
     config = parse_config(moto_cloud.config("gpus", factories_type="g4dn.12xlarge"))
-
-    def no_ssh(command):
-        raise AssertionError("GPU detection must not run a command on the host")
-
     factory = Instance("gpus_factory0", Role.FACTORY, Endpoint("10.0.0.9"), Endpoint("10.0.0.9"), instance_id="i-1")
     orchestrator = Instance("gpus_orchestrator", Role.ORCHESTRATOR, Endpoint("10.0.0.8"), Endpoint("10.0.0.8"), instance_id="i-2")
-    assert flambe_cluster_detect_gpus(config=config, instance=factory, run=no_ssh) == 4
-    assert flambe_cluster_detect_gpus(config=config, instance=orchestrator, run=no_ssh) == 0
+    assert flambe_cluster_promised_gpus(config=config, instance=factory) == 4
+    assert flambe_cluster_promised_gpus(config=config, instance=orchestrator) == 0
 
 
-def test_gpus_of_another_maker_are_left_to_nvidia_smi(moto_cloud):
+def test_gpus_of_another_maker_are_not_promised(moto_cloud):
     from moto.ec2.models.instance_types import INSTANCE_TYPES
 
     amd_types = sorted(name for name, info in INSTANCE_TYPES.items()
@@ -190,8 +186,7 @@ def test_gpus_of_another_maker_are_left_to_nvidia_smi(moto_cloud):
         pytest.skip("this moto version lists no instance type with AMD GPUs")
     amd = parse_config(moto_cloud.config("amd-gpus", factories_type=amd_types[0]))
     factory = Instance("amd-gpus_factory0", Role.FACTORY, Endpoint("10.0.0.9"), Endpoint("10.0.0.9"), instance_id="i-1")
-    answer = flambe_cluster_detect_gpus(config=amd, instance=factory, run=lambda command: "")
-    assert answer is None, "not NVIDIA: nvidia-smi decides"
+    assert flambe_cluster_promised_gpus(config=amd, instance=factory) is None, "not NVIDIA: no promise"
 
 
 def test_host_keys_are_parsed_from_the_console_text():

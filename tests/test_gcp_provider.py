@@ -292,24 +292,49 @@ def test_request_body_scheduling_accelerators_and_public_addresses(fake, raw):
     assert "guestAccelerators" not in bodies["orchestrator"]
     assert factory["serviceAccounts"][0]["email"] == "runner@flambe-test.iam.gserviceaccount.com"
     assert factory["disks"][0]["initializeParams"]["sourceImage"].endswith(
+        "projects/deeplearning-platform-release/global/images/common-cu128-ubuntu-2204-nvidia-570-v20250326"), \
+        "a GPU factory's default: the Deep Learning VM family with the driver, resolved to an image"
+    assert bodies["orchestrator"]["disks"][0]["initializeParams"]["sourceImage"].endswith(
         "projects/ubuntu-os-cloud/global/images/ubuntu-2204-jammy-v20240319"), "the family is resolved to an image"
+    assert {"key": "install-nvidia-driver", "value": "True"} in factory["metadata"]["items"]
+    assert all(i["key"] != "install-nvidia-driver" for i in bodies["orchestrator"]["metadata"]["items"])
     assert factory["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT"
     assert [f.gpus for f in cluster.factories] == [2, 2] and cluster.orchestrator.gpus == 0
 
 
-def test_gpus_come_from_the_accelerator_configuration_without_ssh(fake, raw):
+def test_promised_gpus_come_from_the_accelerator_configuration_without_ssh(fake, raw):
     cluster = cluster_of(raw, factories_gpu_type="nvidia-tesla-t4")
     cluster.load_all_instances()
-
-    def no_ssh(command):
-        raise AssertionError(f"no SSH round trip expected, got {command!r}")
-
-    answers = [cluster.hooks.flambe_cluster_detect_gpus(config=cluster.config, instance=f, run=no_ssh)
-               for f in cluster.factories]
+    answers = [cluster.hooks.flambe_cluster_promised_gpus(config=cluster.config, instance=f) for f in cluster.factories]
     assert answers == [1, 1]
     bundled = cluster_of(raw, name="bundled", factories_type="a2-highgpu-1g", factories_num=1)
     bundled.load_all_instances()
     assert bundled.factories[0].gpus == 1, "GPUs bundled with the machine type count too"
+
+
+def test_gpu_factories_default_to_the_newest_deep_learning_family_with_the_driver(fake, raw):
+    from flambe_cluster_gcp.api import connect
+    from flambe_cluster.records import Role
+
+    fake.add_image("deeplearning-platform-release", "common-cu129-ubuntu-2204-nvidia-580-v20250901",
+                   "common-cu129-ubuntu-2204-nvidia-580")
+    fake.add_image("deeplearning-platform-release", "common-cu130-ubuntu-2204-nvidia-590-v20251001",
+                   "common-cu130-ubuntu-2204-nvidia-590", deprecated="DEPRECATED")
+    fake.add_image("deeplearning-platform-release", "common-cu130-debian-12-v20251001", "common-cu130-debian-12")
+    options = parse_config(raw).options
+    compute = connect(options)
+    gpu = parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4"}).options
+    assert provision.image_spec(compute, gpu, Role.FACTORY) == \
+        "deeplearning-platform-release/common-cu129-ubuntu-2204-nvidia-580", "newest usable, same Ubuntu"
+    assert provision.image_spec(compute, gpu, Role.ORCHESTRATOR) == "ubuntu-os-cloud/ubuntu-2204-lts"
+    assert provision.image_spec(compute, options, Role.FACTORY) == "ubuntu-os-cloud/ubuntu-2204-lts", "no GPU: plain"
+    given = parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4", "factories_image": "debian-cloud/debian-12"})
+    assert provision.image_spec(compute, given.options, Role.FACTORY) == "debian-cloud/debian-12"
+    for (project, name), image in list(fake.images.items()):
+        if project == "deeplearning-platform-release":
+            del fake.images[(project, name)]
+    with pytest.raises(ClusterConfigurationError, match=r"factories_image: no image of a family matching"):
+        parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4"})
 
 
 def test_the_fake_paginates_and_filters_like_the_api(fake, raw):

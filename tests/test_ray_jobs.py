@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WHERE_JOB, run_cli, ssh_cluster_yaml
+from conftest import WHERE_JOB, install_nvidia_smi, run_cli, ssh_cluster_yaml
 
 SECRET_VALUE = "s3cr3t-AKIA-do-not-print"
-FAKE_NVIDIA_SMI = "#!/bin/sh\n# stand-in for tests: two GPUs\necho 0\necho 1\n"
 NAME = "rayjobs"
 
 
@@ -42,11 +41,7 @@ def env(flambe_test_hosts, flambe_client_key, tmp_path_factory):
     hosts = network.hosts
     for host in hosts:
         assert "default" not in host.run_in_namespace(["ip", "route"], capture_output=True, text=True).stdout
-    smi = hosts[2].home / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text(FAKE_NVIDIA_SMI)
-    smi.chmod(0o755)
-    subprocess.run(["chown", "-R", f"{hosts[2].username}:", str(smi.parent)], check=True)
+    install_nvidia_smi(hosts[2], 2)
     folder = tmp_path_factory.mktemp("rayjobs")
     secrets = folder / "secrets.ini"
     secrets.write_text(f"[AWS]\naws_secret_access_key = {SECRET_VALUE}\n\n[GITHUB]\ntoken = gh-{SECRET_VALUE}\n")

@@ -16,6 +16,7 @@ host stopped mid-install) is rebuilt from scratch.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import shlex
 from importlib import metadata
@@ -30,6 +31,8 @@ from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
 from .session import ENVIRONMENT_MARKER, HostSession
 from .wheelhouse import HostPlatform
+
+logger = logging.getLogger(__name__)
 
 # Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
 # and the live Ray nodes flambe-cluster started on this host (the same test as
@@ -182,22 +185,44 @@ def _size_mb(sources: Sequence[Path]) -> float:
 
 
 def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
-    """CPUs (from the probe) and GPUs (through the detect_gpus hook) of every factory.
+    """CPUs (from the probe) and GPUs (through the detect_gpus hook: ``nvidia-smi``) of every factory.
 
     Remembered in the session; ``reports`` from a probe just made saves
-    probing again.
+    probing again.  Raises :class:`HostError` (several hosts:
+    ``HostsFailedError``) naming each factory whose type promises GPUs
+    (the promised_gpus hook) that it does not see; see :func:`usable_gpus`.
     """
     if session.resources is None or reports is not None:
         reports = reports or probe(session, session.factories)
 
         def detect(host: Instance) -> Resources:
-            gpus = session.hooks.flambe_cluster_detect_gpus(
-                config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
-            )
-            return Resources(cpu=reports[host].cpus, gpu=int(gpus or 0))
+            return Resources(cpu=reports[host].cpus, gpu=usable_gpus(session, host))
 
         session.resources = session.pool.map(session.factories, detect)
     return session.resources
+
+
+def usable_gpus(session: HostSession, host: Instance) -> int:
+    """The GPUs ``host`` can use (detect_gpus), checked against those its type promises (promised_gpus).
+
+    Promised GPUs that are not seen at all raise :class:`HostError` saying
+    to install the NVIDIA driver; fewer than promised are used, with a warning.
+    """
+    seen = int(session.hooks.flambe_cluster_detect_gpus(
+        config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
+    ) or 0)
+    promised = session.hooks.flambe_cluster_promised_gpus(config=session.config, instance=host) or 0
+    if promised and not seen:
+        raise HostError(host.label, (
+            f"its type promises {promised} GPU{'s' if promised != 1 else ''} but nvidia-smi sees none: the NVIDIA "
+            "driver is missing or broken. Use an image that carries the driver (the provider's default image for "
+            "GPU types does: leave the image option unset) or install the driver (e.g. in setup_cmds), then run "
+            "`flambe-cluster up` again."
+        ))
+    if seen < promised:
+        logger.warning("%s: its type promises %d GPUs but nvidia-smi sees %d; Ray is told about %d",
+                       host.label, promised, seen, seen)
+    return seen
 
 
 def install_extensions(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str]) -> None:

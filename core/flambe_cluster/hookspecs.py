@@ -158,12 +158,27 @@ def flambe_cluster_configure_idle_shutdown(
 def flambe_cluster_detect_gpus(
     config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]
 ) -> int | None:
-    """Return how many GPUs ``instance`` has, or ``None`` to let the next impl answer.
+    """Return how many GPUs ``instance`` can use, or ``None`` to let the next impl answer.
 
-    A provider may answer from the instance type without any round trip.
     ``run(command)`` runs a shell command on the host and returns its stdout
-    (raising ``RemoteCommandError`` on failure).  The core's default asks
-    ``nvidia-smi`` over SSH.
+    (raising ``RemoteCommandError`` on failure).  The core's default counts
+    the GPUs ``nvidia-smi`` lists over SSH: what a process on the host can
+    really use.  A provider should not answer from the instance type (a GPU
+    without its driver is no GPU to Ray); it states what the type promises
+    with :func:`flambe_cluster_promised_gpus` instead.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_promised_gpus(config: "ClusterConfig", instance: "Instance") -> int | None:
+    """Return how many GPUs ``instance``'s type promises, or ``None`` when the provider cannot tell.
+
+    Cloud providers answer from the instance type or accelerator
+    configuration, without SSH; providers of machines the user brought
+    answer nothing.  The GPUs Ray is told about always come from
+    :func:`flambe_cluster_detect_gpus`: when a factory is promised GPUs and
+    sees none (no NVIDIA driver), ``up`` fails naming the factory; when it
+    sees fewer, a warning says so.  Optional.
     """
 
 

@@ -6,7 +6,7 @@
     provider: aws
     name: my-cluster
     factories_num: 2
-    factories_type: g4dn.xlarge          # GPUs counted from the type, no SSH round trip
+    factories_type: g4dn.xlarge          # a GPU type: the default image carries the NVIDIA driver
     orchestrator_type: m5.large
     key_name: my-key                     # EC2 key pair ...
     key: ~/.ssh/my-key.pem               # ... and its private key here
@@ -19,7 +19,9 @@
     volume_type: gp2                     # gp2 | gp3 | io1 (io1: 3000 IOPS, at most 50 per GiB)
     volume_size: 100                     # GiB, root volume
     orchestrator_ami: <newest Ubuntu LTS, looked up>
-    factory_ami: <newest Ubuntu LTS, looked up>
+    factory_ami: <newest Ubuntu LTS, looked up; for GPU types the newest Deep Learning Base OSS Nvidia Driver GPU AMI>
+    factories_spot: false                # factories as one-time spot instances (the orchestrator is always on-demand)
+    factories_spot_max_price: null       # USD per hour a factory may cost at most (default: the on-demand price)
     dedicated: false                     # dedicated tenancy
     orchestrator_timeout: -1             # idle auto-termination: -1 never, 0 when the job ends, N idle hours
     factories_timeout: 1
@@ -52,7 +54,13 @@ What it guarantees:
 - **Sweep** (``list --provider aws --region R``): the clusters with live
   instances tagged ``flambe-cluster:cluster`` in the region, each with the
   ``aws ec2 terminate-instances`` line that removes them.
-- **GPUs** are counted from the instance type (DescribeInstanceTypes).
+- **GPUs**: the default image of a GPU type (DescribeInstanceTypes) carries
+  the NVIDIA driver (see :func:`.catalog.default_image`); Ray is told about
+  the GPUs ``nvidia-smi`` sees, and ``up`` fails naming a factory whose type
+  promises GPUs it does not see.
+- **Spot factories** (``factories_spot``) are one-time spot requests that
+  EC2 terminates when it interrupts them; the cluster then lacks that
+  factory (``status`` says so) until ``up`` replaces it.
 - **Host keys** the instance printed on its console are required on first
   contact (see :mod:`.hostkeys`).
 """
@@ -135,8 +143,8 @@ def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> N
 
 
 @hookimpl
-def flambe_cluster_detect_gpus(config, instance, run):
-    """NVIDIA GPUs of the instance's type, from DescribeInstanceTypes (cached); None lets nvidia-smi answer."""
+def flambe_cluster_promised_gpus(config, instance):
+    """NVIDIA GPUs of the instance's type, from DescribeInstanceTypes (cached); None when unknown (not NVIDIA)."""
     if instance.instance_id is None:
         return None
     name = config.options.instance_type(instance.role.value)

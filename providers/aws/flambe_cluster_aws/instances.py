@@ -239,7 +239,8 @@ def find(config) -> ClusterInstances | None:
         raise ClusterError(
             f"AWS, finding the cluster's instances: cluster {config.name!r} is incomplete: it has "
             f"{'an' if selection.orchestrator else 'no'} orchestrator and {len(selection.factories)} of "
-            f"{config.factories_num} factories ({have}); an idle-timeout alarm may have terminated the others. "
+            f"{config.factories_num} factories ({have}); an idle-timeout alarm may have terminated the others"
+            f"{' (or EC2 interrupted spot factories)' if config.options.factories_spot else ''}. "
             "Run `flambe-cluster up` to replace what is missing, or terminate what is left: "
             f"aws ec2 terminate-instances --region {region} --instance-ids {' '.join(m.instance_id for m in live)}"
         )
@@ -251,7 +252,7 @@ def find(config) -> ClusterInstances | None:
 
 
 def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int, token: str) -> dict:
-    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy)."""
+    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy, spot factories)."""
     options = config.options
     image = plan.images[role]
     tags = {
@@ -287,7 +288,20 @@ def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int
         params["SecurityGroupIds"] = [plan.security_group_id]
     if options.dedicated:
         params["Placement"] = {"Tenancy": "dedicated"}
+    if role == Role.FACTORY.value and options.factories_spot:
+        params["InstanceMarketOptions"] = spot_market_options(options.factories_spot_max_price)
     return params
+
+
+def spot_market_options(max_price: str | None) -> dict:
+    """RunInstances' market options of one-time spot instances that EC2 terminates when it interrupts them.
+
+    Without ``max_price`` EC2 caps the price at the on-demand price.
+    """
+    spot: dict = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if max_price is not None:
+        spot["MaxPrice"] = max_price
+    return {"MarketType": "spot", "SpotOptions": spot}
 
 
 def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int) -> list[str]:

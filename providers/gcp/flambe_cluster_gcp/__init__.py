@@ -11,7 +11,9 @@ common fields (``name``, ``factories_num``, ``username``, ``key``,
     factories_gpu_type: nvidia-tesla-t4  # guest accelerators of each factory (optional)
     factories_gpu_count: 1               # default 1 when a GPU type is given
     orchestrator_image: ubuntu-os-cloud/ubuntu-2204-lts   # PROJECT/FAMILY: newest image of the family,
-    factories_image: ubuntu-os-cloud/ubuntu-2204-lts      # or projects/P/global/images/NAME
+    factories_image: ubuntu-os-cloud/ubuntu-2204-lts      # or projects/P/global/images/NAME; with GPUs the
+                                         # default is the newest Deep Learning VM family with the NVIDIA driver
+                                         # (deeplearning-platform-release/common-cuNNN-ubuntu-2204-nvidia-NNN)
     disk_type: pd-balanced               # boot disk type and size (GB)
     disk_size: 100
     network: default                     # name, or projects/P/global/networks/N (shared VPC)
@@ -46,7 +48,11 @@ Guarantees (see :mod:`.provision`, :mod:`.idle`):
   until they are gone; ``down`` deletes every instance of the cluster and
   waits;
 - idle hosts delete themselves through an on-host watchdog (no client
-  needed); GPUs are counted from the instances' accelerators, without SSH;
+  needed);
+- GPU factories boot an image with the NVIDIA driver by default (and get
+  the ``install-nvidia-driver: True`` metadata Deep Learning VM images
+  read); Ray is told about the GPUs ``nvidia-smi`` sees, and ``up`` fails
+  naming a factory whose accelerators it does not see;
 - the SSH host keys the guest agent publishes (``enable-guest-attributes``)
   must match on first contact; without them the host-key policy decides.
 """
@@ -157,7 +163,7 @@ def flambe_cluster_host_keys(config, instance):
 
 
 @hookimpl
-def flambe_cluster_detect_gpus(config, instance, run):
+def flambe_cluster_promised_gpus(config, instance):
     """The GPUs of the instance's accelerator configuration (read from the API when it was loaded), no SSH."""
     if instance.instance_id is not None and instance.gpus is not None:
         return instance.gpus

@@ -21,7 +21,9 @@ LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 #: Label keys the provider sets itself (users may not set them).
 RESERVED_LABEL_PREFIX = "flambe-"
-DEFAULT_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
+#: The Ubuntu LTS of the default images (CPU and GPU alike: one Python for the whole cluster).
+UBUNTU = "2204"
+DEFAULT_IMAGE = f"ubuntu-os-cloud/ubuntu-{UBUNTU}-lts"
 _IMAGE_PATH = re.compile(r"^projects/([a-z][-a-z0-9.:]*[a-z0-9])/global/images/(family/)?([a-z]([-a-z0-9]*[a-z0-9])?)$")
 _IMAGE_SHORT = re.compile(r"^([a-z][-a-z0-9.:]*[a-z0-9])/([a-z]([-a-z0-9]*[a-z0-9])?)$")
 
@@ -127,7 +129,7 @@ class GCPOptions:
     factories_gpu_type: str | None = field(default=None, converter=to_optional_str)
     factories_gpu_count: int | None = field(default=None, converter=attrs.converters.optional(to_int(minimum=1)))
     orchestrator_image: str = field(default=DEFAULT_IMAGE, converter=to_image)
-    factories_image: str = field(default=DEFAULT_IMAGE, converter=to_image)
+    factories_image: str | None = field(default=None, converter=attrs.converters.optional(to_image))
     disk_type: str = field(default="pd-balanced", converter=to_str)
     disk_size: int = field(default=100, converter=to_int(minimum=10))
     network: str = field(default="default", converter=to_str)

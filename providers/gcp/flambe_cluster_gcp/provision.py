@@ -33,7 +33,7 @@ from google.cloud import compute_v1
 from flambe_cluster.provider import ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name, public_key_line
 
 from .api import SCOPES, Compute, GCPError, describe, error_reasons
-from .options import GCPOptions, parse_image
+from .options import DEFAULT_IMAGE, UBUNTU, GCPOptions, parse_image
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ COMING_UP = {"PROVISIONING", "STAGING", "RUNNING", "REPAIRING"}
 STOPPED = {"TERMINATED", "STOPPED"}
 #: Machine-type families whose GPUs come with the type (they cannot live-migrate).
 GPU_MACHINE_FAMILIES = ("a2-", "a3-", "a4-", "g2-")
+#: The project publishing the Deep Learning VM images, and the families of those with the NVIDIA driver
+#: installed (``common-cu128-ubuntu-2204-nvidia-570``), as an RE2 pattern for an images.list filter
+#: (no backslashes: the filter's literal is quoted).
+DLVM_PROJECT = "deeplearning-platform-release"
+DLVM_FAMILY = f"common-cu[0-9]+-ubuntu-{UBUNTU}-nvidia-[0-9]+"
 #: Waits poll quickly at first, then back off to this many seconds between list requests.
 MAX_POLL_INTERVAL = 2.0
 
@@ -209,10 +214,11 @@ def instance_body(config, compute: Compute, role: Role, index: int, name: str, i
         accelerators = [compute_v1.AcceleratorConfig(
             accelerator_type=f"projects/{compute.project}/zones/{zone}/acceleratorTypes/{options.factories_gpu_type}",
             accelerator_count=options.gpu_count)]
+    gpus = role is Role.FACTORY and factories_have_gpus(options)
     interruptible = options.preemptible or options.spot
     scheduling = compute_v1.Scheduling(
         automatic_restart=not interruptible,
-        on_host_maintenance="TERMINATE" if (accelerators or interruptible or machine_type.startswith(GPU_MACHINE_FAMILIES))
+        on_host_maintenance="TERMINATE" if (gpus or interruptible or machine_type.startswith(GPU_MACHINE_FAMILIES))
         else "MIGRATE",
         preemptible=options.preemptible,
     )
@@ -227,6 +233,8 @@ def instance_body(config, compute: Compute, role: Role, index: int, name: str, i
             compute_v1.Items(key="ssh-keys", value=f"{config.username}:{public_key} {config.username}"),
             # the guest agent then publishes the SSH host keys, which the client checks on first contact
             compute_v1.Items(key="enable-guest-attributes", value="TRUE"),
+            # Deep Learning VM images install the NVIDIA driver at first boot when it is not there yet
+            *([compute_v1.Items(key="install-nvidia-driver", value="True")] if gpus else []),
         ]),
         disks=[compute_v1.AttachedDisk(
             boot=True, auto_delete=True,
@@ -240,6 +248,47 @@ def instance_body(config, compute: Compute, role: Role, index: int, name: str, i
         scheduling=scheduling,
         service_accounts=[compute_v1.ServiceAccount(email=options.service_account, scopes=list(SCOPES))],
     )
+
+
+def factories_have_gpus(options: GCPOptions) -> bool:
+    """Whether the factories get GPUs: accelerators asked for, or a machine type that comes with them."""
+    return bool(options.gpu_count) or options.factories_type.startswith(GPU_MACHINE_FAMILIES)
+
+
+def image_spec(compute: Compute, options: GCPOptions, role: Role) -> str:
+    """The image a role boots from: the one configured, else the default for it.
+
+    Factories with GPUs default to the newest Deep Learning VM image family
+    with the NVIDIA driver (:func:`gpu_image_family`); the rest to
+    :data:`~.options.DEFAULT_IMAGE`.  Raises :class:`GCPError` when no such
+    family is found, or the lookup fails.
+    """
+    given = options.orchestrator_image if role is Role.ORCHESTRATOR else options.factories_image
+    if given:
+        return given
+    if role is Role.FACTORY and factories_have_gpus(options):
+        return gpu_image_family(compute)
+    return DEFAULT_IMAGE
+
+
+def gpu_image_family(compute: Compute) -> str:
+    """``PROJECT/FAMILY`` of the newest usable image whose family matches :data:`DLVM_FAMILY` (one list request)."""
+    request = compute_v1.ListImagesRequest(project=DLVM_PROJECT, filter=f'family eq "{DLVM_FAMILY}"')
+    what = f"finding a Deep Learning VM image with the NVIDIA driver in project {DLVM_PROJECT}"
+
+    def fetch(timeout: float) -> list[compute_v1.Image]:
+        return list(compute.client("ImagesClient").list(request=request, timeout=timeout))
+
+    try:
+        images = compute.call(what, fetch)
+    except Exception as exc:  # noqa: BLE001 - turned into a message naming the step
+        raise GCPError(f"{what} failed: {describe(exc)}; set factories_image") from exc
+    usable = [i for i in images if not (i.deprecated and i.deprecated.state)]
+    if not usable:
+        raise GCPError(f"no image of a family matching {DLVM_FAMILY!r} in project {DLVM_PROJECT}; set factories_image "
+                       "to an image that carries the NVIDIA driver")
+    newest = max(usable, key=lambda i: (i.creation_timestamp, i.name))
+    return f"{DLVM_PROJECT}/{newest.family}"
 
 
 def resolve_image(compute: Compute, spec: str) -> compute_v1.Image:
@@ -260,20 +309,18 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
     options: GCPOptions = config.options
     run_id = journal.run_id
     public_key = public_key_line(config.key)
-    images: dict[str, str] = {}
+    images: dict[Role, str] = {}  # role -> image link
     for role in {role for role, _ in missing}:
-        spec = options.orchestrator_image if role is Role.ORCHESTRATOR else options.factories_image
-        if spec not in images:
-            try:
-                images[spec] = resolve_image(compute, spec).self_link
-            except Exception as exc:  # noqa: BLE001
-                raise GCPError(f"cluster {config.name!r}: resolving {parse_image(spec)} failed: {describe(exc)}. "
-                               "Fix the image in the cluster file, then run `up` again.") from exc
+        spec = image_spec(compute, options, role)
+        try:
+            images[role] = resolve_image(compute, spec).self_link
+        except Exception as exc:  # noqa: BLE001
+            raise GCPError(f"cluster {config.name!r}: resolving {parse_image(spec)} failed: {describe(exc)}. "
+                           "Fix the image in the cluster file, then run `up` again.") from exc
     operations: dict[str, tuple[Role, int, str]] = {}
     for role, index in missing:
         name = instance_name(config.name, role, index, run_id)
-        spec = options.orchestrator_image if role is Role.ORCHESTRATOR else options.factories_image
-        body = instance_body(config, compute, role, index, name, images[spec], run_id, public_key)
+        body = instance_body(config, compute, role, index, name, images[role], run_id, public_key)
         journal.record(CreatedResource(RESOURCE_KIND, name, {"project": compute.project, "zone": compute.zone,
                                                              "role": role.value, "index": index}))
         request = compute_v1.InsertInstanceRequest(project=compute.project, zone=compute.zone, instance_resource=body,
