@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 import paramiko
+from paramiko.pkey import UnknownKeyType
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 SAFE_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -152,7 +153,7 @@ def key_is_encrypted(path: Path) -> bool:
         paramiko.PKey.from_path(path)
     except paramiko.PasswordRequiredException:
         return True
-    except (paramiko.SSHException, ValueError, OSError):  # not a key paramiko reads: OpenSSH will say so
+    except (paramiko.SSHException, UnknownKeyType, ValueError, OSError):  # not a key paramiko reads: OpenSSH will say
         return False
     return False
 
