@@ -151,7 +151,7 @@ def key_is_encrypted(path: Path) -> bool:
     """Whether the private key at ``path`` needs a passphrase to be read."""
     try:
         paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
         return True
     except (paramiko.SSHException, UnknownKeyType, ValueError, OSError):  # not a key paramiko reads: OpenSSH will say
         return False
