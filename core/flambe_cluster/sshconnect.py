@@ -6,7 +6,8 @@ unacknowledged data) or through the route's ProxyCommand (run by
 ``direct-tcpip`` channel of the hop before it.  Every hop's host key —
 jump hosts' too — is verified against the cluster's known_hosts with its
 policy; a jump host's changed key is refused at once (no provider vouches
-for a jump host).
+for a jump host).  Each hop is offered its key files first, then the keys of
+ssh-agent (``SSH_AUTH_SOCK``, when set).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def open_route(route: Route, label: str, login: Login,
 
 
 def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Sequence[str] | None]) -> paramiko.SSHClient:
+    """A client logged in to ``hop`` over ``sock`` (a socket or channel), its host key verified; closed on failure."""
     client = paramiko.SSHClient()
     try:
         login.known.load_into(client, label)
