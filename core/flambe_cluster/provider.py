@@ -48,6 +48,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, TaggedCluster, host_name
 from .settings import ClusterConfig
+from .sshroute import Resolver
 from .state import ClusterState, KeyPair, RunJournal, public_key_line
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "matching",
     "one_of",
     "public_key_line",
+    "resolved_endpoint",
     "to_bool",
     "to_int",
     "to_optional_path",
@@ -87,3 +89,15 @@ __all__ = [
     "to_str",
     "to_str_tuple",
 ]
+
+
+def resolved_endpoint(config: ClusterConfig, endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` with the ``HostName`` and ``Port`` the configuration's ``ssh_config`` gives it.
+
+    An alias of the user's OpenSSH configuration means nothing to the other
+    hosts; this is the address it stands for (``endpoint`` itself when no
+    configuration names it).  Raises :class:`UsageError` for an unreadable
+    configuration.
+    """
+    target = Resolver(config.username, config.key, config.ssh_config).route(endpoint).target
+    return Endpoint(target.host, target.port)

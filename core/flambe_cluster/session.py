@@ -23,9 +23,9 @@ from . import secrets, sync
 from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
-from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
+from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
-from .ssh import SSHPool, openssh_options
+from .ssh import SSHPool, openssh_options, openssh_route_options
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,9 @@ class HostSession:
                 username=self.config.username,
                 key_path=self.config.key,
                 known_hosts=self.state.known_hosts,
+                ssh_config=self.config.ssh_config,
+                proxy_jump=self.config.proxy_jump,
+                proxy_command=self.config.proxy_command,
                 host_key_policy=self.config.host_key_policy,
                 connect_timeout=self.config.connect_timeout,
                 command_timeout=self.config.command_timeout,
@@ -173,7 +176,8 @@ class HostSession:
 
     def forget_host_keys(self, instances: Sequence[Instance]) -> None:
         """Drop the pinned keys of ``instances`` (their addresses may come back as other machines)."""
-        self.state.forget_host_keys({n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)})
+        names = {n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)}
+        self.state.forget_host_keys(names | {self.pool.route(h).target.known_hosts_name for h in instances})
 
     def close(self) -> None:
         """Close the SSH connections (idempotent; they reopen on next use)."""
@@ -270,9 +274,11 @@ class HostSession:
             command = f"rm -rf -- {path}"
         self.run_all(self.hosts() if hosts is None else hosts, command)
 
-    def ssh_options(self) -> list[str]:
-        """OpenSSH options for subprocesses (rsync): the cluster's key and pinned host keys."""
-        return self._openssh_options(self.config.key, self.state.known_hosts)
+    def ssh_options(self, host: Instance) -> list[str]:
+        """OpenSSH options for subprocesses (rsync) reaching ``host`` as the pool does: same route, key, pinned host keys."""
+        config = self.config
+        return openssh_route_options(self.pool.route(host), self.state.known_hosts, config.connect_timeout,
+                                     config.keepalive_interval, config.keepalive_count, config.ssh_config)
 
     def _openssh_options(self, key: Path | str, known_hosts: Path | str) -> list[str]:
         config = self.config
@@ -284,13 +290,14 @@ class HostSession:
 
         ``extra`` are further rsync options, passed as separate arguments.
         """
-        self.pool.connection(host)  # pins the host key before OpenSSH checks it strictly
+        self.pool.connection(host)  # pins the host keys (jump hosts' too) before OpenSSH checks them strictly
+        target = self.pool.route(host).target
         sync.rsync_to(
             host.label,
             list(sources),
-            sync.remote_spec(self.config.username, host.endpoint, relative_dest),
-            ssh_options=self.ssh_options(),
-            port=host.endpoint.port,
+            sync.remote_spec(target.user, Endpoint(target.host, target.port), relative_dest),
+            ssh_options=self.ssh_options(host),
+            port=target.port,
             timeout=self.config.command_timeout,
             delete=delete,
             extra=extra,
@@ -299,13 +306,14 @@ class HostSession:
     def download(self, host: Instance, relative_source: str, local: Path) -> None:
         """rsync ``$HOME/<relative_source>`` on ``host`` to the local path ``local``."""
         self.pool.connection(host)
+        target = self.pool.route(host).target
         source = check_relative_path(relative_source, "remote path") + ("/" if relative_source.endswith("/") else "")
         sync.rsync_from(
             host.label,
-            sync.remote_spec(self.config.username, host.endpoint, source),
+            sync.remote_spec(target.user, Endpoint(target.host, target.port), source),
             local,
-            ssh_options=self.ssh_options(),
-            port=host.endpoint.port,
+            ssh_options=self.ssh_options(host),
+            port=target.port,
             timeout=self.config.command_timeout,
         )
 

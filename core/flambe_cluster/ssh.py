@@ -17,8 +17,9 @@ too.  Callers quote every value they put into a command with
 from __future__ import annotations
 
 import logging
+import os
 import select
-import socket
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -29,8 +30,10 @@ from attrs import define, field, validators
 
 from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
 from .commands import CommandResult, OutputTail, shown
-from .hostkeys import KnownHosts, VerifyNewHostKey, fingerprint
+from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
+from .sshconnect import Login, changed_key_error, open_route
+from .sshroute import Resolver, Route
 
 OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before a keepalive is sent
@@ -49,6 +52,7 @@ class Connection:
     client: paramiko.SSHClient
     command_timeout: float
     output_limit: int = OUTPUT_LIMIT
+    jumps: Sequence[paramiko.SSHClient] = ()  # the jump hosts' connections it goes through, closed with it
     _channels: threading.BoundedSemaphore = field(
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
@@ -141,22 +145,8 @@ class Connection:
         """Close the connection; commands running on it end at once with :class:`HostError`."""
         self._closed_here = True
         self.client.close()
-
-
-def _open_socket(endpoint: Endpoint, timeout: float, dead_after: float) -> socket.socket:
-    """A TCP connection to ``endpoint`` that the kernel drops when data it sent stays unacknowledged for ``dead_after`` s.
-
-    With keepalives sent after every ``keepalive_interval`` of silence there
-    is always such data when the peer is gone, so a silent partition breaks
-    the connection (and every command on it) within interval + ``dead_after``.
-    ``TCP_USER_TIMEOUT`` is Linux's; elsewhere TCP's own retransmission
-    limit applies.
-    """
-    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(dead_after * 1000)))
-    return sock
+        for jump in self.jumps:
+            jump.close()
 
 
 @define
@@ -172,11 +162,19 @@ class SSHPool:
     (``keepalive_count`` ≥ 2), and commands on it raise :class:`HostError`.
     Each command's result keeps the last ``output_limit`` bytes of its
     stdout and of its stderr.
+
+    Hosts are reached along the routes :meth:`route` resolves (see
+    :mod:`flambe_cluster.sshroute`): ``key_path`` ``None`` logs in with
+    ssh-agent's keys, ``ssh_config`` is the OpenSSH configuration honoured
+    (``None``: none), ``proxy_jump``/``proxy_command`` as OpenSSH's options.
     """
 
     username: str
-    key_path: Path
+    key_path: Path | None
     known_hosts: Path
+    ssh_config: Path | None = None
+    proxy_jump: str | None = None
+    proxy_command: str | None = None
     host_key_policy: str = "accept-new"
     connect_timeout: float = 60.0
     command_timeout: float = 1800.0
@@ -185,6 +183,7 @@ class SSHPool:
     keepalive_count: int = field(default=KEEPALIVE_COUNT, validator=validators.ge(2))
     output_limit: int = field(default=OUTPUT_LIMIT, validator=validators.gt(0))
     _known: KnownHosts = field(init=False)
+    _resolver: Resolver = field(init=False)
     _connections: dict[Endpoint, Connection] = field(init=False, factory=dict)
     _locks: dict[Endpoint, threading.Lock] = field(init=False, factory=dict)
     _guard: threading.Lock = field(init=False, factory=threading.Lock)
@@ -195,6 +194,11 @@ class SSHPool:
 
     def __attrs_post_init__(self) -> None:
         self._known = KnownHosts(self.known_hosts, self.host_key_policy)
+        self._resolver = Resolver(self.username, self.key_path, self.ssh_config, self.proxy_jump, self.proxy_command)
+
+    def route(self, instance: Instance) -> Route:
+        """How ``instance`` is reached (resolved once); :class:`UsageError` for an unusable OpenSSH configuration."""
+        return self._resolver.route(instance.endpoint)
 
     def connection(self, instance: Instance, deadline: float | None = None) -> Connection:
         """The open connection to ``instance``, connecting first if needed.
@@ -221,7 +225,8 @@ class SSHPool:
             return connection
 
     def _connect(self, instance: Instance, deadline: float) -> Connection:
-        endpoint = instance.endpoint
+        route = self.route(instance)
+        target = route.target
         last_error = "no attempt made"
         delay = 0.2
         generation = self._generation
@@ -232,55 +237,33 @@ class SSHPool:
             if remaining <= 0:
                 raise HostUnreachableError(
                     instance.label,
-                    f"no SSH login as {self.username!r} within {self.connect_timeout:g} s (last error: {last_error}). "
+                    f"no SSH login as {target.user!r} within {self.connect_timeout:g} s (last error: {last_error}). "
                     "Check that the host is up, reachable from here, and accepts the cluster's key.",
                 )
-            client = paramiko.SSHClient()
-            self._known.load_into(client, instance.label)
-            client.set_missing_host_key_policy(
-                VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
-            )
+            login = Login(self._known, min(remaining, 10.0), self.keepalive_interval,
+                          self.keepalive_interval * (self.keepalive_count - 1))
             try:
                 with self._handshakes:
-                    dead_after = self.keepalive_interval * (self.keepalive_count - 1)
-                    sock = _open_socket(endpoint, timeout=min(remaining, 10.0), dead_after=dead_after)
-                    client.connect(
-                        endpoint.host,
-                        port=endpoint.port,
-                        username=self.username,
-                        key_filename=str(self.key_path),
-                        sock=sock,
-                        timeout=min(remaining, 10.0),
-                        banner_timeout=min(remaining, 10.0),
-                        auth_timeout=min(remaining, 10.0),
-                        allow_agent=False,
-                        look_for_keys=False,
-                    )
-                client.get_transport().set_keepalive(self.keepalive_interval)
-                return Connection(instance, client, self.command_timeout, self.output_limit)
+                    client, jumps = open_route(route, instance.label, login, lambda: self.vouched_keys(instance))
+                return Connection(instance, client, self.command_timeout, self.output_limit, jumps)
             except HostKeyError:
-                client.close()
                 raise
             except paramiko.BadHostKeyException as exc:
-                client.close()
-                name = endpoint.known_hosts_name
+                name = target.known_hosts_name
                 if self._known.replace_vouched(name, exc.key, self.vouched_keys(instance)):
                     logger.warning("%s: host key changed from %s to %s, which the provider vouches for (the instance "
                                    "was replaced at the same address); pinned the new key in %s", instance.label,
                                    fingerprint(exc.expected_key), fingerprint(exc.key), self.known_hosts)
                     continue
-                raise HostKeyError(
-                    instance.label,
-                    f"HOST KEY CHANGED: {self.known_hosts} pins {fingerprint(exc.expected_key)}, but the host now "
-                    f"presents {fingerprint(exc.key)}. Nothing was run on it. If the host was rebuilt on purpose, "
-                    f"forget the old key with `{self._known.removal_hint(name)}` and retry; otherwise someone may "
-                    "be intercepting the connection.",
-                ) from exc
+                raise changed_key_error(instance.label, self._known, name, exc) from exc
+            except paramiko.PasswordRequiredException as exc:  # retrying cannot help: nothing may prompt
+                keys = ", ".join(str(path) for hop in route.hops for path in hop.identities)
+                raise HostUnreachableError(instance.label, f"a key is protected by a passphrase and no ssh-agent "
+                                           f"holds it ({keys}); load it with ssh-add") from exc
             except paramiko.AuthenticationException as exc:
-                client.close()
-                last_error = f"authentication failed with key {self.key_path} ({exc})"
+                keys = ", ".join(str(path) for path in target.identities) or "the keys of ssh-agent"
+                last_error = f"authentication failed with {keys} ({exc})"
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                client.close()
                 last_error = str(exc) or type(exc).__name__
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
@@ -396,16 +379,63 @@ def _combine(errors: list[FlambeClusterError]) -> FlambeClusterError:
 
 
 def openssh_options(
-    key_path: Path,
-    known_hosts: Path,
+    key_path: Path | str,
+    known_hosts: Path | str,
     connect_timeout: float,
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_count: int = KEEPALIVE_COUNT,
 ) -> list[str]:
-    """OpenSSH client options matching the pool: same key, same pinned host keys, same keepalives, no prompts."""
+    """OpenSSH client options matching the pool, for a host reached directly with one key (host to host)."""
+    return [*_identity_options((key_path,)), *_checked_options(known_hosts, connect_timeout, keepalive_interval,
+                                                               keepalive_count)]
+
+
+def openssh_route_options(
+    route: Route,
+    known_hosts: Path | str,
+    connect_timeout: float,
+    keepalive_interval: float = KEEPALIVE_INTERVAL,
+    keepalive_count: int = KEEPALIVE_COUNT,
+    config_file: Path | None = None,
+) -> list[str]:
+    """OpenSSH client options reaching ``route.target`` as the pool does (the caller adds ``-p``, user and host).
+
+    The same keys (none: ssh-agent's), pinned host keys and keepalives, no
+    prompts; ``-F`` the configuration the pool honoured (``None``:
+    ``/dev/null``, none).  The proxy is spelled out as a ``ProxyCommand``
+    (``none`` without one): through jump hosts, an ``ssh -W`` with these
+    same options, nested for a chain (OpenSSH's own ``ProxyJump`` would not
+    pass the pinned host keys on to the jump hosts).
+    """
+    checked = [
+        "-F", str(config_file or os.devnull),
+        *_checked_options(known_hosts, connect_timeout, keepalive_interval, keepalive_count),
+    ]
+    return _route_options(route, checked)
+
+
+def _route_options(route: Route, checked: list[str]) -> list[str]:
+    via, target = route.via, route.target
+    if via is not None:
+        jump = via.target
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        proxy = shlex.join(["ssh", *_route_options(via, checked), "-p", str(jump.port), "-l", jump.user,
+                            "-W", f"{host}:{target.port}", jump.host])
+    else:
+        proxy = route.proxy_command or "none"
+    escaped = proxy if proxy == "none" else proxy.replace("%", "%%")  # OpenSSH expands %-tokens once more
+    return [*_identity_options(target.identities), "-o", f"ProxyCommand={escaped}", *checked]
+
+
+def _identity_options(identities: Sequence[Path | str]) -> list[str]:
+    if not identities:
+        return ["-o", "IdentitiesOnly=no"]  # ssh-agent's keys
+    return [*(word for path in identities for word in ("-i", str(path))), "-o", "IdentitiesOnly=yes"]
+
+
+def _checked_options(known_hosts: Path | str, connect_timeout: float, keepalive_interval: float,
+                     keepalive_count: int) -> list[str]:
     return [
-        "-i", str(key_path),
-        "-o", "IdentitiesOnly=yes",
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={known_hosts}",

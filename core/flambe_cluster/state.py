@@ -317,12 +317,16 @@ class ClusterState:
             os.close(fd)
 
 
-def public_key_line(key_path: Path) -> str:
+def public_key_line(key_path: Path | None) -> str:
     """``"ssh-ed25519 AAAA..."``: the public half of the private key at ``key_path``.
 
     Derived from the private key; an encrypted key needs its public key next
-    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise.
+    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise,
+    also for no key (``None``: a cluster whose logins use ssh-agent's keys).
     """
+    if key_path is None:
+        raise ValueError("this provider authorises your public key on the hosts it makes: set `key` to your "
+                         "private key (its public half is read from it or from <key>.pub)")
     data = key_path.read_bytes()
     key = None
     for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
