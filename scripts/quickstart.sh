@@ -13,7 +13,7 @@ fc() { .venv/bin/python -m flambe_cluster "$@"; }
 
 fc up "$config"
 trap 'fc down "$config"' EXIT
-fc submit "$config" examples/sweep --ext scikit-learn
+fc submit "$config" --ext scikit-learn examples/sweep
 fc logs "$config" --follow
 fc pull "$config" flambe-output/sweep "$results"
 echo "results in $results: $(ls "$results" | wc -l) files"

@@ -134,7 +134,7 @@ def test_one_job_at_a_time_and_force(env, tmp_path):
     refused = env.cli("submit", str(env.config), str(job), "--", "3", check=1)
     assert "a job is already running" in refused.stderr and "--force" in refused.stderr
     first = json.loads((env.hosts[0].home / ".flambe-cluster" / NAME / "job" / "process.json").read_text())["pgid"]
-    env.cli("submit", str(env.config), str(job), "--force", "--", "3", check=0)
+    env.cli("submit", str(env.config), "--force", str(job), "--", "3", check=0)
     logs = env.cli("logs", str(env.config), "--follow", check=0)
     assert logs.stdout.splitlines()[-1] == "done" and "tick 2" in logs.stdout and "tick 3" not in logs.stdout
     alive = env.hosts[0].run_in_namespace(["sh", "-c", f"kill -0 -- -{first} 2>/dev/null && echo alive || echo gone"],
@@ -145,7 +145,7 @@ def test_one_job_at_a_time_and_force(env, tmp_path):
 def test_job_survives_the_client_and_logs_pick_it_up(env, tmp_path):
     job = tmp_path / "long.py"
     job.write_text(LONG_JOB)
-    env.cli("submit", str(env.config), str(job), "--force", "--", "25", check=0)
+    env.cli("submit", str(env.config), "--force", str(job), "--", "25", check=0)
     follower = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "logs", str(env.config), "--follow"],
                                 env={**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -164,7 +164,7 @@ def test_secrets_land_0600_and_never_show(env, tmp_path):
     job.write_text("import os, stat\np = os.environ['FLAMBE_SECRETS']\n"
                    "print('mode', oct(stat.S_IMODE(os.stat(p).st_mode)))\n"
                    "print('sections', [l.strip() for l in open(p) if l.startswith('[')])\n")
-    outputs = [env.cli("-vv", "submit", str(env.config), str(job), "--force", "--secret", "AWS", check=0)]
+    outputs = [env.cli("-vv", "submit", str(env.config), "--force", "--secret", "AWS", str(job), check=0)]
     outputs.append(env.cli("-vv", "logs", str(env.config), "--follow", check=0))
     outputs.append(env.cli("-vv", "status", str(env.config), "--json", check=0))
     outputs.append(env.first_up)
