@@ -194,5 +194,5 @@ def test_down_leaves_no_ray_process(env):
         names = env.processes(host)
         assert not {"raylet", "gcs_server"} & set(names), (host.name, names)
         assert not list((host.home / ".flambe-cluster" / "ray").glob("*.json"))
-    status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
+    status = json.loads(env.cli("status", str(env.config), "--json", check=1).stdout)  # exit 1: Ray is down
     assert status["ray"] is None
