@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,20 @@ def run_cli(*args, state_home, timeout=600, check=None, env=None) -> subprocess.
     if check is not None:
         assert done.returncode == check, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done
+
+
+def fast_enough(elapsed: float, limit: float, reference: float) -> bool:
+    """A speed check that holds on a busy machine too: within ``limit`` seconds (a quiet machine's target), or
+    within 3x a ``reference`` the test measured just before on the same machine (``status``: interpreter start,
+    connections, one Ray query), so that load, which slows both alike, does not fail it."""
+    return elapsed < max(limit, 3 * reference)
+
+
+def timed(action) -> float:
+    """Seconds ``action()`` took."""
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
 
 
 def pytest_configure(config):
