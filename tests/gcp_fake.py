@@ -43,7 +43,8 @@ and parses:
   ``wait_seconds``, not the real two minutes);
 * the part of the GCE metadata server a VM uses to delete itself
   (``/computeMetadata/v1/instance/name``, ``instance/zone``,
-  ``project/project-id``, ``instance/service-accounts/default/token``, with
+  ``project/project-id``, ``instance/service-accounts/default/token`` (404 for
+  an instance created without a service account), with
   the ``Metadata-Flavor: Google`` header), answering for the instance whose
   address the request comes from.
 
@@ -782,6 +783,8 @@ class FakeComputeEngine:
         }
         if path not in answers:
             return 404, f"fake metadata server: {path} is not covered"
+        if path.startswith("instance/service-accounts/") and not instance.get("serviceAccounts"):
+            return 404, "the instance has no service account"  # as the real metadata server answers
         return 200, answers[path]
 
     # time
