@@ -33,6 +33,8 @@ and parses:
   ``pageToken`` paginate), ``instances.delete`` (through an operation; 400
   ``resourceNotReady`` while the instance's insert is still running, as the
   real API does), ``instances.start`` (a stopped, ``TERMINATED`` instance),
+  ``instances.stop`` (``STOPPING``, then ``TERMINATED`` when its operation
+  is ``DONE`` ``delete_seconds`` later),
   ``instances.getGuestAttributes`` for ``queryPath=hostkeys/`` (the SSH host
   keys a guest agent publishes, given with :meth:`publish_host_keys`; 404
   before the instance runs, without ``enable-guest-attributes: TRUE``
@@ -41,7 +43,8 @@ and parses:
   ``wait_seconds``, not the real two minutes);
 * the part of the GCE metadata server a VM uses to delete itself
   (``/computeMetadata/v1/instance/name``, ``instance/zone``,
-  ``project/project-id``, ``instance/service-accounts/default/token``, with
+  ``project/project-id``, ``instance/service-accounts/default/token`` (404 for
+  an instance created without a service account), with
   the ``Metadata-Flavor: Google`` header), answering for the instance whose
   address the request comes from.
 
@@ -121,7 +124,7 @@ METHOD_NAMES = (
     "zones.get", "zones.list", "machineTypes.get", "machineTypes.list", "machineTypes.aggregatedList",
     "acceleratorTypes.get", "acceleratorTypes.aggregatedList", "diskTypes.get", "images.getFromFamily",
     "images.get", "networks.get", "subnetworks.get", "instances.insert", "instances.get", "instances.list",
-    "instances.delete", "instances.start", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
+    "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
 )
 
 
@@ -424,6 +427,8 @@ class FakeComputeEngine:
          "instances.delete"),
         ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/start$",
          "instances.start"),
+        ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/stop$",
+         "instances.stop"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/getGuestAttributes$",
          "instances.getGuestAttributes"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/operations/(?P<name>[^/]+)$",
@@ -684,6 +689,17 @@ class FakeComputeEngine:
             instance.update(status="STAGING", _stage="booting", _created=now - self.boot_seconds / 2)
         return self._public_operation(self._new_operation(project, zone, "start", instance, done_at=now))
 
+    def _instances_stop(self, project, zone, name, query, **_):
+        self._zone(project, zone)
+        instance = self.instances.get((zone, name))
+        if instance is None:
+            raise _not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        now = time.monotonic()
+        operation = self._new_operation(project, zone, "stop", instance, done_at=now + self.delete_seconds)
+        if instance["_stage"] == "booting":
+            instance.update(status="STOPPING", _stage="stopping", _stop_op=operation["name"])
+        return self._public_operation(operation)
+
     def _instances_getGuestAttributes(self, project, zone, name, query, **_):
         self._zone(project, zone)
         instance = self.instances.get((zone, name))
@@ -767,6 +783,8 @@ class FakeComputeEngine:
         }
         if path not in answers:
             return 404, f"fake metadata server: {path} is not covered"
+        if path.startswith("instance/service-accounts/") and not instance.get("serviceAccounts"):
+            return 404, "the instance has no service account"  # as the real metadata server answers
         return 200, answers[path]
 
     # time
@@ -798,6 +816,8 @@ class FakeComputeEngine:
                 instance["status"] = status
             elif stage == "deleting" and self.operations[instance["_delete_op"]]["status"] == "DONE":
                 del self.instances[key]
+            elif stage == "stopping" and self.operations[instance["_stop_op"]]["status"] == "DONE":
+                instance.update(status="TERMINATED", _stage="stopped")
 
     def _take_address(self) -> str:
         used = {i["networkInterfaces"][0]["networkIP"] for i in self.instances.values()}

@@ -333,6 +333,35 @@ def test_a_launch_whose_answer_never_came_is_rolled_back_through_its_tag(moto_cl
     assert live(moto_cloud, "lost-answer") == [bystander], "only what this run launched is gone"
 
 
+def test_a_lost_launch_is_looked_up_until_ec2_lists_its_instances(moto_cloud, flambe_state_home, monkeypatch):
+    """EC2 lists new instances late: a launch whose answer was lost is looked up again until its instances are known."""
+    config = parse_config(moto_cloud.config("late-listing"))
+    journal = journal_for("late-listing")
+    moto_cloud.fault("RunInstances", "InternalError", status=503, lost_response=True,
+                     when=lambda call: call.role == "factory")
+    try:
+        with pytest.raises(api.AWSError, match="InternalError"):
+            instances.load(config, journal)
+    finally:
+        moto_cloud.clear_faults()
+    token = [r for r in journal.created() if r.details["role"] == "factory"][0].resource_id
+    real_describe = instances.describe
+    looks = []
+
+    def late(region, filters):  # the first two looks by launch tag do not list the launch's instances yet
+        machines = real_describe(region, filters)
+        if any(f["Name"] == f"tag:{instances.TAG_LAUNCH}" for f in filters):
+            looks.append(filters)
+            if len(looks) <= 2:
+                return [m for m in machines if m.launch != token]
+        return machines
+
+    monkeypatch.setattr(instances, "describe", late)
+    monkeypatch.setattr(instances, "LOST_LAUNCH_DELAYS", (0.01, 0.01, 0.01), raising=False)
+    flambe_cluster_rollback(config=config, created=journal.created())
+    assert live(moto_cloud, "late-listing") == [], "the factories launched without an answer are terminated too"
+
+
 def test_rollback_asks_again_for_instances_ec2_does_not_know_yet(moto_cloud, flambe_state_home):
     """EC2 is eventually consistent: right after RunInstances, TerminateInstances may not know the new ids."""
     config = parse_config(moto_cloud.config("not-yet"))

@@ -9,6 +9,7 @@ test_gcp_faults.py.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -371,3 +372,83 @@ def test_without_google_cloud_compute_the_error_names_the_extra():
             "try:\n    plugins.load_provider('gcp')\nexcept Exception as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'flambe-cluster[gcp]'" in done.stdout, done.stdout + done.stderr
+
+
+# --- two clients, owners, service accounts, exact rollback
+
+
+def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_path, monkeypatch):
+    """No shared lock (two machines): both find nothing and both create; they converge on one set of instances."""
+    from flambe_cluster.state import Journal
+    from flambe_cluster_gcp import flambe_cluster_load_instances
+
+    config = parse_config(raw)
+    barrier = threading.Barrier(2)
+    listed = threading.local()
+    real_list = provision.list_cluster
+
+    def list_together(*args, **kwargs):
+        found = real_list(*args, **kwargs)
+        if not getattr(listed, "once", False):  # each client's first look: both see no instance
+            listed.once = True
+            barrier.wait(30)
+        return found
+
+    monkeypatch.setattr(provision, "list_cluster", list_together)
+    results: dict[int, object] = {}
+
+    def up(index):
+        folder = tmp_path / f"state{index}"
+        folder.mkdir()
+        try:
+            results[index] = flambe_cluster_load_instances(config=config, journal=Journal(folder / "journal").start_run())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[index] = exc
+
+    threads = [threading.Thread(target=up, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    first, second = results[0], results[1]
+    assert not isinstance(first, BaseException), first
+    assert not isinstance(second, BaseException), second
+    assert [i.instance_id for i in first] == [i.instance_id for i in second]
+    assert sorted(i["name"] for i in fake.live_instances()) == sorted(i.instance_id for i in first), "one cluster"
+
+
+def test_the_owner_is_part_of_the_identity_so_another_users_down_leaves_the_cluster_alone(fake, raw):
+    alice = cluster_of(raw, creator="alice")
+    alice.load_all_instances()
+    assert {i["labels"]["flambe-creator"] for i in fake.live_instances()} == {"alice"}
+    bob = cluster_of(raw, creator="bob")
+    assert bob.find_instances() is False, "bob has no cluster of that name"
+    bob.hooks.flambe_cluster_terminate(config=bob.config, instances=None)
+    assert len(fake.live_instances()) == 3, "bob's down deleted none of alice's instances"
+    assert cluster_of(raw).config.options.creator, "the creator defaults to the local user"
+
+
+def test_instances_get_a_service_account_only_for_the_idle_watchdog_and_only_the_compute_scope(fake, raw):
+    cluster_of(raw, orchestrator_timeout=-1, factories_timeout=1).load_all_instances()
+    bodies = {c["body"]["labels"]["flambe-role"]: c["body"] for c in inserts(fake)}
+    assert "serviceAccounts" not in bodies["orchestrator"], "no idle shutdown: no service account"
+    assert bodies["factory"]["serviceAccounts"] == [
+        {"email": "default", "scopes": ["https://www.googleapis.com/auth/compute"]}]
+    cluster_of(raw, name="calm", factories_timeout=-1).load_all_instances()
+    assert all("serviceAccounts" not in c["body"] for c in inserts(fake) if c["body"]["labels"]["flambe-cluster"] == "calm")
+
+
+def test_rollback_stops_again_the_stopped_instances_this_run_started(fake, raw):
+    cluster_of(raw).load_all_instances()
+    stopped = sorted(i["name"] for i in fake.live_instances() if i["labels"].get("flambe-index") == "1")[0]
+    fake.stop_instance(stopped)
+    again = cluster_of(raw)
+    with again:
+        again.load_all_instances()
+        assert fake.instance(stopped)["status"] == "RUNNING"
+        raise RuntimeError("a later step failed")
+    assert "a later step failed" in str(again.error)
+    statuses = {i["name"]: i["status"] for i in fake.live_instances()}
+    assert statuses.pop(stopped) == "TERMINATED", "started by the run, stopped again by its rollback"
+    assert set(statuses.values()) == {"RUNNING"} and len(statuses) == 2
+    assert fake.count("instances.insert") == 3

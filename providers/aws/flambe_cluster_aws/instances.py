@@ -309,10 +309,13 @@ def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int)
 
     The journal entry is written before the call (so a crash during it still
     leaves a trace a rollback can follow through the launch tag) and again
-    with the instance ids as soon as EC2 answers.  The ClientToken is the
-    entry's id: a retried call never launches twice, and a later run never
-    reuses it.
+    with the instance ids as soon as EC2 answers, or marked ``refused`` when
+    EC2 answered that it launched nothing (see :func:`_refused`).  The
+    ClientToken is the entry's id: a retried call never launches twice, and
+    a later run never reuses it.
     """
+    from botocore.exceptions import ClientError
+
     options = config.options
     token = f"{journal.run_id}-{role}"
     details = {"region": options.region_name, "role": role, "count": count, "instance_ids": []}
@@ -320,10 +323,26 @@ def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int)
     kind = options.instance_type(role)
     what = f"creating the orchestrator ({kind})" if role == "orchestrator" else f"creating factories ({count} x {kind})"
     with api.step(what):
-        response = api.client("ec2", options.region_name).run_instances(**launch_parameters(config, plan, role, count, token))
+        try:
+            response = api.client("ec2", options.region_name).run_instances(
+                **launch_parameters(config, plan, role, count, token))
+        except ClientError as exc:
+            if _refused(exc):
+                journal.record(CreatedResource(KIND_LAUNCH, token, {**details, "refused": True}))
+            raise
     ids = [item["InstanceId"] for item in response["Instances"]]
     journal.record(CreatedResource(KIND_LAUNCH, token, {**details, "instance_ids": ids}))
     return ids
+
+
+def _refused(exc) -> bool:
+    """Whether a RunInstances error says that nothing was launched: a client error (4xx), or a lack of capacity.
+
+    Any other failure (5xx, no answer) leaves it open: the instances may
+    exist, and a rollback looks for them through the launch tag.
+    """
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+    return status < 500 or api.error_code(exc).startswith("Insufficient")
 
 
 def load(config, journal) -> ClusterInstances:
@@ -464,6 +483,31 @@ def terminate_and_wait(region: str, ids: Iterable[str], look: Callable[[], list[
     _wait_state(ids, look, ("terminated",), what)
 
 
+#: Seconds between looks for the instances of a launch whose answer was lost: EC2 lists new instances late.
+LOST_LAUNCH_DELAYS = (0.5, 1.0, 2.0, 3.0)
+
+
+def _unanswered(resource: CreatedResource) -> bool:
+    """Whether a launch may have made instances the journal has no id of (its answer never came)."""
+    return not resource.details.get("instance_ids") and not resource.details.get("refused")
+
+
+def _look_for_lost_launches(look: Callable[[], list[Machine]], counts: dict[str, int]) -> list[Machine]:
+    """``look()``, again with backoff (:data:`LOST_LAUNCH_DELAYS`) while a launch token in ``counts`` has fewer
+    instances listed than it asked for (RunInstances launches all or none); then taken as never launched."""
+    delays = iter(LOST_LAUNCH_DELAYS)
+    while True:
+        machines = look()
+        short = sorted(t for t, n in counts.items() if sum(m.launch == t for m in machines) < n)
+        if not short:
+            return machines
+        delay = next(delays, None)
+        if delay is None:
+            logger.info("taking launch(es) %s as never made: EC2 lists none of their instances", ", ".join(short))
+            return machines
+        time.sleep(delay)
+
+
 #: Seconds to wait before asking again to terminate ids EC2 does not know (yet: it is eventually consistent).
 NOT_FOUND_RETRIES = (1.0, 2.0)
 
@@ -517,16 +561,20 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
     """Terminate the instances these launches made, stop the instances this run started; wait for both.
 
     Instances are found through the journaled ids and the launch tags (so a
-    launch interrupted before its ids were journaled is covered too).
-    Idempotent: instances already gone are skipped.
+    launch interrupted before its ids were journaled is covered too; EC2
+    lists new instances late, so such a launch is looked up again until its
+    instances are listed, a few seconds at most).  Idempotent: instances
+    already gone are skipped.
     """
     by_region: dict[str, dict[str, list]] = {}
     for resource in created:
         region = resource.details.get("region", config.options.region_name)
-        bucket = by_region.setdefault(region, {"tokens": [], "ids": [], "started": []})
+        bucket = by_region.setdefault(region, {"tokens": [], "ids": [], "started": [], "unanswered": {}})
         if resource.kind == KIND_LAUNCH:
             bucket["tokens"].append(resource.resource_id)
             bucket["ids"] += resource.details.get("instance_ids", [])
+            if _unanswered(resource):
+                bucket["unanswered"][resource.resource_id] = resource.details.get("count", 1)
         elif resource.kind == KIND_STARTED:
             bucket["started"].append(resource.details["instance_id"])
     for region, bucket in by_region.items():
@@ -536,7 +584,7 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
             return describe_where(region, f"tag:{TAG_LAUNCH}", tokens) + describe_where(region, "instance-id", started)
 
         with api.step("rolling back: finding the instances this run created"):
-            machines = look()
+            machines = _look_for_lost_launches(look, bucket["unanswered"])
         visible = {m.instance_id: m for m in machines}
         made = set(bucket["ids"]) | {m.instance_id for m in machines if m.launch in tokens}
         # A journaled id EC2 does not list is either too new to be listed or long gone: _terminate tells them apart.

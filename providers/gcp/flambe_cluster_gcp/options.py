@@ -8,6 +8,7 @@ network really exists is checked against the API by validation, not here.
 
 from __future__ import annotations
 
+import getpass
 import math
 import re
 from typing import Mapping
@@ -15,7 +16,7 @@ from typing import Mapping
 import attrs
 from attrs import field, frozen
 
-from flambe_cluster.provider import config_class, describe_value, to_bool, to_int, to_seconds, to_str
+from flambe_cluster.provider import Role, config_class, describe_value, to_bool, to_int, to_seconds, to_str
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -104,9 +105,26 @@ def to_labels(value: object) -> dict[str, str]:
         if not LABEL_VALUE.fullmatch(item):
             raise ValueError(f"label {key!r}: expected up to 63 lowercase letters, digits, '_' or '-', got {item!r}")
         labels[key] = item
-    if len(labels) > 60:
-        raise ValueError(f"expected at most 60 labels (GCP allows 64, flambe-cluster sets 4), got {len(labels)}")
+    if len(labels) > 59:
+        raise ValueError(f"expected at most 59 labels (GCP allows 64, flambe-cluster sets 5), got {len(labels)}")
     return labels
+
+
+def default_creator() -> str:
+    """The local user name, made a label value (lowercase letters, digits, '_' and '-'; 'unknown' without one)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+    return re.sub(r"[^a-z0-9_-]", "-", user.lower())[:63].strip("-") or "unknown"
+
+
+def to_creator(value: object) -> str:
+    """Converter: the cluster's owner, a label value of 1-63 lowercase letters, digits, '_' or '-'."""
+    if not isinstance(value, str) or not value or not LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"expected 1-63 lowercase letters, digits, '_' or '-' (it is a label value), "
+                         f"got {describe_value(value)}")
+    return value
 
 
 def to_api_endpoint(value: object) -> str | None:
@@ -136,6 +154,7 @@ class GCPOptions:
     subnetwork: str | None = field(default=None, converter=to_optional_str)
     labels: dict = field(factory=dict, converter=to_labels)
     service_account: str = field(default="default", converter=to_str)
+    creator: str = field(factory=default_creator, converter=to_creator)
     preemptible: bool = field(default=False, converter=to_bool)
     spot: bool = field(default=False, converter=to_bool)
     orchestrator_timeout: float = field(default=-1.0, converter=to_hours)
@@ -150,6 +169,14 @@ class GCPOptions:
         if self.factories_gpu_type is None:
             return 0
         return self.factories_gpu_count or 1
+
+    def timeout_of(self, role: Role) -> float:
+        """The idle timeout of ``role``'s instances in hours (-1: never)."""
+        return self.orchestrator_timeout if role is Role.ORCHESTRATOR else self.factories_timeout
+
+    def idle_shutdown(self, role: Role) -> bool:
+        """Whether ``role``'s instances delete themselves when idle (their watchdog then needs the Compute API)."""
+        return self.timeout_of(role) != -1
 
     @property
     def region(self) -> str:

@@ -41,7 +41,7 @@ def static_problems(config) -> list[str]:
             f"name: GCP instance names and labels need 1-{MAX_NAME} lowercase letters, digits and '-', starting with "
             f"a letter and not ending with '-', got {config.name!r}"
         )
-    elif len(instance_name(config.name, Role.FACTORY, max(config.factories_num - 1, 0), "x-00000000")) > 63:
+    elif len(instance_name(config.name, Role.FACTORY, max(config.factories_num - 1, 0), "x")) > 63:
         problems.append(f"name: {config.name!r} is too long for {config.factories_num} factories' instance names")
     if options.preemptible and options.spot:
         problems.append("spot: choose either preemptible: true or spot: true, not both")
