@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import plugins
+from . import plugins, raycluster
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError
 from .handles import handle
@@ -222,9 +222,11 @@ class Cluster(ClusterOperations):
                 self._rolled_back_for = exc
                 raise
 
-    def _prepare(self) -> None:
+    def _prepare(self, ray_next: bool = False) -> None:
         self.load_all_instances()
         self.wait_until_accessible()
+        if ray_next and not self.setup_cmds:  # the head's answer cannot change before launch_ray_cluster asks
+            raycluster.ask_head_early(self.session)
         if self.cluster_has_key():
             self.on_step("cluster key already on every host")
         else:
@@ -234,7 +236,7 @@ class Cluster(ClusterOperations):
         self.prepare_all_instances()
 
     def _up(self) -> None:
-        self._prepare()
+        self._prepare(ray_next=True)
         self.launch_ray_cluster()
         self.hooks.flambe_cluster_configure_idle_shutdown(
             config=self.config,

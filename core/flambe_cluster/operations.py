@@ -101,7 +101,8 @@ class ClusterOperations:
         reports = environment.probe(self.session, self.session.hosts())
         self.session.ray_node_hosts = {h for h, r in reports.items() if any(n["cluster"] == self.session.name
                                                                             for n in r.ray_nodes)}
-        environment.prepare(self.session, reports)
+        if environment.prepare(self.session, reports):
+            raycluster.forget_early_answer(self.session)  # installing may have ended what the head knew
         environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
 
     def contains_gpu_factories(self) -> bool:

@@ -12,7 +12,9 @@ workers, one on each factory.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import Future
 from typing import Sequence
 
 from .errors import ClusterError
@@ -32,6 +34,42 @@ def nodes(session: HostSession) -> list[dict] | None:
         return None
     result.check()
     return json.loads(result.stdout)
+
+
+def ask_head_early(session: HostSession) -> None:
+    """Start asking the head for its nodes in the background, for :func:`launch` to use if nothing changed since.
+
+    The question only reads, so it runs while the hosts' keys and software
+    are checked (on a second ``up`` it is the slowest of those checks: the
+    head's Python imports Ray).  :func:`forget_early_answer` discards it when
+    a step may have changed what the head would say.
+    """
+    future: Future = Future()
+
+    def ask() -> None:
+        try:
+            future.set_result(nodes(session))
+        except BaseException as exc:  # handed to launch, which then asks again
+            future.set_exception(exc)
+
+    threading.Thread(target=ask, name="flambe ray nodes", daemon=True).start()
+    session.early_ray_nodes = future
+
+
+def forget_early_answer(session: HostSession) -> None:
+    """Discard the answer of :func:`ask_head_early` (software was installed, or commands ran on the hosts)."""
+    session.early_ray_nodes = None
+
+
+def _current_nodes(session: HostSession) -> list[dict] | None:
+    """The early answer if there is one and it came through, else the head's answer now."""
+    early, session.early_ray_nodes = session.early_ray_nodes, None
+    if early is not None:
+        try:
+            return early.result(timeout=90)
+        except Exception:  # noqa: BLE001 - asking again gives the error (if any) of a question asked now
+            pass
+    return nodes(session)
 
 
 def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
@@ -63,7 +101,7 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     A healthy cluster is left as it is.  If the head does not answer, every
     node of this cluster is stopped and the whole cluster started again.
     """
-    known = nodes(session)
+    known = _current_nodes(session)
     if known is None:
         session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
         shutdown(session)

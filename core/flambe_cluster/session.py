@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import shlex
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,6 +61,8 @@ class HostSession:
     """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
     ray_node_hosts: set[Instance] | None = field(default=None, init=False)
     """The hosts where this cluster's Ray node ran at the last probe (None before one)."""
+    early_ray_nodes: Future | None = field(default=None, init=False)
+    """The head's nodes, asked while the hosts were checked (see :func:`flambe_cluster.raycluster.ask_head_early`)."""
     _pool: SSHPool | None = field(default=None, init=False)
     _run_journal: RunJournal | None = field(default=None, init=False)
     sent_content: dict[str, Path] = field(factory=dict, init=False)
