@@ -1,0 +1,129 @@
+"""Resize in place on real test hosts (ssh provider): 1+2 -> 1+4 -> 1+1 under a running job.
+
+The cluster file's list of factories changes and `up` runs again: new
+factories are prepared and joined to the running head, removed ones are
+drained (their Ray node stopped) and forgotten (pins, the cluster's record).
+A job that counts its Ray workers runs throughout and sees the counts
+change; the head's process (its ``gcs_server`` PID on the orchestrator, with
+the machine's boot id) and the workers that stay are the same before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli, ssh_cluster_yaml
+
+pytestmark = pytest.mark.hosts
+
+NAME = "resize"
+COUNT_JOB = __import__("pathlib").Path(__file__).parent / "jobs" / "count_workers.py"
+
+
+def pids(host, pattern: str) -> list[int]:
+    """PIDs of the processes matching ``pattern`` inside ``host``'s own PID namespace (only its processes)."""
+    done = host.run_in_namespace(["pgrep", "-f", pattern])
+    return sorted(int(p) for p in done.stdout.split())
+
+
+def boot_id(host) -> str:
+    return host.run_in_namespace(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+
+
+class Env:
+    def __init__(self, network, folder, key):
+        self.network, self.hosts, self.folder, self.key = network, network.hosts, folder, key
+        self.config = folder / "cluster.yaml"
+        self.state = folder / "state"
+
+    def write(self, factories: int):
+        ssh_cluster_yaml(self.config, self.hosts[:1 + factories], self.key, NAME, ray_timeout=90)
+
+    def cli(self, command, *args, check=None, timeout=900):
+        """``flambe-cluster COMMAND CONFIG ARGS...``"""
+        return run_cli(command, str(self.config), *args, state_home=self.state, check=check, timeout=timeout)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def counts(self) -> list[int]:
+        """Every worker count the job printed so far, in order."""
+        text = self.cli("logs", check=0).stdout
+        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("workers ")]
+
+    def wait_for_count(self, wanted: int, timeout: float = 60) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.counts()
+            if counts and counts[-1] == wanted:
+                return counts
+            assert time.monotonic() < deadline, f"the job never saw {wanted} workers: {counts[-20:]}"
+            time.sleep(1)
+
+    def pins(self) -> str:
+        path = self.state / "clusters" / NAME / "known_hosts"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def env(flambe_test_hosts, flambe_client_key, tmp_path):
+    network = flambe_test_hosts(5)
+    env = Env(network, tmp_path, flambe_client_key.path)
+    try:
+        yield env
+    finally:
+        try:
+            env.write(4)
+            env.cli("down", timeout=300)
+        finally:
+            network.close()
+
+
+def test_grow_then_shrink_under_a_running_job(env):
+    orchestrator = env.hosts[0]
+    env.write(2)
+    env.cli("up", check=0)
+    head, boot = pids(orchestrator, "gcs_server"), boot_id(orchestrator)
+    assert len(head) == 1, head
+    workers_before = {h.address: pids(h, "raylet") for h in env.hosts[1:3]}
+    assert all(workers_before.values()), workers_before
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+
+    # 1+2 -> 1+4: two workers join the running head; nothing else restarts, the job goes on
+    env.write(4)
+    grow = env.cli("up", check=0)
+    assert "starting Ray workers on 2 factories" in grow.stderr, grow.stderr
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 4 and status["job"]["state"] == "running", status
+    counts = env.wait_for_count(4)
+    assert 2 in counts and counts[-1] == 4
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+    assert {h.address: pids(h, "raylet") for h in env.hosts[1:3]} == workers_before, "a worker was restarted"
+    assert all(pids(h, "raylet") for h in env.hosts[3:5])
+    for host in env.hosts[3:5]:
+        assert host.address in env.pins()
+
+    # 1+4 -> 1+1: three workers drained and forgotten; the head, the worker that stays and the job go on
+    env.write(1)
+    shrink = env.cli("up", check=0)
+    assert "removing 3 factories" in shrink.stderr, shrink.stderr
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 1 and status["job"]["state"] == "running", status
+    assert [n["ip"] for n in status["ray"]["nodes"] if n["alive"] and not n["head"]] == [env.hosts[1].address]
+    assert env.wait_for_count(1)[-1] == 1
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+    assert pids(env.hosts[1], "raylet") == workers_before[env.hosts[1].address], "the worker that stays was restarted"
+    for host in env.hosts[2:5]:
+        assert pids(host, "raylet") == [], f"{host.address} still runs a Ray node"
+        assert host.address not in env.pins(), f"{host.address} is still pinned"
+    assert env.hosts[1].address in env.pins()
+
+    # an unchanged file: the next `up` changes nothing
+    again = env.cli("up", check=0)
+    assert "removing" not in again.stderr and "Ray already up: 1 workers alive" in again.stderr, again.stderr
+    assert pids(orchestrator, "gcs_server") == head
+    env.cli("exec", "--", "touch stop-counting", check=0)
