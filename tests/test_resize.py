@@ -17,8 +17,6 @@ import pytest
 
 from conftest import run_cli, ssh_cluster_yaml
 
-pytestmark = pytest.mark.hosts
-
 NAME = "resize"
 COUNT_JOB = __import__("pathlib").Path(__file__).parent / "jobs" / "count_workers.py"
 
@@ -31,6 +29,42 @@ def pids(host, pattern: str) -> list[int]:
 
 def boot_id(host) -> str:
     return host.run_in_namespace(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+
+
+def test_the_journal_forgets_released_instances_one_by_one(tmp_path):
+    from flambe_cluster.records import CreatedResource
+    from flambe_cluster.state import ClusterState
+
+    journal = ClusterState(tmp_path).ensure().journal
+    earlier, later = journal.start_run(), journal.start_run()
+    earlier.record(CreatedResource("launch", "t1", {"instance_ids": ["i-a", "i-b"], "count": 2}))
+    earlier.record(CreatedResource("alarm", "x/i-a", {"instance_id": "i-a"}))
+    later.record(CreatedResource("launch", "t2", {"instance_ids": ["i-c"]}))
+    journal.forget_instances({"i-b", "i-c"})
+    assert {r.resource_id: r.details for r in journal.outstanding()} == {
+        "t1": {"instance_ids": ["i-a"], "count": 2}, "x/i-a": {"instance_id": "i-a"}}
+    assert [r.resource_id for r in earlier.created()] == ["t1", "x/i-a"], "still the earlier run's"
+    assert later.created() == []
+    journal.forget_instances({"i-a"})
+    assert journal.outstanding() == []
+
+
+def test_members_are_recorded_by_identity_and_dropped(tmp_path):
+    from flambe_cluster import resize
+    from flambe_cluster.records import ClusterInstances, Endpoint
+    from flambe_cluster.state import ClusterState
+
+    state = ClusterState(tmp_path)
+    assert resize.members(state) is None, "no record: nothing to shrink"
+    hosts = list(ClusterInstances.named("c", [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}")) for i in (1, 2, 3)]))
+    resize.write_members(state, hosts)
+    assert [resize.identity(h) for h in resize.members(state)] == [resize.identity(h) for h in hosts]
+    resize.drop_members(state, hosts[2:])
+    assert [h.name for h in resize.members(state)] == ["c_orchestrator", "c_factory0"]
+    (state.root / resize.MEMBERS).write_text("{damaged")
+    assert resize.members(state) is None
+    resize.drop_members(state)
+    assert not (state.root / resize.MEMBERS).exists()
 
 
 class Env:
@@ -82,6 +116,7 @@ def env(flambe_test_hosts, flambe_client_key, tmp_path):
             network.close()
 
 
+@pytest.mark.hosts
 def test_grow_then_shrink_under_a_running_job(env):
     orchestrator = env.hosts[0]
     env.write(2)
@@ -96,7 +131,8 @@ def test_grow_then_shrink_under_a_running_job(env):
     # 1+2 -> 1+4: two workers join the running head; nothing else restarts, the job goes on
     env.write(4)
     grow = env.cli("up", check=0)
-    assert "starting Ray workers on 2 factories" in grow.stderr, grow.stderr
+    assert "adding 2 factories to the cluster" in grow.stderr and "starting Ray workers on 2 factories" in grow.stderr, \
+        grow.stderr
     status = env.status()
     assert status["ray"]["alive_workers"] == 4 and status["job"]["state"] == "running", status
     counts = env.wait_for_count(4)
@@ -127,3 +163,90 @@ def test_grow_then_shrink_under_a_running_job(env):
     assert "removing" not in again.stderr and "Ray already up: 1 workers alive" in again.stderr, again.stderr
     assert pids(orchestrator, "gcs_server") == head
     env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+# --- AWS on moto: each instance moto launches is a real test host (aws_support.MotoCloud)
+
+AWS_NAME = "aws-resize"
+LIVE = ("pending", "running", "stopping", "stopped")
+
+
+class AWSEnv(Env):
+    def __init__(self, cloud, folder):
+        self.cloud, self.folder = cloud, folder
+        self.config, self.state = folder / "cluster.yaml", folder / "state"
+
+    def write(self, factories: int):
+        self.cloud.write_config(self.config, AWS_NAME, factories_num=factories, ray_timeout=90)
+
+    def cli(self, command, *args, check=None, timeout=900):
+        return self.cloud.cli(command, str(self.config), *args, home=self.state, check=check, timeout=timeout)
+
+    def pins(self) -> str:
+        path = self.state / "clusters" / AWS_NAME / "known_hosts"
+        return path.read_text() if path.exists() else ""
+
+    def roles(self) -> dict[str, list[str]]:
+        """role -> live instance ids, in the order `status` lists the hosts."""
+        found: dict[str, list[str]] = {}
+        for host in self.status()["hosts"]:
+            found.setdefault(host["role"], []).append(host["instance_id"])
+        return found
+
+
+@pytest.fixture
+def aws_env(aws_cloud, tmp_path):
+    env = AWSEnv(aws_cloud, tmp_path)
+    try:
+        yield env
+    finally:
+        if aws_cloud.instances(AWS_NAME, LIVE):
+            env.cli("down", timeout=300)
+
+
+@pytest.mark.hosts
+def test_aws_grow_then_shrink_terminates_the_removed_factories(aws_env):
+    from flambe_cluster.state import ClusterState
+
+    env, cloud = aws_env, aws_env.cloud
+    env.write(2)
+    env.cli("up", check=0)
+    [orchestrator_id] = env.roles()["orchestrator"]
+    orchestrator = cloud.host_of(orchestrator_id)
+    head, boot = pids(orchestrator, "gcs_server"), boot_id(orchestrator)
+    assert len(head) == 1, head
+    first = env.roles()["factory"]
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+
+    env.write(4)
+    grow = env.cli("up", check=0)
+    assert "adding 2 factories to the cluster" in grow.stderr and "starting Ray workers on 2 factories" in grow.stderr, \
+        grow.stderr
+    factories = env.roles()["factory"]
+    assert factories[:2] == first and len(factories) == 4, factories
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 4 and status["job"]["state"] == "running", status
+    assert env.wait_for_count(4)[-1] == 4
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+    alarmed = sorted(a["Dimensions"][0]["Value"] for a in cloud.alarms(f"flambe-cluster/{AWS_NAME}/"))
+    assert alarmed == sorted(factories)
+
+    env.write(1)
+    shrink = env.cli("up", check=0)
+    assert "removing 3 factories" in shrink.stderr, shrink.stderr
+    removed = factories[1:]
+    assert {cloud.state_of(i) for i in removed} == {"terminated"}
+    assert sorted(i["InstanceId"] for i in cloud.instances(AWS_NAME, LIVE)) == sorted([orchestrator_id, factories[0]])
+    assert env.roles()["factory"] == [factories[0]]
+    assert [a["Dimensions"][0]["Value"] for a in cloud.alarms(f"flambe-cluster/{AWS_NAME}/")] == [factories[0]]
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 1 and status["job"]["state"] == "running", status
+    assert env.wait_for_count(1)[-1] == 1
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+    journal = ClusterState(env.state / "clusters" / AWS_NAME).journal
+    still = [r for r in journal.outstanding()
+             if set(r.details.get("instance_ids", ())) & set(removed) or r.details.get("instance_id") in removed]
+    assert still == [], still
+    for instance_id in removed:
+        assert cloud.host_of(instance_id).address not in env.pins()

@@ -107,6 +107,10 @@ def shrink(session: HostSession) -> list[Instance]:
     changes back after a failure (a rollback drops the instances it
     destroys, :func:`drop_members`).
     """
+    recorded = {identity(h) for h in members(session.state) or session.hosts()}
+    added = [h for h in session.factories if identity(h) not in recorded]
+    if added:
+        session.on_step(f"adding {len(added)} factories to the cluster: " + ", ".join(h.label for h in added))
     removed = removed_factories(session)
     if removed:
         session.on_step(f"removing {len(removed)} factories no longer in the cluster: "
