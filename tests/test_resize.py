@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from aws_support import aws_cloud  # noqa: F401 - a fixture
 from conftest import run_cli, ssh_cluster_yaml
 
 NAME = "resize"
@@ -110,8 +111,7 @@ def env(flambe_test_hosts, flambe_client_key, tmp_path):
         yield env
     finally:
         try:
-            env.write(4)
-            env.cli("down", timeout=300)
+            env.cli("down", timeout=300)  # the hosts the file lists last; every host's processes end with the network
         finally:
             network.close()
 

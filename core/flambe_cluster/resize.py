@@ -100,9 +100,10 @@ def removed_factories(session: HostSession) -> list[Instance]:
 
 
 def shrink(session: HostSession) -> list[Instance]:
-    """Drain, release and forget the factories the cluster no longer has; returns them.
+    """Say which factories join; drain, release and forget the factories the cluster no longer has; returns them.
 
-    Then records the loaded hosts as the members, before anything is
+    A removed factory that does not answer (lost, already terminated) is
+    released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members, before anything is
     started on the new ones: a later ``up`` drains them too if the file
     changes back after a failure (a rollback drops the instances it
     destroys, :func:`drop_members`).
