@@ -250,3 +250,27 @@ def test_aws_grow_then_shrink_terminates_the_removed_factories(aws_env):
     assert still == [], still
     for instance_id in removed:
         assert cloud.host_of(instance_id).address not in env.pins()
+
+
+# --- GCP: the release hook against the local Compute Engine fake (no hosts)
+
+
+def test_gcp_releases_exactly_the_removed_factories(flambe_client_key, flambe_state_home):
+    from flambe_cluster import Cluster
+    from flambe_cluster.config import parse_config
+    from gcp_fake import FakeComputeEngine
+
+    with FakeComputeEngine(addresses=[f"10.213.251.{i}" for i in range(4, 12)], boot_seconds=0.3) as fake:
+        raw = {"provider": "gcp", "name": "shrink", "key": str(flambe_client_key.path), "username": "flambe",
+               "zone": "us-central1-a", "project": fake.project, "api_endpoint": fake.url, "use_public": False}
+        big = Cluster.from_config(parse_config({**raw, "factories_num": 3}))
+        big.load_all_instances()
+        small = Cluster.from_config(parse_config({**raw, "factories_num": 1}))
+        small.load_all_instances()
+        assert small.factories[0].instance_id == big.factories[0].instance_id, "the lowest index stays"
+        removed = big.session.factories[1:]
+        small.hooks.flambe_cluster_release_instances(config=small.config, instances=removed)
+        small.hooks.flambe_cluster_release_instances(config=small.config, instances=removed)  # idempotent
+        assert sorted(i["name"] for i in fake.live_instances()) == sorted(
+            [big.orchestrator.instance_id, big.factories[0].instance_id])
+        small.hooks.flambe_cluster_terminate(config=small.config, instances=None)
