@@ -165,6 +165,35 @@ def test_grow_then_shrink_under_a_running_job(env):
     env.cli("exec", "--", "touch stop-counting", check=0)
 
 
+@pytest.fixture
+def small_env(flambe_test_hosts, flambe_client_key, tmp_path):
+    network = flambe_test_hosts(3)
+    env = Env(network, tmp_path, flambe_client_key.path)
+    try:
+        yield env
+    finally:
+        try:
+            env.cli("down", timeout=300)
+        finally:
+            network.close()
+
+
+@pytest.mark.hosts
+def test_a_removed_factory_that_does_not_answer_is_released_anyway(small_env):
+    env = small_env
+    env.write(2)
+    env.cli("up", check=0)
+    gone = env.hosts[2]
+    gone.stop()  # the machine died: its Ray node with it
+    env.write(1)
+    shrink = env.cli("up", check=0)
+    assert "removing 1 factories" in shrink.stderr and f"{gone.address}) did not answer" in shrink.stderr, shrink.stderr
+    assert env.status()["ray"]["alive_workers"] == 1
+    assert gone.address not in env.pins()
+    members = json.loads((env.state / "clusters" / NAME / "members.json").read_text())
+    assert sorted(m["private"] for m in members) == sorted(h.address for h in env.hosts[:2])
+
+
 # --- AWS on moto: each instance moto launches is a real test host (aws_support.MotoCloud)
 
 AWS_NAME = "aws-resize"
