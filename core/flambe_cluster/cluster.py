@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import plugins, raycluster
+from . import plugins, raycluster, resize
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError
 from .handles import handle
@@ -224,6 +224,7 @@ class Cluster(ClusterOperations):
 
     def _prepare(self, ray_next: bool = False) -> None:
         self.load_all_instances()
+        resize.shrink(self.session)  # factories no longer in the cluster: drained, released, forgotten
         self.wait_until_accessible()
         if ray_next and not self.setup_cmds:  # the head's answer cannot change before launch_ray_cluster asks
             raycluster.ask_head_early(self.session)
@@ -264,7 +265,9 @@ class Cluster(ClusterOperations):
         self.hooks.flambe_cluster_rollback(config=self.config, created=created)
         self.journal.journal.record_destroyed(created, run_id=self.journal.run_id)
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
-        self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id in destroyed])
+        gone = [h for h in self.session.loaded() if h.instance_id in destroyed]
+        self.session.forget_host_keys(gone)
+        resize.drop_members(self.state, gone)
 
     def down(self, wait: float = 0.0) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
@@ -296,6 +299,7 @@ class Cluster(ClusterOperations):
             self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id is not None])
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
+            resize.drop_members(self.state)
             return True
 
     def _stop_everything(self) -> None:

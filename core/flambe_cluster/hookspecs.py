@@ -133,6 +133,22 @@ def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstanc
 
 
 @hookspec
+def flambe_cluster_release_instances(config: "ClusterConfig", instances: "list[Instance]") -> None:
+    """Release factories that a resize removed from the cluster (``factories_num`` lowered, an address dropped).
+
+    ``instances`` were factories of the cluster at its last ``up`` and are
+    not among what :func:`flambe_cluster_load_instances` returned now; their
+    Ray nodes are stopped already (or they did not answer).  Cloud providers
+    terminate exactly these and remove what is attached to them alone (an
+    idle alarm), and wait until they are gone; providers of machines the
+    user brought leave them running.  Afterwards the core forgets them: their
+    pinned host keys, and the journal records of their instance ids (a
+    record of several keeps the others).  Idempotent: an instance already
+    gone is not an error.  Optional.
+    """
+
+
+@hookspec
 def flambe_cluster_configure_idle_shutdown(
     config: "ClusterConfig",
     instances: "ClusterInstances",

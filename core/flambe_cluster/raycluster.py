@@ -98,7 +98,8 @@ def stop_node(session: HostSession, host: Instance) -> None:
 def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     """Start what is missing of the Ray cluster and wait until every factory's worker is alive.
 
-    A healthy cluster is left as it is.  If the head does not answer, every
+    A healthy cluster is left as it is; new factories (a resize) join the
+    running head.  If the head does not answer, every
     node of this cluster is stopped and the whole cluster started again.
     """
     known = _current_nodes(session)
@@ -115,7 +116,10 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     running, session.ray_node_hosts = session.ray_node_hosts, None  # the probe's answer is used once
     missing = [f for f in session.factories if f.private.host not in alive or (running is not None and f not in running)]
     if not missing:
-        session.on_step(f"Ray already up: {len(alive)} workers alive")
+        if len(alive) == session.config.factories_num:
+            session.on_step(f"Ray already up: {len(alive)} workers alive")
+            return
+        wait_for_workers(session)  # workers of removed factories, still leaving the head's list
         return
     session.on_step(f"starting Ray workers on {len(missing)} factories at once")
     session.pool.map(missing, lambda factory: _start(session, factory, [

@@ -180,6 +180,30 @@ class Journal:
              "details": resource.details, "time": time.time()}
         )
 
+    def forget_instances(self, instance_ids: set[str]) -> None:
+        """Forget instances released one by one (a resize), leaving what else the records hold.
+
+        A live record of one of them (its id, or ``details["instance_id"]``)
+        is marked destroyed; a record of several (``details["instance_ids"]``,
+        one launch) is written again, by the same run, with the others only —
+        or marked destroyed when none is left.
+        """
+        live: dict[tuple[str, str], dict] = {}
+        for entry in self.entries():
+            key = (entry["kind"], entry["id"])
+            if entry["event"] == "created":
+                live[key] = entry
+            elif entry["event"] == "destroyed":
+                live.pop(key, None)
+        for (kind, resource_id), entry in live.items():
+            details = entry.get("details") or {}
+            several = list(details.get("instance_ids") or ())
+            left = [i for i in several if i not in instance_ids]
+            if resource_id in instance_ids or details.get("instance_id") in instance_ids or (several and not left):
+                self.record_destroyed([CreatedResource(kind, resource_id)], run_id=entry["run"])
+            elif len(left) < len(several):
+                self.record_created(entry["run"], CreatedResource(kind, resource_id, {**details, "instance_ids": left}))
+
     def record_destroyed(self, resources: list[CreatedResource], run_id: str | None = None) -> None:
         """Mark ``resources`` as gone (rolled back or terminated)."""
         for resource in resources:

@@ -46,6 +46,8 @@ What it guarantees:
   instances of the cluster are started (with a warning), never duplicated;
   instances beyond the count asked for are reported as likely leaks and
   left alone.
+- **Resize**: a lower ``factories_num`` terminates the factories launched
+  last (their alarms deleted first); a higher one launches only the new ones.
 - **Rollback**: a failed or interrupted ``up`` terminates exactly the
   instances this run launched (and stops those it started), and waits.
   ``down`` terminates every instance of the cluster, deletes its alarms and
@@ -128,6 +130,16 @@ def flambe_cluster_terminate(config, instances) -> None:
     """Delete the cluster's alarms, terminate all its instances, wait until they are terminated."""
     alarms.delete_all(config)
     fleet.terminate(config, instances)
+
+
+@hookimpl
+def flambe_cluster_release_instances(config, instances) -> None:
+    """Delete the idle alarms of the factories a resize removed, terminate them, wait until they are terminated."""
+    ids = sorted({i.instance_id for i in instances if i.instance_id})
+    if ids:
+        alarms.delete(config.options.region_name, [alarms.alarm_name(config, i) for i in ids],
+                      "deleting the idle alarms of removed factories")
+        fleet.release(config, ids)
 
 
 @hookimpl

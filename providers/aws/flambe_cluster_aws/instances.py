@@ -211,9 +211,10 @@ def to_cluster_instances(config, selection: Selection) -> ClusterInstances:
 def _warn_surplus(config, surplus: Sequence[Machine]) -> None:
     if surplus:
         logger.warning(
-            "cluster %r has %d more instance(s) than its configuration asks for, likely leaked by an earlier run or "
-            "left from a larger cluster: %s. They are not used and not deleted; `flambe-cluster down` terminates "
-            "them with the rest of the cluster, or terminate them yourself.",
+            "cluster %r has %d more instance(s) than its configuration asks for: %s. Factories of a cluster whose "
+            "factories_num was lowered are terminated by this `up`; others were likely leaked by an earlier run and "
+            "are not used and not deleted: `flambe-cluster down` terminates them with the rest of the cluster, or "
+            "terminate them yourself.",
             config.name, len(surplus), ", ".join(f"{m.instance_id} ({m.role or 'no role'}, {m.state})" for m in surplus),
         )
 
@@ -596,6 +597,13 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
         terminate_and_wait(region, ids, look, "rolling back: terminating the instances this run created")
         if to_stop:
             _wait_state(to_stop, look, ("stopped", "terminated"), "rolling back: waiting for started instances to stop")
+
+
+def release(config, ids: Sequence[str]) -> None:
+    """Terminate the instances ``ids`` (factories a resize removed) and wait until they are terminated."""
+    region = config.options.region_name
+    terminate_and_wait(region, ids, lambda: describe_where(region, "instance-id", ids),
+                       f"terminating {len(ids)} factories removed from cluster {config.name!r}")
 
 
 def terminate(config, instances: ClusterInstances | None) -> None:

@@ -157,6 +157,13 @@ def flambe_cluster_terminate(config, instances) -> None:
 
 
 @hookimpl
+def flambe_cluster_release_instances(config, instances) -> None:
+    """Delete the factories a resize removed (their names) and wait until they are gone."""
+    names = sorted({i.instance_id for i in instances if i.instance_id})
+    provision.delete(connect(config.options), config, names, "releasing removed factories", _deadline(config))
+
+
+@hookimpl
 def flambe_cluster_configure_idle_shutdown(config, instances, journal, run, map) -> None:
     """Ensure each host's idle watchdog matches its role's timeout (see :mod:`.idle`); idempotent."""
     idle.configure(config, instances, run, at_once=map)
