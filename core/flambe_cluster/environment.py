@@ -163,7 +163,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
         f"{pip} --no-deps --force-reinstall {wheel}",
         f"printf '%s\\n' {shlex.quote(wanted['build'])} > {marker}",
     ])
-    session.pool.run_all(stale, install)
+    session.run_all(stale, install, states=("installing flambe-cluster and ray", "installed"))
     return stale
 
 
@@ -171,17 +171,20 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on ``hosts``: once to the orchestrator, then fanned out."""
     relative = posixpath.join(session.remote_root, folder)
     orchestrator = session.orchestrator
-    session.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
+    size = _size(sources)
+    session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
     session.create_dirs_on([orchestrator], [relative])
-    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
+    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/",
+                   shown=("receiving the wheelhouse", size))
     factories = [h for h in hosts if h != orchestrator]
     if factories:
         session.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
         session.fan_out(relative, factories)
 
 
-def _size_mb(sources: Sequence[Path]) -> float:
-    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl")) / 2**20
+def _size(sources: Sequence[Path]) -> int:
+    """The bytes of the wheels in ``sources``."""
+    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl"))
 
 
 def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
@@ -256,10 +259,11 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
     session.on_step(f"installing extensions on {len(hosts)} hosts")
-    session.pool.run_all(
+    session.run_all(
         hosts,
         f"{session.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
         f"--find-links {wheels} {' '.join(names)}",
+        states=("installing extensions", "extensions installed"),
     )
 
 
