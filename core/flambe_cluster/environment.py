@@ -21,7 +21,7 @@ import posixpath
 import shlex
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
@@ -148,7 +148,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
     (platform,) = platforms
     session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=_on_this_machine(session))
     folder = "wheelhouse"
     ship_wheels(session, [deps, self_wheel.parent], folder, stale)
     session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
@@ -180,6 +180,11 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     if factories:
         session.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
         session.fan_out(relative, factories)
+
+
+def _on_this_machine(session: HostSession) -> Callable[[str], None]:
+    """A progress reporter for work on the client itself (pip gathering wheels): subject ``this machine``."""
+    return lambda state: session.on_progress("this machine", state)
 
 
 def _size(sources: Sequence[Path]) -> int:
@@ -252,7 +257,7 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         requirements.append(location)
     platform = probe(session, [session.orchestrator])[session.orchestrator].platform
     session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
-    folder = wheelhouse.gather(platform, requirements, local_wheels)
+    folder = wheelhouse.gather(platform, requirements, local_wheels, on_line=_on_this_machine(session))
     ship_wheels(session, [folder], "extensions-wheelhouse", hosts)
     wheels = session.remote_path("extensions-wheelhouse")
     names = [shlex.quote(r) for r in requirements] + [
