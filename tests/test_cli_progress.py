@@ -22,6 +22,40 @@ STAMP = r"\d\d:\d\d:\d\d"
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07)")
 
 
+def test_plain_lines_are_timestamped_one_per_change_and_a_transfer_is_throttled(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from flambe_cluster import progress
+
+    console = Console(file=io.StringIO(), width=200)
+    display = progress.Display(console)
+    assert not display.rich, "a file is no terminal"
+    display("installing on 2 hosts")
+    display.event("c_factory0", "installing")
+    display.event("c_factory0", "installing")  # no change: no line
+    display.event("c_factory0", "installed")
+    display.event("c_orchestrator", "receiving", done=0, total=2 * 2**20)
+    display.event("c_orchestrator", "receiving", done=2**20, total=2 * 2**20)  # within PLAIN_INTERVAL: no line
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
+    display.event("c_orchestrator", "receiving", done=3 * 2**19, total=2 * 2**20)
+    display.event("c_orchestrator", "receiving", done=2 * 2**20, total=2 * 2**20)
+    display.event("c_orchestrator", "receiving", done=2 * 2**20, total=2 * 2**20)  # its end, once
+    display.close()
+    lines = console.file.getvalue().splitlines()
+    assert all(re.match(rf"{STAMP} ", line) for line in lines), lines
+    assert [line[9:] for line in lines] == [
+        "installing on 2 hosts", "c_factory0: installing", "c_factory0: installed",
+        "c_orchestrator: receiving (0 B of 2.0 MB)", "c_orchestrator: receiving (1.5 MB of 2.0 MB)",
+        "c_orchestrator: receiving (2.0 MB of 2.0 MB)",
+    ]
+    console.quiet = True  # -q
+    display("a step")
+    display.event("c_factory0", "anything")
+    assert len(console.file.getvalue().splitlines()) == len(lines)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     return tmp_path_factory.mktemp("flambe-state")

@@ -90,8 +90,10 @@ class Display:
         with self._lock:
             self._end_rows()
             if self.rich:
-                self.console.print(f"[dim]{time.monotonic() - self.started:6.1f}s[/dim] {message}",
-                                   markup=True, highlight=False)
+                from rich.text import Text  # loaded with rich.console already
+
+                self.console.print(Text.assemble((f"{time.monotonic() - self.started:6.1f}s", "dim"), " ", message),
+                                   highlight=False)
             else:
                 self._line(message)
 
@@ -183,8 +185,8 @@ def _rich_progress(console: Any) -> Any:
 
     return RichProgress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.fields[subject]}"),
-        TextColumn("{task.description}"),
+        TextColumn("{task.fields[subject]}", style="bold", markup=False),
+        TextColumn("{task.description}", markup=False),
         WithTotal(BarColumn(bar_width=30)),
         WithTotal(DownloadColumn(binary_units=True)),
         WithTotal(TransferSpeedColumn()),
