@@ -118,12 +118,12 @@ class Display:
             logger.debug("progress display failed", exc_info=True)
 
     def _plain(self, subject: str, state: str, done: Optional[int], total: Optional[int]) -> None:
-        """A line when the subject's state changes; for a transfer, at most every PLAIN_INTERVAL s, and its end."""
+        """A line when the subject's state changes; within a transfer, at most every PLAIN_INTERVAL s, and its end."""
         now = time.monotonic()
         finished = done is not None and total is not None and done >= total
         shown = self._shown.get(subject)
         if shown is not None and shown[0] == state:
-            if shown[1] < 0 or (not finished and now - shown[1] < PLAIN_INTERVAL):
+            if done is None or shown[1] < 0 or (not finished and now - shown[1] < PLAIN_INTERVAL):
                 return
         amount = f" ({_amount(done)} of {_amount(total)})" if done is not None and total else ""
         self._line(f"{subject}: {state}{amount}")
