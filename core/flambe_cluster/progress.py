@@ -139,9 +139,8 @@ class Display:
             self._route_logging()
         task = self._tasks.get(subject)
         if task is None:
-            self._tasks[subject] = self._live.add_task(state, subject=subject, total=total, completed=done or 0)
-        else:
-            self._live.update(task, description=state, total=total, **({"completed": done} if done is not None else {}))
+            task = self._tasks[subject] = self._live.add_task(state, subject=subject, total=total)
+        self._live.update(task, description=state, total=total, **({"completed": done} if done is not None else {}))
         self._live.refresh()
 
     def _end_rows(self) -> None:
@@ -184,7 +183,7 @@ def _rich_progress(console: Any) -> Any:
             return self.column.render(task) if task.total is not None else Text("")
 
     return RichProgress(
-        SpinnerColumn(),
+        SpinnerColumn(finished_text=Text("✓", style="green")),  # a transfer that has sent everything
         TextColumn("{task.fields[subject]}", style="bold", markup=False),
         TextColumn("{task.description}", markup=False),
         WithTotal(BarColumn(bar_width=30)),
