@@ -473,3 +473,29 @@ def test_rollback_of_nothing_and_of_gone_instances_does_not_raise(moto_cloud, fl
     flambe_cluster_rollback(config=config, created=[])
     flambe_cluster_rollback(config=config, created=[CreatedResource("launch", "never-launched", {"region": "us-east-1",
                                                                                                   "instance_ids": ["i-0123456789abcdef0"]})])
+
+
+def test_booting_instances_report_their_state_through_the_progress_callable(moto_cloud, flambe_state_home):
+    """The provider reports each instance's state while it boots, through the hook's ``progress`` (not print)."""
+    from flambe_cluster import Cluster
+
+    cluster = Cluster.from_config(parse_config(moto_cloud.config("booting")))
+    events: list[tuple[str, str]] = []
+    cluster.on_progress = lambda subject, state, **counts: events.append((subject, state))
+    cluster.load_all_instances()
+    try:
+        hosts = cluster.all_hosts()
+        assert {subject for subject, _ in events} == {h.name for h in hosts} == {
+            "booting_orchestrator", "booting_factory0", "booting_factory1"}
+        for host in hosts:
+            states = [state for subject, state in events if subject == host.name]
+            assert states[0] == "launching", states
+            assert states[-1] == f"running ({host.instance_id})", states
+            assert all(s.endswith(f"({host.instance_id})") and s.split(" (")[0] in ("pending", "running")
+                       for s in states[1:]), states
+        again: list[tuple[str, str]] = []
+        cluster.on_progress = lambda subject, state, **counts: again.append((subject, state))
+        cluster.load_all_instances()
+        assert again == [], "instances that already run are not reported again"
+    finally:
+        flambe_cluster_terminate(config=cluster.config, instances=cluster.session.instances())

@@ -379,6 +379,7 @@ def test_without_google_cloud_compute_the_error_names_the_extra():
 
 def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_path, monkeypatch):
     """No shared lock (two machines): both find nothing and both create; they converge on one set of instances."""
+    from flambe_cluster.progress import log_progress
     from flambe_cluster.state import Journal
     from flambe_cluster_gcp import flambe_cluster_load_instances
 
@@ -401,7 +402,8 @@ def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_
         folder = tmp_path / f"state{index}"
         folder.mkdir()
         try:
-            results[index] = flambe_cluster_load_instances(config=config, journal=Journal(folder / "journal").start_run())
+            results[index] = flambe_cluster_load_instances(config=config, journal=Journal(folder / "journal").start_run(),
+                                                           progress=log_progress)
         except BaseException as exc:  # noqa: BLE001 - reported below
             results[index] = exc
 
@@ -452,3 +454,21 @@ def test_rollback_stops_again_the_stopped_instances_this_run_started(fake, raw):
     assert statuses.pop(stopped) == "TERMINATED", "started by the run, stopped again by its rollback"
     assert set(statuses.values()) == {"RUNNING"} and len(statuses) == 2
     assert fake.count("instances.insert") == 3
+
+
+def test_booting_instances_report_their_state_through_the_progress_callable(fake, raw):
+    """Each instance's way from insert to RUNNING comes through the hook's ``progress``, by its host name."""
+    fake.boot_seconds = 2.0  # the insert is DONE after 1 s, the instance STAGING until 2 s: a poll sees it booting
+    cluster = cluster_of(raw)
+    events: list[tuple[str, str]] = []
+    cluster.on_progress = lambda subject, state, **counts: events.append((subject, state))
+    cluster.load_all_instances()
+    hosts = cluster.all_hosts()
+    assert [h.name for h in hosts] == ["unit_orchestrator", "unit_factory0", "unit_factory1"]
+    assert {subject for subject, _ in events} == {h.name for h in hosts}
+    for host in hosts:
+        states = [state for subject, state in events if subject == host.name]
+        name = host.instance_id
+        assert states[:2] == [f"creating ({name})", f"created ({name})"], states
+        assert f"staging ({name})" in states, states
+        assert states[-1] == f"running ({name})", states

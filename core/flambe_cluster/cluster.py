@@ -27,6 +27,7 @@ from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError
 from .handles import handle
 from .operations import ClusterOperations
+from .progress import Progress
 from .records import Instance, Role, factory_name, orchestrator_name
 from .session import HostSession
 from .settings import ClusterConfig
@@ -125,6 +126,15 @@ class Cluster(ClusterOperations):
     def on_step(self, callback: Callable[[str], None]) -> None:
         self.session.on_step = callback
 
+    @property
+    def on_progress(self) -> Progress:
+        """Receives what happens inside a step, per host (see :mod:`flambe_cluster.progress`; default: the debug log)."""
+        return self.session.on_progress
+
+    @on_progress.setter
+    def on_progress(self, callback: Progress) -> None:
+        self.session.on_progress = callback
+
     # --- names and instance records
 
     def get_orchestrator_name(self) -> str:
@@ -160,7 +170,8 @@ class Cluster(ClusterOperations):
     def load_all_instances(self) -> None:
         """Find or create every instance through the provider (idempotent; creations journaled)."""
         self.on_step(f"finding or creating {1 + self.factories_num} instances ({self.config.provider})")
-        self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal))
+        self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal,
+                                                                            progress=self.on_progress))
 
     def find_instances(self) -> bool:
         """Load the existing instances without creating anything; False if the cluster does not exist."""
@@ -174,7 +185,7 @@ class Cluster(ClusterOperations):
         """Connect to every host (one deadline for all); raises naming each host that failed."""
         hosts = self.all_hosts()
         self.on_step(f"connecting to {len(hosts)} hosts")
-        self.pool.connect_all(hosts)
+        self.pool.connect_all(hosts, lambda name, state: self.on_progress(name, state))
 
     def run(self, force: bool = False, **kwargs: Any) -> None:
         """Make the cluster ready for work, as the seed's ``run``: load, connect, keys, folders, setup, software.

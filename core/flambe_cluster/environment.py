@@ -21,7 +21,7 @@ import posixpath
 import shlex
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
@@ -148,7 +148,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
     (platform,) = platforms
     session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=_on_this_machine(session))
     folder = "wheelhouse"
     ship_wheels(session, [deps, self_wheel.parent], folder, stale)
     session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts")
@@ -163,7 +163,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport]) -> list[I
         f"{pip} --no-deps --force-reinstall {wheel}",
         f"printf '%s\\n' {shlex.quote(wanted['build'])} > {marker}",
     ])
-    session.pool.run_all(stale, install)
+    session.run_all(stale, install, states=("installing flambe-cluster and ray", "installed"))
     return stale
 
 
@@ -171,17 +171,25 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on ``hosts``: once to the orchestrator, then fanned out."""
     relative = posixpath.join(session.remote_root, folder)
     orchestrator = session.orchestrator
-    session.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
+    size = _size(sources)
+    session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
     session.create_dirs_on([orchestrator], [relative])
-    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
+    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/",
+                   shown=("receiving the wheelhouse", size))
     factories = [h for h in hosts if h != orchestrator]
     if factories:
         session.on_step(f"passing the wheelhouse from the orchestrator to {len(factories)} factories at once")
         session.fan_out(relative, factories)
 
 
-def _size_mb(sources: Sequence[Path]) -> float:
-    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl")) / 2**20
+def _on_this_machine(session: HostSession) -> Callable[[str], None]:
+    """A progress reporter for work on the client itself (pip gathering wheels): subject ``this machine``."""
+    return lambda state: session.on_progress("this machine", state)
+
+
+def _size(sources: Sequence[Path]) -> int:
+    """The bytes of the wheels in ``sources``."""
+    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl"))
 
 
 def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
@@ -249,17 +257,18 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         requirements.append(location)
     platform = probe(session, [session.orchestrator])[session.orchestrator].platform
     session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
-    folder = wheelhouse.gather(platform, requirements, local_wheels)
+    folder = wheelhouse.gather(platform, requirements, local_wheels, on_line=_on_this_machine(session))
     ship_wheels(session, [folder], "extensions-wheelhouse", hosts)
     wheels = session.remote_path("extensions-wheelhouse")
     names = [shlex.quote(r) for r in requirements] + [
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
     session.on_step(f"installing extensions on {len(hosts)} hosts")
-    session.pool.run_all(
+    session.run_all(
         hosts,
         f"{session.remote_path('env/bin/python')} -m pip install -q --disable-pip-version-check --no-compile --no-index "
         f"--find-links {wheels} {' '.join(names)}",
+        states=("installing extensions", "extensions installed"),
     )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .progress import Progress
     from .records import ClusterInstances, CreatedResource, Instance, TaggedCluster
     from .settings import ClusterConfig
     from .state import RunJournal
@@ -80,7 +81,7 @@ def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
 
 @hookspec(firstresult=True)
 def flambe_cluster_load_instances(
-    config: "ClusterConfig", journal: "RunJournal"
+    config: "ClusterConfig", journal: "RunJournal", progress: "Progress"
 ) -> "ClusterInstances":
     """Find or create the orchestrator and ``config.factories_num`` factories.
 
@@ -91,6 +92,15 @@ def flambe_cluster_load_instances(
     later point can be rolled back.  ``journal.run_id`` is unique to this run
     (use it for idempotency tokens).  Returns instances whose addresses are
     known; waiting for SSH is the core's job.  Required.
+
+    ``progress(subject, state, *, done=None, total=None)`` (see
+    :mod:`flambe_cluster.progress`) shows what happens while instances
+    boot: call it with each instance's name (:func:`host_name`) and its
+    state in a few words whenever that changes (``"launching"``,
+    ``"pending (i-0abc)"``, ``"running"``); the command line shows a row per
+    instance on a terminal and timestamped lines otherwise.  Report through
+    it, never print.  An implementation that does not list ``progress``
+    among its parameters is not given it (older providers keep working).
     """
 
 

@@ -37,7 +37,7 @@ class ClusterOperations:
         hosts = self.session.hosts()
         for index, command in enumerate(setup_cmds, 1):
             self.session.on_step(f"setup command {index}/{len(setup_cmds)} on {len(hosts)} hosts: {command}")
-            self.session.run_all(hosts, command)
+            self.session.run_all(hosts, command, states=(f"running setup command {index}", f"setup command {index} done"))
 
     def execute_on(self, hosts: List[Instance], command: str, check: bool = True) -> Dict[Instance, CommandResult]:
         """Run a shell command line on ``hosts`` at once; returns results per host."""

@@ -6,6 +6,9 @@ contract in ``.importlinter`` holds every built-in provider to that.  The
 hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 
 - the marker: :data:`hookimpl`;
+- :class:`Progress`, the type of the ``progress`` callable that
+  ``flambe_cluster_load_instances`` receives to report each instance's
+  state while it boots;
 - records crossing the hook boundary: :class:`Instance`, :class:`Endpoint`,
   :class:`Role`, :class:`ClusterInstances`, :class:`CreatedResource`,
   :class:`Resources`, :class:`TaggedCluster`, and the validated :class:`ClusterConfig`; the seed's
@@ -46,6 +49,7 @@ from .errors import (
     UsageError,
 )
 from .hookspecs import hookimpl
+from .progress import Progress
 from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, TaggedCluster, host_name
 from .settings import ClusterConfig
 from .sshroute import Resolver
@@ -65,6 +69,7 @@ __all__ = [
     "HostUnreachableError",
     "Instance",
     "KeyPair",
+    "Progress",
     "ProviderError",
     "RemoteCommandError",
     "Resources",

@@ -77,9 +77,12 @@ def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
     return {n["ip"]: n for n in known or () if n["alive"] and not n["head"]}
 
 
-def _start(session: HostSession, host: Instance, ray_args: list[str]) -> None:
+def _start(session: HostSession, host: Instance, ray_args: list[str], states: tuple[str, str]) -> None:
+    """Start a Ray node on ``host``; its progress shows ``states[0]`` meanwhile, then ``states[1]`` or the failure."""
     line = session.helper("raynode", "start", session.name, host.private.host, "--", *ray_args)
+    session.on_progress(host.name, states[0])
     result = session.pool.run(host, line, check=False, timeout=session.config.ray_timeout)
+    session.on_progress(host.name, states[1] if result.ok else f"ray start failed (exit code {result.exit_code})")
     if result.exit_code == REFUSED:
         raise ClusterError(f"{host.label}: {result.stderr.strip()}")
     if not result.ok:
@@ -109,7 +112,7 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
         _start(session, session.orchestrator, [
             "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
             "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-        ])
+        ], ("starting the Ray head", "Ray head running"))
     alive = alive_workers(known)
     # The head may still count a worker whose host went away (it notices after its health checks): a factory
     # whose node the last probe did not find running is started again, whatever the head says.
@@ -125,16 +128,21 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     session.pool.map(missing, lambda factory: _start(session, factory, [
         f"--address={session.ray_head_address}", f"--node-ip-address={factory.private.host}",
         f"--num-cpus={resources[factory].cpu}", f"--num-gpus={resources[factory].gpu}", "--disable-usage-stats",
-    ]))
+    ], ("starting a Ray worker", "Ray worker started, joining the head")))
     wait_for_workers(session)
 
 
 def wait_for_workers(session: HostSession) -> None:
     """Wait until the head reports exactly one alive worker per factory; raise naming the missing ones."""
     deadline = time.monotonic() + session.config.ray_timeout
+    joined: set[Instance] = set()
     while True:
         alive = alive_workers(nodes(session))
         missing = [f for f in session.factories if f.private.host not in alive]
+        for factory in session.factories:
+            if factory not in missing and factory not in joined:
+                joined.add(factory)
+                session.on_progress(factory.name, "Ray worker alive")
         if not missing and len(alive) == session.config.factories_num:
             session.on_step(f"Ray cluster up: head on {session.orchestrator.private.host}, {len(alive)} workers alive")
             return

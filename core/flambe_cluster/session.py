@@ -24,6 +24,7 @@ from . import secrets, sync
 from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
+from .progress import Progress, log_progress
 from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
 from .ssh import SSHPool, openssh_options, openssh_route_options
@@ -46,7 +47,8 @@ class HostSession:
 
     ``hooks`` is the plugin manager's hook relay (the chosen provider plus
     the core's defaults); ``on_step`` receives one line per step of a long
-    operation.  Instances are loaded by :meth:`set_instances`; methods that
+    operation, ``on_progress`` what happens inside a step, per host
+    (:class:`~flambe_cluster.progress.Progress`: states, bytes shipped).  Instances are loaded by :meth:`set_instances`; methods that
     need them raise :class:`ClusterError` before.  Connections open lazily
     and stay open until :meth:`close`.
     """
@@ -55,6 +57,7 @@ class HostSession:
     hooks: Any
     state: ClusterState
     on_step: Callable[[str], None] = field(default=_log_step)
+    on_progress: Progress = field(default=log_progress)
     orchestrator: Instance | None = field(default=None, init=False)
     factories: list[Instance] = field(factory=list, init=False)
     resources: dict[Instance, Resources] | None = field(default=None, init=False)
@@ -173,9 +176,28 @@ class HostSession:
         return self._run_journal is not None
 
     def run_all(self, hosts: Sequence[Instance], command: str | Callable[[Instance], str], check: bool = True,
-                timeout: float | None = None) -> dict[Instance, CommandResult]:
-        """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`."""
-        return self.pool.run_all(hosts, command, check=check, timeout=timeout)
+                timeout: float | None = None, states: tuple[str, str] | None = None) -> dict[Instance, CommandResult]:
+        """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`.
+
+        ``states`` (``("installing", "installed")``): each host's progress
+        shows the first while its command runs, the second (or the failure)
+        once it ended.
+        """
+        if states is None:
+            return self.pool.run_all(hosts, command, check=check, timeout=timeout)
+        make = command if callable(command) else (lambda _host: command)
+
+        def one(host: Instance) -> CommandResult:
+            self.on_progress(host.name, states[0])
+            result = self.pool.run(host, make(host), timeout=timeout, check=False)
+            self.on_progress(host.name, states[1] if result.ok else f"failed (exit code {result.exit_code})")
+            return result
+
+        results = self.pool.map(hosts, one)
+        failures = [result for result in results.values() if not result.ok]
+        if check and failures:
+            raise RemoteCommandError(failures)
+        return results
 
     def forget_host_keys(self, instances: Sequence[Instance]) -> None:
         """Drop the pinned keys of ``instances`` (their addresses may come back as other machines)."""
@@ -288,11 +310,18 @@ class HostSession:
         return openssh_options(key, known_hosts, config.connect_timeout, config.keepalive_interval, config.keepalive_count)
 
     def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False,
-               extra: Sequence[str] = ()) -> None:
+               extra: Sequence[str] = (), shown: tuple[str, int] | None = None) -> None:
         """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents).
 
         ``extra`` are further rsync options, passed as separate arguments.
+        ``shown`` (``(state, total bytes)``): the host's progress shows the
+        bytes sent so far, as rsync reports them.
         """
+        on_bytes = None
+        if shown is not None:
+            state, total = shown
+            self.on_progress(host.name, state, done=0, total=total)
+            on_bytes = lambda done: self.on_progress(host.name, state, done=min(done, total), total=total)  # noqa: E731
         self.pool.connection(host)  # pins the host keys (jump hosts' too) before OpenSSH checks them strictly
         target = self.pool.route(host).target
         sync.rsync_to(
@@ -304,7 +333,10 @@ class HostSession:
             timeout=self.config.command_timeout,
             delete=delete,
             extra=extra,
+            on_bytes=on_bytes,
         )
+        if shown is not None:
+            self.on_progress(host.name, "received", done=shown[1], total=shown[1])
 
     def download(self, host: Instance, relative_source: str, local: Path) -> None:
         """rsync ``$HOME/<relative_source>`` on ``host`` to the local path ``local``."""
@@ -328,9 +360,10 @@ class HostSession:
         """
         folder = check_relative_path(folder, "folder")
         self.create_dirs_on([self.require_orchestrator(), *factories], [folder])
-        self._each_factory(factories, lambda factory: self.orchestrator_rsync(
+        self._each_factory(factories, lambda factory: self._shown(factory, ("receiving from the orchestrator", "received"),
+                                                                  lambda: self.orchestrator_rsync(
             home_path(folder + "/"), self._remote(factory, folder + "/"), delete=mirror, quoted=True,
-            port=factory.private.port))
+            port=factory.private.port)))
 
     def gather(self, folder: str, factories: Sequence[Instance]) -> None:
         """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once."""
@@ -338,6 +371,13 @@ class HostSession:
         self.create_dirs_on([self.require_orchestrator()], [folder])
         self._each_factory(factories, lambda factory: self.orchestrator_rsync(
             self._remote(factory, folder + "/"), home_path(folder + "/"), quoted=True, port=factory.private.port))
+
+    def _shown(self, host: Instance, states: tuple[str, str], run: Callable[[], CommandResult]) -> CommandResult:
+        """``run()``, the host's progress showing ``states[0]`` while it runs, then ``states[1]`` or the failure."""
+        self.on_progress(host.name, states[0])
+        result = run()
+        self.on_progress(host.name, states[1] if result.ok else f"failed (exit code {result.exit_code})")
+        return result
 
     def _remote(self, factory: Instance, path: str) -> str:
         return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))

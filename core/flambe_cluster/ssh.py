@@ -310,10 +310,17 @@ class SSHPool:
             raise _combine(errors)
         return results
 
-    def connect_all(self, instances: Iterable[Instance]) -> None:
-        """Open connections to all instances at once, with one shared deadline."""
+    def connect_all(self, instances: Iterable[Instance], progress: Callable[[str, str], None] | None = None) -> None:
+        """Open connections to all instances at once, with one shared deadline; ``progress(name, state)`` follows each."""
         deadline = time.monotonic() + self.connect_timeout
-        self.map(instances, lambda instance: self.connection(instance, deadline))
+        report = progress or (lambda _name, _state: None)
+
+        def connect(instance: Instance) -> None:
+            report(instance.name, "connecting over SSH")
+            self.connection(instance, deadline)
+            report(instance.name, "connected")
+
+        self.map(instances, connect)
 
     def run(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 from typing import Any, Iterator, List
 
 import click
@@ -20,6 +19,7 @@ from rich.console import Console
 from .. import __version__, plugins
 from ..cluster import Cluster
 from ..errors import UsageError
+from ..progress import Display
 
 out = Console(highlight=False, soft_wrap=True)
 note = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -95,21 +95,23 @@ def cli() -> None:
     """
 
 
-class Progress:
-    """Shows each step of a long operation on stderr (a note), with the time since the start."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        note.print(f"[dim]{time.monotonic() - self.started:6.1f}s[/dim] {message}", markup=True, highlight=False)
-
-
 def load(config_path: str, validate: bool = False) -> Cluster:
-    """The cluster of a file, its steps shown as progress."""
+    """The cluster of a file, its steps and what happens inside them shown on stderr (a :class:`Display`; close it
+    with :func:`close`)."""
     cluster = Cluster.from_yaml(config_path, validate=validate)
-    cluster.on_step = Progress()
+    display = Display(note)
+    cluster.on_step = display
+    cluster.on_progress = display.event
     return cluster
+
+
+def close(cluster: Cluster) -> None:
+    """Close the cluster's connections and end its display's live area (before anything else is printed)."""
+    try:
+        cluster.close()
+    finally:
+        if isinstance(cluster.on_step, Display):
+            cluster.on_step.close()
 
 
 @contextlib.contextmanager
@@ -121,7 +123,7 @@ def opened(config_path: str, must_exist: bool = True) -> Iterator[Cluster]:
             raise UsageError(f"cluster {cluster.name!r} does not exist yet; create it with `flambe-cluster up CONFIG`")
         yield cluster
     finally:
-        cluster.close()
+        close(cluster)
 
 
 class VerbatimTail(click.Command):

@@ -15,7 +15,7 @@ from .. import jobs, plugins, raycluster
 from ..cluster import Cluster
 from ..errors import FlambeClusterError
 from ..records import Instance
-from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, err, load, note, opened, out
+from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, note, opened, out
 
 
 @cli.command()
@@ -46,7 +46,7 @@ def up(config: str, force: bool, lock_wait: float) -> int:
     try:
         cluster.up(force=force, lock_wait=lock_wait)
     finally:
-        cluster.close()
+        close(cluster)
     note.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
                f"({time.monotonic() - cluster.on_step.started:.1f}s)")
     if not note.quiet:

@@ -105,9 +105,9 @@ def flambe_cluster_validate(config) -> list[str]:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal):
-    """Find the cluster's instances by tags, create what is missing, wait until they run."""
-    return fleet.load(config, journal)
+def flambe_cluster_load_instances(config, journal, progress):
+    """Find the cluster's instances by tags, create what is missing, wait until they run (each one's state shown)."""
+    return fleet.load(config, journal, progress)
 
 
 @hookimpl

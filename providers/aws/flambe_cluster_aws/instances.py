@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 from attrs import frozen
 
 from flambe_cluster.provider import (
-    ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Role, TaggedCluster, host_name,
+    ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, TaggedCluster, host_name,
 )
 
 from . import api, validation
@@ -346,11 +346,12 @@ def _refused(exc) -> bool:
     return status < 500 or api.error_code(exc).startswith("Insufficient")
 
 
-def load(config, journal) -> ClusterInstances:
+def load(config, journal, progress: Progress | None = None) -> ClusterInstances:
     """Reuse the cluster's instances, start stopped ones, create what is missing, wait until all run.
 
-    Raises :class:`AWSError` naming the step that failed; everything this
-    run created is in the journal by then.
+    While it waits, ``progress`` gets each instance's EC2 state at every
+    poll.  Raises :class:`AWSError` naming the step that failed; everything
+    this run created is in the journal by then.
     """
     options = config.options
     region = options.region_name
@@ -368,20 +369,36 @@ def load(config, journal) -> ClusterInstances:
                 "AWS, preparing to create instances: the configuration no longer matches the account:\n  - "
                 + "\n  - ".join(problems)
             )
+        new = [host_name(config.name, Role.ORCHESTRATOR, 0)] if selection.orchestrator is None else []
+        new += [host_name(config.name, Role.FACTORY, i) for i in range(len(selection.factories), config.factories_num)]
+        for name in new if progress is not None else ():
+            progress(name, "launching")
         if selection.orchestrator is None:
             launched += _launch(config, journal, plan, "orchestrator", 1)
         if missing_factories:
             launched += _launch(config, journal, plan, "factory", missing_factories)
     elif all(_ready(config, m) for m in selection.chosen):
         return to_cluster_instances(config, selection)
-    return to_cluster_instances(config, _wait_running(config, journal, known, set(launched)))
+    return to_cluster_instances(config, _wait_running(config, journal, known, set(launched), progress))
 
 
 def _ready(config, machine: Machine) -> bool:
     return machine.state == "running" and machine.private_ip is not None and (machine.public_ip is not None or not config.options.use_public)
 
 
-def _wait_running(config, journal, known: set[str], launched: set[str]) -> Selection:
+def _report(config, selection: Selection, progress: Progress | None) -> None:
+    """Each chosen instance's state, by the name it will have (``<cluster>_factory0``): EC2's state and its id."""
+    if progress is None:
+        return
+    named = [(host_name(config.name, Role.ORCHESTRATOR, 0), selection.orchestrator)] if selection.orchestrator else []
+    named += [(host_name(config.name, Role.FACTORY, i), m) for i, m in enumerate(selection.factories)]
+    for name, machine in named:
+        state = "running" if _ready(config, machine) else (
+            "running, waiting for its address" if machine.state == "running" else machine.state)
+        progress(name, f"{state} ({machine.instance_id})")
+
+
+def _wait_running(config, journal, known: set[str], launched: set[str], progress: Progress | None = None) -> Selection:
     """Poll (one DescribeInstances per look) until every chosen instance runs with its addresses.
 
     Starts chosen instances that are stopped (saying so), gives up this
@@ -413,6 +430,7 @@ def _wait_running(config, journal, known: set[str], launched: set[str]) -> Selec
                 "read the state reason above (capacity, quota, volume or image problems are the usual causes) and retry",
             )
         chosen = selection.chosen
+        _report(config, selection, progress)
         invisible = sorted(i for i in launched - given_up if i not in seen)
         if selection.orchestrator is None or len(selection.factories) < config.factories_num:
             if not invisible:

@@ -99,8 +99,9 @@ def _deadline(config) -> float:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal):
-    """Reuse the cluster's instances, create what is missing (journaled first), wait until all run."""
+def flambe_cluster_load_instances(config, journal, progress):
+    """Reuse the cluster's instances, create what is missing (journaled first), wait until all run (each one's
+    state shown through ``progress``)."""
     compute = connect(config.options)
     found = provision.list_cluster(compute, config)
     selection = provision.select(found, config.factories_num)
@@ -109,10 +110,11 @@ def flambe_cluster_load_instances(config, journal):
                        ", ".join(f.name for f in selection.surplus))
     missing = selection.missing(config.factories_num)
     deadline = _deadline(config)
-    created = provision.create(config, compute, journal, missing) if missing else {}
-    provision.wait_operations(config, compute, created, deadline)
+    created = provision.create(config, compute, journal, missing, progress) if missing else {}
+    provision.wait_operations(config, compute, created, deadline, progress)
     wanted = [f.name for f in selection.chosen()] + list(created)
-    running = provision.wait_running(config, compute, journal, wanted, deadline, first=None if created else found)
+    running = provision.wait_running(config, compute, journal, wanted, deadline, first=None if created else found,
+                                     progress=progress)
     return provision.cluster_instances(config.name, config.options,
                                        provision.select(running, config.factories_num))
 

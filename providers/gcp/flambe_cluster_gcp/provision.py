@@ -41,7 +41,9 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from flambe_cluster.provider import ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name, public_key_line
+from flambe_cluster.provider import (
+    ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, host_name, public_key_line,
+)
 
 from .api import WATCHDOG_SCOPES, Compute, GCPError, describe, error_reasons
 from .options import DEFAULT_IMAGE, UBUNTU, GCPOptions, parse_image
@@ -328,7 +330,14 @@ def resolve_image(compute: Compute, spec: str) -> compute_v1.Image:
     return compute.call(f"reading {ref}", images.get, project=ref.project, image=ref.name)
 
 
-def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]]) -> dict[str, tuple[Role, int, str]]:
+def _say(progress: Progress | None, config, role: Role | str | None, index: int | None, state: str) -> None:
+    """Report ``state`` for the instance of ``role`` and ``index``, by its host name (``<cluster>_factory0``)."""
+    if progress is not None and role is not None:
+        progress(host_name(config.name, Role(role), index or 0), state)
+
+
+def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]],
+           progress: Progress | None = None) -> dict[str, tuple[Role, int, str]]:
     """Insert the ``missing`` instances (each journaled before its insert); returns ``{name: (role, index, operation)}``.
 
     Inserts go out one after the other (orchestrator first) without waiting
@@ -355,6 +364,7 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
         request = compute_v1.InsertInstanceRequest(project=compute.project, zone=compute.zone, instance_resource=body,
                                                    request_id=request_id(run_id, name))
         what = f"creating instance {name} ({role.value}{'' if role is Role.ORCHESTRATOR else f' {index}'})"
+        _say(progress, config, role, index, f"creating ({name})")
         try:
             operation = compute.call(what, compute.instances.insert_unary, request=request)
         except gexc.Conflict as exc:
@@ -372,7 +382,8 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
     return operations
 
 
-def wait_operations(config, compute: Compute, operations: dict[str, tuple[Role, int, str]], deadline: float) -> None:
+def wait_operations(config, compute: Compute, operations: dict[str, tuple[Role, int, str]], deadline: float,
+                    progress: Progress | None = None) -> None:
     """Wait until every insert operation is done; raise naming every instance whose operation failed."""
     failures = []
     for name, (role, index, operation_name) in operations.items():
@@ -394,6 +405,9 @@ def wait_operations(config, compute: Compute, operations: dict[str, tuple[Role, 
                 if operation.error and operation.error.errors:
                     codes = "; ".join(f"{e.code}: {e.message}" for e in operation.error.errors)
                     failures.append(f"{name} ({role.value}): {codes}")
+                    _say(progress, config, role, index, f"creating failed ({name})")
+                else:
+                    _say(progress, config, role, index, f"created ({name})")
                 break
     if failures:
         raise GCPError(
@@ -404,7 +418,7 @@ def wait_operations(config, compute: Compute, operations: dict[str, tuple[Role, 
 
 
 def wait_running(config, compute: Compute, journal, wanted: Sequence[str], deadline: float,
-                 first: list[Found] | None = None) -> list[Found]:
+                 first: list[Found] | None = None, progress: Progress | None = None) -> list[Found]:
     """Poll (one list request per poll) until every instance in ``wanted`` is RUNNING with an address.
 
     Stopped instances (``TERMINATED``) are started once, each journaled
@@ -437,6 +451,9 @@ def wait_running(config, compute: Compute, journal, wanted: Sequence[str], deadl
                     raise GCPError(f"cluster {config.name!r}: starting the stopped instance {name} failed: "
                                    f"{describe(exc)}") from exc
                 started.add(name)
+        for name in wanted:
+            item = by_name[name]
+            _say(progress, config, item.role, item.index, f"{item.status.lower()} ({name})")
         pending = [by_name[n] for n in wanted if by_name[n].status != "RUNNING" or not by_name[n].network_ip]
         if not pending:
             return [by_name[n] for n in wanted]

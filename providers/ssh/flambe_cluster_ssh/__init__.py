@@ -114,9 +114,12 @@ def _instances(config) -> ClusterInstances:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
-    """The listed hosts; nothing is created, so nothing is journaled."""
-    return _instances(config)
+def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
+    """The listed hosts; nothing is created, so nothing is journaled (each is shown as given)."""
+    made = _instances(config)
+    for instance in [made.orchestrator, *made.factories]:
+        progress(instance.name, f"given at {instance.endpoint}")
+    return made
 
 
 @hookimpl
