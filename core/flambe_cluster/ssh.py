@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import paramiko
 from attrs import define, field, validators
 
-from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
+from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKeyError, HostsFailedError,
+                     HostUnreachableError, RemoteCommandError)
 from .commands import CommandResult, OutputTail, shown
 from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
@@ -98,7 +99,8 @@ class Connection:
         try:
             channel = transport.open_session(timeout=min(timeout, 30))
         except (paramiko.SSHException, OSError, AttributeError) as exc:
-            raise HostError(self.instance.label, f"the SSH connection is broken ({exc}); retry the command") from exc
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection is broken ({exc}); "
+                                      "retry the command") from exc
 
         def result(exit_code: int | None) -> CommandResult:
             return CommandResult(
@@ -112,7 +114,8 @@ class Connection:
                     channel.sendall(stdin)
                 channel.shutdown_write()
             except (paramiko.SSHException, OSError) as exc:
-                raise HostError(self.instance.label, f"the SSH connection broke ({exc}); retry the command") from exc
+                raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection broke ({exc}); "
+                                          "retry the command") from exc
             wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
             while True:
                 while channel.recv_ready():
@@ -139,7 +142,7 @@ class Connection:
         else:
             reason = transport.get_exception()
             why = f"the host went down or stopped answering ({reason or 'the connection was closed'})"
-        return HostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
+        return ConnectionLostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
 
     def close(self) -> None:
         """Close the connection; commands running on it end at once with :class:`HostError`."""
@@ -273,7 +276,11 @@ class SSHPool:
 
         Every failure is collected: one failing host raises its own error;
         several raise :class:`HostsFailedError` (or one
-        :class:`RemoteCommandError` when all are command failures).
+        :class:`RemoteCommandError` when all are command failures).  A host
+        whose connection is lost (:class:`ConnectionLostError`) ends the wait
+        at once: its error is raised without waiting for the other hosts,
+        whose actions the caller ends by closing the pool (the operation has
+        failed; a lost host must not wait for the others' long commands).
 
         Each action runs in a daemon thread of its own: an interrupt
         (KeyboardInterrupt) of the calling thread leaves ``map`` at once
@@ -282,18 +289,29 @@ class SSHPool:
         """
         instances = list(instances)
         outcomes: dict[Instance, tuple[T | None, BaseException | None]] = {}
+        finished = threading.Condition()
 
         def work(instance: Instance) -> None:
             try:
-                outcomes[instance] = (action(instance), None)
+                outcome: tuple[T | None, BaseException | None] = (action(instance), None)
             except BaseException as exc:  # handed to the calling thread below
-                outcomes[instance] = (None, exc)
+                outcome = (None, exc)
+            with finished:
+                outcomes[instance] = outcome
+                finished.notify()
+
+        def lost() -> ConnectionLostError | None:
+            return next((e for _, e in outcomes.values() if isinstance(e, ConnectionLostError)), None)
 
         threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True) for i in instances]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        with finished:
+            while len(outcomes) < len(instances) and lost() is None:
+                finished.wait(1.0)  # a timeout keeps the wait interruptible (Ctrl-C)
+            error_lost = lost() if len(outcomes) < len(instances) else None
+        if error_lost is not None:
+            raise error_lost
         results: dict[Instance, T] = {}
         errors: list[FlambeClusterError] = []
         for instance in instances:
@@ -303,7 +321,7 @@ class SSHPool:
             elif isinstance(error, FlambeClusterError):
                 errors.append(error)
             elif isinstance(error, (paramiko.SSHException, OSError, EOFError)):
-                errors.append(HostError(instance.label, f"the SSH connection broke ({error!r})"))
+                errors.append(ConnectionLostError(instance.label, f"connection lost: the SSH connection broke ({error!r})"))
             else:
                 raise error
         if errors:
