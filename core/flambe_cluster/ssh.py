@@ -74,12 +74,14 @@ class Connection:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
 
         ``on_stdout`` and ``on_stderr`` get each chunk of their stream as it
         arrives (to print or follow it); whether or not they are given, the
-        result keeps only the last ``output_limit`` bytes of each stream.
+        result keeps only the last ``keep`` bytes of each stream (default
+        ``output_limit``; a caller that prints the streams needs only a little).
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
         on timeout the channel is closed and ``exit_code`` is ``None``.
@@ -91,7 +93,8 @@ class Connection:
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin, OutputTail(self.output_limit, on_stdout), OutputTail(self.output_limit, on_stderr))
+            limit = self.output_limit if keep is None else keep
+            return self._run(command, timeout, stdin, OutputTail(limit, on_stdout), OutputTail(limit, on_stderr))
 
     def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail) -> CommandResult:
         deadline = time.monotonic() + timeout
@@ -343,10 +346,11 @@ class SSHPool:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
         result = self.connection(instance).run(
-            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr
+            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep
         )
         return result.check() if check else result
 
