@@ -33,7 +33,7 @@ from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKey
 from .commands import CommandResult, OutputTail, shown
 from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
-from .sshconnect import Login, changed_key_error, open_route
+from .sshconnect import Login, changed_key_error, open_route, stop_remote
 from .sshroute import Resolver, Route
 
 OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
@@ -58,6 +58,7 @@ class Connection:
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
     _closed_here: bool = field(init=False, default=False)  # set by close(): commands then say why they stopped
+    _running: set = field(init=False, factory=set)  # channels whose command has not ended yet
 
     @property
     def host_key(self) -> paramiko.PKey:
@@ -111,33 +112,44 @@ class Connection:
             )
 
         with channel:
+            self._running.add(channel)
             try:
-                channel.exec_command(command)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-            except (paramiko.SSHException, OSError) as exc:
-                raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection broke ({exc}); "
-                                          "retry the command") from exc
-            wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
-            while True:
-                while channel.recv_ready():
-                    out.add(channel.recv(1 << 20))
-                while channel.recv_stderr_ready():
-                    err.add(channel.recv_stderr(1 << 20))
-                if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if channel.closed or not transport.is_active():  # closed without EOF: the connection died
-                    raise self._lost(transport, command)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result(None)
-                select.select([wakeup], [], [], min(remaining, 5.0))
-            if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-                return result(None)
-            if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+                return self._wait(channel, command, deadline, stdin, out, err, result)
+            finally:
+                self._running.discard(channel)
+                if channel.exit_status == -1:  # left before it ended (timeout, interrupt): end it on the host too
+                    stop_remote(channel)
+
+    def _wait(self, channel: paramiko.Channel, command: str, deadline: float, stdin: bytes | None, out: OutputTail,
+              err: OutputTail, result: Callable[[int | None], CommandResult]) -> CommandResult:
+        transport = channel.get_transport()
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection broke ({exc}); "
+                                      "retry the command") from exc
+        wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
+        while True:
+            while channel.recv_ready():
+                out.add(channel.recv(1 << 20))
+            while channel.recv_stderr_ready():
+                err.add(channel.recv_stderr(1 << 20))
+            if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed or not transport.is_active():  # closed without EOF: the connection died
                 raise self._lost(transport, command)
-            return result(channel.recv_exit_status())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return result(None)
+            select.select([wakeup], [], [], min(remaining, 5.0))
+        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+            return result(None)
+        if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+            raise self._lost(transport, command)
+        return result(channel.recv_exit_status())
 
     def _lost(self, transport: paramiko.Transport, command: str) -> HostError:
         if self._closed_here:
@@ -148,8 +160,11 @@ class Connection:
         return ConnectionLostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
 
     def close(self) -> None:
-        """Close the connection; commands running on it end at once with :class:`HostError`."""
+        """Close the connection; commands running on it end at once with :class:`HostError`, and on the host
+        (see :func:`stop_remote`)."""
         self._closed_here = True
+        for channel in list(self._running):
+            stop_remote(channel)
         self.client.close()
         for jump in self.jumps:
             jump.close()
