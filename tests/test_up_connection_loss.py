@@ -109,6 +109,8 @@ def test_up_fails_promptly_naming_the_lost_host_and_a_re_up_completes(two_hosts,
     assert "Traceback" not in stderr, stderr
     assert waited < BOUND, f"up exited {waited:.1f} s after the factory was {fault} (bound {BOUND} s):\n{stderr}"
     assert cpu < 1, f"the client used {cpu:.2f} s of CPU waiting:\n{stderr}"
+    left = [line for line in orchestrator.run_in_namespace(["ps", "-eo", "args"]).stdout.splitlines() if marker in line]
+    assert not left, f"the setup command goes on on the orchestrator: {left}"
 
     try:
         ssh_cluster_yaml(config, two_hosts, flambe_client_key.path, name, **timings)
