@@ -177,6 +177,15 @@ def test_a_signal_while_launching_rolls_back_what_the_launch_made(cloud, tmp_pat
     assert f"interrupted ({signum.name})" in stderr and stderr.count("rolling back") == 1, stderr
     assert "Traceback" not in stderr, stderr
     assert_rolled_back(cloud, name, 3)
+    if signum == signal.SIGINT:  # the next up completes (once: a whole up installs Ray on three hosts)
+        config = str(cloud.write_config(tmp_path / "c.yaml", name))
+        try:
+            done = cloud.cli("up", config, home=tmp_path, timeout=900)
+            assert done.returncode == 0 and "Ray cluster up" in done.stderr, dump(done)
+        finally:
+            down = cloud.cli("down", config, home=tmp_path, timeout=300)
+        assert down.returncode == 0, dump(down)
+        assert not cloud.instances(name), "down terminated the cluster"
 
 
 def test_down_of_a_stopped_cluster_terminates_it(cloud, tmp_path):
