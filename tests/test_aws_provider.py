@@ -198,7 +198,9 @@ def test_host_keys_are_parsed_from_the_console_text():
     assert hostkeys.decode_console(CONSOLE) == CONSOLE
 
 
-def test_host_keys_hook_asks_the_console_only_for_unpinned_hosts(moto_cloud, flambe_state_home):
+def test_host_keys_hook_asks_the_console_pinned_or_not(moto_cloud, flambe_state_home):
+    """The core asks only for unpinned hosts and changed keys; for a changed key the console must be read
+    (an instance replaced at the same address), so the hook does not answer None for a pinned address."""
     config = parse_config(moto_cloud.config("console"))
     [instance_id] = moto_cloud.make_instance()
     instance = Instance("console_orchestrator", Role.ORCHESTRATOR, Endpoint("10.213.40.99"), Endpoint("10.213.40.99"),
@@ -209,8 +211,12 @@ def test_host_keys_hook_asks_the_console_only_for_unpinned_hosts(moto_cloud, fla
     known = ClusterState.for_cluster("console").ensure().known_hosts
     known.write_text(f"10.213.40.99 {ED25519}\n")
     hostkeys._cache.clear()
-    assert flambe_cluster_host_keys(config=config, instance=instance) is None
-    assert moto_cloud.server.count("GetConsoleOutput") == before + 1, "a pinned host needs no vouching"
+    moto_cloud.server.consoles[instance_id] = CONSOLE
+    try:
+        assert flambe_cluster_host_keys(config=config, instance=instance) == [f"ecdsa-sha2-nistp256 {ECDSA_BLOB}", ED25519]
+    finally:
+        del moto_cloud.server.consoles[instance_id]
+    assert moto_cloud.server.count("GetConsoleOutput") == before + 2
 
 
 def test_launch_parameters_carry_tags_volume_network_and_tenancy(moto_cloud):

@@ -85,10 +85,16 @@ def assert_stopped(code: int, waited: float, stderr: str, signum: int, home: Pat
 
 POINTS = [
     (signal.SIGINT, "connecting"),
+    (signal.SIGTERM, "connecting"),
+    (signal.SIGHUP, "connecting"),
     (signal.SIGTERM, "setup"),
     (signal.SIGHUP, "setup"),
+    (signal.SIGINT, "installing"),
+    (signal.SIGTERM, "installing"),
     (signal.SIGHUP, "installing"),
+    (signal.SIGINT, "starting Ray"),
     (signal.SIGTERM, "starting Ray"),
+    (signal.SIGHUP, "starting Ray"),
 ]
 
 
@@ -108,7 +114,7 @@ def test_a_signal_stops_up_promptly_and_the_next_up_completes(flambe_test_hosts,
             hosts[2].partition()
             extra["connect_timeout"] = 60
         if point == "setup":
-            extra["setup_cmds"] = [f"sleep 120 # {marker}"]
+            extra["setup_cmds"] = [f"bash -c 'sleep 120; true' {marker}"]  # $0 is the marker: it shows in ps
         config = ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, name, **extra)
 
         code, waited, stderr = interrupted_up(config, home, signum, when)

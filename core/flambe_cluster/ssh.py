@@ -28,11 +28,12 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import paramiko
 from attrs import define, field, validators
 
-from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
+from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKeyError, HostsFailedError,
+                     HostUnreachableError, RemoteCommandError)
 from .commands import CommandResult, OutputTail, shown
 from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
-from .sshconnect import Login, changed_key_error, open_route
+from .sshconnect import Login, changed_key_error, open_route, stop_remote
 from .sshroute import Resolver, Route
 
 OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
@@ -57,6 +58,7 @@ class Connection:
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
     _closed_here: bool = field(init=False, default=False)  # set by close(): commands then say why they stopped
+    _running: set = field(init=False, factory=set)  # channels whose command has not ended yet
 
     @property
     def host_key(self) -> paramiko.PKey:
@@ -73,12 +75,14 @@ class Connection:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
 
         ``on_stdout`` and ``on_stderr`` get each chunk of their stream as it
         arrives (to print or follow it); whether or not they are given, the
-        result keeps only the last ``output_limit`` bytes of each stream.
+        result keeps only the last ``keep`` bytes of each stream (default
+        ``output_limit``; a caller that prints the streams needs only a little).
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
         on timeout the channel is closed and ``exit_code`` is ``None``.
@@ -90,7 +94,8 @@ class Connection:
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin, OutputTail(self.output_limit, on_stdout), OutputTail(self.output_limit, on_stderr))
+            limit = self.output_limit if keep is None else keep
+            return self._run(command, timeout, stdin, OutputTail(limit, on_stdout), OutputTail(limit, on_stderr))
 
     def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail) -> CommandResult:
         deadline = time.monotonic() + timeout
@@ -98,7 +103,8 @@ class Connection:
         try:
             channel = transport.open_session(timeout=min(timeout, 30))
         except (paramiko.SSHException, OSError, AttributeError) as exc:
-            raise HostError(self.instance.label, f"the SSH connection is broken ({exc}); retry the command") from exc
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection is broken ({exc}); "
+                                      "retry the command") from exc
 
         def result(exit_code: int | None) -> CommandResult:
             return CommandResult(
@@ -106,32 +112,44 @@ class Connection:
             )
 
         with channel:
+            self._running.add(channel)
             try:
-                channel.exec_command(command)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-            except (paramiko.SSHException, OSError) as exc:
-                raise HostError(self.instance.label, f"the SSH connection broke ({exc}); retry the command") from exc
-            wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
-            while True:
-                while channel.recv_ready():
-                    out.add(channel.recv(1 << 20))
-                while channel.recv_stderr_ready():
-                    err.add(channel.recv_stderr(1 << 20))
-                if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if channel.closed or not transport.is_active():  # closed without EOF: the connection died
-                    raise self._lost(transport, command)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result(None)
-                select.select([wakeup], [], [], min(remaining, 5.0))
-            if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-                return result(None)
-            if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+                return self._wait(channel, command, deadline, stdin, out, err, result)
+            finally:
+                self._running.discard(channel)
+                if channel.exit_status == -1:  # left before it ended (timeout, interrupt): end it on the host too
+                    stop_remote(channel)
+
+    def _wait(self, channel: paramiko.Channel, command: str, deadline: float, stdin: bytes | None, out: OutputTail,
+              err: OutputTail, result: Callable[[int | None], CommandResult]) -> CommandResult:
+        transport = channel.get_transport()
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection broke ({exc}); "
+                                      "retry the command") from exc
+        wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
+        while True:
+            while channel.recv_ready():
+                out.add(channel.recv(1 << 20))
+            while channel.recv_stderr_ready():
+                err.add(channel.recv_stderr(1 << 20))
+            if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed or not transport.is_active():  # closed without EOF: the connection died
                 raise self._lost(transport, command)
-            return result(channel.recv_exit_status())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return result(None)
+            select.select([wakeup], [], [], min(remaining, 5.0))
+        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+            return result(None)
+        if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+            raise self._lost(transport, command)
+        return result(channel.recv_exit_status())
 
     def _lost(self, transport: paramiko.Transport, command: str) -> HostError:
         if self._closed_here:
@@ -139,11 +157,14 @@ class Connection:
         else:
             reason = transport.get_exception()
             why = f"the host went down or stopped answering ({reason or 'the connection was closed'})"
-        return HostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
+        return ConnectionLostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
 
     def close(self) -> None:
-        """Close the connection; commands running on it end at once with :class:`HostError`."""
+        """Close the connection; commands running on it end at once with :class:`HostError`, and on the host
+        (see :func:`stop_remote`)."""
         self._closed_here = True
+        for channel in list(self._running):
+            stop_remote(channel)
         self.client.close()
         for jump in self.jumps:
             jump.close()
@@ -273,7 +294,11 @@ class SSHPool:
 
         Every failure is collected: one failing host raises its own error;
         several raise :class:`HostsFailedError` (or one
-        :class:`RemoteCommandError` when all are command failures).
+        :class:`RemoteCommandError` when all are command failures).  A host
+        whose connection is lost (:class:`ConnectionLostError`) ends the wait
+        at once: its error is raised without waiting for the other hosts,
+        whose actions the caller ends by closing the pool (the operation has
+        failed; a lost host must not wait for the others' long commands).
 
         Each action runs in a daemon thread of its own: an interrupt
         (KeyboardInterrupt) of the calling thread leaves ``map`` at once
@@ -282,18 +307,29 @@ class SSHPool:
         """
         instances = list(instances)
         outcomes: dict[Instance, tuple[T | None, BaseException | None]] = {}
+        finished = threading.Condition()
 
         def work(instance: Instance) -> None:
             try:
-                outcomes[instance] = (action(instance), None)
+                outcome: tuple[T | None, BaseException | None] = (action(instance), None)
             except BaseException as exc:  # handed to the calling thread below
-                outcomes[instance] = (None, exc)
+                outcome = (None, exc)
+            with finished:
+                outcomes[instance] = outcome
+                finished.notify()
+
+        def lost() -> ConnectionLostError | None:
+            return next((e for _, e in outcomes.values() if isinstance(e, ConnectionLostError)), None)
 
         threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True) for i in instances]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        with finished:
+            while len(outcomes) < len(instances) and lost() is None:
+                finished.wait(1.0)  # a timeout keeps the wait interruptible (Ctrl-C)
+            error_lost = lost() if len(outcomes) < len(instances) else None
+        if error_lost is not None:
+            raise error_lost
         results: dict[Instance, T] = {}
         errors: list[FlambeClusterError] = []
         for instance in instances:
@@ -303,7 +339,7 @@ class SSHPool:
             elif isinstance(error, FlambeClusterError):
                 errors.append(error)
             elif isinstance(error, (paramiko.SSHException, OSError, EOFError)):
-                errors.append(HostError(instance.label, f"the SSH connection broke ({error!r})"))
+                errors.append(ConnectionLostError(instance.label, f"connection lost: the SSH connection broke ({error!r})"))
             else:
                 raise error
         if errors:
@@ -332,10 +368,11 @@ class SSHPool:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
         result = self.connection(instance).run(
-            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr
+            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep
         )
         return result.check() if check else result
 

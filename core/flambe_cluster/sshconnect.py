@@ -118,3 +118,28 @@ def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Seque
         client.close()
         raise
     return client
+
+
+def stop_remote(channel: paramiko.Channel) -> None:
+    """Ask sshd to end the command of ``channel`` on the host: a ``signal`` channel request (RFC 4254, 6.9)
+    for SIGTERM, which OpenSSH (7.8 and later) sends to the session's whole process group.
+
+    Without it a command outlives its closed channel (sshd gives a session
+    without a terminal no SIGHUP): an interrupted or timed-out setup command
+    would go on running.  Processes that left the session's group on purpose
+    (daemons such as Ray's nodes) are not touched.  Best effort: a broken
+    connection cannot carry it.
+    """
+    transport = channel.get_transport()
+    if channel.closed or transport is None or not transport.is_active():
+        return
+    message = paramiko.Message()
+    message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("signal")
+    message.add_boolean(False)
+    message.add_string("TERM")
+    try:
+        transport._send_user_message(message)
+    except (paramiko.SSHException, OSError, EOFError):
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,6 +11,7 @@ import click
 
 from .. import jobs
 from ..commands import shell_join
+from .labelled import LabelledLines
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
 
 
@@ -30,12 +32,24 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
     with opened(config) as cluster:
         session = cluster.session
         hosts = {"all": session.hosts(), "orchestrator": [session.require_orchestrator()], "factories": session.factories}[target]
-        results = cluster.execute_on(hosts, line, check=False)
+        out.file.flush()
+        err.file.flush()
+        lock = threading.Lock()
+
+        def run(instance):  # output is printed as it arrives, never gathered: endless output costs no memory
+            lines = [LabelledLines(instance.name, console.file.buffer, lock) for console in (out, err)]
+            try:
+                return session.pool.run(instance, line, check=False, on_stdout=lines[0].add, on_stderr=lines[1].add,
+                                        keep=1 << 16)
+            finally:
+                for labelled in lines:
+                    labelled.finish()
+
+        results = session.pool.map(hosts, run)
         for instance, result in results.items():
-            for text, console in ((result.stdout, out), (result.stderr, err)):
-                for row in text.splitlines():
-                    console.print(f"[{instance.name}] {row}", markup=False)
-            if not result.ok:
+            if result.exit_code is None:
+                err.print(f"[{instance.name}] timed out after {result.timeout:g} s (command_timeout)", markup=False)
+            elif not result.ok:
                 err.print(f"[{instance.name}] exit code {result.exit_code}", markup=False)
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
 

@@ -64,13 +64,13 @@ What it guarantees:
   EC2 terminates when it interrupts them; the cluster then lacks that
   factory (``status`` says so) until ``up`` replaces it.
 - **Host keys** the instance printed on its console are required on first
-  contact (see :mod:`.hostkeys`).
+  contact, and replace the pin of an instance replaced at the same address
+  (see :mod:`.hostkeys`).
 """
 
 from __future__ import annotations
 
 from flambe_cluster import hookimpl
-from flambe_cluster.provider import ClusterState
 
 from . import alarms, api, catalog, hostkeys, validation
 from . import instances as fleet
@@ -168,20 +168,16 @@ def flambe_cluster_promised_gpus(config, instance):
     return info.gpus if info else None
 
 
-def _pinned(config, instance) -> bool:
-    """Whether the cluster's known_hosts already pins the instance (then the vouched keys do not matter)."""
-    path = ClusterState.for_cluster(config.name, config.state_dir).known_hosts
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    name = instance.endpoint.known_hosts_name
-    return any(name in line.split(" ", 1)[0].split(",") for line in lines if line.strip())
-
-
 @hookimpl
 def flambe_cluster_host_keys(config, instance):
-    """The host keys the instance printed on its console, for its first contact; None when there are none."""
-    if instance.instance_id is None or _pinned(config, instance):
+    """The host keys the instance printed on its console; None when there are none.
+
+    The core asks only when the cluster's known_hosts does not pin the
+    instance's address yet (first contact), or when the address presents
+    another key than the pinned one (an instance replaced at the same
+    address: a key its console shows replaces the pin; otherwise the
+    refusal stands).  Pinned hosts presenting their pinned key cost no call.
+    """
+    if instance.instance_id is None:
         return None
     return hostkeys.console_host_keys(config.options.region_name, instance.instance_id)
