@@ -1,0 +1,139 @@
+"""Repair: `up` replaces exactly the lost factories; `up --watch` keeps a cluster whole while a job runs.
+
+On AWS (moto + test hosts, spot factories): a factory instance terminated
+under a running job (as EC2 does when it interrupts a spot instance) is
+replaced by a plain `up`, then another one by `up --watch`, which notices it
+on its own; each time the replacement's Ray worker joins the running head,
+the job counting its workers sees the count drop and recover, and the head's
+process is the same throughout.  Ctrl-C ends the watch (exit 0) and leaves
+the cluster as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from aws_support import aws_cloud  # noqa: F401 - a fixture
+from test_resize import AWSEnv, COUNT_JOB, LIVE, boot_id, pids
+
+AWS_NAME = "aws-resize"  # AWSEnv's cluster name
+
+
+class Watch:
+    """`flambe-cluster up CONFIG --watch SECONDS` in the background, its output in files."""
+
+    def __init__(self, env: AWSEnv, seconds: float):
+        self.err_path = env.folder / "watch.err"
+        self.out_path = env.folder / "watch.out"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flambe_cluster", "up", str(env.config), "--watch", str(seconds)],
+                stdout=out, stderr=err, text=True, env=env.cloud.cli_env(env.state), start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.err_path.read_text() + self.out_path.read_text()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.process.poll() is None, f"the watch ended (exit {self.process.returncode}):\n{self.output}"
+            assert time.monotonic() < deadline, f"the watch never said {text!r}:\n{self.output}"
+            time.sleep(0.5)
+        return self.output
+
+    def interrupt(self, timeout: float = 60) -> int:
+        os.kill(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """End it whatever it does (its own process group only)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+def after(counts_before: int, env: AWSEnv) -> list[int]:
+    return env.counts()[counts_before:]
+
+
+@pytest.fixture
+def aws_env(aws_cloud, tmp_path):
+    env = AWSEnv(aws_cloud, tmp_path)
+    try:
+        yield env
+    finally:
+        if aws_cloud.instances(AWS_NAME, LIVE):
+            env.cli("down", timeout=300)
+
+
+@pytest.mark.hosts
+def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_job(aws_env):
+    from flambe_cluster.state import ClusterState
+
+    env, cloud = aws_env, aws_env.cloud
+    cloud.write_config(env.config, AWS_NAME, factories_num=2, ray_timeout=90, factories_spot=True)
+    env.cli("up", check=0)
+    [orchestrator_id] = env.roles()["orchestrator"]
+    orchestrator = cloud.host_of(orchestrator_id)
+    head, boot = pids(orchestrator, "gcs_server"), boot_id(orchestrator)
+    first = env.roles()["factory"]
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+
+    # a plain `up` replaces exactly the lost factory (EC2 interrupted the spot instance: it is terminated)
+    cloud.ec2.terminate_instances(InstanceIds=[first[1]])
+    seen = len(env.counts())
+    assert env.wait_for_count(1, timeout=90)[-1] == 1, "the job sees the worker go"
+    repaired = env.cli("up", check=0)
+    factories = env.roles()["factory"]
+    assert factories[0] == first[0] and factories[1] not in first and len(factories) == 2, (first, factories)
+    assert cloud.state_of(first[1]) == "terminated"
+    assert env.roles()["orchestrator"] == [orchestrator_id]
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+    assert env.wait_for_count(2)[-1] == 2
+    counts = after(seen, env)
+    assert 1 in counts and counts[-1] == 2, counts
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, \
+        f"the head was restarted\n{repaired.stderr}"
+    alarmed = sorted(a["Dimensions"][0]["Value"] for a in cloud.alarms(f"flambe-cluster/{AWS_NAME}/"))
+    assert alarmed == sorted(factories), "the replacement has its idle alarm, the lost one's is gone"
+
+    # `up --watch` notices a lost factory by itself, replaces it and joins it to Ray; the job goes on
+    watch = Watch(env, 3)
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        seen = len(env.counts())
+        cloud.ec2.terminate_instances(InstanceIds=[factories[0]])
+        output = watch.wait_for("joined Ray", timeout=400)
+        now = env.roles()["factory"]
+        assert now[1] == factories[1] and now[0] not in factories and len(now) == 2, (factories, now)
+        assert env.wait_for_count(2)[-1] == 2
+        counts = after(seen, env)
+        assert 1 in counts and counts[-1] == 2, counts
+        status = env.status()
+        assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+        assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+        assert "lost" in output and now[0] in output, output
+
+        # Ctrl-C: the watch ends (exit 0), saying so; the cluster is as it was
+        assert watch.interrupt() == 0, watch.output
+        assert "stopped watching" in watch.output, watch.output
+    finally:
+        watch.kill()
+    assert env.roles()["factory"] == now
+    assert env.status()["job"]["state"] == "running"
+    actions = [e for e in ClusterState(env.state / "clusters" / AWS_NAME).journal.entries() if e["event"] == "watch"]
+    assert [e["action"] for e in actions][-2:] == ["lost", "replaced"], actions
+    assert actions[-1]["details"]["instance_id"] == now[0], actions[-1]
+    env.cli("exec", "--", "touch stop-counting", check=0)
