@@ -30,13 +30,17 @@ AWS_NAME = "aws-resize"  # AWSEnv's cluster name
 class Watch:
     """`flambe-cluster up CONFIG --watch SECONDS` in the background, its output in files."""
 
-    def __init__(self, env: AWSEnv, seconds: float):
+    def __init__(self, env, seconds: float, *more: str):
         self.err_path = env.folder / "watch.err"
         self.out_path = env.folder / "watch.out"
+        if hasattr(env, "cloud"):
+            environment = env.cloud.cli_env(env.state)
+        else:
+            environment = {**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state), "COLUMNS": "200"}
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flambe_cluster", "up", str(env.config), "--watch", str(seconds)],
-                stdout=out, stderr=err, text=True, env=env.cloud.cli_env(env.state), start_new_session=True)
+                [sys.executable, "-m", "flambe_cluster", "up", str(env.config), "--watch", str(seconds), *more],
+                stdout=out, stderr=err, text=True, env=environment, start_new_session=True)
 
     @property
     def output(self) -> str:
@@ -95,6 +99,7 @@ def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_j
     seen = len(env.counts())
     assert env.wait_for_count(1, timeout=90)[-1] == 1, "the job sees the worker go"
     repaired = env.cli("up", check=0)
+    assert "replacing 1 lost factories" in repaired.stderr, repaired.stderr
     factories = env.roles()["factory"]
     assert factories[0] == first[0] and factories[1] not in first and len(factories) == 2, (first, factories)
     assert cloud.state_of(first[1]) == "terminated"
@@ -117,14 +122,17 @@ def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_j
         cloud.ec2.terminate_instances(InstanceIds=[factories[0]])
         output = watch.wait_for("joined Ray", timeout=400)
         now = env.roles()["factory"]
-        assert now[1] == factories[1] and now[0] not in factories and len(now) == 2, (factories, now)
+        assert now[0] == factories[1] and now[1] not in factories and len(now) == 2, \
+            f"the factory that stayed comes first: {factories} -> {now}"
+        replacement = now[1]
         assert env.wait_for_count(2)[-1] == 2
         counts = after(seen, env)
         assert 1 in counts and counts[-1] == 2, counts
         status = env.status()
         assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
         assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
-        assert "lost" in output and now[0] in output, output
+        assert f"{factories[0]} is lost" in output and replacement in output, output
+        assert "replacing 1 lost factories" not in output, "the repair's own steps are logged, not printed"
 
         # Ctrl-C: the watch ends (exit 0), saying so; the cluster is as it was
         assert watch.interrupt() == 0, watch.output
@@ -135,5 +143,78 @@ def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_j
     assert env.status()["job"]["state"] == "running"
     actions = [e for e in ClusterState(env.state / "clusters" / AWS_NAME).journal.entries() if e["event"] == "watch"]
     assert [e["action"] for e in actions][-2:] == ["lost", "replaced"], actions
-    assert actions[-1]["details"]["instance_id"] == now[0], actions[-1]
+    assert actions[-1]["details"]["instance_id"] == replacement, actions[-1]
+    assert actions[-1]["details"]["old_instance_id"] == factories[0], actions[-1]
+    env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+# --- ssh provider: machines the user brought; the replacement answers at the same address with the same host key
+
+
+def fresh_machine(host, client_key) -> None:
+    """Make ``host`` (stopped) a machine set up anew: its home holds only the login key; its host key stays."""
+    import shutil
+
+    for item in host.home.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+    (host.home / ".ssh").mkdir(mode=0o700)
+    (host.home / ".ssh" / "authorized_keys").write_text(client_key.public_line.strip() + "\n")
+    subprocess.run(["chown", "-R", f"{host.username}:", str(host.home)], check=True)
+
+
+@pytest.fixture
+def ssh_env(flambe_test_hosts, flambe_client_key, tmp_path):
+    from test_resize import Env
+
+    network = flambe_test_hosts(3)
+    env = Env(network, tmp_path, flambe_client_key.path)
+    try:
+        yield env
+    finally:
+        try:
+            for host in network.hosts:
+                host.start()
+            env.cli("down", timeout=300)
+        finally:
+            network.close()
+
+
+@pytest.mark.hosts
+def test_ssh_a_stopped_factory_replaced_at_its_address_rejoins_under_up_watch(ssh_env, flambe_client_key):
+    from flambe_cluster.state import ClusterState
+
+    env = ssh_env
+    orchestrator, gone = env.hosts[0], env.hosts[2]
+    env.write(2)
+    env.cli("up", check=0)
+    head = pids(orchestrator, "gcs_server")
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+    watch = Watch(env, 2, "--lost-after", "5")
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        seen = len(env.counts())
+        gone.stop()
+        watch.wait_for("has not answered for", timeout=120)
+        assert env.wait_for_count(1, timeout=90)[-1] == 1
+        fresh_machine(gone, flambe_client_key)
+        gone.start()  # the replacement: same address, same host key, nothing of the cluster on it
+        output = watch.wait_for("rejoined Ray", timeout=400)
+        assert env.wait_for_count(2)[-1] == 2
+        counts = after(seen, env)
+        assert 1 in counts and counts[-1] == 2, counts
+        status = env.status()
+        assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+        assert pids(orchestrator, "gcs_server") == head, "the head was restarted"
+        assert "waiting for a machine to answer at its address" in output and "repair failed" not in output, output
+        assert watch.interrupt() == 0, watch.output
+        assert "stopped watching" in watch.output
+    finally:
+        watch.kill()
+    actions = [e["action"] for e in ClusterState(env.state / "clusters" / "resize").journal.entries()
+               if e["event"] == "watch"]
+    assert actions[0] == "lost" and actions[-1] == "rejoined", actions
     env.cli("exec", "--", "touch stop-counting", check=0)

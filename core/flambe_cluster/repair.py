@@ -80,7 +80,7 @@ class Watch:
         def probe(host: Instance) -> bool:
             try:
                 return pool.run(host, "true", timeout=PROBE_TIMEOUT, check=False).ok
-            except FlambeClusterError:
+            except Exception:  # noqa: BLE001 - any failure to run a command is no answer
                 return False
 
         try:
@@ -92,7 +92,7 @@ class Watch:
         """Answering factories whose Ray worker the head does not report alive (none when the head does not answer)."""
         try:
             known = raycluster.nodes(self.session)
-        except FlambeClusterError as exc:
+        except Exception as exc:  # noqa: BLE001 - no answer from the head: nothing to say about its workers
             logger.info("the Ray head did not answer (%s)", exc)
             return []
         alive = raycluster.alive_workers(known) if known is not None else {}
@@ -148,12 +148,12 @@ class Watch:
     def repair(self, repair: Callable[[], None], lost: list[Instance]) -> None:
         """Run ``repair`` (``up``), its steps logged; then say what became of each lost factory."""
         session = self.session
-        before = {f.name: f for f in session.factories}
+        before = list(session.factories)
         session.start_new_run()  # a failed repair rolls back only what it created
         shown, session.on_step = session.on_step, _log_step
         try:
             repair()
-        except FlambeClusterError as exc:
+        except Exception as exc:  # noqa: BLE001 - undone by the repair itself; tried again next round
             session.on_step = shown
             self.act("repair-failed", f"repair failed, trying again in the next round: {exc}", error=str(exc))
             return
@@ -161,15 +161,18 @@ class Watch:
             session.on_step = shown
         self.silent_since.clear()
         workers = len(session.factories)
-        for factory in session.factories:
-            old = before.get(factory.name)
-            if old is not None and resize.identity(old) != resize.identity(factory):
-                self.act("replaced", f"replaced {old.label}{' ' + old.instance_id if old.instance_id else ''} by "
-                                     f"{factory.endpoint}{' ' + factory.instance_id if factory.instance_id else ''}: "
-                                     f"its Ray worker joined Ray ({workers} workers alive)",
-                         host=factory.name, address=str(factory.private), instance_id=factory.instance_id,
-                         old_address=str(old.private), old_instance_id=old.instance_id)
-            elif old is not None and any(resize.identity(old) == resize.identity(f) for f in lost):
+        after = {resize.identity(f) for f in session.factories}
+        gone = [f for f in before if resize.identity(f) not in after]
+        kept = {resize.identity(f) for f in before}
+        new = [f for f in session.factories if resize.identity(f) not in kept]
+        for old, factory in zip(gone, new):
+            self.act("replaced", f"replaced {old.label}{' ' + old.instance_id if old.instance_id else ''} by "
+                                 f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''}: "
+                                 f"its Ray worker joined Ray ({workers} workers alive)",
+                     host=factory.name, address=str(factory.private), instance_id=factory.instance_id,
+                     old_address=str(old.private), old_instance_id=old.instance_id)
+        for factory in lost:
+            if resize.identity(factory) in after:
                 self.act("rejoined", f"{factory.label} rejoined Ray ({workers} workers alive)",
                          host=factory.name, address=str(factory.private), instance_id=factory.instance_id)
 
@@ -191,21 +194,25 @@ def watch(session: HostSession, repair: Callable[[], None], interval: float = 30
     state = Watch(session, lost_after)
     session.on_step(f"watching cluster {session.name!r} every {interval:g}s (a factory that does not answer for "
                     f"{lost_after:g}s is lost); Ctrl-C stops watching and leaves the cluster as it is")
-    repairing = False
+    repairing = False  # an interrupt arrived during a repair (which undid it): it propagates
 
     def locked_repair() -> None:
         nonlocal repairing
-        repairing = True
         try:
             repair()
-        finally:
-            repairing = False
+        except KeyboardInterrupt:
+            repairing = True
+            raise
 
     done = 0
     try:
         while rounds is None or done < rounds:
             started = time.monotonic()
-            state.round(locked_repair)
+            try:
+                state.round(locked_repair)
+            except Exception as exc:  # noqa: BLE001 - a look that failed (the cloud's API, a host) is tried again
+                logger.debug("watch round failed", exc_info=True)
+                session.on_step(f"could not look at cluster {session.name!r} ({exc}); looking again in {interval:g}s")
             done += 1
             if rounds is None or done < rounds:
                 time.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -113,9 +113,13 @@ def shrink(session: HostSession) -> list[Instance]:
     if added:
         session.on_step(f"adding {len(added)} factories to the cluster: " + ", ".join(h.label for h in added))
     removed = removed_factories(session)
+    lost = removed[:max(0, len(added))]  # as many removed as added: lost ones being replaced (a repair)
+    if lost:
+        session.on_step(f"replacing {len(lost)} lost factories: " + ", ".join(h.label for h in lost))
+    if len(removed) > len(lost):
+        session.on_step(f"removing {len(removed) - len(lost)} factories no longer in the cluster: "
+                        + ", ".join(h.label for h in removed[len(lost):]))
     if removed:
-        session.on_step(f"removing {len(removed)} factories no longer in the cluster: "
-                        + ", ".join(h.label for h in removed))
         drain(session, removed)
         session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
         forget(session, removed)
