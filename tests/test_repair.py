@@ -66,8 +66,119 @@ class Watch:
             self.process.wait(timeout=30)
 
 
+def read_counts(env, orchestrator, name: str) -> None:
+    """Let ``env`` read the job's worker counts from the orchestrator's disk: `logs` refuses an incomplete cluster."""
+    log = orchestrator.home / ".flambe-cluster" / name / "job" / "output.log"
+
+    def counts() -> list[int]:
+        text = log.read_text() if log.exists() else ""
+        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("workers ")]
+
+    env.counts = counts
+
+
 def after(counts_before: int, env: AWSEnv) -> list[int]:
     return env.counts()[counts_before:]
+
+
+# --- the watch's rounds on a stand-in session (no hosts): what it says, journals and repairs
+
+
+class FakePool:
+    connect_timeout = 60.0
+
+    def __init__(self):
+        self.down: set[str] = set()
+
+    def run(self, host, command, timeout=None, check=True):
+        from flambe_cluster.errors import ClusterError
+
+        if host.private.host in self.down:
+            raise ClusterError(f"{host.label}: no answer")
+        return type("Result", (), {"ok": True})()
+
+    def map(self, hosts, action):
+        return {h: action(h) for h in hosts}
+
+
+def fake_session(tmp_path, ids):
+    from types import SimpleNamespace
+
+    from flambe_cluster.records import ClusterInstances, Endpoint
+    from flambe_cluster.state import ClusterState
+
+    ends = [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}")) for i in (1, 2, 3)]
+    instances = ClusterInstances.named("c", ends, instance_ids=ids)
+    lines: list[str] = []
+    session = SimpleNamespace(
+        name="c", config=SimpleNamespace(connect_timeout=60.0), pool=FakePool(), lines=lines,
+        orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
+        state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
+        hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
+    session.hooks.flambe_cluster_release_instances = lambda config, instances: session.released.extend(instances)
+    return session
+
+
+def watch_actions(session) -> list[str]:
+    return [e["action"] for e in session.state.journal.entries() if e["event"] == "watch"]
+
+
+def test_a_silent_machine_the_user_brought_is_waited_for_then_rejoins(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, None)
+    alive = {"10.0.0.2": {}, "10.0.0.3": {}}
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": ip, "alive": True, "head": False} for ip in alive])
+    repairs: list[int] = []
+    watch = repair.Watch(session, lost_after=0)
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [] and session.lines == [] and watch_actions(session) == [], "a whole cluster: nothing to do"
+    session.pool.down.add("10.0.0.3")
+    del alive["10.0.0.3"]
+    watch.round(lambda: repairs.append(1))
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [] and session.released == [], "a machine the user brought is not replaced by the watch"
+    assert len(session.lines) == 1 and "waiting for a machine to answer at its address" in session.lines[0], session.lines
+    session.pool.down.clear()  # a machine answers at the address again, without a Ray worker
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [1]
+    assert [line.split(":")[0] for line in session.lines[1:]] == ["c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
+    assert watch_actions(session) == ["lost", "lost", "rejoined"], "one journal entry per line"
+
+
+def test_a_silent_cloud_factory_is_released_and_replaced_a_failed_repair_is_said(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair, resize
+    from flambe_cluster.errors import ClusterError
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])
+    monkeypatch.setattr(resize, "forget", lambda s, hosts: None)
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.down.add("10.0.0.2")
+
+    def failing():
+        raise ClusterError("no capacity")
+
+    watch.round(failing)
+    assert [h.instance_id for h in session.released] == ["i-1"], "released so that up creates another"
+    assert "repair failed, trying again in the next round: no capacity" in session.lines[-1]
+    assert watch_actions(session) == ["lost", "repair-failed"]
+
+
+def test_ctrl_c_between_rounds_ends_the_watch_during_a_repair_it_propagates(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, None)
+
+    def interrupt(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raycluster, "nodes", interrupt)
+    repair.watch(session, lambda: None, interval=0.01)
+    assert session.lines[-1] == "stopped watching cluster 'c'; the cluster is left as it is"
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])  # no worker alive: a repair, interrupted
+    with pytest.raises(KeyboardInterrupt):
+        repair.watch(session, lambda: interrupt(None), interval=0.01)
 
 
 @pytest.fixture
@@ -90,6 +201,7 @@ def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_j
     [orchestrator_id] = env.roles()["orchestrator"]
     orchestrator = cloud.host_of(orchestrator_id)
     head, boot = pids(orchestrator, "gcs_server"), boot_id(orchestrator)
+    read_counts(env, orchestrator, AWS_NAME)
     first = env.roles()["factory"]
     env.cli("submit", str(COUNT_JOB), check=0)
     assert env.wait_for_count(2)[-1] == 2
@@ -191,6 +303,7 @@ def test_ssh_a_stopped_factory_replaced_at_its_address_rejoins_under_up_watch(ss
     env.write(2)
     env.cli("up", check=0)
     head = pids(orchestrator, "gcs_server")
+    read_counts(env, orchestrator, "resize")
     env.cli("submit", str(COUNT_JOB), check=0)
     assert env.wait_for_count(2)[-1] == 2
     watch = Watch(env, 2, "--lost-after", "5")
