@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import plugins, raycluster, resize
+from . import plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError
 from .handles import handle
@@ -204,6 +204,10 @@ class Cluster(ClusterOperations):
     def up(self, force: bool = False, **kwargs: Any) -> None:
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does."""
         self._locked(self._up, force, kwargs)
+
+    def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None) -> None:
+        """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see :mod:`~flambe_cluster.repair`)."""
+        repair.watch(self.session, lambda: self._locked(self._up, False, {}), interval, lost_after, rounds)
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:

@@ -14,7 +14,12 @@ running cluster instead of rebuilding it:
   released anyway), has the provider release it
   (:func:`~flambe_cluster.hookspecs.flambe_cluster_release_instances`: a
   cloud terminates it, machines the user brought are left running), then
-  forgets it: its pinned host keys, its journal records, its membership.
+  forgets it: its pinned host keys, its journal records, its membership;
+- **repair** (both at once): a cloud factory that was lost (terminated,
+  interrupted) is missing from the provider's answer, which holds a new
+  one in its place: the lost one is said to be replaced, released and
+  forgotten without draining (it no longer runs), the new one grows in
+  (see :mod:`flambe_cluster.repair`).
 
 The head, the workers that stay and a running job are never restarted.  A
 host is identified by its instance id, or by its addresses when it has none
@@ -113,10 +118,15 @@ def shrink(session: HostSession) -> list[Instance]:
     if added:
         session.on_step(f"adding {len(added)} factories to the cluster: " + ", ".join(h.label for h in added))
     removed = removed_factories(session)
+    lost = removed[:max(0, len(added))]  # as many removed as added: lost ones being replaced (a repair)
+    if lost:
+        session.on_step(f"replacing {len(lost)} lost factories: " + ", ".join(h.label for h in lost))
+    if len(removed) > len(lost):
+        session.on_step(f"removing {len(removed) - len(lost)} factories no longer in the cluster: "
+                        + ", ".join(h.label for h in removed[len(lost):]))
     if removed:
-        session.on_step(f"removing {len(removed)} factories no longer in the cluster: "
-                        + ", ".join(h.label for h in removed))
-        drain(session, removed)
+        # A lost cloud instance (the provider created a replacement: it no longer runs) has no Ray node to stop.
+        drain(session, [h for h in removed if not (h in lost and h.instance_id)])
         session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
         forget(session, removed)
     write_members(session.state, session.hosts())
@@ -125,6 +135,8 @@ def shrink(session: HostSession) -> list[Instance]:
 
 def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
     """Stop this cluster's Ray node on ``hosts`` at once; a host that does not answer is logged and skipped."""
+    if not hosts:
+        return
     pool = session.pool
     saved, pool.connect_timeout = pool.connect_timeout, min(pool.connect_timeout, DRAIN_CONNECT_TIMEOUT)
 

@@ -175,6 +175,10 @@ class HostSession:
         """Whether this session started a run (and so may have created something)."""
         return self._run_journal is not None
 
+    def start_new_run(self) -> None:
+        """Let what follows be a new run of the journal (a rollback then undoes only what it creates)."""
+        self._run_journal = None
+
     def run_all(self, hosts: Sequence[Instance], command: str | Callable[[Instance], str], check: bool = True,
                 timeout: float | None = None, states: tuple[str, str] | None = None) -> dict[Instance, CommandResult]:
         """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`.

@@ -204,6 +204,11 @@ class Journal:
             elif len(left) < len(several):
                 self.record_created(entry["run"], CreatedResource(kind, resource_id, {**details, "instance_ids": left}))
 
+    def note(self, run_id: str, action: str, details: dict) -> None:
+        """Record an action that created nothing by itself (a watch's: a factory lost, replaced, ...)."""
+        self._append({"event": "watch", "run": run_id, "kind": "watch", "id": action, "action": action,
+                      "details": details, "time": time.time()})
+
     def record_destroyed(self, resources: list[CreatedResource], run_id: str | None = None) -> None:
         """Mark ``resources`` as gone (rolled back or terminated)."""
         for resource in resources:

@@ -17,6 +17,9 @@ from ..errors import FlambeClusterError
 from ..records import Instance
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, note, opened, out
 
+#: Seconds between two looks of `up --watch` given without a value.
+WATCH_INTERVAL = 30.0
+
 
 @cli.command()
 def providers() -> int:
@@ -34,12 +37,21 @@ def providers() -> int:
 @CONFIG
 @click.option("--force", is_flag=True, help="Stop a running job.")
 @LOCK_WAIT
-def up(config: str, force: bool, lock_wait: float) -> int:
+@click.option("--watch", type=click.FloatRange(min=0.5), is_flag=False, flag_value=WATCH_INTERVAL, default=None,
+              metavar="[SECONDS]", help=f"Then keep the cluster whole, looking every SECONDS (default {WATCH_INTERVAL:g}): "
+                                        "replace lost factories and join them to Ray, until Ctrl-C.")
+@click.option("--lost-after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="With --watch: a factory that does not answer this long is lost (default: connect_timeout).")
+def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_after: Optional[float]) -> int:
     """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent).
 
     A failure or an interrupt rolls back what this run created (once, under
     the cluster's lock) before the command exits.  The cluster's state
-    folder remembers this file, for `flambe-cluster list`.
+    folder remembers this file, for `flambe-cluster list`.  Lost factories
+    (terminated, interrupted) are replaced.  With `--watch` it then looks
+    at the cluster every SECONDS and replaces a factory lost while a job
+    runs (one line per action); Ctrl-C stops watching, leaves the cluster as
+    it is and exits 0 (during a repair it undoes that repair and exits 130).
     """
     cluster = load(config, validate=True)
     cluster.state.remember_config(config)
@@ -51,6 +63,11 @@ def up(config: str, force: bool, lock_wait: float) -> int:
                f"({time.monotonic() - cluster.on_step.started:.1f}s)")
     if not note.quiet:
         print_hosts(cluster)
+    if watch is not None:
+        try:
+            cluster.watch(watch, lost_after)
+        finally:
+            cluster.close()
     return EXIT_OK
 
 
