@@ -26,29 +26,40 @@ REFUSED = 3
 HEAD_DOWN = 4
 
 
-def nodes(session: HostSession) -> list[dict] | None:
-    """The nodes the head knows, or ``None`` when no head answers."""
-    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", "nodes", session.ray_head_address),
-                              check=False, timeout=60)
+def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict] | None:
+    """The nodes the head knows, or ``None`` when no head answers.
+
+    With ``waiting_for`` (factories), the head's side asks again until
+    their workers are exactly the alive ones (for at most ``ray_timeout``),
+    then answers: Ray is imported there once, not once per question.
+    """
+    args, within = ["nodes", session.ray_head_address], 0.0
+    if waiting_for:
+        within = session.config.ray_timeout
+        args += [f"{within:g}", *(f.private.host for f in waiting_for)]
+    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", *args),
+                              check=False, timeout=within + 60)
     if result.exit_code == HEAD_DOWN:
         return None
     result.check()
     return json.loads(result.stdout)
 
 
-def ask_head_early(session: HostSession) -> None:
-    """Start asking the head for its nodes in the background, for :func:`launch` to use if nothing changed since.
+def ask_head_early(session: HostSession, waiting_for: Sequence[Instance] = ()) -> None:
+    """Start asking the head for its nodes in the background, for the next question of :func:`launch` or
+    :func:`wait_for_workers` to use (see :func:`nodes` for ``waiting_for``).
 
-    The question only reads, so it runs while the hosts' keys and software
-    are checked (on a second ``up`` it is the slowest of those checks: the
-    head's Python imports Ray).  :func:`forget_early_answer` discards it when
-    a step may have changed what the head would say.
+    The question only reads, so it runs while other work goes on: while the
+    hosts' keys and software are checked (on a second ``up`` it is the
+    slowest of those checks: the head's Python imports Ray), or while the
+    workers start.  :func:`forget_early_answer` discards it when a step may
+    have changed what the head would say.
     """
     future: Future = Future()
 
     def ask() -> None:
         try:
-            future.set_result(nodes(session))
+            future.set_result(nodes(session, waiting_for))
         except BaseException as exc:  # handed to launch, which then asks again
             future.set_exception(exc)
 
@@ -66,7 +77,7 @@ def _current_nodes(session: HostSession) -> list[dict] | None:
     early, session.early_ray_nodes = session.early_ray_nodes, None
     if early is not None:
         try:
-            return early.result(timeout=90)
+            return early.result()
         except Exception:  # noqa: BLE001 - asking again gives the error (if any) of a question asked now
             pass
     return nodes(session)
@@ -125,10 +136,15 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
         wait_for_workers(session)  # workers of removed factories, still leaving the head's list
         return
     session.on_step(f"starting Ray workers on {len(missing)} factories at once")
-    session.pool.map(missing, lambda factory: _start(session, factory, [
-        f"--address={session.ray_head_address}", f"--node-ip-address={factory.private.host}",
-        f"--num-cpus={resources[factory].cpu}", f"--num-gpus={resources[factory].gpu}", "--disable-usage-stats",
-    ], ("starting a Ray worker", "Ray worker started, joining the head")))
+    ask_head_early(session, waiting_for=session.factories)  # the head's side imports Ray while the workers start
+    try:
+        session.pool.map(missing, lambda factory: _start(session, factory, [
+            f"--address={session.ray_head_address}", f"--node-ip-address={factory.private.host}",
+            f"--num-cpus={resources[factory].cpu}", f"--num-gpus={resources[factory].gpu}", "--disable-usage-stats",
+        ], ("starting a Ray worker", "Ray worker started, joining the head")))
+    except BaseException:
+        forget_early_answer(session)
+        raise
     wait_for_workers(session)
 
 
@@ -137,7 +153,7 @@ def wait_for_workers(session: HostSession) -> None:
     deadline = time.monotonic() + session.config.ray_timeout
     joined: set[Instance] = set()
     while True:
-        alive = alive_workers(nodes(session))
+        alive = alive_workers(_current_nodes(session))
         missing = [f for f in session.factories if f.private.host not in alive]
         for factory in session.factories:
             if factory not in missing and factory not in joined:
