@@ -12,7 +12,6 @@ the cluster as it is.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -22,9 +21,7 @@ import time
 import pytest
 
 from aws_support import aws_cloud  # noqa: F401 - a fixture
-from test_resize import AWSEnv, COUNT_JOB, LIVE, boot_id, pids
-
-AWS_NAME = "aws-resize"  # AWSEnv's cluster name
+from test_resize import AWS_NAME, AWSEnv, COUNT_JOB, boot_id, aws_env, pids  # noqa: F401 - aws_env: a fixture
 
 
 class Watch:
@@ -179,16 +176,6 @@ def test_ctrl_c_between_rounds_ends_the_watch_during_a_repair_it_propagates(tmp_
     monkeypatch.setattr(raycluster, "nodes", lambda s: [])  # no worker alive: a repair, interrupted
     with pytest.raises(KeyboardInterrupt):
         repair.watch(session, lambda: interrupt(None), interval=0.01)
-
-
-@pytest.fixture
-def aws_env(aws_cloud, tmp_path):
-    env = AWSEnv(aws_cloud, tmp_path)
-    try:
-        yield env
-    finally:
-        if aws_cloud.instances(AWS_NAME, LIVE):
-            env.cli("down", timeout=300)
 
 
 @pytest.mark.hosts

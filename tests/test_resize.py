@@ -103,9 +103,9 @@ class Env:
         return path.read_text() if path.exists() else ""
 
 
-@pytest.fixture
-def env(flambe_test_hosts, flambe_client_key, tmp_path):
-    network = flambe_test_hosts(5)
+def hosts_env(flambe_test_hosts, flambe_client_key, tmp_path, count: int):
+    """An :class:`Env` on ``count`` fresh test hosts; afterwards `down`, then the hosts go."""
+    network = flambe_test_hosts(count)
     env = Env(network, tmp_path, flambe_client_key.path)
     try:
         yield env
@@ -114,6 +114,11 @@ def env(flambe_test_hosts, flambe_client_key, tmp_path):
             env.cli("down", timeout=300)  # the hosts the file lists last; every host's processes end with the network
         finally:
             network.close()
+
+
+@pytest.fixture
+def env(flambe_test_hosts, flambe_client_key, tmp_path):
+    yield from hosts_env(flambe_test_hosts, flambe_client_key, tmp_path, 5)
 
 
 @pytest.mark.hosts
@@ -167,15 +172,7 @@ def test_grow_then_shrink_under_a_running_job(env):
 
 @pytest.fixture
 def small_env(flambe_test_hosts, flambe_client_key, tmp_path):
-    network = flambe_test_hosts(3)
-    env = Env(network, tmp_path, flambe_client_key.path)
-    try:
-        yield env
-    finally:
-        try:
-            env.cli("down", timeout=300)
-        finally:
-            network.close()
+    yield from hosts_env(flambe_test_hosts, flambe_client_key, tmp_path, 3)
 
 
 @pytest.mark.hosts
