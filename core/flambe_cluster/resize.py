@@ -97,13 +97,6 @@ def drop_members(state: ClusterState, gone: Sequence[Instance] | None = None) ->
         write_members(state, [h for h in recorded if identity(h) not in removed])
 
 
-def removed_factories(session: HostSession) -> list[Instance]:
-    """Recorded factories that the provider's current answer no longer holds (empty without a record)."""
-    recorded = members(session.state)
-    current = {identity(h) for h in session.hosts()}
-    return [h for h in recorded or () if h.role is Role.FACTORY and identity(h) not in current]
-
-
 def shrink(session: HostSession) -> list[Instance]:
     """Say which factories join; drain, release and forget the factories the cluster no longer has; returns them.
 
@@ -113,12 +106,14 @@ def shrink(session: HostSession) -> list[Instance]:
     changes back after a failure (a rollback drops the instances it
     destroys, :func:`drop_members`).
     """
-    recorded = {identity(h) for h in members(session.state) or session.hosts()}
+    record = members(session.state)  # None: nothing recorded, so nothing to add or remove
+    recorded = {identity(h) for h in record or session.hosts()}
+    current = {identity(h) for h in session.hosts()}
     added = [h for h in session.factories if identity(h) not in recorded]
     if added:
         session.on_step(f"adding {len(added)} factories to the cluster: " + ", ".join(h.label for h in added))
-    removed = removed_factories(session)
-    lost = removed[:max(0, len(added))]  # as many removed as added: lost ones being replaced (a repair)
+    removed = [h for h in record or () if h.role is Role.FACTORY and identity(h) not in current]
+    lost = removed[:len(added)]  # as many removed as added: lost ones being replaced (a repair)
     if lost:
         session.on_step(f"replacing {len(lost)} lost factories: " + ", ".join(h.label for h in lost))
     if len(removed) > len(lost):
