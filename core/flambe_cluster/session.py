@@ -191,13 +191,8 @@ class HostSession:
             return self.pool.run_all(hosts, command, check=check, timeout=timeout)
         make = command if callable(command) else (lambda _host: command)
 
-        def one(host: Instance) -> CommandResult:
-            self.on_progress(host.name, states[0])
-            result = self.pool.run(host, make(host), timeout=timeout, check=False)
-            self.on_progress(host.name, states[1] if result.ok else f"failed (exit code {result.exit_code})")
-            return result
-
-        results = self.pool.map(hosts, one)
+        results = self.pool.map(hosts, lambda host: self._shown(
+            host, states, lambda: self.pool.run(host, make(host), timeout=timeout, check=False)))
         failures = [result for result in results.values() if not result.ok]
         if check and failures:
             raise RemoteCommandError(failures)
