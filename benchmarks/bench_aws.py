@@ -85,6 +85,7 @@ def make_world(endpoint: str) -> dict:
 
 def run(factories: int, world: dict, key: Path, counter: CallCounter) -> dict:
     from flambe_cluster.config import parse_config
+    from flambe_cluster.progress import log_progress
     from flambe_cluster.state import ClusterState
     import flambe_cluster_aws as provider
 
@@ -105,8 +106,10 @@ def run(factories: int, world: dict, key: Path, counter: CallCounter) -> dict:
         return result
 
     state = ClusterState.for_cluster(name).ensure()
-    made = phase("first up", lambda: provider.flambe_cluster_load_instances(config=config, journal=state.journal.start_run()))
-    phase("second up", lambda: provider.flambe_cluster_load_instances(config=config, journal=state.journal.start_run()))
+    made = phase("first up", lambda: provider.flambe_cluster_load_instances(
+        config=config, journal=state.journal.start_run(), progress=log_progress))
+    phase("second up", lambda: provider.flambe_cluster_load_instances(
+        config=config, journal=state.journal.start_run(), progress=log_progress))
     ids = [i.instance_id for i in made]
     ec2 = world["ec2"]
     started = time.perf_counter()

@@ -12,14 +12,22 @@ boto3 and EC2.  The layer
 - keeps EC2's ClientToken promise, which moto does not: a RunInstances call
   whose token was seen gets the first call's answer again (EC2 documents
   this; without it a retried call would launch twice here and nowhere else);
-- tells observers about successful calls.
+- tells observers about successful calls;
+- answers GetConsoleOutput for chosen instances with a console text the
+  test gives (:attr:`FaultyMotoServer.consoles`: moto's console never
+  carries the host keys cloud-init prints).
 
 :class:`MotoCloud` uses that to make EC2 instances real: each instance moto
 launches in the test subnet gets a real OpenSSH test host at the private
 address moto gave it (moto hands out 10.x.y.4, .5, ... in order and never
-reuses one), stopped or terminated instances stop their host, started ones
-start it again.  An instance marked "unanswering" gets a host cut off the
-network: it never answers SSH.
+reuses one by itself), stopped or terminated instances stop their host,
+started ones start it again.  An instance launched at the address of a
+terminated one (``PrivateIpAddress``) is a replacement: the same host comes
+back with a new host key.  An instance marked "unanswering" gets a host cut off the
+network: it never answers SSH.  New factory hosts get a stand-in
+``nvidia-smi`` listing ``factory_gpus`` GPUs when that is set.  moto's image
+catalogue holds no Deep Learning Base AMI with the NVIDIA driver, so one is
+registered (:data:`DLAMI_NAME`, owner ``amazon``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import run_cli
+from conftest import install_nvidia_smi, run_cli
 import yaml
 from attrs import define
 
@@ -55,6 +63,8 @@ ZONE = "us-east-1a"
 KEY_NAME = "flambe-test"
 PROVIDER_AGENT = "flambe-cluster-aws"
 TAG_ROLE = "flambe-cluster:role"
+#: An AWS Deep Learning Base AMI with the OSS NVIDIA driver, named as EC2 names them (moto's catalogue has none).
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101"
 #: /24s tried for the test subnet (outside the test hosts' automatic pool, 10.213.100-199).
 SUBNET_THIRD_OCTETS = range(40, 100)
 #: Environment variables that would point boto3 elsewhere; removed for the tests.
@@ -133,6 +143,8 @@ class FaultyMotoServer(ThreadedMotoServer):
         self.calls: list[Call] = []
         self.observers: list[Callable[[Call, bytes], None]] = []
         self.holds: list[tuple[Callable[[Call], bool], threading.Barrier]] = []
+        #: Console text (as the instance printed it) GetConsoleOutput returns for an instance id, instead of moto's.
+        self.consoles: dict[str, str] = {}
         self._tokens: dict[str, tuple[str, list, bytes]] = {}
         self._lock = threading.RLock()  # a fault's `when` may count calls
 
@@ -193,6 +205,20 @@ class FaultyMotoServer(ThreadedMotoServer):
         start_response(f"{fault.status} {reason}", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
         return [body]
 
+    @staticmethod
+    def _console(start_response, instance_id: str, text: str) -> list[bytes]:
+        import base64
+
+        output = base64.b64encode(text.encode()).decode()
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<GetConsoleOutputResponse '
+            'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>console</requestId>'
+            f"<instanceId>{instance_id}</instanceId><timestamp>2026-01-01T00:00:00.000Z</timestamp>"
+            f"<output>{output}</output></GetConsoleOutputResponse>"
+        ).encode()
+        start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+        return [body]
+
     def _layer(self, app):
         def layer(environ, start_response):
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -207,6 +233,9 @@ class FaultyMotoServer(ThreadedMotoServer):
                 holds = [barrier for when, barrier in self.holds if call.action and when(call)]
             if fault is not None and not fault.lost_response:
                 return self._error(start_response, fault)
+            console = self.consoles.get(call.param("InstanceId") or "") if call.action == "GetConsoleOutput" else None
+            if console is not None:
+                return self._console(start_response, call.param("InstanceId"), console)
             token = call.param("ClientToken") if call.action == "RunInstances" else None
             with self._lock:
                 replay = self._tokens.get(token) if token else None
@@ -274,6 +303,8 @@ class MotoCloud:
         self.network = None
         self.hosts_by_id: dict[str, Any] = {}
         self.unanswering: dict[str, int] = {"orchestrator": 0, "factory": 0}
+        #: GPUs the stand-in nvidia-smi of each new factory host lists (None: the host has no nvidia-smi).
+        self.factory_gpus: int | None = None
         self._added = 0
         self._hosts_lock = threading.Lock()
         try:
@@ -301,6 +332,7 @@ class MotoCloud:
             self.security_group_id = self.ec2.create_security_group(
                 GroupName="flambe-test", Description="flambe-cluster tests", VpcId=self.vpc_id)["GroupId"]
             self.ec2.import_key_pair(KeyName=KEY_NAME, PublicKeyMaterial=client_key.public_line.encode())
+            self.gpu_image_id = self.amazon_image(DLAMI_NAME)
             if self.network is not None:
                 self.server.observers.append(self._follow)
         except BaseException:
@@ -321,6 +353,13 @@ class MotoCloud:
         raise RuntimeError(f"no free /24 for the test subnet: {last}")
 
     def _host_at(self, address: str):
+        reused = [h for h in self.hosts_by_id.values() if h.address == address]
+        if reused:  # a replacement at a terminated instance's address: the host comes back with a new key
+            (host, *_) = reused
+            if host.is_running():
+                raise RuntimeError(f"moto launched an instance at {address}, whose host still runs")
+            host.replace_host_key()
+            return host
         target = ipaddress.ip_address(address)
         base = ipaddress.ip_network(self.subnet_cidr).network_address + 4
         while True:
@@ -344,6 +383,8 @@ class MotoCloud:
                     if role in self.unanswering and self.unanswering[role] > 0:
                         self.unanswering[role] -= 1
                         host.partition()
+                    if role == "factory" and self.factory_gpus is not None:
+                        install_nvidia_smi(host, self.factory_gpus)
                     self.hosts_by_id[instance_id] = host
             elif call.action in ("TerminateInstances", "StopInstances"):
                 for instance_id in call.instance_ids():
@@ -390,6 +431,38 @@ class MotoCloud:
 
     def image_id(self) -> str:
         return self.ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+
+    def amazon_image(self, name: str, architecture: str = "x86_64", created: str | None = None) -> str:
+        """Register an image named ``name`` for ``architecture``, owned by ``amazon`` as AWS's own images are.
+
+        ``created`` (ISO 8601) is its CreationDate (default: now).  moto's
+        RegisterImage keeps only the name (for this account), so the owner
+        alias, architecture and date are set in moto's backend, which runs
+        in this process.
+        """
+        import datetime
+
+        from moto.backends import get_backend
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        image_id = self.ec2.register_image(Name=name, Architecture=architecture, RootDeviceName="/dev/sda1",
+                                           VirtualizationType="hvm")["ImageId"]
+        image = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION].amis[image_id]
+        image.owner_alias, image.architecture = "amazon", architecture
+        if created is not None:
+            image.creation_date = datetime.datetime.fromisoformat(created)
+        return image_id
+
+    def release_address(self, address: str) -> None:
+        """Let a new instance take ``address``: EC2 frees a terminated instance's private address, moto keeps it.
+
+        (moto's backend runs in this process; its subnet holds the addresses in use.)
+        """
+        from moto.backends import get_backend
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        subnet = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION].subnets[ZONE][self.subnet_id]
+        subnet._subnet_ips.pop(address, None)
 
     def make_instance(self, tags: dict[str, str] | None = None, count: int = 1) -> list[str]:
         """Instances made outside the provider (by the test), in the test subnet."""

@@ -14,9 +14,12 @@ and parses:
   (``guestCpus``, ``memoryMb``, bundled ``accelerators`` of ``a2-*`` types);
 * ``acceleratorTypes.get``, ``acceleratorTypes.aggregatedList``
   (``maximumCardsPerInstance``); ``diskTypes.get``;
-* ``images.getFromFamily``, ``images.get`` for the public image projects
-  ``ubuntu-os-cloud`` and ``debian-cloud`` (one current image per family)
-  plus images added with :meth:`add_image`;
+* ``images.getFromFamily``, ``images.get``, ``images.list`` (one page;
+  ``filter`` as for instances, on ``family``, ``name``, ``status``) for the
+  public image projects ``ubuntu-os-cloud``, ``debian-cloud`` and
+  ``deeplearning-platform-release`` (one current image per family; the
+  Deep Learning VM family is one with the NVIDIA driver, named as the real
+  ones are) plus images added with :meth:`add_image`;
 * ``networks.get``, ``subnetworks.get`` (an auto-mode ``default`` network
   with one subnetwork per region; more with :meth:`add_network`);
 * ``instances.insert`` (validates name, machine type, boot image, disk size,
@@ -30,6 +33,8 @@ and parses:
   ``pageToken`` paginate), ``instances.delete`` (through an operation; 400
   ``resourceNotReady`` while the instance's insert is still running, as the
   real API does), ``instances.start`` (a stopped, ``TERMINATED`` instance),
+  ``instances.stop`` (``STOPPING``, then ``TERMINATED`` when its operation
+  is ``DONE`` ``delete_seconds`` later),
   ``instances.getGuestAttributes`` for ``queryPath=hostkeys/`` (the SSH host
   keys a guest agent publishes, given with :meth:`publish_host_keys`; 404
   before the instance runs, without ``enable-guest-attributes: TRUE``
@@ -38,7 +43,8 @@ and parses:
   ``wait_seconds``, not the real two minutes);
 * the part of the GCE metadata server a VM uses to delete itself
   (``/computeMetadata/v1/instance/name``, ``instance/zone``,
-  ``project/project-id``, ``instance/service-accounts/default/token``, with
+  ``project/project-id``, ``instance/service-accounts/default/token`` (404 for
+  an instance created without a service account), with
   the ``Metadata-Flavor: Google`` header), answering for the instance whose
   address the request comes from.
 
@@ -90,6 +96,9 @@ PUBLIC_IMAGE_PROJECTS = {
         "ubuntu-2404-lts-amd64": "ubuntu-2404-noble-amd64-v20240423",
     },
     "debian-cloud": {"debian-12": "debian-12-bookworm-v20240312"},
+    "deeplearning-platform-release": {
+        "common-cu128-ubuntu-2204-nvidia-570": "common-cu128-ubuntu-2204-nvidia-570-v20250326",
+    },
 }
 DEFAULT_ZONES = ("us-central1-a", "us-central1-b", "europe-west4-a")
 MACHINE_TYPES = {
@@ -115,7 +124,7 @@ METHOD_NAMES = (
     "zones.get", "zones.list", "machineTypes.get", "machineTypes.list", "machineTypes.aggregatedList",
     "acceleratorTypes.get", "acceleratorTypes.aggregatedList", "diskTypes.get", "images.getFromFamily",
     "images.get", "networks.get", "subnetworks.get", "instances.insert", "instances.get", "instances.list",
-    "instances.delete", "instances.start", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
+    "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
 )
 
 
@@ -406,6 +415,7 @@ class FakeComputeEngine:
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/family/(?P<family>[^/]+)$",
          "images.getFromFamily"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/(?P<name>[^/]+)$", "images.get"),
+        ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/images$", "images.list"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<name>[^/]+)$", "networks.get"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/regions/(?P<region>[^/]+)/subnetworks/(?P<name>[^/]+)$",
          "subnetworks.get"),
@@ -417,6 +427,8 @@ class FakeComputeEngine:
          "instances.delete"),
         ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/start$",
          "instances.start"),
+        ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/stop$",
+         "instances.stop"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/getGuestAttributes$",
          "instances.getGuestAttributes"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/operations/(?P<name>[^/]+)$",
@@ -513,6 +525,12 @@ class FakeComputeEngine:
 
     def _images_get(self, project, name, **_):
         return _public_image(self._image(project, name=name))
+
+    def _images_list(self, project, query, **_):
+        items = [_public_image(i) for (p, _), i in sorted(self.images.items(), key=lambda kv: kv[1]["_order"])
+                 if p == project]
+        return {"kind": "compute#imageList", "id": f"projects/{project}/global/images",
+                "items": _filtered(items, query.get("filter"))}
 
     def _networks_get(self, project, name, **_):
         self._project(project)
@@ -671,6 +689,17 @@ class FakeComputeEngine:
             instance.update(status="STAGING", _stage="booting", _created=now - self.boot_seconds / 2)
         return self._public_operation(self._new_operation(project, zone, "start", instance, done_at=now))
 
+    def _instances_stop(self, project, zone, name, query, **_):
+        self._zone(project, zone)
+        instance = self.instances.get((zone, name))
+        if instance is None:
+            raise _not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        now = time.monotonic()
+        operation = self._new_operation(project, zone, "stop", instance, done_at=now + self.delete_seconds)
+        if instance["_stage"] == "booting":
+            instance.update(status="STOPPING", _stage="stopping", _stop_op=operation["name"])
+        return self._public_operation(operation)
+
     def _instances_getGuestAttributes(self, project, zone, name, query, **_):
         self._zone(project, zone)
         instance = self.instances.get((zone, name))
@@ -754,6 +783,8 @@ class FakeComputeEngine:
         }
         if path not in answers:
             return 404, f"fake metadata server: {path} is not covered"
+        if path.startswith("instance/service-accounts/") and not instance.get("serviceAccounts"):
+            return 404, "the instance has no service account"  # as the real metadata server answers
         return 200, answers[path]
 
     # time
@@ -785,6 +816,8 @@ class FakeComputeEngine:
                 instance["status"] = status
             elif stage == "deleting" and self.operations[instance["_delete_op"]]["status"] == "DONE":
                 del self.instances[key]
+            elif stage == "stopping" and self.operations[instance["_stop_op"]]["status"] == "DONE":
+                instance.update(status="TERMINATED", _stage="stopped")
 
     def _take_address(self) -> str:
         used = {i["networkInterfaces"][0]["networkIP"] for i in self.instances.values()}

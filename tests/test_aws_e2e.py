@@ -5,8 +5,9 @@ test host at the private address moto gave it (``use_public: false``), so
 the cluster is prepared (offline wheelhouse), runs Ray and a job for real.
 The cluster is brought up once for the module — by two `up`s started at
 once — and shared by the tests, which run in order.  The factories are
-g4dn.xlarge: EC2 says one NVIDIA GPU each, and the hosts have no
-nvidia-smi, so a GPU in Ray proves the count came from the instance type.
+g4dn.xlarge: EC2 says one NVIDIA GPU each, and their hosts have a stand-in
+``nvidia-smi`` that sees one, which is what Ray is told; the last test gives
+a factory one that sees none, and `up` fails naming it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def env(aws_cloud, tmp_path_factory):
     config = aws_cloud.write_config(folder / "cluster.yaml", NAME, factories_type="g4dn.xlarge", connect_timeout=120,
                                     setup_cmds=['echo "setup on $(hostname -I)" >> "$HOME"/aws-setup'])
     env = Env(aws_cloud, config, folder / "state")
+    aws_cloud.factory_gpus = 1
     ups = [aws_cloud.popen("-v", "up", str(config), "--wait", "900", home=env.home) for _ in range(2)]
     env.ups = []
     for process in ups:
@@ -81,7 +83,7 @@ def test_two_ups_at_once_make_one_cluster_with_its_tags_and_ray(env):
     ray = status["ray"]
     assert ray["alive_workers"] == 2
     workers = [n for n in ray["nodes"] if n["alive"] and not n["head"]]
-    assert [w["resources"].get("GPU") for w in workers] == [1, 1], "GPUs from the instance type (no nvidia-smi here)"
+    assert [w["resources"].get("GPU") for w in workers] == [1, 1], "the GPU nvidia-smi sees on each g4dn.xlarge"
     [head] = [n for n in ray["nodes"] if n["head"]]
     assert head["resources"].get("CPU", 0) == 0
 
@@ -137,3 +139,19 @@ def test_down_leaves_no_instance_and_no_alarm(env):
     assert env.cloud.alarms(f"flambe-cluster/{NAME}/") == []
     assert not any(env.cloud.host_of(i).is_running() for i in ids)
     assert "does not exist" in env.cli("down", str(env.config), check=0).stderr
+
+
+def test_a_gpu_factory_whose_nvidia_smi_sees_none_fails_up_naming_it(env, tmp_path):
+    name = "aws-nogpu"
+    env.cloud.factory_gpus = 0
+    config = env.cloud.write_config(tmp_path / "nogpu.yaml", name, factories_type="g4dn.xlarge", factories_num=1,
+                                    connect_timeout=120)
+    try:
+        done = env.cloud.cli("up", str(config), home=env.home, timeout=900)
+        assert done.returncode == 1, dump(done)
+        assert f"{name}_factory0" in done.stderr and "promises 1 GPU but nvidia-smi sees none" in done.stderr, dump(done)
+        assert "Use an image that carries the driver" in done.stderr
+    finally:
+        env.cloud.factory_gpus = None
+        env.cloud.cli("down", str(config), home=env.home, timeout=300)
+    assert env.cloud.instances(name, LIVE) == []

@@ -11,6 +11,7 @@ validation is in test_aws_provider.py: no host is needed for it.)
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -141,6 +142,50 @@ def test_a_signal_while_waiting_for_ssh_rolls_back_once_and_exits(cloud, tmp_pat
     assert f"interrupted ({signum.name})" in stderr and stderr.count("rolling back") == 1, stderr
     assert "ERROR" not in stderr, "the interrupt is reported once, by the command line"
     assert_rolled_back(cloud, name, 3)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_while_launching_rolls_back_what_the_launch_made(cloud, tmp_path, signum):
+    """The signal comes while the factories' RunInstances call is in flight (EC2 launched them, its answer has
+    not come back): the run exits within 5 s and its rollback finds and terminates those instances too."""
+    name = f"launch-{signum.name.lower()}"
+    factories = lambda call: ours(name)(call) and call.role == "factory"  # noqa: E731
+    barrier = threading.Barrier(2)
+    with cloud.server._lock:
+        cloud.server.holds.append((factories, barrier))
+    process = cloud.popen("up", str(cloud.write_config(tmp_path / "c.yaml", name)), home=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while barrier.n_waiting < 1:  # the answer to the factories' launch is held
+            assert process.poll() is None and time.monotonic() < deadline, "the factories' launch never came"
+            time.sleep(0.1)
+        assert len(cloud.instances(name)) == 3, "EC2 launched them; the answer is on its way"
+        process.send_signal(signum)
+        sent = time.monotonic()
+        stdout, stderr = process.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        barrier.abort()
+        with cloud.server._lock:
+            cloud.server.holds.clear()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    print(f"{signum.name} while launching on moto: exit {process.returncode} after {waited:.2f} s")
+    assert process.returncode == 128 + signum, stderr
+    assert waited < 5, f"exited {waited:.1f} s after {signum.name}"
+    assert f"interrupted ({signum.name})" in stderr and stderr.count("rolling back") == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert_rolled_back(cloud, name, 3)
+    if signum == signal.SIGINT:  # the next up completes (once: a whole up installs Ray on three hosts)
+        config = str(cloud.write_config(tmp_path / "c.yaml", name))
+        try:
+            done = cloud.cli("up", config, home=tmp_path, timeout=900)
+            assert done.returncode == 0 and "Ray cluster up" in done.stderr, dump(done)
+        finally:
+            down = cloud.cli("down", config, home=tmp_path, timeout=300)
+        assert down.returncode == 0, dump(down)
+        assert not cloud.instances(name), "down terminated the cluster"
 
 
 def test_down_of_a_stopped_cluster_terminates_it(cloud, tmp_path):

@@ -22,7 +22,7 @@ from flambe_cluster.converters import build
 from flambe_cluster.records import CreatedResource, Endpoint, Instance, Role
 from flambe_cluster.state import ClusterState
 from flambe_cluster_aws import alarms, api, hostkeys, instances, validation
-from flambe_cluster_aws import flambe_cluster_detect_gpus, flambe_cluster_host_keys, flambe_cluster_rollback, flambe_cluster_terminate
+from flambe_cluster_aws import flambe_cluster_host_keys, flambe_cluster_promised_gpus, flambe_cluster_rollback, flambe_cluster_terminate
 from flambe_cluster_aws.options import AWSOptions
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -169,19 +169,15 @@ def test_aws_failing_during_validation_names_the_step_and_exits_1(moto_cloud, tm
 # --- instance types, host keys, launch parameters
 
 
-def test_gpus_come_from_the_instance_type_without_ssh(moto_cloud):
+def test_promised_gpus_come_from_the_instance_type_without_ssh(moto_cloud):
     config = parse_config(moto_cloud.config("gpus", factories_type="g4dn.12xlarge"))
-
-    def no_ssh(command):
-        raise AssertionError("GPU detection must not run a command on the host")
-
     factory = Instance("gpus_factory0", Role.FACTORY, Endpoint("10.0.0.9"), Endpoint("10.0.0.9"), instance_id="i-1")
     orchestrator = Instance("gpus_orchestrator", Role.ORCHESTRATOR, Endpoint("10.0.0.8"), Endpoint("10.0.0.8"), instance_id="i-2")
-    assert flambe_cluster_detect_gpus(config=config, instance=factory, run=no_ssh) == 4
-    assert flambe_cluster_detect_gpus(config=config, instance=orchestrator, run=no_ssh) == 0
+    assert flambe_cluster_promised_gpus(config=config, instance=factory) == 4
+    assert flambe_cluster_promised_gpus(config=config, instance=orchestrator) == 0
 
 
-def test_gpus_of_another_maker_are_left_to_nvidia_smi(moto_cloud):
+def test_gpus_of_another_maker_are_not_promised(moto_cloud):
     from moto.ec2.models.instance_types import INSTANCE_TYPES
 
     amd_types = sorted(name for name, info in INSTANCE_TYPES.items()
@@ -190,8 +186,7 @@ def test_gpus_of_another_maker_are_left_to_nvidia_smi(moto_cloud):
         pytest.skip("this moto version lists no instance type with AMD GPUs")
     amd = parse_config(moto_cloud.config("amd-gpus", factories_type=amd_types[0]))
     factory = Instance("amd-gpus_factory0", Role.FACTORY, Endpoint("10.0.0.9"), Endpoint("10.0.0.9"), instance_id="i-1")
-    answer = flambe_cluster_detect_gpus(config=amd, instance=factory, run=lambda command: "")
-    assert answer is None, "not NVIDIA: nvidia-smi decides"
+    assert flambe_cluster_promised_gpus(config=amd, instance=factory) is None, "not NVIDIA: no promise"
 
 
 def test_host_keys_are_parsed_from_the_console_text():
@@ -203,7 +198,9 @@ def test_host_keys_are_parsed_from_the_console_text():
     assert hostkeys.decode_console(CONSOLE) == CONSOLE
 
 
-def test_host_keys_hook_asks_the_console_only_for_unpinned_hosts(moto_cloud, flambe_state_home):
+def test_host_keys_hook_asks_the_console_pinned_or_not(moto_cloud, flambe_state_home):
+    """The core asks only for unpinned hosts and changed keys; for a changed key the console must be read
+    (an instance replaced at the same address), so the hook does not answer None for a pinned address."""
     config = parse_config(moto_cloud.config("console"))
     [instance_id] = moto_cloud.make_instance()
     instance = Instance("console_orchestrator", Role.ORCHESTRATOR, Endpoint("10.213.40.99"), Endpoint("10.213.40.99"),
@@ -214,8 +211,12 @@ def test_host_keys_hook_asks_the_console_only_for_unpinned_hosts(moto_cloud, fla
     known = ClusterState.for_cluster("console").ensure().known_hosts
     known.write_text(f"10.213.40.99 {ED25519}\n")
     hostkeys._cache.clear()
-    assert flambe_cluster_host_keys(config=config, instance=instance) is None
-    assert moto_cloud.server.count("GetConsoleOutput") == before + 1, "a pinned host needs no vouching"
+    moto_cloud.server.consoles[instance_id] = CONSOLE
+    try:
+        assert flambe_cluster_host_keys(config=config, instance=instance) == [f"ecdsa-sha2-nistp256 {ECDSA_BLOB}", ED25519]
+    finally:
+        del moto_cloud.server.consoles[instance_id]
+    assert moto_cloud.server.count("GetConsoleOutput") == before + 2
 
 
 def test_launch_parameters_carry_tags_volume_network_and_tenancy(moto_cloud):
@@ -338,6 +339,35 @@ def test_a_launch_whose_answer_never_came_is_rolled_back_through_its_tag(moto_cl
     assert live(moto_cloud, "lost-answer") == [bystander], "only what this run launched is gone"
 
 
+def test_a_lost_launch_is_looked_up_until_ec2_lists_its_instances(moto_cloud, flambe_state_home, monkeypatch):
+    """EC2 lists new instances late: a launch whose answer was lost is looked up again until its instances are known."""
+    config = parse_config(moto_cloud.config("late-listing"))
+    journal = journal_for("late-listing")
+    moto_cloud.fault("RunInstances", "InternalError", status=503, lost_response=True,
+                     when=lambda call: call.role == "factory")
+    try:
+        with pytest.raises(api.AWSError, match="InternalError"):
+            instances.load(config, journal)
+    finally:
+        moto_cloud.clear_faults()
+    token = [r for r in journal.created() if r.details["role"] == "factory"][0].resource_id
+    real_describe = instances.describe
+    looks = []
+
+    def late(region, filters):  # the first two looks by launch tag do not list the launch's instances yet
+        machines = real_describe(region, filters)
+        if any(f["Name"] == f"tag:{instances.TAG_LAUNCH}" for f in filters):
+            looks.append(filters)
+            if len(looks) <= 2:
+                return [m for m in machines if m.launch != token]
+        return machines
+
+    monkeypatch.setattr(instances, "describe", late)
+    monkeypatch.setattr(instances, "LOST_LAUNCH_DELAYS", (0.01, 0.01, 0.01), raising=False)
+    flambe_cluster_rollback(config=config, created=journal.created())
+    assert live(moto_cloud, "late-listing") == [], "the factories launched without an answer are terminated too"
+
+
 def test_rollback_asks_again_for_instances_ec2_does_not_know_yet(moto_cloud, flambe_state_home):
     """EC2 is eventually consistent: right after RunInstances, TerminateInstances may not know the new ids."""
     config = parse_config(moto_cloud.config("not-yet"))
@@ -449,3 +479,29 @@ def test_rollback_of_nothing_and_of_gone_instances_does_not_raise(moto_cloud, fl
     flambe_cluster_rollback(config=config, created=[])
     flambe_cluster_rollback(config=config, created=[CreatedResource("launch", "never-launched", {"region": "us-east-1",
                                                                                                   "instance_ids": ["i-0123456789abcdef0"]})])
+
+
+def test_booting_instances_report_their_state_through_the_progress_callable(moto_cloud, flambe_state_home):
+    """The provider reports each instance's state while it boots, through the hook's ``progress`` (not print)."""
+    from flambe_cluster import Cluster
+
+    cluster = Cluster.from_config(parse_config(moto_cloud.config("booting")))
+    events: list[tuple[str, str]] = []
+    cluster.on_progress = lambda subject, state, **counts: events.append((subject, state))
+    cluster.load_all_instances()
+    try:
+        hosts = cluster.all_hosts()
+        assert {subject for subject, _ in events} == {h.name for h in hosts} == {
+            "booting_orchestrator", "booting_factory0", "booting_factory1"}
+        for host in hosts:
+            states = [state for subject, state in events if subject == host.name]
+            assert states[0] == "launching", states
+            assert states[-1] == f"running ({host.instance_id})", states
+            assert all(s.endswith(f"({host.instance_id})") and s.split(" (")[0] in ("pending", "running")
+                       for s in states[1:]), states
+        again: list[tuple[str, str]] = []
+        cluster.on_progress = lambda subject, state, **counts: again.append((subject, state))
+        cluster.load_all_instances()
+        assert again == [], "instances that already run are not reported again"
+    finally:
+        flambe_cluster_terminate(config=cluster.config, instances=cluster.session.instances())

@@ -74,8 +74,9 @@ def test_missing_fields_say_what_is_expected(tmp_path):
     with pytest.raises(ClusterConfigurationError) as caught:
         parse_config({"provider": "ssh"})
     text = str(caught.value)
-    for field in ("name", "key", "username", "orchestrator_ip", "factories_ips"):
+    for field in ("name", "username", "orchestrator_ip", "factories_ips"):
         assert f"{field}: required, expected" in text
+    assert "key:" not in text, "without a key, logins use ssh-agent's keys"
 
 
 def test_misspelt_common_field_is_suggested(key_file):

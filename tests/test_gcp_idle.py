@@ -144,7 +144,7 @@ def test_install_starts_one_watchdog_keeps_it_restarts_on_change_and_stops_on_mi
 
 
 def test_release_deletes_the_instance_through_the_metadata_server_and_the_api(fake, config_of):
-    cluster = Cluster.from_config(config_of())
+    cluster = Cluster.from_config(config_of(orchestrator_timeout=1))  # idle shutdown: a service account to delete with
     cluster.load_all_instances()
     name = cluster.orchestrator.instance_id
     settings = idle.watchdog_config(cluster.config, Role.ORCHESTRATOR)
@@ -161,7 +161,7 @@ def test_release_deletes_the_instance_through_the_metadata_server_and_the_api(fa
 
 
 def test_release_powers_off_when_the_instance_cannot_delete_itself(fake, config_of, tmp_path):
-    cluster = Cluster.from_config(config_of())
+    cluster = Cluster.from_config(config_of(orchestrator_timeout=1))
     cluster.load_all_instances()
     fake.fail_next("instances.delete", code=403, message="Required 'compute.instances.delete' permission",
                    reason="forbidden")
@@ -175,6 +175,19 @@ def test_release_powers_off_when_the_instance_cannot_delete_itself(fake, config_
     assert len(fake.live_instances()) == 1
     assert idle.watchdog_config(cluster.config, Role.ORCHESTRATOR)["power_off"][0] == "sh", \
         "with a test endpoint the fallback never powers a machine off"
+
+
+def test_an_instance_created_without_idle_shutdown_has_no_token_and_powers_off(fake, config_of, tmp_path):
+    """No idle shutdown at creation: no service account, so no token; turned on later, the watchdog powers off."""
+    cluster = Cluster.from_config(config_of())
+    cluster.load_all_instances()
+    marker = tmp_path / "powered-off"
+    settings = {**idle.watchdog_config(cluster.config, Role.ORCHESTRATOR),
+                "power_off": ["sh", "-c", f"echo off > {marker}"]}
+    notes = []
+    assert watchdog.release(settings, notes.append)
+    assert "HTTP Error 404" in notes[0] and "powering off instead" in notes[0]
+    assert fake.count("instances.delete") == 0 and marker.read_text() == "off\n"
 
 
 # --- on real test hosts: a factory deletes itself, the client only waits

@@ -9,6 +9,7 @@ test_gcp_faults.py.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -292,24 +293,49 @@ def test_request_body_scheduling_accelerators_and_public_addresses(fake, raw):
     assert "guestAccelerators" not in bodies["orchestrator"]
     assert factory["serviceAccounts"][0]["email"] == "runner@flambe-test.iam.gserviceaccount.com"
     assert factory["disks"][0]["initializeParams"]["sourceImage"].endswith(
+        "projects/deeplearning-platform-release/global/images/common-cu128-ubuntu-2204-nvidia-570-v20250326"), \
+        "a GPU factory's default: the Deep Learning VM family with the driver, resolved to an image"
+    assert bodies["orchestrator"]["disks"][0]["initializeParams"]["sourceImage"].endswith(
         "projects/ubuntu-os-cloud/global/images/ubuntu-2204-jammy-v20240319"), "the family is resolved to an image"
+    assert {"key": "install-nvidia-driver", "value": "True"} in factory["metadata"]["items"]
+    assert all(i["key"] != "install-nvidia-driver" for i in bodies["orchestrator"]["metadata"]["items"])
     assert factory["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT"
     assert [f.gpus for f in cluster.factories] == [2, 2] and cluster.orchestrator.gpus == 0
 
 
-def test_gpus_come_from_the_accelerator_configuration_without_ssh(fake, raw):
+def test_promised_gpus_come_from_the_accelerator_configuration_without_ssh(fake, raw):
     cluster = cluster_of(raw, factories_gpu_type="nvidia-tesla-t4")
     cluster.load_all_instances()
-
-    def no_ssh(command):
-        raise AssertionError(f"no SSH round trip expected, got {command!r}")
-
-    answers = [cluster.hooks.flambe_cluster_detect_gpus(config=cluster.config, instance=f, run=no_ssh)
-               for f in cluster.factories]
+    answers = [cluster.hooks.flambe_cluster_promised_gpus(config=cluster.config, instance=f) for f in cluster.factories]
     assert answers == [1, 1]
     bundled = cluster_of(raw, name="bundled", factories_type="a2-highgpu-1g", factories_num=1)
     bundled.load_all_instances()
     assert bundled.factories[0].gpus == 1, "GPUs bundled with the machine type count too"
+
+
+def test_gpu_factories_default_to_the_newest_deep_learning_family_with_the_driver(fake, raw):
+    from flambe_cluster_gcp.api import connect
+    from flambe_cluster.records import Role
+
+    fake.add_image("deeplearning-platform-release", "common-cu129-ubuntu-2204-nvidia-580-v20250901",
+                   "common-cu129-ubuntu-2204-nvidia-580")
+    fake.add_image("deeplearning-platform-release", "common-cu130-ubuntu-2204-nvidia-590-v20251001",
+                   "common-cu130-ubuntu-2204-nvidia-590", deprecated="DEPRECATED")
+    fake.add_image("deeplearning-platform-release", "common-cu130-debian-12-v20251001", "common-cu130-debian-12")
+    options = parse_config(raw).options
+    compute = connect(options)
+    gpu = parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4"}).options
+    assert provision.image_spec(compute, gpu, Role.FACTORY) == \
+        "deeplearning-platform-release/common-cu129-ubuntu-2204-nvidia-580", "newest usable, same Ubuntu"
+    assert provision.image_spec(compute, gpu, Role.ORCHESTRATOR) == "ubuntu-os-cloud/ubuntu-2204-lts"
+    assert provision.image_spec(compute, options, Role.FACTORY) == "ubuntu-os-cloud/ubuntu-2204-lts", "no GPU: plain"
+    given = parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4", "factories_image": "debian-cloud/debian-12"})
+    assert provision.image_spec(compute, given.options, Role.FACTORY) == "debian-cloud/debian-12"
+    for (project, name), image in list(fake.images.items()):
+        if project == "deeplearning-platform-release":
+            del fake.images[(project, name)]
+    with pytest.raises(ClusterConfigurationError, match=r"factories_image: no image of a family matching"):
+        parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4"})
 
 
 def test_the_fake_paginates_and_filters_like_the_api(fake, raw):
@@ -346,3 +372,103 @@ def test_without_google_cloud_compute_the_error_names_the_extra():
             "try:\n    plugins.load_provider('gcp')\nexcept Exception as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'flambe-cluster[gcp]'" in done.stdout, done.stdout + done.stderr
+
+
+# --- two clients, owners, service accounts, exact rollback
+
+
+def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_path, monkeypatch):
+    """No shared lock (two machines): both find nothing and both create; they converge on one set of instances."""
+    from flambe_cluster.progress import log_progress
+    from flambe_cluster.state import Journal
+    from flambe_cluster_gcp import flambe_cluster_load_instances
+
+    config = parse_config(raw)
+    barrier = threading.Barrier(2)
+    listed = threading.local()
+    real_list = provision.list_cluster
+
+    def list_together(*args, **kwargs):
+        found = real_list(*args, **kwargs)
+        if not getattr(listed, "once", False):  # each client's first look: both see no instance
+            listed.once = True
+            barrier.wait(30)
+        return found
+
+    monkeypatch.setattr(provision, "list_cluster", list_together)
+    results: dict[int, object] = {}
+
+    def up(index):
+        folder = tmp_path / f"state{index}"
+        folder.mkdir()
+        try:
+            results[index] = flambe_cluster_load_instances(config=config, journal=Journal(folder / "journal").start_run(),
+                                                           progress=log_progress)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[index] = exc
+
+    threads = [threading.Thread(target=up, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    first, second = results[0], results[1]
+    assert not isinstance(first, BaseException), first
+    assert not isinstance(second, BaseException), second
+    assert [i.instance_id for i in first] == [i.instance_id for i in second]
+    assert sorted(i["name"] for i in fake.live_instances()) == sorted(i.instance_id for i in first), "one cluster"
+
+
+def test_the_owner_is_part_of_the_identity_so_another_users_down_leaves_the_cluster_alone(fake, raw):
+    alice = cluster_of(raw, creator="alice")
+    alice.load_all_instances()
+    assert {i["labels"]["flambe-creator"] for i in fake.live_instances()} == {"alice"}
+    bob = cluster_of(raw, creator="bob")
+    assert bob.find_instances() is False, "bob has no cluster of that name"
+    bob.hooks.flambe_cluster_terminate(config=bob.config, instances=None)
+    assert len(fake.live_instances()) == 3, "bob's down deleted none of alice's instances"
+    assert cluster_of(raw).config.options.creator, "the creator defaults to the local user"
+
+
+def test_instances_get_a_service_account_only_for_the_idle_watchdog_and_only_the_compute_scope(fake, raw):
+    cluster_of(raw, orchestrator_timeout=-1, factories_timeout=1).load_all_instances()
+    bodies = {c["body"]["labels"]["flambe-role"]: c["body"] for c in inserts(fake)}
+    assert "serviceAccounts" not in bodies["orchestrator"], "no idle shutdown: no service account"
+    assert bodies["factory"]["serviceAccounts"] == [
+        {"email": "default", "scopes": ["https://www.googleapis.com/auth/compute"]}]
+    cluster_of(raw, name="calm", factories_timeout=-1).load_all_instances()
+    assert all("serviceAccounts" not in c["body"] for c in inserts(fake) if c["body"]["labels"]["flambe-cluster"] == "calm")
+
+
+def test_rollback_stops_again_the_stopped_instances_this_run_started(fake, raw):
+    cluster_of(raw).load_all_instances()
+    stopped = sorted(i["name"] for i in fake.live_instances() if i["labels"].get("flambe-index") == "1")[0]
+    fake.stop_instance(stopped)
+    again = cluster_of(raw)
+    with again:
+        again.load_all_instances()
+        assert fake.instance(stopped)["status"] == "RUNNING"
+        raise RuntimeError("a later step failed")
+    assert "a later step failed" in str(again.error)
+    statuses = {i["name"]: i["status"] for i in fake.live_instances()}
+    assert statuses.pop(stopped) == "TERMINATED", "started by the run, stopped again by its rollback"
+    assert set(statuses.values()) == {"RUNNING"} and len(statuses) == 2
+    assert fake.count("instances.insert") == 3
+
+
+def test_booting_instances_report_their_state_through_the_progress_callable(fake, raw):
+    """Each instance's way from insert to RUNNING comes through the hook's ``progress``, by its host name."""
+    fake.boot_seconds = 2.0  # the insert is DONE after 1 s, the instance STAGING until 2 s: a poll sees it booting
+    cluster = cluster_of(raw)
+    events: list[tuple[str, str]] = []
+    cluster.on_progress = lambda subject, state, **counts: events.append((subject, state))
+    cluster.load_all_instances()
+    hosts = cluster.all_hosts()
+    assert [h.name for h in hosts] == ["unit_orchestrator", "unit_factory0", "unit_factory1"]
+    assert {subject for subject, _ in events} == {h.name for h in hosts}
+    for host in hosts:
+        states = [state for subject, state in events if subject == host.name]
+        name = host.instance_id
+        assert states[:2] == [f"creating ({name})", f"created ({name})"], states
+        assert f"staging ({name})" in states, states
+        assert states[-1] == f"running ({name})", states

@@ -362,6 +362,31 @@ def test_add_host_subnet_and_close_leave_nothing(tmp_path):
         tcp_banner(first.address, timeout=0.5)
 
 
+def test_an_unrouted_network_is_reached_only_through_an_attached_host(tmp_path):
+    key, pub = make_key(tmp_path)
+    outside = TestHostNetwork(1, authorized_keys=[pub])
+    inside = None
+    try:
+        inside = TestHostNetwork(1, routed=False, authorized_keys=[pub])
+        bastion, private = outside.hosts[0], inside.hosts[0]
+        assert inside.bridge not in subprocess.run(["ip", "-o", "route", "get", private.address],
+                                                   capture_output=True, text=True).stdout
+        address = inside.attach(bastion)
+        assert address == str(ipaddress.IPv4Address(private.address) + 1)
+        known = write_known_hosts(tmp_path / "known_hosts", [bastion])
+        out = ssh_ok(bastion, key, known, f"{IP} -4 -o addr")
+        assert inet_addresses(out) == {"127.0.0.1", bastion.address, address}, out
+        reached = bastion.run_in_namespace(["bash", "-c", f"exec 3<>/dev/tcp/{private.address}/22 && head -c 4 <&3"])
+        assert reached.stdout == "SSH-"
+        attached = {link for link in our_names()[1] if link.startswith(f"fcv{inside.bridge[3:7]}a")}
+        assert attached
+    finally:
+        if inside is not None:
+            inside.close()
+        outside.close()
+    assert not attached & our_names()[1], "close() removes the attached interface"
+
+
 def test_failed_start_cleans_up(tmp_path, monkeypatch):
     before_ns, before_links = our_names()
     monkeypatch.setattr(localhosts_system, "SSHD", "/bin/false")

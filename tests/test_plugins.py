@@ -43,10 +43,11 @@ def fake_dist(tmp_path, monkeypatch):
     """Install a fake distribution: fake_dist(dist_name, {provider: module_source})."""
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    def install(dist: str, providers: dict[str, str], version: str = "1.0") -> None:
+    def install(dist: str, providers: dict[str, str], version: str = "1.0", requires: tuple[str, ...] = ()) -> None:
         info = tmp_path / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        requirements = "".join(f"Requires-Dist: {line}\n" for line in requires)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{requirements}")
         lines = ["[flambe_cluster.providers]"]
         for name, source in providers.items():
             module = f"{dist.replace('-', '_')}_{name}"
@@ -127,9 +128,29 @@ def test_missing_extra_names_module_and_install_command(fake_dist):
     assert "pip install --force-reinstall acme-sdk" in message
 
 
+def test_a_provider_missing_its_extra_is_refused_in_one_line_without_importing_it(fake_dist):
+    fake_dist("acme", {"cloud": "raise RuntimeError('imported')\n", "plain": COMPLETE_PROVIDER},
+              requires=('acme-sdk-that-is-not-installed>=2; extra == "cloud"', "pluggy>=1", 'nothing-else; extra == "other"'))
+    (cloud,) = [i for i in plugins.installed_providers() if i.name == "cloud"]
+    (plain,) = [i for i in plugins.installed_providers() if i.name == "plain"]
+    assert plugins.missing_requirements(cloud) == ["acme-sdk-that-is-not-installed"]
+    assert plugins.missing_requirements(plain) == []
+    with pytest.raises(ProviderError) as caught:
+        plugins.load_provider("cloud")
+    message = str(caught.value)
+    assert "\n" not in message and "acme-sdk-that-is-not-installed" in message
+    assert "pip install --force-reinstall acme" in message
+    plugins.load_provider("plain")
+
+
+def test_builtin_providers_are_ready_with_the_dev_install():
+    assert all(not plugins.missing_requirements(info) for info in plugins.installed_providers()
+               if info.distribution == plugins.DISTRIBUTION)
+
+
 def test_missing_extra_of_a_builtin_provider_names_the_extra():
     info = plugins.ProviderInfo("aws", "flambe_cluster_aws", plugins.DISTRIBUTION, "0.1.0")
-    assert plugins._install_hint(info, "boto3") == "install its extra: pip install 'flambe-cluster[aws]'"
+    assert plugins.install_hint(info, "boto3") == "install its extra: pip install 'flambe-cluster[aws]'"
 
 
 def test_unknown_provider_in_a_config_is_a_provider_error(tmp_path):

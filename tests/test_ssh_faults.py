@@ -8,6 +8,7 @@ CPU is measured with ``time.process_time()`` around each wait.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -139,6 +140,47 @@ def test_close_aborts_commands_in_flight(network, flambe_client_key, tmp_path):
     assert "connection lost" in str(error) and "closed" in str(error)
     assert waited < 2, f"ended {waited:.1f} s after close()"
     assert cpu < 1, f"{cpu:.2f} s of client CPU while waiting"
+
+
+def run_ignoring_loss(pool: SSHPool, instance: Instance, command: str) -> None:
+    with contextlib.suppress(HostError):
+        pool.run(instance, command, check=False)
+
+
+def remote_commands(host, word: str) -> list[str]:
+    """The host's processes whose command line holds ``word``."""
+    listing = host.run_in_namespace(["ps", "-eo", "args"]).stdout.splitlines()
+    return [line for line in listing if word in line]
+
+
+@pytest.mark.parametrize("how", ["close", "timeout"])
+def test_a_command_left_behind_ends_on_the_host_too(network, flambe_client_key, tmp_path, how):
+    """A command whose channel is given up (the pool closed on an interrupt, or its timeout) ends on the host,
+    its children too: sshd gives a session without a terminal no SIGHUP, so it would run on."""
+    host = network.hosts[0]
+    pool = make_pool(host, flambe_client_key, tmp_path, command_timeout=20)
+    word = f"fc-left-{how}-{os.getpid()}"
+    command = f"bash -c 'sleep 297 & sleep 298; wait' {word}"  # $0 is the word: it shows in ps
+    try:
+        if how == "close":
+            thread, _ = start_slow_command(pool, instance_of(host))  # a channel of its own, also ended
+            worker = threading.Thread(target=run_ignoring_loss, args=(pool, instance_of(host), command), daemon=True)
+            worker.start()
+            deadline = time.monotonic() + 20
+            while not remote_commands(host, word) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert remote_commands(host, word), "the command never started"
+            pool.close()
+        else:
+            result = pool.run(instance_of(host), command, timeout=2, check=False)
+            assert result.exit_code is None
+        deadline = time.monotonic() + 5
+        while (remote_commands(host, word) or remote_commands(host, "sleep 29")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not remote_commands(host, word) and not remote_commands(host, "sleep 29"), \
+            host.run_in_namespace(["ps", "-eo", "pid,pgid,args"]).stdout
+    finally:
+        pool.close()
 
 
 INTERRUPTED_MAP = textwrap.dedent("""

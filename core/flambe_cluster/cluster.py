@@ -22,17 +22,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import plugins
+from . import plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
-from .content import UPLOAD_WARN_LIMIT_MB
 from .errors import FlambeClusterError
 from .handles import handle
 from .operations import ClusterOperations
+from .progress import Progress
 from .records import Instance, Role, factory_name, orchestrator_name
 from .session import HostSession
 from .settings import ClusterConfig
 from .ssh import SSHPool
 from .state import ClusterState, RunJournal
+from .sync import UPLOAD_WARN_LIMIT_MB
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,15 @@ class Cluster(ClusterOperations):
     def on_step(self, callback: Callable[[str], None]) -> None:
         self.session.on_step = callback
 
+    @property
+    def on_progress(self) -> Progress:
+        """Receives what happens inside a step, per host (see :mod:`flambe_cluster.progress`; default: the debug log)."""
+        return self.session.on_progress
+
+    @on_progress.setter
+    def on_progress(self, callback: Progress) -> None:
+        self.session.on_progress = callback
+
     # --- names and instance records
 
     def get_orchestrator_name(self) -> str:
@@ -160,7 +170,8 @@ class Cluster(ClusterOperations):
     def load_all_instances(self) -> None:
         """Find or create every instance through the provider (idempotent; creations journaled)."""
         self.on_step(f"finding or creating {1 + self.factories_num} instances ({self.config.provider})")
-        self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal))
+        self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal,
+                                                                            progress=self.on_progress))
 
     def find_instances(self) -> bool:
         """Load the existing instances without creating anything; False if the cluster does not exist."""
@@ -174,7 +185,7 @@ class Cluster(ClusterOperations):
         """Connect to every host (one deadline for all); raises naming each host that failed."""
         hosts = self.all_hosts()
         self.on_step(f"connecting to {len(hosts)} hosts")
-        self.pool.connect_all(hosts)
+        self.pool.connect_all(hosts, lambda name, state: self.on_progress(name, state))
 
     def run(self, force: bool = False, **kwargs: Any) -> None:
         """Make the cluster ready for work, as the seed's ``run``: load, connect, keys, folders, setup, software.
@@ -193,6 +204,10 @@ class Cluster(ClusterOperations):
     def up(self, force: bool = False, **kwargs: Any) -> None:
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does."""
         self._locked(self._up, force, kwargs)
+
+    def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None) -> None:
+        """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see :mod:`~flambe_cluster.repair`)."""
+        repair.watch(self.session, lambda: self._locked(self._up, False, {}), interval, lost_after, rounds)
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
@@ -225,7 +240,10 @@ class Cluster(ClusterOperations):
     def _prepare(self, start_ray: bool = False) -> None:
         """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`)."""
         self.load_all_instances()
+        resize.shrink(self.session)  # factories no longer in the cluster: drained, released, forgotten
         self.wait_until_accessible()
+        if start_ray and not self.setup_cmds:  # the head's answer cannot change before the Ray launch asks
+            raycluster.ask_head_early(self.session)
         if self.cluster_has_key():
             self.on_step("cluster key already on every host")
         else:
@@ -262,7 +280,9 @@ class Cluster(ClusterOperations):
         self.hooks.flambe_cluster_rollback(config=self.config, created=created)
         self.journal.journal.record_destroyed(created, run_id=self.journal.run_id)
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
-        self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id in destroyed])
+        gone = [h for h in self.session.loaded() if h.instance_id in destroyed]
+        self.session.forget_host_keys(gone)
+        resize.drop_members(self.state, gone)
 
     def down(self, wait: float = 0.0) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
@@ -294,6 +314,7 @@ class Cluster(ClusterOperations):
             self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id is not None])
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
+            resize.drop_members(self.state)
             return True
 
     def _stop_everything(self) -> None:

@@ -67,6 +67,8 @@ def parse_config(
     implied = getattr(options, "implied_factories_num", None)
     if "factories_num" not in common and implied is not None:
         common["factories_num"] = implied
+    elif "factories_num" not in common and options is None:
+        common["factories_num"] = 0  # the options' own problems say what is wrong; they may have implied it
     config = build(ClusterConfig, {**common, "options": options, "source": source}, problems)
     if config is not None and implied is not None and implied != config.factories_num:
         problems.append(f"factories_num: expected {implied} (the number of factories listed), got {config.factories_num}")

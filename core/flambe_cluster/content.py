@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import posixpath
 from pathlib import Path
 from typing import Mapping
@@ -10,10 +9,9 @@ from typing import Mapping
 from .errors import UsageError
 from .paths import relative_to_home
 from .session import HostSession
+from .sync import UPLOAD_WARN_LIMIT_MB, warn_if_large
 
-logger = logging.getLogger(__name__)
-
-UPLOAD_WARN_LIMIT_MB = 10
+__all__ = ["UPLOAD_WARN_LIMIT_MB", "send_local_content"]
 
 
 def send_local_content(session: HostSession, content: Mapping[str, str], dest: str, all_hosts: bool = False) -> dict[str, str]:
@@ -34,9 +32,8 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
     for name in local:
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise UsageError(f"send_local_content key must be a plain name without '/', got {name!r}")
-    size_mb = sum(_size_bytes(p) for p in local.values()) / 2**20
-    if size_mb > UPLOAD_WARN_LIMIT_MB:
-        logger.warning("Uploading %.1f MB to the cluster (more than %d MB); this may take a while.", size_mb, UPLOAD_WARN_LIMIT_MB)
+    if local:
+        warn_if_large(list(local.values()))
     orchestrator = session.require_orchestrator()
     folders = {name: posixpath.join(dest, name) for name in local}
     session.create_dirs_on([orchestrator], list(folders.values()))
@@ -48,9 +45,3 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
         result[name] = posixpath.join(home, folders[name], path.absolute().name)
         session.sent_content[result[name]] = path.absolute()
     return result
-
-
-def _size_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
+import paramiko
+from paramiko.pkey import UnknownKeyType
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 SAFE_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -126,6 +128,100 @@ def to_private_key_path(value: object) -> Path:
         raise ValueError(f"the key file {str(path)!r} is readable by others (mode {info.st_mode & 0o777:o}) and "
                          f"OpenSSH refuses it; restrict it with: chmod 600 {shlex.quote(str(path.absolute()))}")
     return path.absolute()
+
+
+def to_optional_private_key_path(value: object) -> Path | None:
+    """Converter: ``None`` (keys from ssh-agent) or a key as :func:`to_private_key_path` accepts it.
+
+    A passphrase-protected key is accepted only while ssh-agent holds it
+    (nothing may prompt); otherwise the message names the file and says how
+    to load it.
+    """
+    if value is None:
+        return None
+    path = to_private_key_path(value)
+    if key_is_encrypted(path) and not agent_holds(path):
+        raise ValueError(f"the key file {str(path)!r} is protected by a passphrase and no ssh-agent holds it; "
+                         f"load it with `ssh-add {shlex.quote(str(path))}` (with SSH_AUTH_SOCK set), or leave "
+                         "`key` out to use the agent's keys")
+    return path
+
+
+def key_is_encrypted(path: Path) -> bool:
+    """Whether the private key at ``path`` needs a passphrase to be read."""
+    try:
+        paramiko.PKey.from_path(path)
+    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
+        return True
+    except (paramiko.SSHException, UnknownKeyType, ValueError, OSError):  # not a key paramiko reads: OpenSSH will say
+        return False
+    return False
+
+
+def agent_holds(path: Path) -> bool:
+    """Whether the ssh-agent of ``SSH_AUTH_SOCK`` holds the key at ``path``.
+
+    Compared by the public half in ``<path>.pub``; without that file, any key
+    the agent holds counts (the agent is tried and the server decides).
+    """
+    try:
+        agent = paramiko.Agent()
+    except paramiko.SSHException:
+        return False
+    try:
+        held = {key.get_base64() for key in agent.get_keys()}
+    finally:
+        agent.close()
+    public = path.with_name(path.name + ".pub")
+    fields = public.read_text().split() if public.is_file() else []
+    return fields[1] in held if len(fields) >= 2 else bool(held)
+
+
+def to_ssh_config(value: object) -> Path | None:
+    """Converter: the OpenSSH client configuration to honour: a path, ``true`` (``~/.ssh/config``) or ``false`` (none).
+
+    A given path must exist; the default ``~/.ssh/config`` is honoured only
+    when it exists.  ``None`` means "ignore any configuration".
+    """
+    if value is True:
+        default = Path("~/.ssh/config").expanduser()
+        return default if default.is_file() else None
+    if value is False or value is None:
+        return None
+    if isinstance(value, (str, Path)) and str(value).strip():
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            raise ValueError(f"expected an OpenSSH client configuration file, but {str(path)!r} does not exist")
+        return path
+    raise ValueError(f"expected true, false or the path of an OpenSSH client configuration, got {describe_value(value)}")
+
+
+JUMP_HOP = re.compile(r"(?:(?P<user>[^@\s,:]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@\s,:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_jump(hop: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (IPv6 in brackets) as ``(user, host, port)``; raises ValueError naming the hop."""
+    found = JUMP_HOP.fullmatch(hop.strip())
+    port = int(found["port"]) if found and found["port"] else None
+    if found is None or (port is not None and not 1 <= port <= 65535):
+        raise ValueError(f"expected a jump host as 'user@host:port' (user and port optional), got {hop!r}")
+    return found["user"], found["host"].strip("[]"), port
+
+
+def to_proxy_jump(value: object) -> str | None:
+    """Converter: ``None`` or OpenSSH's ProxyJump: ``[user@]host[:port]``, several separated by commas (first reached first)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected 'user@bastion:port' (a comma-separated chain allowed), got {describe_value(value)}")
+    for hop in value.split(","):
+        parse_jump(hop)
+    return ",".join(hop.strip() for hop in value.split(","))
+
+
+def to_optional_str(value: object) -> str | None:
+    """Converter: ``None`` or a non-empty string."""
+    return None if value is None else to_str(value)
 
 
 def to_optional_path(value: object) -> Path | None:

@@ -18,6 +18,7 @@ host stopped mid-install) is rebuilt from scratch.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import shlex
 from importlib import metadata
@@ -32,6 +33,8 @@ from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
 from .session import ENVIRONMENT_MARKER, HostSession
 from .wheelhouse import HostPlatform
+
+logger = logging.getLogger(__name__)
 
 # Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
 # and the live Ray nodes flambe-cluster started on this host (the same test as
@@ -130,6 +133,12 @@ def refuse_other_clusters(session: HostSession, reports: dict[Instance, HostRepo
         raise ClusterError("; ".join(busy) + ". Take that cluster down first (flambe-cluster down) or use other hosts.")
 
 
+def stale_hosts(reports: dict[Instance, HostReport], wanted: dict | None = None) -> list[Instance]:
+    """The hosts whose environment does not hold ``wanted`` (default: :func:`wanted_versions`): :func:`prepare` installs on them."""
+    wanted = wanted or wanted_versions()
+    return [host for host, report in reports.items() if not report.matches(wanted)]
+
+
 def prepare(session: HostSession, reports: dict[Instance, HostReport],
             on_ready: Callable[[Instance], None] | None = None) -> list[Instance]:
     """Install flambe-cluster and Ray on every host whose environment does not match; returns those hosts.
@@ -144,7 +153,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     """
     refuse_other_clusters(session, reports)
     wanted = wanted_versions()
-    stale = [host for host, report in reports.items() if not report.matches(wanted)]
+    stale = stale_hosts(reports, wanted)
     ready = on_ready or (lambda host: None)
     for host in reports:
         if host not in stale:
@@ -160,7 +169,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     (platform,) = platforms
     session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=_on_this_machine(session))
     folder = "wheelhouse"
     env, marker = session.remote_path("env"), session.remote_path(ENVIRONMENT_MARKER)
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
@@ -174,8 +183,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
 
     def arrived(host: Instance) -> None:
         if host in stale:
-            session.pool.run(host, install)
-            session.on_step(f"installed on {host.label}")
+            session.run_all([host], install, states=("installing flambe-cluster and ray", "installed"))
             ready(host)
 
     session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts, each as the wheelhouse reaches it")
@@ -202,36 +210,66 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     """
     relative = posixpath.join(session.remote_root, folder)
     orchestrator = session.orchestrator
-    session.on_step(f"shipping the wheelhouse to the orchestrator ({_size_mb(sources):.0f} MB)")
+    size = _size(sources)
+    session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
     session.create_dirs_on([orchestrator], [relative])
-    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/")
+    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/",
+                   shown=("receiving the wheelhouse", size))
     factories = [h for h in hosts if h != orchestrator]
     if factories:
         session.on_step(f"passing the wheelhouse on to {len(factories)} factories as a tree")
     session.fan_out(relative, factories, on_arrival=on_arrival)
 
 
-def _size_mb(sources: Sequence[Path]) -> float:
-    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl")) / 2**20
+def _on_this_machine(session: HostSession) -> Callable[[str], None]:
+    """A progress reporter for work on the client itself (pip gathering wheels): subject ``this machine``."""
+    return lambda state: session.on_progress("this machine", state)
+
+
+def _size(sources: Sequence[Path]) -> int:
+    """The bytes of the wheels in ``sources``."""
+    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl"))
 
 
 def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
-    """CPUs (from the probe) and GPUs (through the detect_gpus hook) of every factory.
+    """CPUs (from the probe) and GPUs (through the detect_gpus hook: ``nvidia-smi``) of every factory.
 
     Remembered in the session; ``reports`` from a probe just made saves
-    probing again.
+    probing again.  Raises :class:`HostError` (several hosts:
+    ``HostsFailedError``) naming each factory whose type promises GPUs
+    (the promised_gpus hook) that it does not see; see :func:`usable_gpus`.
     """
     if session.resources is None or reports is not None:
         reports = reports or probe(session, session.factories)
 
         def detect(host: Instance) -> Resources:
-            gpus = session.hooks.flambe_cluster_detect_gpus(
-                config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
-            )
-            return Resources(cpu=reports[host].cpus, gpu=int(gpus or 0))
+            return Resources(cpu=reports[host].cpus, gpu=usable_gpus(session, host))
 
         session.resources = session.pool.map(session.factories, detect)
     return session.resources
+
+
+def usable_gpus(session: HostSession, host: Instance) -> int:
+    """The GPUs ``host`` can use (detect_gpus), checked against those its type promises (promised_gpus).
+
+    Promised GPUs that are not seen at all raise :class:`HostError` saying
+    to install the NVIDIA driver; fewer than promised are used, with a warning.
+    """
+    seen = int(session.hooks.flambe_cluster_detect_gpus(
+        config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
+    ) or 0)
+    promised = session.hooks.flambe_cluster_promised_gpus(config=session.config, instance=host) or 0
+    if promised and not seen:
+        raise HostError(host.label, (
+            f"its type promises {promised} GPU{'s' if promised != 1 else ''} but nvidia-smi sees none: the NVIDIA "
+            "driver is missing or broken. Use an image that carries the driver (the provider's default image for "
+            "GPU types does: leave the image option unset) or install the driver (e.g. in setup_cmds), then run "
+            "`flambe-cluster up` again."
+        ))
+    if seen < promised:
+        logger.warning("%s: its type promises %d GPUs but nvidia-smi sees %d; Ray is told about %d",
+                       host.label, promised, seen, seen)
+    return seen
 
 
 def install_extensions(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str]) -> None:
@@ -258,14 +296,15 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         requirements.append(location)
     platform = probe(session, [session.orchestrator])[session.orchestrator].platform
     session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
-    folder = wheelhouse.gather(platform, requirements, local_wheels)
+    folder = wheelhouse.gather(platform, requirements, local_wheels, on_line=_on_this_machine(session))
     names = [shlex.quote(r) for r in requirements] + [
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
     install = f"{_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"
     session.on_step(f"installing extensions on {len(hosts)} hosts")
     ship_wheels(session, [folder], "extensions-wheelhouse", hosts,
-                lambda host: session.pool.run(host, install) if host in hosts else None)
+                lambda host: session.run_all([host], install, states=("installing extensions", "extensions installed"))
+                if host in hosts else None)
 
 
 def ensure_installed(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str], module: str) -> None:

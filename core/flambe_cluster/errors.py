@@ -67,6 +67,11 @@ class HostUnreachableError(HostError):
     """The host did not accept an SSH login before the deadline."""
 
 
+class ConnectionLostError(HostError):
+    """The connection to a host broke while a command ran on it (the host went down, stopped answering
+    keepalives, or the cluster's connections were closed); the message says "connection lost"."""
+
+
 class HostKeyError(HostError):
     """The host's key could not be verified (changed, or unknown under ``strict``)."""
 

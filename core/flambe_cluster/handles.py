@@ -64,9 +64,10 @@ class InstanceHandle:
         return self._session.config.username
 
     @property
-    def key(self) -> str:
-        """The local path of the key that logs in to the hosts."""
-        return str(self._session.config.key)
+    def key(self) -> str | None:
+        """The local path of the key that logs in to the hosts (``None``: ssh-agent's keys)."""
+        key = self._session.config.key
+        return None if key is None else str(key)
 
     # --- the seed's methods
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .records import ClusterInstances, CreatedResource, Instance
+    from .progress import Progress
+    from .records import ClusterInstances, CreatedResource, Instance, TaggedCluster
     from .settings import ClusterConfig
     from .state import RunJournal
 
@@ -80,7 +81,7 @@ def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
 
 @hookspec(firstresult=True)
 def flambe_cluster_load_instances(
-    config: "ClusterConfig", journal: "RunJournal"
+    config: "ClusterConfig", journal: "RunJournal", progress: "Progress"
 ) -> "ClusterInstances":
     """Find or create the orchestrator and ``config.factories_num`` factories.
 
@@ -91,6 +92,15 @@ def flambe_cluster_load_instances(
     later point can be rolled back.  ``journal.run_id`` is unique to this run
     (use it for idempotency tokens).  Returns instances whose addresses are
     known; waiting for SSH is the core's job.  Required.
+
+    ``progress(subject, state, *, done=None, total=None)`` (see
+    :mod:`flambe_cluster.progress`) shows what happens while instances
+    boot: call it with each instance's name (:func:`host_name`) and its
+    state in a few words whenever that changes (``"launching"``,
+    ``"pending (i-0abc)"``, ``"running"``); the command line shows a row per
+    instance on a terminal and timestamped lines otherwise.  Report through
+    it, never print.  An implementation that does not list ``progress``
+    among its parameters is not given it (older providers keep working).
     """
 
 
@@ -126,7 +136,25 @@ def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstanc
     running.  ``instances`` is ``None`` when the cluster could not be found
     whole (``find_instances`` raised, e.g. an idle alarm already terminated
     some factories): the provider then releases whatever of the cluster it
-    can find.  Idempotent; waits until they are gone.  Optional.
+    can find.  Idempotent; waits until they are gone.  The machines whose
+    records carry an ``instance_id`` are the ones destroyed: the command
+    line asks before ``down`` on a terminal when there are any.  Optional.
+    """
+
+
+@hookspec
+def flambe_cluster_release_instances(config: "ClusterConfig", instances: "list[Instance]") -> None:
+    """Release factories that a resize removed from the cluster (``factories_num`` lowered, an address dropped).
+
+    ``instances`` were factories of the cluster at its last ``up`` and are
+    not among what :func:`flambe_cluster_load_instances` returned now; their
+    Ray nodes are stopped already (or they did not answer).  Cloud providers
+    terminate exactly these and remove what is attached to them alone (an
+    idle alarm), and wait until they are gone; providers of machines the
+    user brought leave them running.  Afterwards the core forgets them: their
+    pinned host keys, and the journal records of their instance ids (a
+    record of several keeps the others).  Idempotent: an instance already
+    gone is not an error.  Optional.
     """
 
 
@@ -156,12 +184,27 @@ def flambe_cluster_configure_idle_shutdown(
 def flambe_cluster_detect_gpus(
     config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]
 ) -> int | None:
-    """Return how many GPUs ``instance`` has, or ``None`` to let the next impl answer.
+    """Return how many GPUs ``instance`` can use, or ``None`` to let the next impl answer.
 
-    A provider may answer from the instance type without any round trip.
     ``run(command)`` runs a shell command on the host and returns its stdout
-    (raising ``RemoteCommandError`` on failure).  The core's default asks
-    ``nvidia-smi`` over SSH.
+    (raising ``RemoteCommandError`` on failure).  The core's default counts
+    the GPUs ``nvidia-smi`` lists over SSH: what a process on the host can
+    really use.  A provider should not answer from the instance type (a GPU
+    without its driver is no GPU to Ray); it states what the type promises
+    with :func:`flambe_cluster_promised_gpus` instead.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_promised_gpus(config: "ClusterConfig", instance: "Instance") -> int | None:
+    """Return how many GPUs ``instance``'s type promises, or ``None`` when the provider cannot tell.
+
+    Cloud providers answer from the instance type or accelerator
+    configuration, without SSH; providers of machines the user brought
+    answer nothing.  The GPUs Ray is told about always come from
+    :func:`flambe_cluster_detect_gpus`: when a factory is promised GPUs and
+    sees none (no NVIDIA driver), ``up`` fails naming the factory; when it
+    sees fewer, a warning says so.  Optional.
     """
 
 
@@ -172,4 +215,19 @@ def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> l
     Each item is an OpenSSH public key line (``"ssh-ed25519 AAAA..."``), for
     example read from a cloud console's output.  When given, the host's key
     must be one of them on first contact, whatever the host-key policy.
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_sweep(where: "dict[str, str]") -> "list[TaggedCluster] | None":
+    """Return every cluster with live machines carrying this provider's tags, for ``list --provider``.
+
+    Needs no cluster file: ``where`` says where to look, from the command
+    line (``{"region": "eu-west-1"}`` for ``--region``; empty: the
+    provider's default place, e.g. the configured region).  One
+    :class:`~flambe_cluster.records.TaggedCluster` per cluster name, with a
+    command line that destroys its machines; the core shows those no state
+    folder knows (leaks).  Looks only: never creates, changes or destroys
+    anything.  Optional (a provider whose machines are the user's has
+    nothing to sweep).
     """

@@ -1,8 +1,10 @@
 """One job at a time on the orchestrator: submit, status, logs, stop, pull.
 
 A job is a file or folder shipped to ``~/.flambe-cluster/<cluster>/job/code``
-and run there by :mod:`flambe_cluster.remote.job`, detached from the SSH
-session: the client may go away and the job goes on.  It gets
+(a folder's ``.gitignore`` patterns and the ``excludes`` honoured) and run
+there by :mod:`flambe_cluster.remote.job`, detached from the SSH session:
+the client may go away and the job goes on.  A folder's job runs in its
+copy of the folder, a file's in the code folder.  It gets
 ``RAY_ADDRESS`` (the head), ``FLAMBE_REMOTE_ENV`` (the cluster's
 RemoteEnvironment as JSON), ``FLAMBE_SECRETS`` (the secrets file, when sent)
 and the cluster environment's Python first on ``PATH``.
@@ -23,10 +25,13 @@ from attrs import frozen
 from .errors import ClusterError, UsageError
 from .paths import check_relative_path, home_path
 from .session import HostSession
+from .sync import warn_if_large
 
 JOB = "job"
 RUNNABLE_FILE = "runnable.pkl"
 FOLLOW_TIMEOUT = 7 * 24 * 3600.0
+#: rsync reads each folder's ``.gitignore`` as exclude patterns for that folder and below.
+GITIGNORE_FILTER = "--filter=:- .gitignore"
 
 
 @frozen
@@ -96,9 +101,13 @@ def submit(
     force: bool = False,
     entry: str | None = None,
     secrets: str | None = None,
+    excludes: Sequence[str] = (),
 ) -> JobStatus:
     """Ship ``path`` (a file or folder) to the orchestrator and start it, detached.
 
+    What the ``.gitignore`` files inside the folder ignore is not shipped,
+    nor what matches one of ``excludes`` (rsync patterns, which read as
+    ``.gitignore`` lines; rsync does not know git's ``!`` negation).
     Refuses (naming ``--force``) while another job runs; with ``force`` the
     running job is stopped first.  ``secrets`` is the path on the
     orchestrator that :meth:`HostSession.send_secrets` returned (the job gets
@@ -109,7 +118,8 @@ def submit(
         raise UsageError(f"nothing to submit: {path} does not exist")
     _make_room(session, force)
     argv, workdir = command_for(session, path, args, entry, session.orchestrator_home())
-    return _launch(session, path, argv, workdir, secrets)
+    filters = [GITIGNORE_FILTER, *(f"--exclude={pattern}" for pattern in excludes)]
+    return _launch(session, path, argv, workdir, secrets, filters)
 
 
 def submit_runnable(session: HostSession, runnable: object, *, force: bool = False, secrets: str | None = None) -> JobStatus:
@@ -163,8 +173,10 @@ def _make_room(session: HostSession, force: bool) -> None:
     stop(session)
 
 
-def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, secrets: str | None) -> JobStatus:
-    """Ship ``path`` into the job's code folder, write the job's spec and start it detached."""
+def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, secrets: str | None,
+            filters: Sequence[str] = ()) -> JobStatus:
+    """Ship ``path`` into the job's code folder (``filters``: rsync options choosing what goes), write the job's
+    spec and start it detached; warns when what is shipped is large."""
     home = session.orchestrator_home()
     orchestrator = session.require_orchestrator()
     env = {
@@ -178,8 +190,9 @@ def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, sec
         env["FLAMBE_SECRETS"] = posixpath.join(home, secrets)
     code = posixpath.join(_job_dir(session), "code")
     session.on_step(f"shipping {path} to the orchestrator")
+    warn_if_large([path], filters)
     session.create_dirs_on([orchestrator], [code])
-    session.upload(orchestrator, [path], code + "/", delete=True)
+    session.upload(orchestrator, [path], code + "/", delete=True, extra=filters)
     spec = {"argv": argv, "cwd": workdir, "env": env}
     session.pool.run(orchestrator, f"cat > {session.remote_path(JOB + '/spec.json')}", stdin=json.dumps(spec).encode())
     session.pool.run(orchestrator, session.helper("job", "launch", _job_dir(session)))

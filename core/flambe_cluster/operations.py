@@ -37,7 +37,7 @@ class ClusterOperations:
         hosts = self.session.hosts()
         for index, command in enumerate(setup_cmds, 1):
             self.session.on_step(f"setup command {index}/{len(setup_cmds)} on {len(hosts)} hosts: {command}")
-            self.session.run_all(hosts, command)
+            self.session.run_all(hosts, command, states=(f"running setup command {index}", f"setup command {index} done"))
 
     def execute_on(self, hosts: List[Instance], command: str, check: bool = True) -> Dict[Instance, CommandResult]:
         """Run a shell command line on ``hosts`` at once; returns results per host."""
@@ -96,24 +96,29 @@ class ClusterOperations:
         Installs offline from a wheelhouse shipped once to the orchestrator
         and passed on to the factories as a tree, each host as soon as it
         has it; hosts whose versions already match are left alone.  Also
-        learns each factory's CPUs and GPUs.
+        learns each factory's CPUs and GPUs, and on which hosts this
+        cluster's Ray node runs (for :meth:`launch_ray_cluster`).
         """
         self._prepare_software(start_ray=False)
 
     def _prepare_software(self, start_ray: bool) -> None:
         """:meth:`prepare_all_instances`; with ``start_ray`` also the Ray cluster, each node as soon as its host is ready."""
         reports = environment.probe(self.session, self.session.hosts())
+        running = {host for host, report in reports.items() if report.runs_node_of(self.session.name)}
         resources = environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
-        running = [host for host, report in reports.items() if report.runs_node_of(self.session.name)]
-        launch = raycluster.Launch(self.session, resources, running) if start_ray else None
+        if environment.stale_hosts(reports):
+            raycluster.forget_early_answer(self.session)  # installing may end what the head knew
+        if not start_ray:
+            self.session.ray_node_hosts = running
+            environment.prepare(self.session, reports)
+            return
+        launch = raycluster.Launch(self.session, resources, running)
         try:
-            environment.prepare(self.session, reports, launch.ready if launch else None)
+            environment.prepare(self.session, reports, launch.ready)
         except BaseException:
-            if launch:
-                launch.abandon()
+            launch.abandon()
             raise
-        if launch:
-            launch.finish()
+        launch.finish()
 
     def contains_gpu_factories(self) -> bool:
         """Whether any factory has a GPU."""

@@ -1,9 +1,12 @@
 """Provider discovery and selection.
 
 Providers are found through the entry-point group ``flambe_cluster.providers``
-without importing them; only the selected one is imported.  Selecting checks
-the contract up front so a broken or missing provider fails with a message
-that says what to do, not deep inside a run.
+without importing them; only the selected one is imported.  Whether one is
+ready is read from its distribution's metadata (the requirements of the
+extra named after it, such as ``flambe-cluster[aws]``), still without
+importing anything.  Selecting checks readiness and the contract up front so
+a broken or missing provider fails with a one-line message that says what to
+do, not deep inside a run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from types import ModuleType
 
 import pluggy
 from attrs import frozen
+from packaging.requirements import Requirement
 
 from . import defaults, hookspecs
 from .converters import is_config_class
@@ -65,18 +69,50 @@ def installed_providers() -> list[ProviderInfo]:
     return sorted((_info(ep) for ep in _entry_points()), key=lambda p: (p.name, p.distribution))
 
 
-def _install_hint(info: ProviderInfo, missing: str | None) -> str:
+def missing_requirements(info: ProviderInfo) -> list[str]:
+    """The requirements of the extra named after the provider (``flambe-cluster[aws]`` for ``aws``) that are
+    not installed, or not in a matching version; imports nothing.
+
+    Only requirements the extra adds count (those whose markers hold with
+    that extra and not without it): a distribution's unconditional
+    requirements come with it, and one missing anyway shows as an import
+    error when the provider is loaded.
+    """
+    try:
+        requires = metadata.distribution(info.distribution).requires or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for line in requires:
+        requirement = Requirement(line)
+        marker = requirement.marker
+        if marker is None or not marker.evaluate({"extra": info.name}) or marker.evaluate({"extra": ""}):
+            continue
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(str(requirement.name))
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            missing.append(f"{requirement.name}{requirement.specifier} (found {version})")
+    return missing
+
+
+def install_hint(info: ProviderInfo, missing: list[str] | str | None) -> str:
+    """The pip command that installs what the provider ``info`` misses (names, or one module's name)."""
     if info.distribution == DISTRIBUTION:
         return f"install its extra: pip install '{DISTRIBUTION}[{info.name}]'"
-    what = f"the module {missing!r}" if missing else "its dependencies"
-    return f"reinstall {info.distribution} ({what} is missing): pip install --force-reinstall {info.distribution}"
+    names = [missing] if isinstance(missing, str) else missing
+    what = ", ".join(names) if names else "its dependencies"
+    return f"reinstall {info.distribution} ({what} missing): pip install --force-reinstall {info.distribution}"
 
 
 def load_provider(name: str) -> ModuleType | object:
     """Import the provider registered as ``name`` and check it honours the contract.
 
     Raises :class:`ProviderError` when the name is unknown (listing the
-    installed ones), claimed by two distributions, fails to import (with the
+    installed ones), claimed by two distributions, misses requirements or
+    fails to import (with the
     pip command that installs what is missing), implements a hook that does
     not exist (with the closest hook name) or misses a required hook.
     """
@@ -101,12 +137,16 @@ def load_provider(name: str) -> ModuleType | object:
         )
     entry_point = matches[0]
     info = _info(entry_point)
+    missing = missing_requirements(info)
+    if missing:
+        raise ProviderError(f"provider {name!r} needs {', '.join(missing)}, which is not installed; "
+                            f"to fix it, {install_hint(info, missing)}.")
     try:
         provider = entry_point.load()
     except ImportError as exc:
         raise ProviderError(
             f"provider {name!r} ({info.target}, from {info.distribution}) cannot be imported: {exc}. "
-            f"To fix it, {_install_hint(info, exc.name)}."
+            f"To fix it, {install_hint(info, exc.name)}."
         ) from exc
     check_provider(name, provider)
     return provider

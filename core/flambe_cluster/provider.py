@@ -6,9 +6,12 @@ contract in ``.importlinter`` holds every built-in provider to that.  The
 hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 
 - the marker: :data:`hookimpl`;
+- :class:`Progress`, the type of the ``progress`` callable that
+  ``flambe_cluster_load_instances`` receives to report each instance's
+  state while it boots;
 - records crossing the hook boundary: :class:`Instance`, :class:`Endpoint`,
   :class:`Role`, :class:`ClusterInstances`, :class:`CreatedResource`,
-  :class:`Resources`, and the validated :class:`ClusterConfig`; the seed's
+  :class:`Resources`, :class:`TaggedCluster`, and the validated :class:`ClusterConfig`; the seed's
   host names (:func:`host_name`);
 - declaring options: :func:`config_class` and the converters (``to_*``,
   :func:`matching`, :func:`one_of`, :func:`describe_value`, :data:`SAFE_NAME`);
@@ -46,8 +49,10 @@ from .errors import (
     UsageError,
 )
 from .hookspecs import hookimpl
-from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, host_name
+from .progress import Progress
+from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, TaggedCluster, host_name
 from .settings import ClusterConfig
+from .sshroute import Resolver
 from .state import ClusterState, KeyPair, RunJournal, public_key_line
 
 __all__ = [
@@ -64,11 +69,13 @@ __all__ = [
     "HostUnreachableError",
     "Instance",
     "KeyPair",
+    "Progress",
     "ProviderError",
     "RemoteCommandError",
     "Resources",
     "Role",
     "RunJournal",
+    "TaggedCluster",
     "UsageError",
     "config_class",
     "describe_value",
@@ -78,6 +85,7 @@ __all__ = [
     "matching",
     "one_of",
     "public_key_line",
+    "resolved_endpoint",
     "to_bool",
     "to_int",
     "to_optional_path",
@@ -86,3 +94,15 @@ __all__ = [
     "to_str",
     "to_str_tuple",
 ]
+
+
+def resolved_endpoint(config: ClusterConfig, endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` with the ``HostName`` and ``Port`` the configuration's ``ssh_config`` gives it.
+
+    An alias of the user's OpenSSH configuration means nothing to the other
+    hosts; this is the address it stands for (``endpoint`` itself when no
+    configuration names it).  Raises :class:`UsageError` for an unreadable
+    configuration.
+    """
+    target = Resolver(config.username, config.key, config.ssh_config).route(endpoint).target
+    return Endpoint(target.host, target.port)

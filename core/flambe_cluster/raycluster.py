@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future
 from typing import Collection, Sequence
 
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError
@@ -25,14 +26,61 @@ REFUSED = 3
 HEAD_DOWN = 4
 
 
-def nodes(session: HostSession) -> list[dict] | None:
-    """The nodes the head knows, or ``None`` when no head answers."""
-    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", "nodes", session.ray_head_address),
-                              check=False, timeout=60)
+def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict] | None:
+    """The nodes the head knows, or ``None`` when no head answers.
+
+    With ``waiting_for`` (factories), the head's side asks again until
+    their workers are exactly the alive ones (for at most ``ray_timeout``),
+    then answers: Ray is imported there once, not once per question.
+    """
+    args, within = ["nodes", session.ray_head_address], 0.0
+    if waiting_for:
+        within = session.config.ray_timeout
+        args += [f"{within:g}", *(f.private.host for f in waiting_for)]
+    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", *args),
+                              check=False, timeout=within + 60)
     if result.exit_code == HEAD_DOWN:
         return None
     result.check()
     return json.loads(result.stdout)
+
+
+def ask_head_early(session: HostSession, waiting_for: Sequence[Instance] = ()) -> None:
+    """Start asking the head for its nodes in the background, for the next question of :func:`launch` or
+    :func:`wait_for_workers` to use (see :func:`nodes` for ``waiting_for``).
+
+    The question only reads, so it runs while other work goes on: while the
+    hosts' keys and software are checked (on a second ``up`` it is the
+    slowest of those checks: the head's Python imports Ray), or while the
+    workers start.  :func:`forget_early_answer` discards it when a step may
+    have changed what the head would say.
+    """
+    future: Future = Future()
+
+    def ask() -> None:
+        try:
+            future.set_result(nodes(session, waiting_for))
+        except BaseException as exc:  # handed to launch, which then asks again
+            future.set_exception(exc)
+
+    threading.Thread(target=ask, name="flambe ray nodes", daemon=True).start()
+    session.early_ray_nodes = future
+
+
+def forget_early_answer(session: HostSession) -> None:
+    """Discard the answer of :func:`ask_head_early` (software was installed, or commands ran on the hosts)."""
+    session.early_ray_nodes = None
+
+
+def _current_nodes(session: HostSession) -> list[dict] | None:
+    """The early answer if there is one and it came through, else the head's answer now."""
+    early, session.early_ray_nodes = session.early_ray_nodes, None
+    if early is not None:
+        try:
+            return early.result()
+        except Exception:  # noqa: BLE001 - asking again gives the error (if any) of a question asked now
+            pass
+    return nodes(session)
 
 
 def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
@@ -40,12 +88,17 @@ def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
     return {n["ip"]: n for n in known or () if n["alive"] and not n["head"]}
 
 
-def _start(session: HostSession, host: Instance, ray_args: list[str]) -> None:
-    """``ray start ray_args`` on ``host``; a worker waits for the head's GCS up to ``ray_timeout`` (it may be starting)."""
+def _start(session: HostSession, host: Instance, ray_args: list[str], states: tuple[str, str]) -> None:
+    """Start a Ray node on ``host``; its progress shows ``states[0]`` meanwhile, then ``states[1]`` or the failure.
+
+    A worker waits for the head's GCS up to ``ray_timeout`` (the head may still be starting).
+    """
     line = session.helper("raynode", "start", session.name, host.private.host, "--", *ray_args)
     if host != session.orchestrator:
         line = f"RAY_gcs_server_port_wait_time_s={int(session.config.ray_timeout)} {line}"
+    session.on_progress(host.name, states[0])
     result = session.pool.run(host, line, check=False, timeout=session.config.ray_timeout)
+    session.on_progress(host.name, states[1] if result.ok else f"ray start failed (exit code {result.exit_code})")
     if result.exit_code == REFUSED:
         raise ClusterError(f"{host.label}: {result.stderr.strip()}")
     if not result.ok:
@@ -62,8 +115,13 @@ def stop_node(session: HostSession, host: Instance) -> None:
 
 
 def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
-    """Start what is missing of the Ray cluster and wait until every factory's worker is alive (see :class:`Launch`)."""
-    Launch(session, resources).finish()
+    """Start what is missing of the Ray cluster and wait until every factory's worker is alive (see :class:`Launch`).
+
+    The hosts' software is ready (``prepare_all_instances`` ran); the hosts
+    its probe found running a node of this cluster are used once.
+    """
+    running, session.ray_node_hosts = session.ray_node_hosts, None
+    Launch(session, resources, running).finish()
 
 
 class Launch:
@@ -73,15 +131,18 @@ class Launch:
     in a thread of its own and returns: the head when the orchestrator is
     ready, a factory's worker when that factory is ready and the head is up
     or starting.
-    A head that answers is kept, with its alive workers; if none answers,
-    every node of this cluster is stopped and the head started anew.
+    A head that answers is kept, with its alive workers (new factories of a
+    resize join it); if none answers, every node of this cluster is stopped
+    and the head started anew.  ``running``, when a probe just told, are the
+    hosts that run a node of this cluster: with no head among them the head
+    is started without asking (a Python that imports Ray on the
+    orchestrator: seconds) and only they are stopped; a factory not among
+    them gets its worker started whatever the head says (the head may still
+    count a worker whose host went away, until its health checks notice).
     :meth:`finish` readies the hosts not readied yet, waits for those
     threads (raising what failed, naming the hosts), then until the head
     reports exactly ``factories_num`` alive workers.  :meth:`abandon` lets
-    the threads end without starting anything more.  ``running``, when a
-    probe just told, are the hosts that run a node of this cluster: with no
-    head among them the head is started without asking (a Python that
-    imports Ray on the orchestrator: seconds) and only they are stopped.
+    the threads end without starting anything more.
     """
 
     def __init__(self, session: HostSession, resources: dict[Instance, Resources],
@@ -111,16 +172,19 @@ class Launch:
         for thread in list(self._threads.values()):
             thread.join()
         if self._errors:
+            forget_early_answer(self.session)
             raise self._errors[0] if len(self._errors) == 1 else HostsFailedError(self._errors)
-        if not self._started:
-            self.session.on_step(f"Ray already up: {len(self._alive or ())} workers alive")
+        alive = self._alive or {}
+        if not self._started and len(alive) == self.session.config.factories_num:
+            self.session.on_step(f"Ray already up: {len(alive)} workers alive")
             return
-        wait_for_workers(self.session)
+        wait_for_workers(self.session)  # also when only workers of removed factories are still leaving the head's list
 
     def abandon(self) -> None:
         """Start nothing more: the threads waiting for the head end (a command under way ends with the pool)."""
         self._abandoned = True
         self._head_checked.set()
+        forget_early_answer(self.session)
 
     def _start_node(self, host: Instance) -> None:
         try:
@@ -135,9 +199,17 @@ class Launch:
             if host == self.session.orchestrator:
                 self._head_checked.set()
 
+    def _needs_worker(self, factory: Instance) -> bool:
+        alive = self._alive or {}
+        return factory.private.host not in alive or (self.running is not None and factory not in self.running)
+
     def _start_head(self) -> None:
         session = self.session
-        known = nodes(session) if self.running is None or session.orchestrator in self.running else None
+        if self.running is None or session.orchestrator in self.running:
+            known = _current_nodes(session)
+        else:
+            known = None
+            forget_early_answer(session)
         if known is None and not self._abandoned:
             session.on_step("starting the Ray head on the orchestrator (no CPUs, no GPUs)")
             shutdown(session, None if self.running is None else list(self.running))
@@ -146,24 +218,24 @@ class Launch:
             _start(session, session.orchestrator, [
                 "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-            ])
+            ], ("starting the Ray head", "Ray head running"))
             with self._guard:
                 self._started += 1
         elif known is not None:
             self._alive = alive_workers(known)
+        if not self._abandoned and any(self._needs_worker(f) for f in session.factories):
+            ask_head_early(session, waiting_for=session.factories)  # the head's side imports Ray while workers start
 
     def _start_worker(self, factory: Instance) -> None:
         self._head_checked.wait()
-        if self._abandoned or self._alive is None:
-            return  # the orchestrator's error says why
-        if factory.private.host in self._alive:
-            return
+        if self._abandoned or self._alive is None or not self._needs_worker(factory):
+            return  # without a head, the orchestrator's error says why
         self.session.on_step(f"starting the Ray worker on {factory.label}")
         _start(self.session, factory, [
             f"--address={self.session.ray_head_address}", f"--node-ip-address={factory.private.host}",
             f"--num-cpus={self.resources[factory].cpu}", f"--num-gpus={self.resources[factory].gpu}",
             "--disable-usage-stats",
-        ])
+        ], ("starting a Ray worker", "Ray worker started, joining the head"))
         with self._guard:
             self._started += 1
 
@@ -171,9 +243,14 @@ class Launch:
 def wait_for_workers(session: HostSession) -> None:
     """Wait until the head reports exactly one alive worker per factory; raise naming the missing ones."""
     deadline = time.monotonic() + session.config.ray_timeout
+    joined: set[Instance] = set()
     while True:
-        alive = alive_workers(nodes(session))
+        alive = alive_workers(_current_nodes(session))
         missing = [f for f in session.factories if f.private.host not in alive]
+        for factory in session.factories:
+            if factory not in missing and factory not in joined:
+                joined.add(factory)
+                session.on_progress(factory.name, "Ray worker alive")
         if not missing and len(alive) == session.config.factories_num:
             session.on_step(f"Ray cluster up: head on {session.orchestrator.private.host}, {len(alive)} workers alive")
             return

@@ -100,7 +100,9 @@ class Instance:
     other hosts of the cluster reach it (the same when there is only one
     address).  ``use_public`` says which one the client uses.
     ``instance_id`` is the provider's handle (an EC2 instance id, a GCP
-    instance name) or ``None`` for machines the user brought.  ``gpus`` is the
+    instance name) or ``None`` for machines the user brought.  ``down``
+    destroys the machines that have one (the command line asks first on a
+    terminal).  ``gpus`` is the
     number of GPUs when known, ``None`` when it is still to be detected.
     """
 
@@ -213,6 +215,20 @@ class CreatedResource:
     kind: str
     resource_id: str
     details: dict = field(factory=dict)
+
+
+@frozen
+class TaggedCluster:
+    """A cluster whose machines a provider found in the cloud by the project's tags (``list --provider``).
+
+    ``name`` is the cluster's name as tagged; ``machines`` describes each
+    live machine (``"i-0abc (running, orchestrator)"``); ``remove`` is a
+    command line that destroys them all (the cloud's own CLI).
+    """
+
+    name: str
+    machines: tuple[str, ...] = field(converter=tuple)
+    remove: str
 
 
 @frozen

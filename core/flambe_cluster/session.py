@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import shlex
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,9 +24,10 @@ from . import secrets, sync, tree
 from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
-from .records import ClusterInstances, Instance, RemoteEnvironment, Resources, Role
+from .progress import Progress, log_progress
+from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
 from .settings import ClusterConfig
-from .ssh import SSHPool, openssh_options
+from .ssh import SSHPool, openssh_options, openssh_route_options
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class HostSession:
 
     ``hooks`` is the plugin manager's hook relay (the chosen provider plus
     the core's defaults); ``on_step`` receives one line per step of a long
-    operation.  Instances are loaded by :meth:`set_instances`; methods that
+    operation, ``on_progress`` what happens inside a step, per host
+    (:class:`~flambe_cluster.progress.Progress`: states, bytes shipped).  Instances are loaded by :meth:`set_instances`; methods that
     need them raise :class:`ClusterError` before.  Connections open lazily
     and stay open until :meth:`close`.
     """
@@ -54,10 +57,15 @@ class HostSession:
     hooks: Any
     state: ClusterState
     on_step: Callable[[str], None] = field(default=_log_step)
+    on_progress: Progress = field(default=log_progress)
     orchestrator: Instance | None = field(default=None, init=False)
     factories: list[Instance] = field(factory=list, init=False)
     resources: dict[Instance, Resources] | None = field(default=None, init=False)
     """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
+    ray_node_hosts: set[Instance] | None = field(default=None, init=False)
+    """The hosts where this cluster's Ray node ran at the last probe (None before one)."""
+    early_ray_nodes: Future | None = field(default=None, init=False)
+    """The head's nodes, asked while the hosts were checked (see :func:`flambe_cluster.raycluster.ask_head_early`)."""
     _pool: SSHPool | None = field(default=None, init=False)
     _run_journal: RunJournal | None = field(default=None, init=False)
     sent_content: dict[str, Path] = field(factory=dict, init=False)
@@ -143,6 +151,9 @@ class HostSession:
                 username=self.config.username,
                 key_path=self.config.key,
                 known_hosts=self.state.known_hosts,
+                ssh_config=self.config.ssh_config,
+                proxy_jump=self.config.proxy_jump,
+                proxy_command=self.config.proxy_command,
                 host_key_policy=self.config.host_key_policy,
                 connect_timeout=self.config.connect_timeout,
                 command_timeout=self.config.command_timeout,
@@ -164,14 +175,33 @@ class HostSession:
         """Whether this session started a run (and so may have created something)."""
         return self._run_journal is not None
 
+    def start_new_run(self) -> None:
+        """Let what follows be a new run of the journal (a rollback then undoes only what it creates)."""
+        self._run_journal = None
+
     def run_all(self, hosts: Sequence[Instance], command: str | Callable[[Instance], str], check: bool = True,
-                timeout: float | None = None) -> dict[Instance, CommandResult]:
-        """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`."""
-        return self.pool.run_all(hosts, command, check=check, timeout=timeout)
+                timeout: float | None = None, states: tuple[str, str] | None = None) -> dict[Instance, CommandResult]:
+        """Run a shell command line on ``hosts`` at once; see :meth:`SSHPool.run_all`.
+
+        ``states`` (``("installing", "installed")``): each host's progress
+        shows the first while its command runs, the second (or the failure)
+        once it ended.
+        """
+        if states is None:
+            return self.pool.run_all(hosts, command, check=check, timeout=timeout)
+        make = command if callable(command) else (lambda _host: command)
+
+        results = self.pool.map(hosts, lambda host: self._shown(
+            host, states, lambda: self.pool.run(host, make(host), timeout=timeout, check=False)))
+        failures = [result for result in results.values() if not result.ok]
+        if check and failures:
+            raise RemoteCommandError(failures)
+        return results
 
     def forget_host_keys(self, instances: Sequence[Instance]) -> None:
         """Drop the pinned keys of ``instances`` (their addresses may come back as other machines)."""
-        self.state.forget_host_keys({n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)})
+        names = {n for h in instances for n in (h.public.known_hosts_name, h.private.known_hosts_name)}
+        self.state.forget_host_keys(names | {self.pool.route(h).target.known_hosts_name for h in instances})
 
     def close(self) -> None:
         """Close the SSH connections (idempotent; they reopen on next use)."""
@@ -268,42 +298,56 @@ class HostSession:
             command = f"rm -rf -- {path}"
         self.run_all(self.hosts() if hosts is None else hosts, command)
 
-    def ssh_options(self) -> list[str]:
-        """OpenSSH options for subprocesses (rsync): the cluster's key and pinned host keys."""
-        return self._openssh_options(self.config.key, self.state.known_hosts)
+    def ssh_options(self, host: Instance) -> list[str]:
+        """OpenSSH options for subprocesses (rsync) reaching ``host`` as the pool does: same route, key, pinned host keys."""
+        config = self.config
+        return openssh_route_options(self.pool.route(host), self.state.known_hosts, config.connect_timeout,
+                                     config.keepalive_interval, config.keepalive_count, config.ssh_config)
 
     def _openssh_options(self, key: Path | str, known_hosts: Path | str) -> list[str]:
         config = self.config
         return openssh_options(key, known_hosts, config.connect_timeout, config.keepalive_interval, config.keepalive_count)
 
     def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False,
-               extra: Sequence[str] = ()) -> None:
+               extra: Sequence[str] = (), shown: tuple[str, int] | None = None) -> None:
         """rsync local ``sources`` into ``$HOME/<relative_dest>`` on ``host`` (a source ending in ``/``: its contents).
 
         ``extra`` are further rsync options, passed as separate arguments.
+        ``shown`` (``(state, total bytes)``): the host's progress shows the
+        bytes sent so far, as rsync reports them.
         """
-        self.pool.connection(host)  # pins the host key before OpenSSH checks it strictly
+        on_bytes = None
+        if shown is not None:
+            state, total = shown
+            self.on_progress(host.name, state, done=0, total=total)
+            on_bytes = lambda done: self.on_progress(host.name, state, done=min(done, total), total=total)  # noqa: E731
+        self.pool.connection(host)  # pins the host keys (jump hosts' too) before OpenSSH checks them strictly
+        target = self.pool.route(host).target
         sync.rsync_to(
             host.label,
             list(sources),
-            sync.remote_spec(self.config.username, host.endpoint, relative_dest),
-            ssh_options=self.ssh_options(),
-            port=host.endpoint.port,
+            sync.remote_spec(target.user, Endpoint(target.host, target.port), relative_dest),
+            ssh_options=self.ssh_options(host),
+            port=target.port,
             timeout=self.config.command_timeout,
             delete=delete,
             extra=extra,
+            on_bytes=on_bytes,
         )
+        if shown is not None:
+            self.on_progress(host.name, "received", done=shown[1], total=shown[1])
 
     def download(self, host: Instance, relative_source: str, local: Path) -> None:
         """rsync ``$HOME/<relative_source>`` on ``host`` to the local path ``local``."""
         self.pool.connection(host)
+        target = self.pool.route(host).target
         source = check_relative_path(relative_source, "remote path") + ("/" if relative_source.endswith("/") else "")
         sync.rsync_from(
             host.label,
-            sync.remote_spec(self.config.username, host.endpoint, source),
+            sync.remote_spec(target.user, Endpoint(target.host, target.port), source),
             local,
-            ssh_options=self.ssh_options(),
-            port=host.endpoint.port,
+            ssh_options=self.ssh_options(host),
+            port=target.port,
             timeout=self.config.command_timeout,
         )
 
@@ -324,8 +368,9 @@ class HostSession:
         self.create_dirs_on([self.require_orchestrator()], [folder])
 
         def send(giver: Instance, taker: Instance) -> CommandResult:
-            result = self.rsync_on(giver, home_path(folder + "/"), self._remote(taker, folder + "/"), delete=mirror,
-                                   quoted=True, port=taker.private.port, make_target=folder)
+            result = self._shown(taker, (f"receiving from {giver.name}", "received"), lambda: self.rsync_on(
+                giver, home_path(folder + "/"), self._remote(taker, folder + "/"), delete=mirror, quoted=True,
+                port=taker.private.port, make_target=folder))
             return evolve(result, host=f"{taker.label}, reached from {giver.label}")
 
         tree.spread(self.require_orchestrator(), factories, send, on_arrival)
@@ -348,6 +393,13 @@ class HostSession:
                     for factory, result in results.items() if not result.ok]
         if failures:
             raise RemoteCommandError(failures)
+
+    def _shown(self, host: Instance, states: tuple[str, str], run: Callable[[], CommandResult]) -> CommandResult:
+        """``run()``, the host's progress showing ``states[0]`` while it runs, then ``states[1]`` or the failure."""
+        self.on_progress(host.name, states[0])
+        result = run()
+        self.on_progress(host.name, states[1] if result.ok else f"failed (exit code {result.exit_code})")
+        return result
 
     def _remote(self, factory: Instance, path: str) -> str:
         return shlex.quote(sync.remote_spec(self.config.username, factory.private, path))

@@ -21,9 +21,12 @@ from .converters import (
     one_of,
     to_int,
     to_optional_path,
-    to_private_key_path,
+    to_optional_private_key_path,
+    to_optional_str,
+    to_proxy_jump,
     to_safe_name,
     to_seconds,
+    to_ssh_config,
     to_str,
     to_str_tuple,
     to_username,
@@ -42,10 +45,15 @@ class ClusterConfig:
 
     provider: str = field(converter=to_str, metadata={"help": "a provider name (see `flambe-cluster providers`)"})
     name: str = field(converter=to_safe_name, metadata={"help": "the cluster's name"})
-    key: Path = field(converter=to_private_key_path, metadata={"help": "the path of the SSH private key for all hosts"})
     username: str = field(converter=to_username, metadata={"help": "the user name on all hosts"})
     factories_num: int = field(converter=to_int(minimum=0), metadata={"help": "the number of factories"})
     options: Any = field(default=None)
+    key: Path | None = field(default=None, converter=to_optional_private_key_path)
+    """The SSH private key for all hosts; ``None``: the keys of ssh-agent (``SSH_AUTH_SOCK``)."""
+    ssh_config: Path | None = field(default=True, converter=to_ssh_config)
+    """The OpenSSH client configuration honoured for every host reached (``None``: none)."""
+    proxy_jump: str | None = field(default=None, converter=to_proxy_jump)
+    proxy_command: str | None = field(default=None, converter=to_optional_str)
     setup_cmds: tuple[str, ...] = field(default=(), converter=to_str_tuple)
     host_key_policy: str = field(default="accept-new", converter=one_of(*HOST_KEY_POLICIES))
     connect_timeout: float = field(default=60.0, converter=to_seconds)
@@ -58,6 +66,11 @@ class ClusterConfig:
     ray_timeout: float = field(default=120.0, converter=to_seconds)
     secrets: Path | None = field(default=None, converter=to_optional_path)
     source: str | None = field(default=None)
+
+    @proxy_command.validator
+    def _one_proxy(self, _attribute: Any, value: str | None) -> None:
+        if value is not None and self.proxy_jump is not None:
+            raise ValueError("set either proxy_jump or proxy_command, not both (OpenSSH too uses only one)")
 
 
 #: The keys of a configuration that belong to the cluster, not to the provider's options.

@@ -17,8 +17,9 @@ too.  Callers quote every value they put into a command with
 from __future__ import annotations
 
 import logging
+import os
 import select
-import socket
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -27,10 +28,13 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import paramiko
 from attrs import define, field, validators
 
-from .errors import FlambeClusterError, HostError, HostKeyError, HostsFailedError, HostUnreachableError, RemoteCommandError
+from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKeyError, HostsFailedError,
+                     HostUnreachableError, RemoteCommandError)
 from .commands import CommandResult, OutputTail, shown
-from .hostkeys import KnownHosts, VerifyNewHostKey, fingerprint
+from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
+from .sshconnect import Login, changed_key_error, open_route, stop_remote
+from .sshroute import Resolver, Route
 
 OUTPUT_LIMIT = 32 * 2**20  # bytes of each of stdout and stderr a command's result keeps (the tail)
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before a keepalive is sent
@@ -49,10 +53,12 @@ class Connection:
     client: paramiko.SSHClient
     command_timeout: float
     output_limit: int = OUTPUT_LIMIT
+    jumps: Sequence[paramiko.SSHClient] = ()  # the jump hosts' connections it goes through, closed with it
     _channels: threading.BoundedSemaphore = field(
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
     _closed_here: bool = field(init=False, default=False)  # set by close(): commands then say why they stopped
+    _running: set = field(init=False, factory=set)  # channels whose command has not ended yet
 
     @property
     def host_key(self) -> paramiko.PKey:
@@ -69,12 +75,14 @@ class Connection:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
 
         ``on_stdout`` and ``on_stderr`` get each chunk of their stream as it
         arrives (to print or follow it); whether or not they are given, the
-        result keeps only the last ``output_limit`` bytes of each stream.
+        result keeps only the last ``keep`` bytes of each stream (default
+        ``output_limit``; a caller that prints the streams needs only a little).
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
         on timeout the channel is closed and ``exit_code`` is ``None``.
@@ -86,7 +94,8 @@ class Connection:
         """
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
-            return self._run(command, timeout, stdin, OutputTail(self.output_limit, on_stdout), OutputTail(self.output_limit, on_stderr))
+            limit = self.output_limit if keep is None else keep
+            return self._run(command, timeout, stdin, OutputTail(limit, on_stdout), OutputTail(limit, on_stderr))
 
     def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail) -> CommandResult:
         deadline = time.monotonic() + timeout
@@ -94,7 +103,8 @@ class Connection:
         try:
             channel = transport.open_session(timeout=min(timeout, 30))
         except (paramiko.SSHException, OSError, AttributeError) as exc:
-            raise HostError(self.instance.label, f"the SSH connection is broken ({exc}); retry the command") from exc
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection is broken ({exc}); "
+                                      "retry the command") from exc
 
         def result(exit_code: int | None) -> CommandResult:
             return CommandResult(
@@ -102,32 +112,44 @@ class Connection:
             )
 
         with channel:
+            self._running.add(channel)
             try:
-                channel.exec_command(command)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-            except (paramiko.SSHException, OSError) as exc:
-                raise HostError(self.instance.label, f"the SSH connection broke ({exc}); retry the command") from exc
-            wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
-            while True:
-                while channel.recv_ready():
-                    out.add(channel.recv(1 << 20))
-                while channel.recv_stderr_ready():
-                    err.add(channel.recv_stderr(1 << 20))
-                if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if channel.closed or not transport.is_active():  # closed without EOF: the connection died
-                    raise self._lost(transport, command)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result(None)
-                select.select([wakeup], [], [], min(remaining, 5.0))
-            if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-                return result(None)
-            if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+                return self._wait(channel, command, deadline, stdin, out, err, result)
+            finally:
+                self._running.discard(channel)
+                if channel.exit_status == -1:  # left before it ended (timeout, interrupt): end it on the host too
+                    stop_remote(channel)
+
+    def _wait(self, channel: paramiko.Channel, command: str, deadline: float, stdin: bytes | None, out: OutputTail,
+              err: OutputTail, result: Callable[[int | None], CommandResult]) -> CommandResult:
+        transport = channel.get_transport()
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection broke ({exc}); "
+                                      "retry the command") from exc
+        wakeup = channel.fileno()  # readable when data arrives or the channel closes (then forever)
+        while True:
+            while channel.recv_ready():
+                out.add(channel.recv(1 << 20))
+            while channel.recv_stderr_ready():
+                err.add(channel.recv_stderr(1 << 20))
+            if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed or not transport.is_active():  # closed without EOF: the connection died
                 raise self._lost(transport, command)
-            return result(channel.recv_exit_status())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return result(None)
+            select.select([wakeup], [], [], min(remaining, 5.0))
+        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+            return result(None)
+        if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
+            raise self._lost(transport, command)
+        return result(channel.recv_exit_status())
 
     def _lost(self, transport: paramiko.Transport, command: str) -> HostError:
         if self._closed_here:
@@ -135,28 +157,17 @@ class Connection:
         else:
             reason = transport.get_exception()
             why = f"the host went down or stopped answering ({reason or 'the connection was closed'})"
-        return HostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
+        return ConnectionLostError(self.instance.label, f"connection lost while running {shown(command)!r}: {why}")
 
     def close(self) -> None:
-        """Close the connection; commands running on it end at once with :class:`HostError`."""
+        """Close the connection; commands running on it end at once with :class:`HostError`, and on the host
+        (see :func:`stop_remote`)."""
         self._closed_here = True
+        for channel in list(self._running):
+            stop_remote(channel)
         self.client.close()
-
-
-def _open_socket(endpoint: Endpoint, timeout: float, dead_after: float) -> socket.socket:
-    """A TCP connection to ``endpoint`` that the kernel drops when data it sent stays unacknowledged for ``dead_after`` s.
-
-    With keepalives sent after every ``keepalive_interval`` of silence there
-    is always such data when the peer is gone, so a silent partition breaks
-    the connection (and every command on it) within interval + ``dead_after``.
-    ``TCP_USER_TIMEOUT`` is Linux's; elsewhere TCP's own retransmission
-    limit applies.
-    """
-    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(dead_after * 1000)))
-    return sock
+        for jump in self.jumps:
+            jump.close()
 
 
 @define
@@ -172,11 +183,19 @@ class SSHPool:
     (``keepalive_count`` ≥ 2), and commands on it raise :class:`HostError`.
     Each command's result keeps the last ``output_limit`` bytes of its
     stdout and of its stderr.
+
+    Hosts are reached along the routes :meth:`route` resolves (see
+    :mod:`flambe_cluster.sshroute`): ``key_path`` ``None`` logs in with
+    ssh-agent's keys, ``ssh_config`` is the OpenSSH configuration honoured
+    (``None``: none), ``proxy_jump``/``proxy_command`` as OpenSSH's options.
     """
 
     username: str
-    key_path: Path
+    key_path: Path | None
     known_hosts: Path
+    ssh_config: Path | None = None
+    proxy_jump: str | None = None
+    proxy_command: str | None = None
     host_key_policy: str = "accept-new"
     connect_timeout: float = 60.0
     command_timeout: float = 1800.0
@@ -185,6 +204,7 @@ class SSHPool:
     keepalive_count: int = field(default=KEEPALIVE_COUNT, validator=validators.ge(2))
     output_limit: int = field(default=OUTPUT_LIMIT, validator=validators.gt(0))
     _known: KnownHosts = field(init=False)
+    _resolver: Resolver = field(init=False)
     _connections: dict[Endpoint, Connection] = field(init=False, factory=dict)
     _locks: dict[Endpoint, threading.Lock] = field(init=False, factory=dict)
     _guard: threading.Lock = field(init=False, factory=threading.Lock)
@@ -195,6 +215,11 @@ class SSHPool:
 
     def __attrs_post_init__(self) -> None:
         self._known = KnownHosts(self.known_hosts, self.host_key_policy)
+        self._resolver = Resolver(self.username, self.key_path, self.ssh_config, self.proxy_jump, self.proxy_command)
+
+    def route(self, instance: Instance) -> Route:
+        """How ``instance`` is reached (resolved once); :class:`UsageError` for an unusable OpenSSH configuration."""
+        return self._resolver.route(instance.endpoint)
 
     def connection(self, instance: Instance, deadline: float | None = None) -> Connection:
         """The open connection to ``instance``, connecting first if needed.
@@ -221,7 +246,8 @@ class SSHPool:
             return connection
 
     def _connect(self, instance: Instance, deadline: float) -> Connection:
-        endpoint = instance.endpoint
+        route = self.route(instance)
+        target = route.target
         last_error = "no attempt made"
         delay = 0.2
         generation = self._generation
@@ -232,55 +258,33 @@ class SSHPool:
             if remaining <= 0:
                 raise HostUnreachableError(
                     instance.label,
-                    f"no SSH login as {self.username!r} within {self.connect_timeout:g} s (last error: {last_error}). "
+                    f"no SSH login as {target.user!r} within {self.connect_timeout:g} s (last error: {last_error}). "
                     "Check that the host is up, reachable from here, and accepts the cluster's key.",
                 )
-            client = paramiko.SSHClient()
-            self._known.load_into(client, instance.label)
-            client.set_missing_host_key_policy(
-                VerifyNewHostKey(self._known, instance.label, lambda: self.vouched_keys(instance))
-            )
+            login = Login(self._known, min(remaining, 10.0), self.keepalive_interval,
+                          self.keepalive_interval * (self.keepalive_count - 1))
             try:
                 with self._handshakes:
-                    dead_after = self.keepalive_interval * (self.keepalive_count - 1)
-                    sock = _open_socket(endpoint, timeout=min(remaining, 10.0), dead_after=dead_after)
-                    client.connect(
-                        endpoint.host,
-                        port=endpoint.port,
-                        username=self.username,
-                        key_filename=str(self.key_path),
-                        sock=sock,
-                        timeout=min(remaining, 10.0),
-                        banner_timeout=min(remaining, 10.0),
-                        auth_timeout=min(remaining, 10.0),
-                        allow_agent=False,
-                        look_for_keys=False,
-                    )
-                client.get_transport().set_keepalive(self.keepalive_interval)
-                return Connection(instance, client, self.command_timeout, self.output_limit)
+                    client, jumps = open_route(route, instance.label, login, lambda: self.vouched_keys(instance))
+                return Connection(instance, client, self.command_timeout, self.output_limit, jumps)
             except HostKeyError:
-                client.close()
                 raise
             except paramiko.BadHostKeyException as exc:
-                client.close()
-                name = endpoint.known_hosts_name
+                name = target.known_hosts_name
                 if self._known.replace_vouched(name, exc.key, self.vouched_keys(instance)):
                     logger.warning("%s: host key changed from %s to %s, which the provider vouches for (the instance "
                                    "was replaced at the same address); pinned the new key in %s", instance.label,
                                    fingerprint(exc.expected_key), fingerprint(exc.key), self.known_hosts)
                     continue
-                raise HostKeyError(
-                    instance.label,
-                    f"HOST KEY CHANGED: {self.known_hosts} pins {fingerprint(exc.expected_key)}, but the host now "
-                    f"presents {fingerprint(exc.key)}. Nothing was run on it. If the host was rebuilt on purpose, "
-                    f"forget the old key with `{self._known.removal_hint(name)}` and retry; otherwise someone may "
-                    "be intercepting the connection.",
-                ) from exc
+                raise changed_key_error(instance.label, self._known, name, exc) from exc
+            except paramiko.PasswordRequiredException as exc:  # retrying cannot help: nothing may prompt
+                keys = ", ".join(str(path) for hop in route.hops for path in hop.identities)
+                raise HostUnreachableError(instance.label, f"a key is protected by a passphrase and no ssh-agent "
+                                           f"holds it ({keys}); load it with ssh-add") from exc
             except paramiko.AuthenticationException as exc:
-                client.close()
-                last_error = f"authentication failed with key {self.key_path} ({exc})"
+                keys = ", ".join(str(path) for path in target.identities) or "the keys of ssh-agent"
+                last_error = f"authentication failed with {keys} ({exc})"
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                client.close()
                 last_error = str(exc) or type(exc).__name__
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
@@ -290,7 +294,11 @@ class SSHPool:
 
         Every failure is collected: one failing host raises its own error;
         several raise :class:`HostsFailedError` (or one
-        :class:`RemoteCommandError` when all are command failures).
+        :class:`RemoteCommandError` when all are command failures).  A host
+        whose connection is lost (:class:`ConnectionLostError`) ends the wait
+        at once: its error is raised without waiting for the other hosts,
+        whose actions the caller ends by closing the pool (the operation has
+        failed; a lost host must not wait for the others' long commands).
 
         Each action runs in a daemon thread of its own: an interrupt
         (KeyboardInterrupt) of the calling thread leaves ``map`` at once
@@ -299,18 +307,29 @@ class SSHPool:
         """
         instances = list(instances)
         outcomes: dict[Instance, tuple[T | None, BaseException | None]] = {}
+        finished = threading.Condition()
 
         def work(instance: Instance) -> None:
             try:
-                outcomes[instance] = (action(instance), None)
+                outcome: tuple[T | None, BaseException | None] = (action(instance), None)
             except BaseException as exc:  # handed to the calling thread below
-                outcomes[instance] = (None, exc)
+                outcome = (None, exc)
+            with finished:
+                outcomes[instance] = outcome
+                finished.notify()
+
+        def lost() -> ConnectionLostError | None:
+            return next((e for _, e in outcomes.values() if isinstance(e, ConnectionLostError)), None)
 
         threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True) for i in instances]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        with finished:
+            while len(outcomes) < len(instances) and lost() is None:
+                finished.wait(1.0)  # a timeout keeps the wait interruptible (Ctrl-C)
+            error_lost = lost() if len(outcomes) < len(instances) else None
+        if error_lost is not None:
+            raise error_lost
         results: dict[Instance, T] = {}
         errors: list[FlambeClusterError] = []
         for instance in instances:
@@ -320,17 +339,24 @@ class SSHPool:
             elif isinstance(error, FlambeClusterError):
                 errors.append(error)
             elif isinstance(error, (paramiko.SSHException, OSError, EOFError)):
-                errors.append(HostError(instance.label, f"the SSH connection broke ({error!r})"))
+                errors.append(ConnectionLostError(instance.label, f"connection lost: the SSH connection broke ({error!r})"))
             else:
                 raise error
         if errors:
             raise _combine(errors)
         return results
 
-    def connect_all(self, instances: Iterable[Instance]) -> None:
-        """Open connections to all instances at once, with one shared deadline."""
+    def connect_all(self, instances: Iterable[Instance], progress: Callable[[str, str], None] | None = None) -> None:
+        """Open connections to all instances at once, with one shared deadline; ``progress(name, state)`` follows each."""
         deadline = time.monotonic() + self.connect_timeout
-        self.map(instances, lambda instance: self.connection(instance, deadline))
+        report = progress or (lambda _name, _state: None)
+
+        def connect(instance: Instance) -> None:
+            report(instance.name, "connecting over SSH")
+            self.connection(instance, deadline)
+            report(instance.name, "connected")
+
+        self.map(instances, connect)
 
     def run(
         self,
@@ -342,10 +368,11 @@ class SSHPool:
         stdin: bytes | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        keep: int | None = None,
     ) -> CommandResult:
         """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
         result = self.connection(instance).run(
-            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr
+            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep
         )
         return result.check() if check else result
 
@@ -396,16 +423,63 @@ def _combine(errors: list[FlambeClusterError]) -> FlambeClusterError:
 
 
 def openssh_options(
-    key_path: Path,
-    known_hosts: Path,
+    key_path: Path | str,
+    known_hosts: Path | str,
     connect_timeout: float,
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_count: int = KEEPALIVE_COUNT,
 ) -> list[str]:
-    """OpenSSH client options matching the pool: same key, same pinned host keys, same keepalives, no prompts."""
+    """OpenSSH client options matching the pool, for a host reached directly with one key (host to host)."""
+    return [*_identity_options((key_path,)), *_checked_options(known_hosts, connect_timeout, keepalive_interval,
+                                                               keepalive_count)]
+
+
+def openssh_route_options(
+    route: Route,
+    known_hosts: Path | str,
+    connect_timeout: float,
+    keepalive_interval: float = KEEPALIVE_INTERVAL,
+    keepalive_count: int = KEEPALIVE_COUNT,
+    config_file: Path | None = None,
+) -> list[str]:
+    """OpenSSH client options reaching ``route.target`` as the pool does (the caller adds ``-p``, user and host).
+
+    The same keys (none: ssh-agent's), pinned host keys and keepalives, no
+    prompts; ``-F`` the configuration the pool honoured (``None``:
+    ``/dev/null``, none).  The proxy is spelled out as a ``ProxyCommand``
+    (``none`` without one): through jump hosts, an ``ssh -W`` with these
+    same options, nested for a chain (OpenSSH's own ``ProxyJump`` would not
+    pass the pinned host keys on to the jump hosts).
+    """
+    checked = [
+        "-F", str(config_file or os.devnull),
+        *_checked_options(known_hosts, connect_timeout, keepalive_interval, keepalive_count),
+    ]
+    return _route_options(route, checked)
+
+
+def _route_options(route: Route, checked: list[str]) -> list[str]:
+    via, target = route.via, route.target
+    if via is not None:
+        jump = via.target
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        proxy = shlex.join(["ssh", *_route_options(via, checked), "-p", str(jump.port), "-l", jump.user,
+                            "-W", f"{host}:{target.port}", jump.host])
+    else:
+        proxy = route.proxy_command or "none"
+    escaped = proxy if proxy == "none" else proxy.replace("%", "%%")  # OpenSSH expands %-tokens once more
+    return [*_identity_options(target.identities), "-o", f"ProxyCommand={escaped}", *checked]
+
+
+def _identity_options(identities: Sequence[Path | str]) -> list[str]:
+    if not identities:
+        return ["-o", "IdentitiesOnly=no"]  # ssh-agent's keys
+    return [*(word for path in identities for word in ("-i", str(path))), "-o", "IdentitiesOnly=yes"]
+
+
+def _checked_options(known_hosts: Path | str, connect_timeout: float, keepalive_interval: float,
+                     keepalive_count: int) -> list[str]:
     return [
-        "-i", str(key_path),
-        "-o", "IdentitiesOnly=yes",
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={known_hosts}",

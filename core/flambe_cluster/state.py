@@ -1,8 +1,9 @@
 """The local state of a cluster: one folder per cluster on the client.
 
 It holds the pinned host keys (``known_hosts``), the per-cluster key pair,
-the journal of every resource a run created, and the lock that keeps two
-processes from changing the same cluster at once.  The folder is
+the journal of every resource a run created, the path of the cluster's
+configuration file (remembered by ``up``, for ``list``), and the lock that
+keeps two processes from changing the same cluster at once.  The folder is
 ``$FLAMBE_CLUSTER_HOME/clusters/<name>`` (default ``~/.flambe-cluster``), or
 ``<state_dir>/<name>`` when the configuration sets ``state_dir``.
 """
@@ -179,6 +180,35 @@ class Journal:
              "details": resource.details, "time": time.time()}
         )
 
+    def forget_instances(self, instance_ids: set[str]) -> None:
+        """Forget instances released one by one (a resize), leaving what else the records hold.
+
+        A live record of one of them (its id, or ``details["instance_id"]``)
+        is marked destroyed; a record of several (``details["instance_ids"]``,
+        one launch) is written again, by the same run, with the others only —
+        or marked destroyed when none is left.
+        """
+        live: dict[tuple[str, str], dict] = {}
+        for entry in self.entries():
+            key = (entry["kind"], entry["id"])
+            if entry["event"] == "created":
+                live[key] = entry
+            elif entry["event"] == "destroyed":
+                live.pop(key, None)
+        for (kind, resource_id), entry in live.items():
+            details = entry.get("details") or {}
+            several = list(details.get("instance_ids") or ())
+            left = [i for i in several if i not in instance_ids]
+            if resource_id in instance_ids or details.get("instance_id") in instance_ids or (several and not left):
+                self.record_destroyed([CreatedResource(kind, resource_id)], run_id=entry["run"])
+            elif len(left) < len(several):
+                self.record_created(entry["run"], CreatedResource(kind, resource_id, {**details, "instance_ids": left}))
+
+    def note(self, run_id: str, action: str, details: dict) -> None:
+        """Record an action that created nothing by itself (a watch's: a factory lost, replaced, ...)."""
+        self._append({"event": "watch", "run": run_id, "kind": "watch", "id": action, "action": action,
+                      "details": details, "time": time.time()})
+
     def record_destroyed(self, resources: list[CreatedResource], run_id: str | None = None) -> None:
         """Mark ``resources`` as gone (rolled back or terminated)."""
         for resource in resources:
@@ -214,6 +244,29 @@ class ClusterState:
     def for_cluster(cls, name: str, state_dir: Path | None = None) -> "ClusterState":
         base = state_dir if state_dir is not None else state_home() / "clusters"
         return cls(base / name)
+
+    @classmethod
+    def every_cluster(cls) -> "list[ClusterState]":
+        """The state folders of the state home (``state_home()/clusters``), sorted by name.
+
+        Clusters whose configuration sets ``state_dir`` keep their state
+        elsewhere and are not among them.
+        """
+        base = state_home() / "clusters"
+        return [cls(path) for path in sorted(base.iterdir()) if path.is_dir()] if base.is_dir() else []
+
+    def remember_config(self, path: str | os.PathLike[str]) -> None:
+        """Remember the absolute path of the cluster's configuration file."""
+        self.ensure()
+        write_private(self.root / "config_path", f"{Path(path).resolve()}\n".encode())
+
+    @property
+    def config_path(self) -> Path | None:
+        """The configuration file :meth:`remember_config` remembered (``None`` when none was)."""
+        try:
+            return Path((self.root / "config_path").read_text().strip())
+        except FileNotFoundError:
+            return None
 
     def ensure(self) -> "ClusterState":
         """Create the folder (and parents) if missing; returns self."""
@@ -293,12 +346,16 @@ class ClusterState:
             os.close(fd)
 
 
-def public_key_line(key_path: Path) -> str:
+def public_key_line(key_path: Path | None) -> str:
     """``"ssh-ed25519 AAAA..."``: the public half of the private key at ``key_path``.
 
     Derived from the private key; an encrypted key needs its public key next
-    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise.
+    to it (``<key>.pub``).  Raises ``ValueError`` saying what to do otherwise,
+    also for no key (``None``: a cluster whose logins use ssh-agent's keys).
     """
+    if key_path is None:
+        raise ValueError("this provider authorises your public key on the hosts it makes: set `key` to your "
+                         "private key (its public half is read from it or from <key>.pub)")
     data = key_path.read_bytes()
     key = None
     for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):

@@ -10,16 +10,24 @@ shell, so any file name is passed as data.
 
 from __future__ import annotations
 
+import logging
+import re
 import shlex
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import FlambeClusterError, HostError
 from .records import Endpoint
 
 RSYNC_FLAGS = ("--archive", "--protect-args", "--partial")
 IO_TIMEOUT = 120  # seconds without any data before rsync gives up
+#: Sending more than this many MB logs a warning.
+UPLOAD_WARN_LIMIT_MB = 10
+
+logger = logging.getLogger(__name__)
 
 
 def remote_spec(username: str, endpoint: Endpoint, path: str) -> str:
@@ -73,20 +81,55 @@ def rsync_to(
     timeout: float,
     delete: bool = False,
     extra: Sequence[str] = (),
+    on_bytes: Callable[[int], None] | None = None,
 ) -> None:
     """Copy local ``sources`` to ``destination`` (``user@host:path``) with rsync (``extra``: more options).
 
     A source given as a string ending in ``/`` sends the folder's contents
-    (rsync's convention); any other source is sent as itself.
+    (rsync's convention); any other source is sent as itself.  ``on_bytes``
+    is called with the bytes sent so far as rsync reports them
+    (``--info=progress2``), from this thread.
 
     Raises :class:`HostError` naming the host, rsync's exit code and the tail
     of its stderr.
     """
-    argv = rsync_command(
-        [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources], destination,
-        ssh_options=ssh_options, port=port, delete=delete, extra=extra,
-    )
-    _run_rsync(host_label, argv, timeout)
+    if on_bytes is not None:
+        extra = [*extra, "--info=progress2", "--no-human-readable"]
+    argv = rsync_command(_source_args(sources), destination, ssh_options=ssh_options, port=port, delete=delete,
+                         extra=extra)
+    if on_bytes is None:
+        _run_rsync(host_label, argv, timeout)
+    else:
+        _run_rsync_reporting(host_label, argv, timeout, on_bytes)
+
+
+def _source_args(sources: Sequence[Path | str]) -> list[str]:
+    """Absolute source paths, keeping a trailing ``/`` (rsync's "the folder's contents")."""
+    return [str(Path(s).absolute()) + ("/" if str(s).endswith("/") else "") for s in sources]
+
+
+def shipped_bytes(sources: Sequence[Path | str], extra: Sequence[str] = ()) -> int:
+    """The bytes of the regular files that :func:`rsync_to` with the same ``sources`` and ``extra`` sends.
+
+    Asks rsync itself (``--list-only``), so filters and excludes in
+    ``extra`` count exactly as in the transfer.
+    """
+    argv = ["rsync", "--archive", "--list-only", "--no-human-readable", *extra, "--", *_source_args(sources)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
+    if done.returncode != 0:
+        raise FlambeClusterError(f"rsync could not list {', '.join(map(str, sources))}: {done.stderr.strip()}")
+    return sum(int(line.split()[1].replace(",", "")) for line in done.stdout.splitlines() if line.startswith("-"))
+
+
+def warn_if_large(sources: Sequence[Path | str], extra: Sequence[str] = ()) -> None:
+    """Log a warning when what :func:`rsync_to` would send exceeds :data:`UPLOAD_WARN_LIMIT_MB`."""
+    size_mb = shipped_bytes(sources, extra) / 2**20
+    if size_mb > UPLOAD_WARN_LIMIT_MB:
+        logger.warning("Uploading %.1f MB to the cluster (more than %d MB); this may take a while.",
+                       size_mb, UPLOAD_WARN_LIMIT_MB)
 
 
 def rsync_from(
@@ -107,3 +150,46 @@ def _run_rsync(host_label: str, argv: list[str], timeout: float) -> None:
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-10:])
         raise HostError(host_label, f"rsync failed with exit code {done.returncode}: {tail}")
+
+
+#: A progress line of ``--info=progress2``: the bytes sent so far come first (``  1,234,567  12%  ...``).
+_PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
+
+
+def _run_rsync_reporting(host_label: str, argv: list[str], timeout: float, on_bytes: Callable[[int], None]) -> None:
+    """:func:`_run_rsync`, reading rsync's progress lines as they come and passing their byte counts to ``on_bytes``."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            pending = b""
+            assert process.stdout is not None
+            while chunk := process.stdout.read1(65536):
+                *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+                for line in lines:
+                    match = _PROGRESS.match(line)
+                    if match:
+                        on_bytes(int(match.group(1).replace(b",", b"")))
+            code = process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:  # an interrupt: rsync stops with this command
+                process.kill()
+                process.wait()
+        if expired.is_set():
+            raise HostError(host_label, f"rsync did not finish within {timeout:g} s")
+        if code != 0:
+            errors.seek(0)
+            tail = "\n".join(errors.read().decode(errors="replace").strip().splitlines()[-10:])
+            raise HostError(host_label, f"rsync failed with exit code {code}: {tail}")

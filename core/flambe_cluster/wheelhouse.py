@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import Requirement
@@ -86,11 +86,35 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_pip(args: Sequence[str], what: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise FlambeClusterError(f"{what} failed on this machine (pip exit code {done.returncode}):\n{tail}")
+#: The lines of pip's output that say what it is fetching (passed on as progress).
+PIP_PROGRESS = ("Collecting ", "Downloading ", "Processing ")
+
+
+def _run_pip(args: Sequence[str], what: str, on_line: Callable[[str], None] | None = None) -> None:
+    """Run pip; ``on_line`` gets each of its :data:`PIP_PROGRESS` lines as it comes (run pip without ``-q`` then)."""
+    argv = [sys.executable, "-m", "pip", *args]
+    if on_line is None:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        code, stderr = done.returncode, done.stderr
+    else:
+        with tempfile.TemporaryFile("w+") as errors:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True)
+            try:
+                for line in process.stdout or ():
+                    if line.strip().startswith(PIP_PROGRESS):
+                        verb, _, rest = line.strip().partition(" ")
+                        thing, _, size = rest.partition(" ")  # a requirement, file or URL; "(67.1 MB)"
+                        on_line(f"{verb.lower()} {thing.rstrip('/').split('/')[-1]} {size}".rstrip())
+                code = process.wait()
+            finally:
+                if process.poll() is None:  # an interrupt: pip stops with this command
+                    process.kill()
+                    process.wait()
+            errors.seek(0)
+            stderr = errors.read()
+    if code != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        raise FlambeClusterError(f"{what} failed on this machine (pip exit code {code}):\n{tail}")
 
 
 def build_self_wheel(out_dir: Path) -> Path:
@@ -157,8 +181,11 @@ def runtime_requirements() -> list[str]:
     return sorted(requirements)
 
 
-def gather(platform: HostPlatform, requirements: Sequence[str], local_wheels: Sequence[Path] = ()) -> Path:
+def gather(platform: HostPlatform, requirements: Sequence[str], local_wheels: Sequence[Path] = (),
+           on_line: Callable[[str], None] | None = None) -> Path:
     """A folder holding wheels for ``requirements`` (and ``local_wheels``' dependencies) on ``platform``.
+
+    ``on_line`` gets pip's lines saying what it collects and downloads.
 
     Downloaded once per (platform, requirement set); a completed folder is
     reused without asking any package index.  Raises
@@ -174,9 +201,10 @@ def gather(platform: HostPlatform, requirements: Sequence[str], local_wheels: Se
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     _run_pip(
-        ["download", "-q", "--disable-pip-version-check", "--dest", str(folder), *platform.pip_download_args(),
-         *requirements, *(str(p) for p in local_wheels)],
+        ["download", *([] if on_line else ["-q"]), "--disable-pip-version-check", "--progress-bar", "off",
+         "--dest", str(folder), *platform.pip_download_args(), *requirements, *(str(p) for p in local_wheels)],
         f"gathering wheels for the hosts ({platform.tag}: {', '.join(requirements) or 'local packages'})",
+        on_line,
     )
     done.write_text(json.dumps({"requirements": sorted(requirements), "platform": platform.tag}))
     return folder

@@ -1,7 +1,7 @@
 """A small hyperparameter sweep run as Ray tasks across the cluster's factories.
 
-Submitted to a flambe cluster (``flambe-cluster submit CONFIG examples/sweep
---ext scikit-learn``), it trains support-vector classifiers on scikit-learn's
+Submitted to a flambe cluster (``flambe-cluster submit CONFIG --ext scikit-learn
+examples/sweep``), it trains support-vector classifiers on scikit-learn's
 bundled handwritten-digits data set over a grid of ``C`` and ``gamma``, one
 Ray task per trial, spread over the factories.  Each trial writes its result
 on the factory that ran it (``~/flambe-output/sweep/trial-N.json``); the

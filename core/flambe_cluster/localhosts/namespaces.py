@@ -85,6 +85,9 @@ class NamespaceNetwork:
     login user (created if missing); ``authorized_keys`` public-key lines put in
     every host's ``~/.ssh/authorized_keys``; host ``i`` gets address
     ``<subnet> + first_host_octet + i``, the bridge ``<subnet> + 1``;
+    ``routed`` False leaves the bridge without an address, so this machine
+    (the root namespace) has no route to the hosts: only a host that
+    :meth:`attach` also puts on another network reaches them (a bastion);
     ``workdir`` the folder for the per-host folders (default: a fresh
     ``mkdtemp`` under the temp dir, mode 0755, removed by close(); a given
     workdir is created if missing and removed by close() only if it was
@@ -102,6 +105,7 @@ class NamespaceNetwork:
     authorized_keys: list[str] = field(default=(), kw_only=True, converter=list)
     first_host_octet: int = field(default=10, kw_only=True)
     workdir: Path | None = field(default=None, kw_only=True)
+    routed: bool = field(default=True, kw_only=True)
 
     hosts: list[NamespaceHost] = field(factory=list, init=False)
     """The running hosts, in order (``hosts[i].name == f"h{i}"``)."""
@@ -109,12 +113,13 @@ class NamespaceNetwork:
     """The bridge's interface name in the root namespace."""
     gateway: str = field(default="", init=False)
     """The bridge's address, e.g. ``"10.213.7.1"`` — the root namespace's address on
-    the hosts' network."""
+    the hosts' network (reserved, but not set, when not ``routed``)."""
 
     _suffix: str = field(default="", init=False, repr=False)
     _network: ipaddress.IPv4Network | None = field(default=None, init=False, repr=False)
     _created_workdir: bool = field(default=False, init=False, repr=False)
     _host_dirs: list[Path] = field(factory=list, init=False, repr=False)
+    _attached: list[str] = field(factory=list, init=False, repr=False)  # addresses of hosts of other networks
     _all_hosts: list[NamespaceHost] = field(factory=list, init=False, repr=False)
     _netns_made: list[str] = field(factory=list, init=False, repr=False)
     _links_made: list[str] = field(factory=list, init=False, repr=False)
@@ -173,7 +178,8 @@ class NamespaceNetwork:
             # A fixed MAC: otherwise the bridge takes its ports' lowest MAC, which changes.
             mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
             run(["ip", "link", "set", "dev", self.bridge, "address", mac])
-            run(["ip", "addr", "add", f"{self.gateway}/{self._network.prefixlen}", "dev", self.bridge])
+            if self.routed:
+                run(["ip", "addr", "add", f"{self.gateway}/{self._network.prefixlen}", "dev", self.bridge])
             run(["ip", "link", "set", "dev", self.bridge, "up"])
 
     def _check_workdir(self, user_home: Path) -> None:
@@ -192,10 +198,7 @@ class NamespaceNetwork:
         assert self._network is not None and self.workdir is not None
         idx = len(self._all_hosts)
         name = f"h{idx}"
-        address = self._network.network_address + self.first_host_octet + idx
-        if (address not in self._network or address == self._network.broadcast_address
-                or str(address) == self.gateway or address == self._network.network_address):
-            raise LocalHostsError(f"no address left in {self._network} for host {name}")
+        address = self._next_address(name)
         netns = f"{_NETNS_PREFIX}{self._suffix}-{name}"
         veth = f"{_VETH_PREFIX}{self._suffix[:4]}{idx}"
         if len(veth) > _IFNAMSIZ:
@@ -238,12 +241,43 @@ class NamespaceNetwork:
 
         host = self.host_class(
             name=name, address=str(address), port=22, username=self.username, home=home,
-            netns=netns, veth=veth, host_key_path=key_path,
+            netns=netns, veth=veth, host_key_path=key_path, reachable=self.routed,
         )
         self._all_hosts.append(host)
         host.start()
         self.hosts.append(host)
         return host
+
+    def _next_address(self, name: str) -> ipaddress.IPv4Address:
+        assert self._network is not None
+        address = self._network.network_address + self.first_host_octet + len(self._all_hosts) + len(self._attached)
+        if (address not in self._network or address == self._network.broadcast_address
+                or str(address) == self.gateway or address == self._network.network_address):
+            raise LocalHostsError(f"no address left in {self._network} for host {name}")
+        return address
+
+    def attach(self, host: NamespaceHost) -> str:
+        """Put ``host`` (running, of another network) on this network too and return its address here.
+
+        The host gets a second interface (named after this bridge) with the
+        next free address; its sshd keeps listening on its first address
+        only, but everything on the host reaches this network's hosts.
+        :meth:`close` removes the interface.
+        """
+        if self._closed:
+            raise LocalHostsError(f"network {self.bridge} is closed")
+        assert self._network is not None
+        address = self._next_address(f"{host.name} of {host.netns}")
+        veth = f"{_VETH_PREFIX}{self._suffix[:4]}a{len(self._attached)}"
+        self._attached.append(str(address))
+        self._links_made.append(veth)
+        run(["ip", "link", "add", "name", veth, "type", "veth", "peer", "name", self.bridge, "netns", host.netns])
+        run(["ip", "link", "set", "dev", veth, "master", self.bridge])
+        run(["ip", "link", "set", "dev", veth, "up"])
+        inside = ["ip", "-n", host.netns]
+        run(inside + ["addr", "add", f"{address}/{self._network.prefixlen}", "dev", self.bridge])
+        run(inside + ["link", "set", "dev", self.bridge, "up"])
+        return str(address)
 
     def authorize(self, public_key_line: str) -> None:
         """Append one public-key line (``'ssh-ed25519 AAAA... comment'``) to every

@@ -92,6 +92,8 @@ class NamespaceHost:
     """The root-namespace end of the host's veth pair, a port of the bridge."""
     host_key_path: Path
     """The host's ed25519 private host key (``.pub`` next to it)."""
+    reachable: bool = field(default=True, kw_only=True)
+    """Whether the root namespace reaches the host (False: :meth:`start` checks sshd from inside the host)."""
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _sshd_pid: int | None = field(default=None, init=False, repr=False)
 
@@ -130,7 +132,7 @@ class NamespaceHost:
     def start(self) -> None:
         """Start sshd (same key, same home); a no-op when it is running. Returns once
         a TCP connection from the root namespace to ``address:port`` reads an SSH
-        banner; otherwise stops what it started and raises LocalHostsError with
+        banner (read inside the host when it is not :attr:`reachable`); otherwise stops what it started and raises LocalHostsError with
         the last line of ``sshd.log``."""
         if self.is_running():
             return
@@ -147,7 +149,7 @@ class NamespaceHost:
         self._sshd_pid = None
         try:
             wait_for_sshd(self._process, self.address, self.port, f"local host {self.name} ({self.netns})",
-                          self.log_path)
+                          self.log_path, netns=None if self.reachable else self.netns)
         except BaseException:
             self.stop()
             raise

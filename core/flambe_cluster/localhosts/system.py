@@ -72,6 +72,16 @@ def read_banner(address: str, port: int, timeout: float) -> bytes:
         return data
 
 
+def read_banner_in(netns: str, address: str, port: int, timeout: float) -> bytes:
+    """The first bytes an SSH server sends, read from inside the network namespace ``netns`` (bash's ``/dev/tcp``)."""
+    script = 'exec 3<>"/dev/tcp/$0/$1" && head -c 4 <&3'
+    argv = ["ip", "netns", "exec", netns, "timeout", f"{timeout:g}", "bash", "-c", script, address, str(port)]
+    done = subprocess.run(argv, capture_output=True, timeout=timeout + 5, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise OSError(f"no banner from {address}:{port} in {netns}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
 def process_is(pid: int, comm: str) -> bool:
     """Whether ``pid`` is a live (not zombie) process named ``comm``; reaps it if it is our dead child."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -113,9 +123,11 @@ def last_line(path: Path) -> str:
     return next((line for line in reversed(lines) if line), "empty")
 
 
-def wait_for_sshd(process: subprocess.Popen, address: str, port: int, what: str, log_path: Path) -> None:
-    """Return once ``address:port`` sends an SSH banner; raise LocalHostsError when
-    ``process`` exits first or no banner comes within :data:`START_DEADLINE_S`."""
+def wait_for_sshd(process: subprocess.Popen, address: str, port: int, what: str, log_path: Path,
+                  netns: str | None = None) -> None:
+    """Return once ``address:port`` sends an SSH banner (read from inside the network
+    namespace ``netns`` when given); raise LocalHostsError when ``process`` exits
+    first or no banner comes within :data:`START_DEADLINE_S`."""
     deadline = time.monotonic() + START_DEADLINE_S
     last_error = "no attempt"
     while True:
@@ -128,7 +140,10 @@ def wait_for_sshd(process: subprocess.Popen, address: str, port: int, what: str,
             raise LocalHostsError(f"{what}: no SSH banner from {address}:{port} within {START_DEADLINE_S:g} s "
                                   f"(last: {last_error}); last line of {log_path}: {last_line(log_path)}")
         try:
-            banner = read_banner(address, port, min(1.0, remaining))
+            if netns is None:
+                banner = read_banner(address, port, min(1.0, remaining))
+            else:
+                banner = read_banner_in(netns, address, port, min(1.0, remaining))
             if banner.startswith(b"SSH-"):
                 return
             last_error = f"unexpected banner {banner[:60]!r}"

@@ -29,7 +29,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Sequence
 
 from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 
@@ -166,11 +168,15 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
     return 0
 
 
-def nodes(address: str) -> int:
-    """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON."""
-    import socket
+def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int:
+    """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON.
 
-    from ray._raylet import GcsClient
+    With ``workers`` (addresses), ask again every 0.2 s, for up to
+    ``within`` seconds, until the alive workers are exactly those, then
+    print the last answer: Ray is imported once for all the questions (the
+    import is what a question costs on a small host).
+    """
+    import socket
 
     host, _, port = address.rpartition(":")
     try:  # a head that is not listening fails here at once; the GCS client would retry for a minute
@@ -178,19 +184,25 @@ def nodes(address: str) -> int:
     except OSError as exc:
         print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
         return 4
+    from ray._raylet import GcsClient
+
+    deadline = time.monotonic() + within
     try:
-        infos = GcsClient(address=address).get_all_node_info(timeout=10)
+        client = GcsClient(address=address)
+        while True:
+            result = [{
+                "ip": info.node_manager_address,
+                "alive": info.state == 0,
+                "head": bool(info.is_head_node),
+                "resources": {k: v for k, v in info.resources_total.items() if "node:" not in k},
+            } for info in client.get_all_node_info(timeout=10).values()]
+            alive = sorted(n["ip"] for n in result if n["alive"] and not n["head"])
+            if alive == sorted(workers) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
     except Exception as exc:  # noqa: BLE001 - any failure means the head does not answer
         print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
         return 4
-    result = []
-    for info in infos.values():
-        result.append({
-            "ip": info.node_manager_address,
-            "alive": info.state == 0,
-            "head": bool(info.is_head_node),
-            "resources": {k: v for k, v in info.resources_total.items() if "node:" not in k},
-        })
     print(json.dumps(result))
     return 0
 
@@ -204,8 +216,9 @@ def main(argv: list[str]) -> int:
     if command == "stop":
         cluster, node_ip = rest
         return stop(MARKERS, cluster, node_ip)
-    if command == "nodes":
-        return nodes(rest[0])
+    if command == "nodes":  # nodes ADDRESS [WITHIN WORKER...]
+        address, *wait = rest
+        return nodes(address, float(wait[0]), wait[1:]) if wait else nodes(address)
     print(f"unknown command {command!r}", file=sys.stderr)
     return 2
 

@@ -6,7 +6,7 @@
     provider: aws
     name: my-cluster
     factories_num: 2
-    factories_type: g4dn.xlarge          # GPUs counted from the type, no SSH round trip
+    factories_type: g4dn.xlarge          # a GPU type: the default image carries the NVIDIA driver
     orchestrator_type: m5.large
     key_name: my-key                     # EC2 key pair ...
     key: ~/.ssh/my-key.pem               # ... and its private key here
@@ -19,7 +19,9 @@
     volume_type: gp2                     # gp2 | gp3 | io1 (io1: 3000 IOPS, at most 50 per GiB)
     volume_size: 100                     # GiB, root volume
     orchestrator_ami: <newest Ubuntu LTS, looked up>
-    factory_ami: <newest Ubuntu LTS, looked up>
+    factory_ami: <newest Ubuntu LTS, looked up; for GPU types the newest Deep Learning Base OSS Nvidia Driver GPU AMI>
+    factories_spot: false                # factories as one-time spot instances (the orchestrator is always on-demand)
+    factories_spot_max_price: null       # USD per hour a factory may cost at most (default: the on-demand price)
     dedicated: false                     # dedicated tenancy
     orchestrator_timeout: -1             # idle auto-termination: -1 never, 0 when the job ends, N idle hours
     factories_timeout: 1
@@ -44,24 +46,35 @@ What it guarantees:
   instances of the cluster are started (with a warning), never duplicated;
   instances beyond the count asked for are reported as likely leaks and
   left alone.
+- **Resize**: a lower ``factories_num`` terminates the factories launched
+  last (their alarms deleted first); a higher one launches only the new ones.
 - **Rollback**: a failed or interrupted ``up`` terminates exactly the
   instances this run launched (and stops those it started), and waits.
   ``down`` terminates every instance of the cluster, deletes its alarms and
   waits until they are terminated.
 - **Idle auto-termination** with CloudWatch alarms (see :mod:`.alarms`).
-- **GPUs** are counted from the instance type (DescribeInstanceTypes).
+- **Sweep** (``list --provider aws --region R``): the clusters with live
+  instances tagged ``flambe-cluster:cluster`` in the region, each with the
+  ``aws ec2 terminate-instances`` line that removes them.
+- **GPUs**: the default image of a GPU type (DescribeInstanceTypes) carries
+  the NVIDIA driver (see :func:`.catalog.default_image`); Ray is told about
+  the GPUs ``nvidia-smi`` sees, and ``up`` fails naming a factory whose type
+  promises GPUs it does not see.
+- **Spot factories** (``factories_spot``) are one-time spot requests that
+  EC2 terminates when it interrupts them; the cluster then lacks that
+  factory (``status`` says so) until ``up`` replaces it.
 - **Host keys** the instance printed on its console are required on first
-  contact (see :mod:`.hostkeys`).
+  contact, and replace the pin of an instance replaced at the same address
+  (see :mod:`.hostkeys`).
 """
 
 from __future__ import annotations
 
 from flambe_cluster import hookimpl
-from flambe_cluster.provider import ClusterState
 
 from . import alarms, api, catalog, hostkeys, validation
 from . import instances as fleet
-from .options import AWSOptions
+from .options import AWSOptions, default_region
 
 __all__ = ["AWSOptions"]
 
@@ -92,9 +105,9 @@ def flambe_cluster_validate(config) -> list[str]:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal):
-    """Find the cluster's instances by tags, create what is missing, wait until they run."""
-    return fleet.load(config, journal)
+def flambe_cluster_load_instances(config, journal, progress):
+    """Find the cluster's instances by tags, create what is missing, wait until they run (each one's state shown)."""
+    return fleet.load(config, journal, progress)
 
 
 @hookimpl
@@ -120,14 +133,30 @@ def flambe_cluster_terminate(config, instances) -> None:
 
 
 @hookimpl
+def flambe_cluster_release_instances(config, instances) -> None:
+    """Delete the idle alarms of the factories a resize removed, terminate them, wait until they are terminated."""
+    ids = sorted({i.instance_id for i in instances if i.instance_id})
+    if ids:
+        alarms.delete(config.options.region_name, [alarms.alarm_name(config, i) for i in ids],
+                      "deleting the idle alarms of removed factories")
+        fleet.release(config, ids)
+
+
+@hookimpl
+def flambe_cluster_sweep(where):
+    """The clusters with live instances tagged by flambe-cluster in ``where["region"]`` (default: boto3's region)."""
+    return fleet.sweep(where.get("region") or default_region())
+
+
+@hookimpl
 def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> None:
     """One CloudWatch alarm per instance whose role has a timeout >= 0 (see :mod:`.alarms`)."""
     alarms.configure(config, instances, journal)
 
 
 @hookimpl
-def flambe_cluster_detect_gpus(config, instance, run):
-    """NVIDIA GPUs of the instance's type, from DescribeInstanceTypes (cached); None lets nvidia-smi answer."""
+def flambe_cluster_promised_gpus(config, instance):
+    """NVIDIA GPUs of the instance's type, from DescribeInstanceTypes (cached); None when unknown (not NVIDIA)."""
     if instance.instance_id is None:
         return None
     name = config.options.instance_type(instance.role.value)
@@ -139,20 +168,16 @@ def flambe_cluster_detect_gpus(config, instance, run):
     return info.gpus if info else None
 
 
-def _pinned(config, instance) -> bool:
-    """Whether the cluster's known_hosts already pins the instance (then the vouched keys do not matter)."""
-    path = ClusterState.for_cluster(config.name, config.state_dir).known_hosts
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    name = instance.endpoint.known_hosts_name
-    return any(name in line.split(" ", 1)[0].split(",") for line in lines if line.strip())
-
-
 @hookimpl
 def flambe_cluster_host_keys(config, instance):
-    """The host keys the instance printed on its console, for its first contact; None when there are none."""
-    if instance.instance_id is None or _pinned(config, instance):
+    """The host keys the instance printed on its console; None when there are none.
+
+    The core asks only when the cluster's known_hosts does not pin the
+    instance's address yet (first contact), or when the address presents
+    another key than the pinned one (an instance replaced at the same
+    address: a key its console shows replaces the pin; otherwise the
+    refusal stands).  Pinned hosts presenting their pinned key cost no call.
+    """
+    if instance.instance_id is None:
         return None
     return hostkeys.console_host_keys(config.options.region_name, instance.instance_id)

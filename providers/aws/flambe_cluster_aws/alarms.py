@@ -129,7 +129,8 @@ def configure(config, instances: Iterable[Instance], journal) -> None:
             if name in existing and _same(existing[name], settings):
                 continue
             if name not in existing:
-                journal.record(CreatedResource(KIND_ALARM, name, {"region": options.region_name}))
+                journal.record(CreatedResource(KIND_ALARM, name, {"region": options.region_name,
+                                                                   "instance_id": instance.instance_id}))
             cloudwatch.put_metric_alarm(**settings)
     stale = set(existing) - wanted
     if stale:

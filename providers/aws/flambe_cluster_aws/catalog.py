@@ -14,7 +14,7 @@ from attrs import frozen
 
 from . import api
 
-__all__ = ["Image", "TypeInfo", "default_image", "describe_image", "type_info"]
+__all__ = ["Image", "TypeInfo", "default_image", "describe_image", "gpu_image", "type_info"]
 
 CANONICAL_OWNER = "099720109477"
 #: Canonical's public SSM parameters for the current Ubuntu LTS images, newest first.
@@ -23,6 +23,14 @@ UBUNTU_SSM = (
     "/aws/service/canonical/ubuntu/server/22.04/stable/current/{arch}/hvm/ebs-gp2/ami-id",
 )
 UBUNTU_NAME = "ubuntu/images/hvm-ssd*/ubuntu-*-{arch}-server-*"
+AMAZON_OWNER = "amazon"
+#: The AWS Deep Learning Base AMIs with the OSS NVIDIA driver, by architecture (names as the DLAMI release notes give them).
+DLAMI_NAME = {
+    "x86_64": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu {version}) *",
+    "arm64": "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu {version}) *",
+}
+#: Ubuntu LTS versions of the GPU images, newest first (as for the Ubuntu images above).
+UBUNTU_VERSIONS = ("24.04", "22.04")
 _UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 
 
@@ -121,13 +129,22 @@ def describe_image(region: str, image_id: str) -> Image | None:
     return _image(items[0]) if items else None
 
 
-def default_image(region: str, architecture: str) -> Image | None:
-    """The newest Ubuntu LTS server image for ``architecture`` (x86_64 or arm64), looked up, never hard-coded.
+def default_image(region: str, architecture: str, gpus: bool = False, ubuntu: str | None = None) -> Image | None:
+    """The default image for ``architecture`` (x86_64 or arm64), looked up, never hard-coded.
 
-    Canonical's public SSM parameters are asked first; when they are not
-    there (or not readable), the newest image Canonical owns whose name
-    matches ``ubuntu/images/hvm-ssd*/ubuntu-*-<arch>-server-*``.
+    Without ``gpus``: the newest Ubuntu LTS server image.  Canonical's public
+    SSM parameters are asked first; when they are not there (or not
+    readable), the newest image Canonical owns whose name matches
+    ``ubuntu/images/hvm-ssd*/ubuntu-*-<arch>-server-*``.
+
+    With ``gpus`` (an NVIDIA GPU type): the newest AWS Deep Learning Base
+    AMI with the OSS NVIDIA driver for Ubuntu ``ubuntu`` (e.g. ``22.04``),
+    else (or when it has none) for the newest Ubuntu LTS of
+    :data:`UBUNTU_VERSIONS` that has one (see :func:`gpu_image`).
     """
+    if gpus:
+        others = tuple(v for v in UBUNTU_VERSIONS if v != ubuntu)
+        return gpu_image(region, architecture, (ubuntu, *others) if ubuntu else UBUNTU_VERSIONS)
     from botocore.exceptions import ClientError
 
     arch = _UBUNTU_ARCH.get(architecture)
@@ -144,10 +161,31 @@ def default_image(region: str, architecture: str) -> Image | None:
             image = describe_image(region, by_name[name])
             if image is not None:
                 return image
+    return _newest(region, CANONICAL_OWNER, UBUNTU_NAME.format(arch=arch), architecture)
+
+
+def gpu_image(region: str, architecture: str, versions: Iterable[str] = UBUNTU_VERSIONS) -> Image | None:
+    """The newest image Amazon owns named ``Deep Learning [ARM64 ]Base OSS Nvidia Driver GPU AMI (Ubuntu V) *``.
+
+    Ubuntu ``versions`` are tried in order; None when none has one for
+    ``architecture``.
+    """
+    template = DLAMI_NAME.get(architecture)
+    if template is None:
+        return None
+    for version in versions:
+        image = _newest(region, AMAZON_OWNER, template.format(version=version), architecture)
+        if image is not None:
+            return image
+    return None
+
+
+def _newest(region: str, owner: str, name: str, architecture: str) -> Image | None:
+    """The newest available image of ``owner`` whose name matches ``name`` (DescribeImages wildcards)."""
     items: list[dict[str, Any]] = api.client("ec2", region).describe_images(
-        Owners=[CANONICAL_OWNER],
+        Owners=[owner],
         Filters=[
-            {"Name": "name", "Values": [UBUNTU_NAME.format(arch=arch)]},
+            {"Name": "name", "Values": [name]},
             {"Name": "architecture", "Values": [architecture]},
             {"Name": "state", "Values": ["available"]},
         ],

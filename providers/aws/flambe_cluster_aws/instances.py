@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Sequence
 
 from attrs import frozen
 
-from flambe_cluster.provider import ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Role, host_name
+from flambe_cluster.provider import (
+    ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, TaggedCluster, host_name,
+)
 
 from . import api, validation
 
@@ -61,6 +63,7 @@ class Machine:
     private_ip: str | None
     public_ip: str | None
     reason: str
+    cluster: str | None = None
 
     @classmethod
     def parse(cls, item: dict) -> "Machine":
@@ -76,6 +79,7 @@ class Machine:
             private_ip=item.get("PrivateIpAddress") or None,
             public_ip=item.get("PublicIpAddress") or None,
             reason=(item.get("StateReason") or {}).get("Message", ""),
+            cluster=tags.get(TAG_CLUSTER),
         )
 
     def describe(self) -> str:
@@ -163,6 +167,25 @@ def describe_where(region: str, name: str, values: Iterable[str]) -> list[Machin
     return machines
 
 
+def sweep(region: str) -> list[TaggedCluster]:
+    """Every cluster with live instances tagged ``flambe-cluster:cluster`` in ``region``, by name (one paginated look).
+
+    Each comes with the AWS CLI line that terminates its instances.
+    """
+    with api.step(f"looking for flambe-cluster's instances in {region}"):
+        machines = describe(region, [{"Name": "tag-key", "Values": [TAG_CLUSTER]},
+                                     {"Name": "instance-state-name", "Values": list(LIVE)}])
+    by_cluster: dict[str, list[Machine]] = {}
+    for machine in machines:
+        by_cluster.setdefault(machine.cluster or "", []).append(machine)
+    return [
+        TaggedCluster(name, [f"{m.instance_id} ({m.state}, {m.role or 'no role'})" for m in found],
+                      f"aws ec2 terminate-instances --region {region} --instance-ids "
+                      + " ".join(m.instance_id for m in found))
+        for name, found in sorted(by_cluster.items())
+    ]
+
+
 # --- records for the core
 
 
@@ -188,9 +211,10 @@ def to_cluster_instances(config, selection: Selection) -> ClusterInstances:
 def _warn_surplus(config, surplus: Sequence[Machine]) -> None:
     if surplus:
         logger.warning(
-            "cluster %r has %d more instance(s) than its configuration asks for, likely leaked by an earlier run or "
-            "left from a larger cluster: %s. They are not used and not deleted; `flambe-cluster down` terminates "
-            "them with the rest of the cluster, or terminate them yourself.",
+            "cluster %r has %d more instance(s) than its configuration asks for: %s. Factories of a cluster whose "
+            "factories_num was lowered are terminated by this `up`; others were likely leaked by an earlier run and "
+            "are not used and not deleted: `flambe-cluster down` terminates them with the rest of the cluster, or "
+            "terminate them yourself.",
             config.name, len(surplus), ", ".join(f"{m.instance_id} ({m.role or 'no role'}, {m.state})" for m in surplus),
         )
 
@@ -216,7 +240,8 @@ def find(config) -> ClusterInstances | None:
         raise ClusterError(
             f"AWS, finding the cluster's instances: cluster {config.name!r} is incomplete: it has "
             f"{'an' if selection.orchestrator else 'no'} orchestrator and {len(selection.factories)} of "
-            f"{config.factories_num} factories ({have}); an idle-timeout alarm may have terminated the others. "
+            f"{config.factories_num} factories ({have}); an idle-timeout alarm may have terminated the others"
+            f"{' (or EC2 interrupted spot factories)' if config.options.factories_spot else ''}. "
             "Run `flambe-cluster up` to replace what is missing, or terminate what is left: "
             f"aws ec2 terminate-instances --region {region} --instance-ids {' '.join(m.instance_id for m in live)}"
         )
@@ -228,7 +253,7 @@ def find(config) -> ClusterInstances | None:
 
 
 def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int, token: str) -> dict:
-    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy)."""
+    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy, spot factories)."""
     options = config.options
     image = plan.images[role]
     tags = {
@@ -264,7 +289,20 @@ def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int
         params["SecurityGroupIds"] = [plan.security_group_id]
     if options.dedicated:
         params["Placement"] = {"Tenancy": "dedicated"}
+    if role == Role.FACTORY.value and options.factories_spot:
+        params["InstanceMarketOptions"] = spot_market_options(options.factories_spot_max_price)
     return params
+
+
+def spot_market_options(max_price: str | None) -> dict:
+    """RunInstances' market options of one-time spot instances that EC2 terminates when it interrupts them.
+
+    Without ``max_price`` EC2 caps the price at the on-demand price.
+    """
+    spot: dict = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if max_price is not None:
+        spot["MaxPrice"] = max_price
+    return {"MarketType": "spot", "SpotOptions": spot}
 
 
 def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int) -> list[str]:
@@ -272,10 +310,13 @@ def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int)
 
     The journal entry is written before the call (so a crash during it still
     leaves a trace a rollback can follow through the launch tag) and again
-    with the instance ids as soon as EC2 answers.  The ClientToken is the
-    entry's id: a retried call never launches twice, and a later run never
-    reuses it.
+    with the instance ids as soon as EC2 answers, or marked ``refused`` when
+    EC2 answered that it launched nothing (see :func:`_refused`).  The
+    ClientToken is the entry's id: a retried call never launches twice, and
+    a later run never reuses it.
     """
+    from botocore.exceptions import ClientError
+
     options = config.options
     token = f"{journal.run_id}-{role}"
     details = {"region": options.region_name, "role": role, "count": count, "instance_ids": []}
@@ -283,17 +324,34 @@ def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int)
     kind = options.instance_type(role)
     what = f"creating the orchestrator ({kind})" if role == "orchestrator" else f"creating factories ({count} x {kind})"
     with api.step(what):
-        response = api.client("ec2", options.region_name).run_instances(**launch_parameters(config, plan, role, count, token))
+        try:
+            response = api.client("ec2", options.region_name).run_instances(
+                **launch_parameters(config, plan, role, count, token))
+        except ClientError as exc:
+            if _refused(exc):
+                journal.record(CreatedResource(KIND_LAUNCH, token, {**details, "refused": True}))
+            raise
     ids = [item["InstanceId"] for item in response["Instances"]]
     journal.record(CreatedResource(KIND_LAUNCH, token, {**details, "instance_ids": ids}))
     return ids
 
 
-def load(config, journal) -> ClusterInstances:
+def _refused(exc) -> bool:
+    """Whether a RunInstances error says that nothing was launched: a client error (4xx), or a lack of capacity.
+
+    Any other failure (5xx, no answer) leaves it open: the instances may
+    exist, and a rollback looks for them through the launch tag.
+    """
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+    return status < 500 or api.error_code(exc).startswith("Insufficient")
+
+
+def load(config, journal, progress: Progress | None = None) -> ClusterInstances:
     """Reuse the cluster's instances, start stopped ones, create what is missing, wait until all run.
 
-    Raises :class:`AWSError` naming the step that failed; everything this
-    run created is in the journal by then.
+    While it waits, ``progress`` gets each instance's EC2 state at every
+    poll.  Raises :class:`AWSError` naming the step that failed; everything
+    this run created is in the journal by then.
     """
     options = config.options
     region = options.region_name
@@ -311,20 +369,36 @@ def load(config, journal) -> ClusterInstances:
                 "AWS, preparing to create instances: the configuration no longer matches the account:\n  - "
                 + "\n  - ".join(problems)
             )
+        new = [host_name(config.name, Role.ORCHESTRATOR, 0)] if selection.orchestrator is None else []
+        new += [host_name(config.name, Role.FACTORY, i) for i in range(len(selection.factories), config.factories_num)]
+        for name in new if progress is not None else ():
+            progress(name, "launching")
         if selection.orchestrator is None:
             launched += _launch(config, journal, plan, "orchestrator", 1)
         if missing_factories:
             launched += _launch(config, journal, plan, "factory", missing_factories)
     elif all(_ready(config, m) for m in selection.chosen):
         return to_cluster_instances(config, selection)
-    return to_cluster_instances(config, _wait_running(config, journal, known, set(launched)))
+    return to_cluster_instances(config, _wait_running(config, journal, known, set(launched), progress))
 
 
 def _ready(config, machine: Machine) -> bool:
     return machine.state == "running" and machine.private_ip is not None and (machine.public_ip is not None or not config.options.use_public)
 
 
-def _wait_running(config, journal, known: set[str], launched: set[str]) -> Selection:
+def _report(config, selection: Selection, progress: Progress | None) -> None:
+    """Each chosen instance's state, by the name it will have (``<cluster>_factory0``): EC2's state and its id."""
+    if progress is None:
+        return
+    named = [(host_name(config.name, Role.ORCHESTRATOR, 0), selection.orchestrator)] if selection.orchestrator else []
+    named += [(host_name(config.name, Role.FACTORY, i), m) for i, m in enumerate(selection.factories)]
+    for name, machine in named:
+        state = "running" if _ready(config, machine) else (
+            "running, waiting for its address" if machine.state == "running" else machine.state)
+        progress(name, f"{state} ({machine.instance_id})")
+
+
+def _wait_running(config, journal, known: set[str], launched: set[str], progress: Progress | None = None) -> Selection:
     """Poll (one DescribeInstances per look) until every chosen instance runs with its addresses.
 
     Starts chosen instances that are stopped (saying so), gives up this
@@ -356,6 +430,7 @@ def _wait_running(config, journal, known: set[str], launched: set[str]) -> Selec
                 "read the state reason above (capacity, quota, volume or image problems are the usual causes) and retry",
             )
         chosen = selection.chosen
+        _report(config, selection, progress)
         invisible = sorted(i for i in launched - given_up if i not in seen)
         if selection.orchestrator is None or len(selection.factories) < config.factories_num:
             if not invisible:
@@ -427,6 +502,31 @@ def terminate_and_wait(region: str, ids: Iterable[str], look: Callable[[], list[
     _wait_state(ids, look, ("terminated",), what)
 
 
+#: Seconds between looks for the instances of a launch whose answer was lost: EC2 lists new instances late.
+LOST_LAUNCH_DELAYS = (0.5, 1.0, 2.0, 3.0)
+
+
+def _unanswered(resource: CreatedResource) -> bool:
+    """Whether a launch may have made instances the journal has no id of (its answer never came)."""
+    return not resource.details.get("instance_ids") and not resource.details.get("refused")
+
+
+def _look_for_lost_launches(look: Callable[[], list[Machine]], counts: dict[str, int]) -> list[Machine]:
+    """``look()``, again with backoff (:data:`LOST_LAUNCH_DELAYS`) while a launch token in ``counts`` has fewer
+    instances listed than it asked for (RunInstances launches all or none); then taken as never launched."""
+    delays = iter(LOST_LAUNCH_DELAYS)
+    while True:
+        machines = look()
+        short = sorted(t for t, n in counts.items() if sum(m.launch == t for m in machines) < n)
+        if not short:
+            return machines
+        delay = next(delays, None)
+        if delay is None:
+            logger.info("taking launch(es) %s as never made: EC2 lists none of their instances", ", ".join(short))
+            return machines
+        time.sleep(delay)
+
+
 #: Seconds to wait before asking again to terminate ids EC2 does not know (yet: it is eventually consistent).
 NOT_FOUND_RETRIES = (1.0, 2.0)
 
@@ -480,16 +580,20 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
     """Terminate the instances these launches made, stop the instances this run started; wait for both.
 
     Instances are found through the journaled ids and the launch tags (so a
-    launch interrupted before its ids were journaled is covered too).
-    Idempotent: instances already gone are skipped.
+    launch interrupted before its ids were journaled is covered too; EC2
+    lists new instances late, so such a launch is looked up again until its
+    instances are listed, a few seconds at most).  Idempotent: instances
+    already gone are skipped.
     """
     by_region: dict[str, dict[str, list]] = {}
     for resource in created:
         region = resource.details.get("region", config.options.region_name)
-        bucket = by_region.setdefault(region, {"tokens": [], "ids": [], "started": []})
+        bucket = by_region.setdefault(region, {"tokens": [], "ids": [], "started": [], "unanswered": {}})
         if resource.kind == KIND_LAUNCH:
             bucket["tokens"].append(resource.resource_id)
             bucket["ids"] += resource.details.get("instance_ids", [])
+            if _unanswered(resource):
+                bucket["unanswered"][resource.resource_id] = resource.details.get("count", 1)
         elif resource.kind == KIND_STARTED:
             bucket["started"].append(resource.details["instance_id"])
     for region, bucket in by_region.items():
@@ -499,7 +603,7 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
             return describe_where(region, f"tag:{TAG_LAUNCH}", tokens) + describe_where(region, "instance-id", started)
 
         with api.step("rolling back: finding the instances this run created"):
-            machines = look()
+            machines = _look_for_lost_launches(look, bucket["unanswered"])
         visible = {m.instance_id: m for m in machines}
         made = set(bucket["ids"]) | {m.instance_id for m in machines if m.launch in tokens}
         # A journaled id EC2 does not list is either too new to be listed or long gone: _terminate tells them apart.
@@ -511,6 +615,13 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
         terminate_and_wait(region, ids, look, "rolling back: terminating the instances this run created")
         if to_stop:
             _wait_state(to_stop, look, ("stopped", "terminated"), "rolling back: waiting for started instances to stop")
+
+
+def release(config, ids: Sequence[str]) -> None:
+    """Terminate the instances ``ids`` (factories a resize removed) and wait until they are terminated."""
+    region = config.options.region_name
+    terminate_and_wait(region, ids, lambda: describe_where(region, "instance-id", ids),
+                       f"terminating {len(ids)} factories removed from cluster {config.name!r}")
 
 
 def terminate(config, instances: ClusterInstances | None) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import getpass
 import re
+from decimal import Decimal
 from typing import Mapping
 
+import boto3  # the [aws] extra: without it the provider fails to import, and the core names the extra
 from attrs import field
 
 from flambe_cluster.provider import config_class, describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
@@ -34,8 +36,6 @@ _CREATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
 
 def default_region() -> str:
     """The region boto3 is configured with (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``~/.aws/config``), else us-east-1."""
-    import boto3
-
     return boto3.session.Session().region_name or DEFAULT_REGION
 
 
@@ -71,6 +71,28 @@ def to_timeout_hours(value: object) -> int:
     return value
 
 
+def to_max_price(value: object) -> str | None:
+    """None, or a positive price in USD per hour (a number or a numeric string), kept as EC2's decimal string."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a price in USD per hour such as 0.35, got {describe_value(value)}")
+    try:
+        price = Decimal(str(value).strip())
+    except ArithmeticError:
+        price = Decimal("NaN")
+    if not price.is_finite() or price <= 0:
+        raise ValueError(f"expected a positive price in USD per hour such as 0.35, got {describe_value(value)}")
+    return format(price.normalize(), "f")
+
+
+def _spot_only(options: "AWSOptions", attribute, value: str | None) -> None:
+    """Validator: a maximum spot price only makes sense for spot factories."""
+    if value is not None and not options.factories_spot:
+        raise ValueError(f"a maximum spot price ({value}) was given without factories_spot: true; "
+                         "set factories_spot: true, or leave the price out")
+
+
 def to_tags(value: object) -> Mapping[str, str]:
     """A mapping of tag keys to values (numbers and booleans become strings)."""
     if value is None:
@@ -95,7 +117,7 @@ def to_tags(value: object) -> Mapping[str, str]:
 
 @config_class
 class AWSOptions:
-    """The AWS provider's options (the seed's ``AWSCluster`` parameters, plus ``launch_timeout``).
+    """The AWS provider's options (the seed's ``AWSCluster`` parameters, plus ``launch_timeout`` and spot factories).
 
     ``name``, ``factories_num``, ``key``, ``username`` (default ``ubuntu``) and
     ``setup_cmds`` are common fields.  ``key`` is the private key of the EC2
@@ -119,6 +141,8 @@ class AWSOptions:
     factories_timeout: int = field(default=1, converter=to_timeout_hours)
     use_public: bool = field(default=True, converter=to_bool)
     launch_timeout: float = field(default=600.0, converter=to_seconds)
+    factories_spot: bool = field(default=False, converter=to_bool)
+    factories_spot_max_price: str | None = field(default=None, converter=to_max_price, validator=_spot_only)
 
     def instance_type(self, role_value: str) -> str:
         """The instance type of a role (``"orchestrator"`` or ``"factory"``)."""

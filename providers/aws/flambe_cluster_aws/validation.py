@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import re
 from pathlib import Path
 
 from attrs import frozen
@@ -211,11 +212,16 @@ def _instance_types(ec2, options: AWSOptions, zone: str | None, problems: list[s
 
 
 def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None], problems: list[str]) -> dict[str, catalog.Image]:
-    """Each role's image: the one given (it must exist) or the default Ubuntu LTS for the type's architecture."""
+    """Each role's image: the one given (it must exist) or the default for the type (see :func:`catalog.default_image`).
+
+    A type with NVIDIA GPUs defaults to an image that carries the driver, of
+    the Ubuntu version the other role's default image runs (one Python for
+    the whole cluster).
+    """
     region = options.region_name
     images: dict[str, catalog.Image] = {}
-    defaults: dict[str, catalog.Image | None] = {}  # architecture -> default image, asked once
-    for role in ROLES:
+    defaults: dict[tuple, catalog.Image | None] = {}  # (architecture, gpus) -> default image, asked once
+    for role in ROLES:  # the orchestrator first: its default image sets the Ubuntu version
         info = types[role]
         architectures = info.architectures if info else ()
         given = options.ami(role)
@@ -228,11 +234,14 @@ def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None], prob
         elif not architectures:
             continue  # the instance type's own problem is reported
         else:
-            if architectures[0] not in defaults:
-                defaults[architectures[0]] = catalog.default_image(region, architectures[0])
-            image = defaults[architectures[0]]
+            gpus = bool(info and info.gpus)
+            key = (architectures[0], gpus)
+            if key not in defaults:
+                defaults[key] = catalog.default_image(region, architectures[0], gpus, _ubuntu_of(defaults.values()))
+            image = defaults[key]
             if image is None:
-                problems.append(f"{FIELD_OF_AMI[role]}: no default Ubuntu image found for {architectures[0]} in region "
+                kind = "image with the NVIDIA driver (Deep Learning Base OSS Nvidia Driver GPU AMI)" if gpus else "Ubuntu image"
+                problems.append(f"{FIELD_OF_AMI[role]}: no default {kind} found for {architectures[0]} in region "
                                 f"{region}; set it to an AMI id")
                 continue
         if architectures and image.architecture not in architectures:
@@ -243,6 +252,15 @@ def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None], prob
                             f"GiB, got {options.volume_size}")
         images[role] = image
     return images
+
+
+def _ubuntu_of(images) -> str | None:
+    """The Ubuntu version (``22.04``) in the name of the first of ``images`` that tells one."""
+    for image in images:
+        match = re.search(r"\b(\d\d\.04)\b", image.name if image else "")
+        if match:
+            return match.group(1)
+    return None
 
 
 def _all_offered(ec2, region: str) -> list[str]:

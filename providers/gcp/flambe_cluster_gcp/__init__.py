@@ -11,13 +11,18 @@ common fields (``name``, ``factories_num``, ``username``, ``key``,
     factories_gpu_type: nvidia-tesla-t4  # guest accelerators of each factory (optional)
     factories_gpu_count: 1               # default 1 when a GPU type is given
     orchestrator_image: ubuntu-os-cloud/ubuntu-2204-lts   # PROJECT/FAMILY: newest image of the family,
-    factories_image: ubuntu-os-cloud/ubuntu-2204-lts      # or projects/P/global/images/NAME
+    factories_image: ubuntu-os-cloud/ubuntu-2204-lts      # or projects/P/global/images/NAME; with GPUs the
+                                         # default is the newest Deep Learning VM family with the NVIDIA driver
+                                         # (deeplearning-platform-release/common-cuNNN-ubuntu-2204-nvidia-NNN)
     disk_type: pd-balanced               # boot disk type and size (GB)
     disk_size: 100
     network: default                     # name, or projects/P/global/networks/N (shared VPC)
     subnetwork: null                     # needed for custom-mode networks
     labels: {team: nlp}                  # extra labels on every instance (flambe-* keys are reserved)
-    service_account: default             # the instances' service account (cloud-platform scope)
+    service_account: default             # the service account of instances whose idle watchdog deletes them
+                                         #   (compute scope only); instances without idle shutdown get none
+    creator: alice                       # the cluster's owner (a label; default: the local user): another
+                                         #   owner's cluster of the same name is never reused or deleted
     preemptible: false                   # preemptible VMs, or
     spot: false                          # Spot VMs (deleted when preempted)
     orchestrator_timeout: -1             # hours idle before an instance deletes itself;
@@ -38,15 +43,24 @@ Guarantees (see :mod:`.provision`, :mod:`.idle`):
 
 - validation, before anything is created, reports every problem at once:
   zone, machine types, accelerator type, images, disk, network;
+- a cluster is its name and its owner (``creator``); two clients creating
+  it at once (two state folders) end with one set of instances: names are
+  fixed per cluster, and the zone admits one instance per name;
 - ``up`` finds the cluster's instances by label and reuses them; it creates
   only what is missing, each instance journaled before its insert is sent,
   each insert with a request id that makes retries harmless; it waits for
   RUNNING (one list request per poll) within ``create_timeout``;
-- a failed ``up`` deletes exactly the instances this run created and waits
-  until they are gone; ``down`` deletes every instance of the cluster and
+- a failed ``up`` deletes exactly the instances this run created, stops
+  again the stopped ones it started, and waits for both; ``down`` deletes every instance of the cluster and
   waits;
 - idle hosts delete themselves through an on-host watchdog (no client
-  needed); GPUs are counted from the instances' accelerators, without SSH;
+  needed), with the instance's service account (compute scope), given at
+  creation only to the roles with idle shutdown; an instance created
+  without it powers itself off instead;
+- GPU factories boot an image with the NVIDIA driver by default (and get
+  the ``install-nvidia-driver: True`` metadata Deep Learning VM images
+  read); Ray is told about the GPUs ``nvidia-smi`` sees, and ``up`` fails
+  naming a factory whose accelerators it does not see;
 - the SSH host keys the guest agent publishes (``enable-guest-attributes``)
   must match on first contact; without them the host-key policy decides.
 """
@@ -85,20 +99,22 @@ def _deadline(config) -> float:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal):
-    """Reuse the cluster's instances, create what is missing (journaled first), wait until all run."""
+def flambe_cluster_load_instances(config, journal, progress):
+    """Reuse the cluster's instances, create what is missing (journaled first), wait until all run (each one's
+    state shown through ``progress``)."""
     compute = connect(config.options)
-    found = provision.list_cluster(compute, config.name)
+    found = provision.list_cluster(compute, config)
     selection = provision.select(found, config.factories_num)
     if selection.surplus:
         logger.warning("cluster %r: instances not part of it (left alone until `down`): %s", config.name,
                        ", ".join(f.name for f in selection.surplus))
     missing = selection.missing(config.factories_num)
     deadline = _deadline(config)
-    created = provision.create(config, compute, journal, missing) if missing else {}
-    provision.wait_operations(config, compute, created, deadline)
+    created = provision.create(config, compute, journal, missing, progress) if missing else {}
+    provision.wait_operations(config, compute, created, deadline, progress)
     wanted = [f.name for f in selection.chosen()] + list(created)
-    running = provision.wait_running(config, compute, wanted, deadline, first=None if created else found)
+    running = provision.wait_running(config, compute, journal, wanted, deadline, first=None if created else found,
+                                     progress=progress)
     return provision.cluster_instances(config.name, config.options,
                                        provision.select(running, config.factories_num))
 
@@ -107,7 +123,7 @@ def flambe_cluster_load_instances(config, journal):
 def flambe_cluster_find_instances(config):
     """The cluster's instances, or None when it has none; raises for a partial cluster, saying what to do."""
     compute = connect(config.options)
-    selection = provision.select(provision.list_cluster(compute, config.name), config.factories_num)
+    selection = provision.select(provision.list_cluster(compute, config), config.factories_num)
     if selection.orchestrator is None and not selection.factories:
         return None
     missing = selection.missing(config.factories_num)
@@ -124,22 +140,29 @@ def flambe_cluster_find_instances(config):
 
 @hookimpl
 def flambe_cluster_rollback(config, created) -> None:
-    """Delete exactly the instances this run journaled (gone already is fine) and wait until they are gone."""
+    """Undo exactly what this run did (see :func:`.provision.rollback`): delete the instances it created (not another
+    client's of the same name), stop again those it started; wait for both."""
     by_place = defaultdict(list)
     for resource in created:
-        if resource.kind == provision.RESOURCE_KIND:
-            by_place[(resource.details.get("project"), resource.details.get("zone"))].append(resource.resource_id)
-    for (project, zone), names in by_place.items():
-        compute = connect(config.options, project=project, zone=zone)
-        provision.delete(compute, names, "rolling back", _deadline(config), config.name)
+        if resource.kind in (provision.RESOURCE_KIND, provision.STARTED_KIND):
+            by_place[(resource.details.get("project"), resource.details.get("zone"))].append(resource)
+    for (project, zone), resources in by_place.items():
+        provision.rollback(config, connect(config.options, project=project, zone=zone), resources, _deadline(config))
 
 
 @hookimpl
 def flambe_cluster_terminate(config, instances) -> None:
     """Delete every instance labelled as this cluster's (surplus ones too) and wait until they are gone."""
     compute = connect(config.options)
-    names = [f.name for f in provision.list_cluster(compute, config.name)]
-    provision.delete(compute, names, "down", _deadline(config), config.name)
+    names = [f.name for f in provision.list_cluster(compute, config)]
+    provision.delete(compute, config, names, "down", _deadline(config))
+
+
+@hookimpl
+def flambe_cluster_release_instances(config, instances) -> None:
+    """Delete the factories a resize removed (their names) and wait until they are gone."""
+    names = sorted({i.instance_id for i in instances if i.instance_id})
+    provision.delete(connect(config.options), config, names, "releasing removed factories", _deadline(config))
 
 
 @hookimpl
@@ -157,7 +180,7 @@ def flambe_cluster_host_keys(config, instance):
 
 
 @hookimpl
-def flambe_cluster_detect_gpus(config, instance, run):
+def flambe_cluster_promised_gpus(config, instance):
     """The GPUs of the instance's accelerator configuration (read from the API when it was loaded), no SSH."""
     if instance.instance_id is not None and instance.gpus is not None:
         return instance.gpus

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "FLAMBE_GCP_API_ENDPOINT"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+#: The only scope an instance's service account gets: its idle watchdog deletes the instance through the Compute API.
+WATCHDOG_SCOPES = ("https://www.googleapis.com/auth/compute",)
 #: Seconds one HTTP request may take (``zoneOperations.wait`` gets more: the API holds it up to 2 minutes).
 CALL_TIMEOUT = 30.0
 WAIT_CALL_TIMEOUT = 150.0

@@ -55,7 +55,7 @@ def interval_for(timeout_hours: float) -> float:
 def watchdog_config(config, role: Role) -> dict:
     """What the watchdog of a host with ``role`` needs to know (JSON-serialisable)."""
     options = config.options
-    timeout = options.orchestrator_timeout if role is Role.ORCHESTRATOR else options.factories_timeout
+    timeout = options.timeout_of(role)
     endpoint = endpoint_for(options)
     folder = watchdog_folder(config.name)
     return {

@@ -8,6 +8,7 @@ network really exists is checked against the API by validation, not here.
 
 from __future__ import annotations
 
+import getpass
 import math
 import re
 from typing import Mapping
@@ -15,13 +16,15 @@ from typing import Mapping
 import attrs
 from attrs import field, frozen
 
-from flambe_cluster.provider import config_class, describe_value, to_bool, to_int, to_seconds, to_str
+from flambe_cluster.provider import Role, config_class, describe_value, to_bool, to_int, to_seconds, to_str
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 #: Label keys the provider sets itself (users may not set them).
 RESERVED_LABEL_PREFIX = "flambe-"
-DEFAULT_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
+#: The Ubuntu LTS of the default images (CPU and GPU alike: one Python for the whole cluster).
+UBUNTU = "2204"
+DEFAULT_IMAGE = f"ubuntu-os-cloud/ubuntu-{UBUNTU}-lts"
 _IMAGE_PATH = re.compile(r"^projects/([a-z][-a-z0-9.:]*[a-z0-9])/global/images/(family/)?([a-z]([-a-z0-9]*[a-z0-9])?)$")
 _IMAGE_SHORT = re.compile(r"^([a-z][-a-z0-9.:]*[a-z0-9])/([a-z]([-a-z0-9]*[a-z0-9])?)$")
 
@@ -102,9 +105,26 @@ def to_labels(value: object) -> dict[str, str]:
         if not LABEL_VALUE.fullmatch(item):
             raise ValueError(f"label {key!r}: expected up to 63 lowercase letters, digits, '_' or '-', got {item!r}")
         labels[key] = item
-    if len(labels) > 60:
-        raise ValueError(f"expected at most 60 labels (GCP allows 64, flambe-cluster sets 4), got {len(labels)}")
+    if len(labels) > 59:
+        raise ValueError(f"expected at most 59 labels (GCP allows 64, flambe-cluster sets 5), got {len(labels)}")
     return labels
+
+
+def default_creator() -> str:
+    """The local user name, made a label value (lowercase letters, digits, '_' and '-'; 'unknown' without one)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+    return re.sub(r"[^a-z0-9_-]", "-", user.lower())[:63].strip("-") or "unknown"
+
+
+def to_creator(value: object) -> str:
+    """Converter: the cluster's owner, a label value of 1-63 lowercase letters, digits, '_' or '-'."""
+    if not isinstance(value, str) or not value or not LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"expected 1-63 lowercase letters, digits, '_' or '-' (it is a label value), "
+                         f"got {describe_value(value)}")
+    return value
 
 
 def to_api_endpoint(value: object) -> str | None:
@@ -127,13 +147,14 @@ class GCPOptions:
     factories_gpu_type: str | None = field(default=None, converter=to_optional_str)
     factories_gpu_count: int | None = field(default=None, converter=attrs.converters.optional(to_int(minimum=1)))
     orchestrator_image: str = field(default=DEFAULT_IMAGE, converter=to_image)
-    factories_image: str = field(default=DEFAULT_IMAGE, converter=to_image)
+    factories_image: str | None = field(default=None, converter=attrs.converters.optional(to_image))
     disk_type: str = field(default="pd-balanced", converter=to_str)
     disk_size: int = field(default=100, converter=to_int(minimum=10))
     network: str = field(default="default", converter=to_str)
     subnetwork: str | None = field(default=None, converter=to_optional_str)
     labels: dict = field(factory=dict, converter=to_labels)
     service_account: str = field(default="default", converter=to_str)
+    creator: str = field(factory=default_creator, converter=to_creator)
     preemptible: bool = field(default=False, converter=to_bool)
     spot: bool = field(default=False, converter=to_bool)
     orchestrator_timeout: float = field(default=-1.0, converter=to_hours)
@@ -148,6 +169,14 @@ class GCPOptions:
         if self.factories_gpu_type is None:
             return 0
         return self.factories_gpu_count or 1
+
+    def timeout_of(self, role: Role) -> float:
+        """The idle timeout of ``role``'s instances in hours (-1: never)."""
+        return self.orchestrator_timeout if role is Role.ORCHESTRATOR else self.factories_timeout
+
+    def idle_shutdown(self, role: Role) -> bool:
+        """Whether ``role``'s instances delete themselves when idle (their watchdog then needs the Compute API)."""
+        return self.timeout_of(role) != -1
 
     @property
     def region(self) -> str:

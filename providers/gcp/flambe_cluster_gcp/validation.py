@@ -41,7 +41,7 @@ def static_problems(config) -> list[str]:
             f"name: GCP instance names and labels need 1-{MAX_NAME} lowercase letters, digits and '-', starting with "
             f"a letter and not ending with '-', got {config.name!r}"
         )
-    elif len(instance_name(config.name, Role.FACTORY, max(config.factories_num - 1, 0), "x-00000000")) > 63:
+    elif len(instance_name(config.name, Role.FACTORY, max(config.factories_num - 1, 0), "x")) > 63:
         problems.append(f"name: {config.name!r} is too long for {config.factories_num} factories' instance names")
     if options.preemptible and options.spot:
         problems.append("spot: choose either preemptible: true or spot: true, not both")
@@ -164,12 +164,16 @@ def _accelerator(compute: Compute, options: GCPOptions, zone_ok: bool) -> list[s
 
 
 def _images(compute: Compute, options: GCPOptions) -> list[str]:
-    from .provision import resolve_image
+    """Each role's image (see :func:`.provision.image_spec`) resolves, is not obsolete, and fits the disk."""
+    from .provision import image_spec, resolve_image
 
     problems = []
     seen: dict[str, list[str]] = {}
-    for field_name in ("orchestrator_image", "factories_image"):
-        seen.setdefault(getattr(options, field_name), []).append(field_name)
+    for role, field_name in ((Role.ORCHESTRATOR, "orchestrator_image"), (Role.FACTORY, "factories_image")):
+        try:
+            seen.setdefault(image_spec(compute, options, role), []).append(field_name)
+        except GCPError as exc:
+            problems.append(f"{field_name}: {exc}")
     for spec, fields in seen.items():
         ref = parse_image(spec)
         where = " and ".join(fields)

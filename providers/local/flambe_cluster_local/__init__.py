@@ -35,7 +35,7 @@ from attrs import field
 
 from flambe_cluster.provider import (
     SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class,
-    describe_value, hookimpl, localhosts, one_of, public_key_line, to_optional_path,
+    Role, describe_value, hookimpl, host_name, localhosts, one_of, public_key_line, to_optional_path,
 )
 
 NAMESPACE_USER = "flambe"
@@ -166,8 +166,8 @@ def flambe_cluster_find_instances(config) -> ClusterInstances | None:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
-    """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use)."""
+def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
+    """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use; each one's state shown)."""
     record = _running(config)
     if record is not None:
         return _instances(config, record)
@@ -179,12 +179,19 @@ def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
     workdir = state.root / "hosts"
     count = 1 + config.factories_num
     authorized = sorted({client.public_line, public_key_line(config.key)})  # the client key, or the user's own
+    names = [host_name(config.name, Role.ORCHESTRATOR, 0)] + [host_name(config.name, Role.FACTORY, i)
+                                                              for i in range(config.factories_num)]
+    for name in names:
+        progress(name, "starting sshd on this machine")
     record = localhosts.start(_mode(config.options), count, authorized, workdir,
                               username=NAMESPACE_USER, subnet=config.options.subnet)
     names = [h["name"] for h in record["hosts"]]
     journal.record(CreatedResource(RESOURCE_KIND, str(workdir), {"record": record, "instance_ids": names}))
     _record_path(config).write_text(json.dumps(record))
-    return _instances(config, record)
+    made = _instances(config, record)
+    for instance in [made.orchestrator, *made.factories]:
+        progress(instance.name, f"running at {instance.endpoint}")
+    return made
 
 
 @hookimpl

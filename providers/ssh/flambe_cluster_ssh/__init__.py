@@ -9,13 +9,17 @@ Options (besides the common cluster fields)::
     orchestrator_ip: 10.0.0.5                 # or [public, private]; host:port allowed
     factories_ips: [10.0.0.6, "10.0.0.7:2222", [34.1.2.3, 10.0.0.8]]
     use_public: true                          # connect to the public address (default)
+
+An address may be an alias of the OpenSSH configuration (``ssh_config``); a
+host given by one address alone then has the alias's ``HostName`` and
+``Port`` as its private address, which the other hosts reach.
 """
 
 from __future__ import annotations
 
 from attrs import field, frozen
 
-from flambe_cluster.provider import ClusterInstances, Endpoint, config_class, hookimpl, to_bool
+from flambe_cluster.provider import ClusterInstances, Endpoint, config_class, hookimpl, resolved_endpoint, to_bool
 
 __all__ = ["HostAddresses", "SSHOptions"]
 
@@ -105,13 +109,17 @@ def flambe_cluster_validate(config) -> list[str]:
 def _instances(config) -> ClusterInstances:
     options: SSHOptions = config.options
     hosts = [options.orchestrator_ip, *options.factories_ips]
-    return ClusterInstances.named(config.name, [(h.public, h.private) for h in hosts], use_public=options.use_public)
+    pairs = [(h.public, resolved_endpoint(config, h.private) if h.private == h.public else h.private) for h in hosts]
+    return ClusterInstances.named(config.name, pairs, use_public=options.use_public)
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
-    """The listed hosts; nothing is created, so nothing is journaled."""
-    return _instances(config)
+def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
+    """The listed hosts; nothing is created, so nothing is journaled (each is shown as given)."""
+    made = _instances(config)
+    for instance in [made.orchestrator, *made.factories]:
+        progress(instance.name, f"given at {instance.endpoint}")
+    return made
 
 
 @hookimpl

@@ -1,0 +1,84 @@
+"""The ``flambe-cluster`` command line.
+
+Exit codes: 0 success, 1 something failed on a host or in a cloud, 2 bad
+usage or configuration (a missing extra included), 128 + N when signal N
+stopped it; ``logs --follow`` exits with the job's own code.  Every error
+message says what to do next.
+
+The commands live in :mod:`.lifecycle` (providers, up, status, down),
+:mod:`.work` (exec, submit, logs, pull) and :mod:`.listing` (list); what
+they share in :mod:`.common`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from ..errors import FlambeClusterError, UsageError
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err
+from .lifecycle import down, providers, status, up
+from .listing import list_
+from .work import exec_, logs, pull, submit
+
+__all__ = ["cli", "down", "exec_", "list_", "logs", "main", "providers", "pull", "status", "submit", "up"]
+
+#: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived (``signum``); unwinds like Ctrl-C, so every layer rolls back and closes as for it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, once.
+
+    Later signals are reported and ignored: the first one's rollback runs to
+    its end, under the cluster's lock, exactly once (SIGKILL still ends the
+    process at once).
+    """
+    def stop(signum: int, _frame: object) -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, already_stopping)
+        raise Interrupted(signum)
+
+    def already_stopping(signum: int, _frame: object) -> None:
+        err.print(f"{signal.Signals(signum).name}: already stopping (undoing what this run started)")
+
+    for each in STOP_SIGNALS:
+        signal.signal(each, stop)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the console script; exits with 0, 1 or 2 (or the job's code, or 128 + a signal)."""
+    _stop_on_signals()
+    configure_logging()
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except UsageError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_USAGE)
+    except FlambeClusterError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _interrupted(cause: Optional[BaseException]) -> None:
+    """Exit 128 + the signal's number (130 for Ctrl-C), saying so; what the run started was already undone."""
+    signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
+    err.print(f"interrupted ({signal.Signals(signum).name}); stopped")
+    sys.exit(128 + signum)

@@ -1,0 +1,112 @@
+"""``flambe-cluster list``: every cluster of the state folder, and a provider's sweep for clusters none knows."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .. import jobs, plugins
+from ..cluster import Cluster
+from ..errors import FlambeClusterError, UsageError
+from ..records import TaggedCluster
+from ..state import ClusterState
+from .common import EXIT_OK, cli, out
+from .lifecycle import probe_all, ray_and_job
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--provider", metavar="NAME", help="Sweep this provider's cloud for clusters no state folder knows.")
+@click.option("--region", metavar="REGION", help="With --provider: where to look (default: the provider's own).")
+def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
+    """List every cluster of the state folder: provider, hosts, Ray and job.
+
+    Each cluster is read from the configuration file its last `up` used (a
+    cluster that sets `state_dir` keeps its state elsewhere and is not
+    listed).  With --provider, lists instead the clusters whose machines
+    carry flambe-cluster's tags in that provider's cloud and that no state
+    folder knows (leaked, or their state folder was lost), each with the
+    command that removes them.
+    """
+    if provider is None:
+        if region is not None:
+            raise UsageError("--region only applies with --provider NAME")
+        clusters = [describe(state) for state in ClusterState.every_cluster()]
+        if as_json:
+            out.print_json(json.dumps({"clusters": clusters}))
+        else:
+            _print_clusters(clusters)
+        return EXIT_OK
+    untracked = sweep(provider, region)
+    if as_json:
+        out.print_json(json.dumps({"provider": provider, "untracked": [
+            {"name": c.name, "machines": list(c.machines), "remove": c.remove} for c in untracked]}))
+    elif not untracked:
+        out.print(f"no {provider} machines of clusters unknown to this state folder")
+    else:
+        for cluster in untracked:
+            out.print(f"cluster {cluster.name!r}: {', '.join(cluster.machines)}\n  remove with: {cluster.remove}",
+                      markup=False)
+    return EXIT_OK
+
+
+def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
+    """The provider's tagged clusters whose name no state folder of the state home holds."""
+    manager = plugins.make_plugin_manager(provider)
+    found = manager.hook.flambe_cluster_sweep(where={"region": region} if region else {})
+    if found is None:
+        raise UsageError(f"provider {provider!r} cannot look for machines by tags (it does not implement "
+                         "flambe_cluster_sweep); its machines are the ones you brought")
+    known = {state.root.name for state in ClusterState.every_cluster()}
+    return [cluster for cluster in found if cluster.name not in known]
+
+
+def describe(state: ClusterState) -> dict:
+    """One cluster of the state folder: its file, provider, hosts (with SSH), Ray and job; ``error`` says what is unknown."""
+    path = state.config_path
+    entry: dict = {"name": state.root.name, "config": str(path) if path else None, "provider": None, "exists": None,
+                   "hosts": [], "ray": None, "job": None, "error": None}
+    if path is None:
+        entry["error"] = "no configuration file remembered; run `flambe-cluster up CONFIG` once to record it"
+        return entry
+    try:
+        cluster = Cluster.from_yaml(path, validate=False)
+    except FlambeClusterError as exc:
+        entry["error"] = str(exc)
+        return entry
+    entry["provider"] = cluster.config.provider
+    try:
+        entry["exists"] = cluster.find_instances()
+        if entry["exists"]:
+            reachable = probe_all(cluster)
+            entry["hosts"] = [{"name": h.name, "role": h.role.value, "address": str(h.endpoint),
+                               "instance_id": h.instance_id, "ssh": reachable[h]} for h in cluster.all_hosts()]
+            if reachable[cluster.session.orchestrator] == "ok":
+                extra = ray_and_job(cluster)
+                ray = extra["ray"]
+                entry["ray"] = None if ray is None else {"head": ray["head"], "alive_workers": ray["alive_workers"]}
+                entry["job"] = extra["job"]
+    except FlambeClusterError as exc:
+        entry["error"] = str(exc)
+    finally:
+        cluster.close()
+    return entry
+
+
+def _print_clusters(clusters: list) -> None:
+    if not clusters:
+        out.print("no clusters in this state folder")
+        return
+    table = Table("name", "provider", "hosts", "ray", "job", "note")
+    table.columns[0].overflow = table.columns[-1].overflow = "fold"
+    for c in clusters:
+        answering = sum(h["ssh"] == "ok" for h in c["hosts"])
+        hosts = f"{answering}/{len(c['hosts'])} answer" if c["hosts"] else ("none" if c["exists"] is False else "-")
+        ray = f"{c['ray']['alive_workers']} workers" if c["ray"] else "-"
+        job = jobs.JobStatus(c["job"]["state"], c["job"]["exit_code"]).describe() if c["job"] else "-"
+        table.add_row(*map(escape, (c["name"], c["provider"] or "?", hosts, ray, job, c["error"] or "")))
+    out.print(table)

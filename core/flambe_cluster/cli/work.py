@@ -1,0 +1,133 @@
+"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``pull``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from .. import jobs
+from ..commands import shell_join
+from .labelled import LabelledLines
+from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
+
+
+@cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True)
+@CONFIG
+@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(config: str, target: str, command: Sequence[str]) -> int:
+    """Run a command on the cluster's hosts; prints each host's output labelled by host.
+
+    Usage: exec CONFIG [--on WHICH] [--] COMMAND...  Everything from the
+    command's first word on is the command's, options included.  One
+    argument is a shell command line; several are an argv whose items are
+    each quoted (`exec -- echo 'a;b'` prints `a;b`).  The command runs in
+    the user's home folder on each host.
+    """
+    line = command[0] if len(command) == 1 else shell_join(command)
+    with opened(config) as cluster:
+        session = cluster.session
+        hosts = {"all": session.hosts(), "orchestrator": [session.require_orchestrator()], "factories": session.factories}[target]
+        out.file.flush()
+        err.file.flush()
+        lock = threading.Lock()
+
+        def run(instance):  # output is printed as it arrives, never gathered: endless output costs no memory
+            lines = [LabelledLines(instance.name, console.file.buffer, lock) for console in (out, err)]
+            try:
+                return session.pool.run(instance, line, check=False, on_stdout=lines[0].add, on_stderr=lines[1].add,
+                                        keep=1 << 16)
+            finally:
+                for labelled in lines:
+                    labelled.finish()
+
+        results = session.pool.map(hosts, run)
+        for instance, result in results.items():
+            if result.exit_code is None:
+                err.print(f"[{instance.name}] timed out after {result.timeout:g} s (command_timeout)", markup=False)
+            elif not result.ok:
+                err.print(f"[{instance.name}] exit code {result.exit_code}", markup=False)
+        return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
+
+
+@cli.command(cls=VerbatimTail, word=2, inclusive=False)
+@CONFIG
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--force", is_flag=True, help="Stop the running job first.")
+@click.option("--entry", help="For a folder: the file to run (default main.py).")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Do not ship what matches this pattern (rsync's, as in .gitignore; repeatable).")
+@click.option("--ext", "extensions", multiple=True, metavar="SPEC",
+              help="Install an extension first on every host: a local project folder or a pip requirement (repeatable).")
+@click.option("--secret", "secret_sections", multiple=True, metavar="SECTION",
+              help="Send only this section of the secrets file (repeatable; default: all sections).")
+@LOCK_WAIT
+def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Optional[str], excludes: Sequence[str],
+           extensions: Sequence[str], secret_sections: Sequence[str], lock_wait: float) -> int:
+    """Ship a file or folder to the orchestrator and run it there, detached.
+
+    Usage: submit CONFIG [OPTIONS] PATH [ARGS]...  Options of submit go
+    before PATH; every word after PATH is the job's, options included
+    (`submit c.yaml job.py --epochs 3 --force` passes `--epochs 3 --force`
+    to the job).  A folder's `.gitignore` files are honoured (what they
+    ignore is not shipped), and so is each `--exclude`.  A folder job runs
+    in its copy of the folder; a file job in the folder it was shipped to.
+    """
+    with opened(config) as cluster:
+        with cluster.locked(lock_wait):
+            cluster.install_extensions({spec: spec for spec in extensions})
+            secrets = (cluster.session.send_secrets(list(secret_sections) or None)
+                       if cluster.config.secrets is not None else None)
+            status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry, secrets=secrets,
+                                 excludes=excludes)
+        note.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
+        return EXIT_OK
+
+
+@cli.command()
+@CONFIG
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing until the job ends; exit with its code (128 + N when signal N ended it).")
+def logs(config: str, follow: bool) -> int:
+    """Print the job's output (everything since it started)."""
+    with opened(config) as cluster:
+        stream = sys.stdout.buffer
+
+        def write(chunk: bytes) -> None:
+            stream.write(chunk)
+            stream.flush()
+
+        final = jobs.logs(cluster.session, write, follow=follow)
+        if follow:
+            note.print(f"job {final.describe()}")
+            return job_exit_code(final)
+        return EXIT_OK
+
+
+def job_exit_code(status: jobs.JobStatus) -> int:
+    """The job's exit code as a process's: its own, 128 + N when signal N ended it, 1 when it was lost."""
+    if status.state != "finished" or status.exit_code is None:
+        return EXIT_FAILED
+    return status.exit_code if status.exit_code >= 0 else 128 - status.exit_code
+
+
+@cli.command()
+@CONFIG
+@click.argument("remote")
+@click.argument("local", type=click.Path(file_okay=False))
+def pull(config: str, remote: str, local: str) -> int:
+    """Bring REMOTE back into LOCAL, after gathering the factories' copies on the orchestrator.
+
+    REMOTE is relative to the user's home folder on the hosts (not to the
+    job's working folder): a job writing to `$HOME/results` is pulled with
+    `pull CONFIG results ./results`.
+    """
+    with opened(config) as cluster:
+        jobs.pull(cluster.session, remote, Path(local))
+        note.print(f"pulled {remote} into {local}")
+        return EXIT_OK

@@ -1,0 +1,158 @@
+"""Resize in place: the cluster's members as the last ``up`` left them, and what ``up`` does when they change.
+
+The local state folder remembers the cluster's members (``members.json``:
+every host with its addresses and instance id).  When the provider's answer
+differs — ``factories_num`` raised or lowered, an address added to or
+dropped from the ``ssh`` provider's list — ``up`` grows and shrinks the
+running cluster instead of rebuilding it:
+
+- **grow**: new factories are prepared like any host and their Ray workers
+  join the running head (:func:`flambe_cluster.raycluster.launch` starts
+  only what is missing); nothing else is touched;
+- **shrink**: :func:`shrink` drains each removed factory (stops this
+  cluster's Ray node there, best effort: a machine that does not answer is
+  released anyway), has the provider release it
+  (:func:`~flambe_cluster.hookspecs.flambe_cluster_release_instances`: a
+  cloud terminates it, machines the user brought are left running), then
+  forgets it: its pinned host keys, its journal records, its membership;
+- **repair** (both at once): a cloud factory that was lost (terminated,
+  interrupted) is missing from the provider's answer, which holds a new
+  one in its place: the lost one is said to be replaced, released and
+  forgotten without draining (it no longer runs), the new one grows in
+  (see :mod:`flambe_cluster.repair`).
+
+The head, the workers that stay and a running job are never restarted.  A
+host is identified by its instance id, or by its addresses when it has none
+(machines the user brought): a factory whose address changed is one removed
+and one added.  A cluster from before this record (no ``members.json``) has
+nothing to shrink; its first ``up`` writes the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Sequence
+
+from . import raycluster
+from .errors import FlambeClusterError
+from .records import Endpoint, Instance, Role
+from .session import HostSession
+from .state import ClusterState, write_private
+
+logger = logging.getLogger(__name__)
+
+MEMBERS = "members.json"
+#: Seconds a removed factory is given to answer before it is released without draining.
+DRAIN_CONNECT_TIMEOUT = 15.0
+
+
+def identity(host: Instance) -> tuple:
+    """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its addresses."""
+    return ("id", host.instance_id) if host.instance_id else ("at", str(host.public), str(host.private))
+
+
+def _to_json(host: Instance) -> dict:
+    return {"name": host.name, "role": host.role.value, "public": str(host.public), "private": str(host.private),
+            "use_public": host.use_public, "instance_id": host.instance_id}
+
+
+def _from_json(item: dict) -> Instance:
+    return Instance(name=item["name"], role=Role(item["role"]), public=Endpoint.parse(item["public"]),
+                    private=Endpoint.parse(item["private"]), use_public=item["use_public"],
+                    instance_id=item["instance_id"], gpus=None)
+
+
+def members(state: ClusterState) -> list[Instance] | None:
+    """The members the record holds (None without a record, or with one that cannot be read: nothing to shrink)."""
+    try:
+        return [_from_json(item) for item in json.loads((state.root / MEMBERS).read_text())]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring the damaged member record %s (%s)", state.root / MEMBERS, exc)
+        return None
+
+
+def write_members(state: ClusterState, hosts: Sequence[Instance]) -> None:
+    """Replace the record with ``hosts`` (written only when it changes, atomically)."""
+    text = json.dumps([_to_json(h) for h in hosts], indent=1, sort_keys=True) + "\n"
+    path = state.ensure().root / MEMBERS
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    write_private(path, text.encode())
+
+
+def drop_members(state: ClusterState, gone: Sequence[Instance] | None = None) -> None:
+    """Remove ``gone`` from the record (rolled back, released); all of it when ``gone`` is None (``down``)."""
+    if gone is None:
+        (state.root / MEMBERS).unlink(missing_ok=True)
+        return
+    recorded = members(state)
+    if recorded is not None:
+        removed = {identity(h) for h in gone}
+        write_members(state, [h for h in recorded if identity(h) not in removed])
+
+
+def shrink(session: HostSession) -> list[Instance]:
+    """Say which factories join; drain, release and forget the factories the cluster no longer has; returns them.
+
+    A removed factory that does not answer (lost, already terminated) is
+    released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members, before anything is
+    started on the new ones: a later ``up`` drains them too if the file
+    changes back after a failure (a rollback drops the instances it
+    destroys, :func:`drop_members`).
+    """
+    record = members(session.state)  # None: nothing recorded, so nothing to add or remove
+    recorded = {identity(h) for h in record or session.hosts()}
+    current = {identity(h) for h in session.hosts()}
+    added = [h for h in session.factories if identity(h) not in recorded]
+    if added:
+        session.on_step(f"adding {len(added)} factories to the cluster: " + ", ".join(h.label for h in added))
+    removed = [h for h in record or () if h.role is Role.FACTORY and identity(h) not in current]
+    lost = removed[:len(added)]  # as many removed as added: lost ones being replaced (a repair)
+    if lost:
+        session.on_step(f"replacing {len(lost)} lost factories: " + ", ".join(h.label for h in lost))
+    if len(removed) > len(lost):
+        session.on_step(f"removing {len(removed) - len(lost)} factories no longer in the cluster: "
+                        + ", ".join(h.label for h in removed[len(lost):]))
+    if removed:
+        # A lost cloud instance (the provider created a replacement: it no longer runs) has no Ray node to stop.
+        drain(session, [h for h in removed if not (h in lost and h.instance_id)])
+        session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
+        forget(session, removed)
+    write_members(session.state, session.hosts())
+    return removed
+
+
+def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
+    """Stop this cluster's Ray node on ``hosts`` at once; a host that does not answer is logged and skipped."""
+    if not hosts:
+        return
+    pool = session.pool
+    saved, pool.connect_timeout = pool.connect_timeout, min(pool.connect_timeout, DRAIN_CONNECT_TIMEOUT)
+
+    def stop(host: Instance) -> None:
+        try:
+            if session.has_environment([host])[host]:
+                raycluster.stop_node(session, host)
+        except FlambeClusterError as exc:
+            logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
+            session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node")
+
+    try:
+        pool.map(list(hosts), stop)
+    finally:
+        pool.connect_timeout = saved
+
+
+def forget(session: HostSession, hosts: Sequence[Instance]) -> None:
+    """Forget released ``hosts``: pinned host keys, journal records of their instances, membership."""
+    session.forget_host_keys(list(hosts))
+    ids = {h.instance_id for h in hosts if h.instance_id}
+    if ids:
+        session.state.journal.forget_instances(ids)
+    drop_members(session.state, hosts)

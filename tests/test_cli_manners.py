@@ -1,0 +1,150 @@
+"""The command line's manners, through the real CLI: `down` asks on a terminal, `-q`, `list` (the state
+folder's clusters, and the AWS sweep for clusters none knows), and what `submit` ships.
+
+The AWS clusters live on moto (their machines never answer SSH: nothing here needs them to); the `ssh`
+cluster on real test hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aws_support import moto_cloud  # noqa: F401 - a fixture
+from conftest import run_cli, ssh_cluster_yaml
+from flambe_cluster.state import ClusterState
+
+CREATOR = "tester"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """One state folder for the module: `list` sees every cluster the tests made."""
+    return tmp_path_factory.mktemp("flambe-state")
+
+
+def aws_cluster(cloud, home: Path, folder: Path, name: str) -> Path:
+    """An AWS cluster of 1 orchestrator and 1 factory as `up` leaves it: tagged instances, its file remembered."""
+    config = cloud.write_config(folder / f"{name}.yaml", name, factories_num=1, creator=CREATOR, connect_timeout=5)
+    for role in ("orchestrator", "factory"):
+        cloud.make_instance({"flambe-cluster:cluster": name, "flambe-cluster:creator": CREATOR,
+                             "flambe-cluster:role": role, "Name": f"{name}_{role}"})
+    ClusterState.for_cluster(name, home / "clusters").remember_config(config)
+    return config
+
+
+def running(cloud, name: str) -> list[str]:
+    return [i["InstanceId"] for i in cloud.instances(name, states=("pending", "running"))]
+
+
+def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """What the pseudo-terminal ``fd`` shows until ``wanted`` appears (or it closes, or ``timeout`` passes)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_down_asks_on_a_terminal_and_does_nothing_on_no(moto_cloud, home, tmp_path):
+    config = aws_cluster(moto_cloud, home, tmp_path, "asked")
+    machines = running(moto_cloud, "asked")
+    master, slave = os.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "down", str(config)],
+                               stdin=slave, stdout=slave, stderr=slave, env=moto_cloud.cli_env(home))
+    os.close(slave)
+    try:
+        shown = read_until(master, b"[y/N]", timeout=60)
+        assert b"Destroy the 2 machines of cluster 'asked' (aws: asked_orchestrator, asked_factory0)?" in shown, shown
+        os.write(master, b"n\n")
+        shown += read_until(master, b"left as it is", timeout=30)
+        assert process.wait(timeout=30) == 1, shown
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    assert running(moto_cloud, "asked") == machines
+
+
+def test_down_without_a_terminal_does_not_ask_and_quiet_prints_nothing_but_errors(moto_cloud, home, tmp_path):
+    config = aws_cluster(moto_cloud, home, tmp_path, "scripted")
+    done = moto_cloud.cli("down", str(config), "-q", home=home, check=0)
+    assert running(moto_cloud, "scripted") == []
+    assert done.stdout == "" and done.stderr == "", done.stderr
+    done = moto_cloud.cli("-q", "status", "no-such-file.yaml", home=home, check=2)
+    assert done.stderr.startswith("error: ") and done.stdout == ""
+
+
+def test_list_json_shows_clusters_of_two_providers(three_hosts, flambe_client_key, moto_cloud, home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "onhosts.yaml", three_hosts.hosts, flambe_client_key.path, "onhosts")
+    run_cli("up", str(config), state_home=home, check=0)
+    aws_cluster(moto_cloud, home, tmp_path, "cloudy")
+    listed = json.loads(moto_cloud.cli("list", "--json", home=home, check=0).stdout)["clusters"]
+    by_name = {c["name"]: c for c in listed}
+    ssh, aws = by_name["onhosts"], by_name["cloudy"]
+    assert (ssh["provider"], ssh["exists"], ssh["error"]) == ("ssh", True, None)
+    assert [(h["role"], h["ssh"]) for h in ssh["hosts"]] == [("orchestrator", "ok"), ("factory", "ok"), ("factory", "ok")]
+    assert ssh["ray"]["alive_workers"] == 2 and ssh["job"]["state"] == "none"
+    assert ssh["config"] == str(config.resolve())
+    assert (aws["provider"], aws["exists"], aws["ray"]) == ("aws", True, None)
+    assert sorted(h["instance_id"] for h in aws["hosts"]) == sorted(running(moto_cloud, "cloudy"))
+    assert all(h["ssh"].startswith("error") for h in aws["hosts"])
+    table = moto_cloud.cli("list", home=home, check=0).stdout
+    assert "onhosts" in table and "cloudy" in table
+
+
+def test_the_aws_sweep_finds_a_cluster_whose_state_folder_was_deleted(moto_cloud, home, tmp_path):
+    aws_cluster(moto_cloud, home, tmp_path, "remembered")
+    aws_cluster(moto_cloud, home, tmp_path, "lost")
+    shutil.rmtree(home / "clusters" / "lost")
+    swept = json.loads(moto_cloud.cli("list", "--provider", "aws", "--region", "us-east-1", "--json",
+                                      home=home, check=0).stdout)
+    by_name = {c["name"]: c for c in swept["untracked"]}
+    assert "remembered" not in by_name
+    ids = running(moto_cloud, "lost")
+    assert sorted(m.split()[0] for m in by_name["lost"]["machines"]) == sorted(ids)
+    assert by_name["lost"]["remove"].startswith("aws ec2 terminate-instances --region us-east-1 --instance-ids ")
+    assert sorted(by_name["lost"]["remove"].split("--instance-ids ")[1].split()) == sorted(ids)
+    text = moto_cloud.cli("list", "--provider", "aws", home=home, check=0).stdout
+    assert "cluster 'lost'" in text and "remove with: aws ec2 terminate-instances" in text
+    done = moto_cloud.cli("list", "--provider", "ssh", home=home, check=2)
+    assert "cannot look for machines by tags" in done.stderr
+
+
+def test_submit_ships_what_gitignore_and_exclude_leave_and_logs_follow_exits_with_the_jobs_code(
+        three_hosts, flambe_client_key, home, tmp_path):
+    config = ssh_cluster_yaml(tmp_path / "onhosts.yaml", three_hosts.hosts, flambe_client_key.path, "onhosts")
+    run_cli("up", str(config), state_home=home, check=0)
+    job = tmp_path / "project"
+    (job / "data").mkdir(parents=True)
+    (job / "notes").mkdir()
+    (job / "main.py").write_text("import os\nprint('working in', os.getcwd())\nraise SystemExit(3)\n")
+    (job / ".gitignore").write_text("data/\n*.ckpt\n")
+    with open(job / "data" / "big.bin", "wb") as big:
+        big.write(os.urandom(50 * 2**20))
+    (job / "model.ckpt").write_bytes(os.urandom(2**20))
+    (job / "notes" / "draft.txt").write_text("private\n")
+    done = run_cli("submit", str(config), "--exclude", "notes", str(job), state_home=home, check=0)
+    assert "Uploading" not in done.stderr, done.stderr
+    code = three_hosts.hosts[0].home / ".flambe-cluster" / "onhosts" / "job" / "code" / "project"
+    shipped = {str(p.relative_to(code)): p.stat().st_size for p in code.rglob("*") if p.is_file()}
+    assert sum(shipped.values()) < 2**20, shipped
+    assert set(shipped) == {"main.py", ".gitignore"}, shipped
+    follow = run_cli("logs", str(config), "--follow", state_home=home, check=3)
+    assert follow.stdout.strip().startswith("working in /") and follow.stdout.strip().endswith(
+        "/.flambe-cluster/onhosts/job/code/project"), follow.stdout

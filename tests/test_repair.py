@@ -1,0 +1,322 @@
+"""Repair: `up` replaces exactly the lost factories; `up --watch` keeps a cluster whole while a job runs.
+
+On AWS (moto + test hosts, spot factories): a factory instance terminated
+under a running job (as EC2 does when it interrupts a spot instance) is
+replaced by a plain `up`, then another one by `up --watch`, which notices it
+on its own; each time the replacement's Ray worker joins the running head,
+the job counting its workers sees the count drop and recover, and the head's
+process is the same throughout.  Ctrl-C ends the watch (exit 0) and leaves
+the cluster as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from aws_support import aws_cloud  # noqa: F401 - a fixture
+from test_resize import AWS_NAME, AWSEnv, COUNT_JOB, boot_id, aws_env, pids  # noqa: F401 - aws_env: a fixture
+
+
+class Watch:
+    """`flambe-cluster up CONFIG --watch SECONDS` in the background, its output in files."""
+
+    def __init__(self, env, seconds: float, *more: str):
+        self.err_path = env.folder / "watch.err"
+        self.out_path = env.folder / "watch.out"
+        if hasattr(env, "cloud"):
+            environment = env.cloud.cli_env(env.state)
+        else:
+            environment = {**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state), "COLUMNS": "200"}
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flambe_cluster", "up", str(env.config), "--watch", str(seconds), *more],
+                stdout=out, stderr=err, text=True, env=environment, start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.err_path.read_text() + self.out_path.read_text()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.process.poll() is None, f"the watch ended (exit {self.process.returncode}):\n{self.output}"
+            assert time.monotonic() < deadline, f"the watch never said {text!r}:\n{self.output}"
+            time.sleep(0.5)
+        return self.output
+
+    def interrupt(self, timeout: float = 60) -> int:
+        os.kill(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """End it whatever it does (its own process group only)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+def read_counts(env, orchestrator, name: str) -> None:
+    """Let ``env`` read the job's worker counts from the orchestrator's disk: `logs` refuses an incomplete cluster."""
+    log = orchestrator.home / ".flambe-cluster" / name / "job" / "output.log"
+
+    def counts() -> list[int]:
+        text = log.read_text() if log.exists() else ""
+        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("workers ")]
+
+    env.counts = counts
+
+
+def after(counts_before: int, env: AWSEnv) -> list[int]:
+    return env.counts()[counts_before:]
+
+
+# --- the watch's rounds on a stand-in session (no hosts): what it says, journals and repairs
+
+
+class FakePool:
+    connect_timeout = 60.0
+
+    def __init__(self):
+        self.down: set[str] = set()
+
+    def run(self, host, command, timeout=None, check=True):
+        from flambe_cluster.errors import ClusterError
+
+        if host.private.host in self.down:
+            raise ClusterError(f"{host.label}: no answer")
+        return type("Result", (), {"ok": True})()
+
+    def map(self, hosts, action):
+        return {h: action(h) for h in hosts}
+
+
+def fake_session(tmp_path, ids):
+    from types import SimpleNamespace
+
+    from flambe_cluster.records import ClusterInstances, Endpoint
+    from flambe_cluster.state import ClusterState
+
+    ends = [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}")) for i in (1, 2, 3)]
+    instances = ClusterInstances.named("c", ends, instance_ids=ids)
+    lines: list[str] = []
+    session = SimpleNamespace(
+        name="c", config=SimpleNamespace(connect_timeout=60.0), pool=FakePool(), lines=lines,
+        orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
+        state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
+        hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
+    session.hooks.flambe_cluster_release_instances = lambda config, instances: session.released.extend(instances)
+    return session
+
+
+def watch_actions(session) -> list[str]:
+    return [e["action"] for e in session.state.journal.entries() if e["event"] == "watch"]
+
+
+def test_a_silent_machine_the_user_brought_is_waited_for_then_rejoins(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, None)
+    alive = {"10.0.0.2": {}, "10.0.0.3": {}}
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": ip, "alive": True, "head": False} for ip in alive])
+    repairs: list[int] = []
+    watch = repair.Watch(session, lost_after=0)
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [] and session.lines == [] and watch_actions(session) == [], "a whole cluster: nothing to do"
+    session.pool.down.add("10.0.0.3")
+    del alive["10.0.0.3"]
+    watch.round(lambda: repairs.append(1))
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [] and session.released == [], "a machine the user brought is not replaced by the watch"
+    assert len(session.lines) == 1 and "waiting for a machine to answer at its address" in session.lines[0], session.lines
+    session.pool.down.clear()  # a machine answers at the address again, without a Ray worker
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [1]
+    assert [line.split(":")[0] for line in session.lines[1:]] == ["c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
+    assert watch_actions(session) == ["lost", "lost", "rejoined"], "one journal entry per line"
+
+
+def test_a_silent_cloud_factory_is_released_and_replaced_a_failed_repair_is_said(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair, resize
+    from flambe_cluster.errors import ClusterError
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])
+    monkeypatch.setattr(resize, "forget", lambda s, hosts: None)
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.down.add("10.0.0.2")
+
+    def failing():
+        raise ClusterError("no capacity")
+
+    watch.round(failing)
+    assert [h.instance_id for h in session.released] == ["i-1"], "released so that up creates another"
+    assert "repair failed, trying again in the next round: no capacity" in session.lines[-1]
+    assert watch_actions(session) == ["lost", "repair-failed"]
+
+
+def test_ctrl_c_between_rounds_ends_the_watch_during_a_repair_it_propagates(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, None)
+
+    def interrupt(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raycluster, "nodes", interrupt)
+    repair.watch(session, lambda: None, interval=0.01)
+    assert session.lines[-1] == "stopped watching cluster 'c'; the cluster is left as it is"
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])  # no worker alive: a repair, interrupted
+    with pytest.raises(KeyboardInterrupt):
+        repair.watch(session, lambda: interrupt(None), interval=0.01)
+
+
+@pytest.mark.hosts
+def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_job(aws_env):
+    from flambe_cluster.state import ClusterState
+
+    env, cloud = aws_env, aws_env.cloud
+    cloud.write_config(env.config, AWS_NAME, factories_num=2, ray_timeout=90, factories_spot=True)
+    env.cli("up", check=0)
+    [orchestrator_id] = env.roles()["orchestrator"]
+    orchestrator = cloud.host_of(orchestrator_id)
+    head, boot = pids(orchestrator, "gcs_server"), boot_id(orchestrator)
+    read_counts(env, orchestrator, AWS_NAME)
+    first = env.roles()["factory"]
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+
+    # a plain `up` replaces exactly the lost factory (EC2 interrupted the spot instance: it is terminated)
+    cloud.ec2.terminate_instances(InstanceIds=[first[1]])
+    seen = len(env.counts())
+    assert env.wait_for_count(1, timeout=90)[-1] == 1, "the job sees the worker go"
+    repaired = env.cli("up", check=0)
+    assert "replacing 1 lost factories" in repaired.stderr and "did not answer" not in repaired.stderr, \
+        "a lost instance is not drained"
+    factories = env.roles()["factory"]
+    assert factories[0] == first[0] and factories[1] not in first and len(factories) == 2, (first, factories)
+    assert cloud.state_of(first[1]) == "terminated"
+    assert env.roles()["orchestrator"] == [orchestrator_id]
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+    assert env.wait_for_count(2)[-1] == 2
+    counts = after(seen, env)
+    assert 1 in counts and counts[-1] == 2, counts
+    assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, \
+        f"the head was restarted\n{repaired.stderr}"
+    alarmed = sorted(a["Dimensions"][0]["Value"] for a in cloud.alarms(f"flambe-cluster/{AWS_NAME}/"))
+    assert alarmed == sorted(factories), "the replacement has its idle alarm, the lost one's is gone"
+
+    # `up --watch` notices a lost factory by itself, replaces it and joins it to Ray; the job goes on
+    watch = Watch(env, 3)
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        seen = len(env.counts())
+        cloud.ec2.terminate_instances(InstanceIds=[factories[0]])
+        output = watch.wait_for("joined Ray", timeout=400)
+        now = env.roles()["factory"]
+        assert now[0] == factories[1] and now[1] not in factories and len(now) == 2, \
+            f"the factory that stayed comes first: {factories} -> {now}"
+        replacement = now[1]
+        assert env.wait_for_count(2)[-1] == 2
+        counts = after(seen, env)
+        assert 1 in counts and counts[-1] == 2, counts
+        status = env.status()
+        assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+        assert pids(orchestrator, "gcs_server") == head and boot_id(orchestrator) == boot, "the head was restarted"
+        assert f"{factories[0]} is lost" in output and replacement in output, output
+        assert "replacing 1 lost factories" not in output and "WARNING" not in output, \
+            "the repair's own steps are logged, not printed"
+
+        # Ctrl-C: the watch ends (exit 0), saying so; the cluster is as it was
+        assert watch.interrupt() == 0, watch.output
+        assert "stopped watching" in watch.output, watch.output
+    finally:
+        watch.kill()
+    assert env.roles()["factory"] == now
+    assert env.status()["job"]["state"] == "running"
+    actions = [e for e in ClusterState(env.state / "clusters" / AWS_NAME).journal.entries() if e["event"] == "watch"]
+    assert [e["action"] for e in actions][-2:] == ["lost", "replaced"], actions
+    assert actions[-1]["details"]["instance_id"] == replacement, actions[-1]
+    assert actions[-1]["details"]["old_instance_id"] == factories[0], actions[-1]
+    env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+# --- ssh provider: machines the user brought; the replacement answers at the same address with the same host key
+
+
+def fresh_machine(host, client_key) -> None:
+    """Make ``host`` (stopped) a machine set up anew: its home holds only the login key; its host key stays."""
+    import shutil
+
+    for item in host.home.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+    (host.home / ".ssh").mkdir(mode=0o700)
+    (host.home / ".ssh" / "authorized_keys").write_text(client_key.public_line.strip() + "\n")
+    subprocess.run(["chown", "-R", f"{host.username}:", str(host.home)], check=True)
+
+
+@pytest.fixture
+def ssh_env(flambe_test_hosts, flambe_client_key, tmp_path):
+    from test_resize import Env
+
+    network = flambe_test_hosts(3)
+    env = Env(network, tmp_path, flambe_client_key.path)
+    try:
+        yield env
+    finally:
+        try:
+            for host in network.hosts:
+                host.start()
+            env.cli("down", timeout=300)
+        finally:
+            network.close()
+
+
+@pytest.mark.hosts
+def test_ssh_a_stopped_factory_replaced_at_its_address_rejoins_under_up_watch(ssh_env, flambe_client_key):
+    from flambe_cluster.state import ClusterState
+
+    env = ssh_env
+    orchestrator, gone = env.hosts[0], env.hosts[2]
+    env.write(2)
+    env.cli("up", check=0)
+    head = pids(orchestrator, "gcs_server")
+    read_counts(env, orchestrator, "resize")
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+    watch = Watch(env, 2, "--lost-after", "5")
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        seen = len(env.counts())
+        gone.stop()
+        watch.wait_for("has not answered for", timeout=120)
+        assert env.wait_for_count(1, timeout=90)[-1] == 1
+        fresh_machine(gone, flambe_client_key)
+        gone.start()  # the replacement: same address, same host key, nothing of the cluster on it
+        output = watch.wait_for("rejoined Ray", timeout=400)
+        assert env.wait_for_count(2)[-1] == 2
+        counts = after(seen, env)
+        assert 1 in counts and counts[-1] == 2, counts
+        status = env.status()
+        assert status["ray"]["alive_workers"] == 2 and status["job"]["state"] == "running", status
+        assert pids(orchestrator, "gcs_server") == head, "the head was restarted"
+        assert "waiting for a machine to answer at its address" in output and "repair failed" not in output, output
+        assert watch.interrupt() == 0, watch.output
+        assert "stopped watching" in watch.output
+    finally:
+        watch.kill()
+    actions = [e["action"] for e in ClusterState(env.state / "clusters" / "resize").journal.entries()
+               if e["event"] == "watch"]
+    assert actions[0] == "lost" and actions[-1] == "rejoined", actions
+    env.cli("exec", "--", "touch stop-counting", check=0)
