@@ -57,7 +57,7 @@ def test_first_up_ships_the_wheelhouse_once_and_starts_ray(env):
     up = env.first_up
     assert up.returncode == 0, up.stderr
     assert up.stderr.count("shipping the wheelhouse to the orchestrator") == 1
-    assert "passing the wheelhouse from the orchestrator to 2 factories at once" in up.stderr
+    assert "passing the wheelhouse on to 2 factories as a tree" in up.stderr
     assert "installing flambe-cluster and ray offline on 3 hosts" in up.stderr
     for host in env.hosts[1:]:
         assert list((host.home / ".flambe-cluster" / NAME / "wheelhouse").glob("ray-*.whl"))
