@@ -127,12 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                 busy1, total1 = machine_cpu()
                 client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 client = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
-                growth.append((factories, wall, (busy1 - busy0) / (total1 - total0), client, fresh.steps))
+                growth.append((factories, wall, (busy1 - busy0) / (total1 - total0), busy1 - busy0, client, fresh.steps))
                 if factories == 2:
                     fresh_up = wall
                     fresh.cli("down")
                     known_hosts = fresh.workdir / "state" / "clusters" / NAME / "known_hosts"
-                    manual = [ray_start_by_hand(fresh.hosts, key.path, known_hosts, NAME) for _ in range(args.rounds)]
+                    manual, manual_cpu = [], []
+                    for _ in range(args.rounds):
+                        before = machine_cpu()[0]
+                        manual.append(ray_start_by_hand(fresh.hosts, key.path, known_hosts, NAME))
+                        manual_cpu.append(machine_cpu()[0] - before)
             finally:
                 fresh.close()
     finally:
@@ -144,14 +148,17 @@ def main(argv: list[str] | None = None) -> int:
           f"received {received / 2**20:.1f} MB ({received / content:.2f}x)")
     print(f"2. fresh 1+2 up {fresh_up:.2f} s; ray start by hand (head, then 2 workers) median {by_hand:.2f} s "
           f"(runs {', '.join(f'{x:.2f}' for x in manual)}); ratio {fresh_up / by_hand:.2f}x")
-    print(f"3. {'hosts':<6} {'fresh up':>9} {'machine CPU busy':>17} {'client CPU':>11}")
-    for factories, wall, busy, client, _steps in growth:
-        print(f"   1+{factories:<4} {wall:>8.2f}s {busy * 100:>16.0f}% {client:>10.2f}s")
+    fresh_cpu = next(cpu for factories, _wall, _busy, cpu, _client, _steps in growth if factories == 2)
+    print(f"   machine CPU used (all hosts share this machine's {os.cpu_count()} CPUs): fresh 1+2 up {fresh_cpu:.1f} s, "
+          f"ray start by hand median {statistics.median(manual_cpu):.1f} s; ratio {fresh_cpu / statistics.median(manual_cpu):.2f}x")
+    print(f"3. {'hosts':<6} {'fresh up':>9} {'machine CPU busy':>17} {'CPU seconds':>12} {'client CPU':>11}")
+    for factories, wall, busy, cpu, client, _steps in growth:
+        print(f"   1+{factories:<4} {wall:>8.2f}s {busy * 100:>16.0f}% {cpu:>11.1f}s {client:>10.2f}s")
     print(f"target: orchestrator egress <= {TARGET_EGRESS:g}x content: measured {sent / content:.2f}x -> "
           f"{'met' if sent / content <= TARGET_EGRESS else 'NOT met'}")
     print(f"target: fresh 1+2 up <= {TARGET_UP_RATIO:g}x ray start by hand: measured {fresh_up / by_hand:.2f}x -> "
           f"{'met' if fresh_up / by_hand <= TARGET_UP_RATIO else 'NOT met'}")
-    for factories, _wall, _busy, _client, steps in growth:
+    for factories, _wall, _busy, _cpu, _client, steps in growth:
         print(f"note: steps of the fresh 1+{factories} up:\n" + "\n".join(f"      {line}" for line in steps.splitlines()))
     return 0
 
