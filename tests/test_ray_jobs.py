@@ -197,3 +197,43 @@ def test_down_leaves_no_ray_process(env):
         assert not list((host.home / ".flambe-cluster" / "ray").glob("*.json"))
     status = json.loads(env.cli("status", str(env.config), "--json", check=1).stdout)  # exit 1: Ray is down
     assert status["ray"] is None
+
+
+FAKE_RAYLET = "#!/bin/sh\n# stand-in for tests: a process named raylet, not started by flambe-cluster\nsleep 600\n"
+
+
+def test_a_head_that_cannot_start_ends_up_at_once_and_stops_the_workers_started_alongside(env, tmp_path):
+    """Workers start alongside the head and wait for its GCS (up to ray_timeout): when the head is refused, `up`
+    fails at once naming the orchestrator, and the workers' `ray start` commands, given up, stop their nodes."""
+    orchestrator, user = env.hosts[0], env.hosts[0].username
+    fake = orchestrator.home / "raylet"
+    fake.write_text(FAKE_RAYLET)
+    fake.chmod(0o755)
+    started = orchestrator.run_in_namespace(  # the host's home is /home/<user> inside its namespaces
+        ["runuser", "-u", user, "--", "sh", "-c",
+         f"setsid /home/{user}/raylet --node_ip_address={orchestrator.address} </dev/null >/dev/null 2>&1 & echo $!"],
+        check=True)
+    pid = int(started.stdout.strip())
+    config = tmp_path / "patient.yaml"
+    config.write_text(env.config.read_text() + "ray_timeout: 300\n")
+    try:
+        began = time.monotonic()
+        up = env.cli("up", str(config), check=1, timeout=280)
+        elapsed = time.monotonic() - began
+        print(f"up refused at the head after {elapsed:.1f} s; workers started alongside: "
+              f"{up.stderr.count('starting the Ray worker on')}")
+        assert "a Ray node not started by flambe-cluster runs on" in up.stderr, up.stderr
+        assert f"{NAME}_orchestrator ({orchestrator.address}" in up.stderr, up.stderr
+        assert elapsed < 60, f"up took {elapsed:.0f} s: it waited for the workers (ray_timeout 300 s)"
+        deadline = time.monotonic() + 15
+        while True:
+            left = {h.name: {"ray", "raylet", "gcs_server"} & set(env.processes(h)) for h in env.hosts[1:]}
+            if not any(left.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert not any(left.values()), left
+        for host in env.hosts[1:]:
+            assert not list((host.home / ".flambe-cluster" / "ray").glob("*.json")), host.name
+    finally:
+        orchestrator.run_in_namespace(["kill", "-s", "TERM", "--", f"-{pid}"], check=True)
+        fake.unlink()

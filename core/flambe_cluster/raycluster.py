@@ -140,8 +140,9 @@ class Launch:
     them gets its worker started whatever the head says (the head may still
     count a worker whose host went away, until its health checks notice).
     :meth:`finish` readies the hosts not readied yet, waits for those
-    threads (raising what failed, naming the hosts), then until the head
-    reports exactly ``factories_num`` alive workers.  :meth:`abandon` lets
+    threads (raising what failed, naming the hosts; as soon as the head
+    failed, without waiting for workers that wait for it), then until the
+    head reports exactly ``factories_num`` alive workers.  :meth:`abandon` lets
     the threads end without starting anything more.
     """
 
@@ -169,16 +170,21 @@ class Launch:
         """Ready every host, wait for their nodes and then for every worker to be alive (see the class)."""
         for host in self.session.hosts():
             self.ready(host)
+        self._threads[self.session.orchestrator].join()
+        self._raise_errors()  # a head that failed: workers waiting for its GCS end when the caller closes the pool
         for thread in list(self._threads.values()):
             thread.join()
-        if self._errors:
-            forget_early_answer(self.session)
-            raise self._errors[0] if len(self._errors) == 1 else HostsFailedError(self._errors)
+        self._raise_errors()
         alive = self._alive or {}
         if not self._started and len(alive) == self.session.config.factories_num:
             self.session.on_step(f"Ray already up: {len(alive)} workers alive")
             return
         wait_for_workers(self.session)  # also when only workers of removed factories are still leaving the head's list
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            forget_early_answer(self.session)
+            raise self._errors[0] if len(self._errors) == 1 else HostsFailedError(self._errors)
 
     def abandon(self) -> None:
         """Start nothing more: the threads waiting for the head end (a command under way ends with the pool)."""
@@ -195,6 +201,8 @@ class Launch:
         except Exception as exc:  # handed to finish()
             with self._guard:
                 self._errors.append(exc if isinstance(exc, FlambeClusterError) else HostError(host.label, repr(exc)))
+                if host == self.session.orchestrator:
+                    self._alive = None  # no head: workers not started yet stay so
         finally:
             if host == self.session.orchestrator:
                 self._head_checked.set()

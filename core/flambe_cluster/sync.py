@@ -10,9 +10,12 @@ shell, so any file name is passed as data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -97,10 +100,7 @@ def rsync_to(
         extra = [*extra, "--info=progress2", "--no-human-readable"]
     argv = rsync_command(_source_args(sources), destination, ssh_options=ssh_options, port=port, delete=delete,
                          extra=extra)
-    if on_bytes is None:
-        _run_rsync(host_label, argv, timeout)
-    else:
-        _run_rsync_reporting(host_label, argv, timeout, on_bytes)
+    _run_rsync(host_label, argv, timeout, on_bytes)
 
 
 def _source_args(sources: Sequence[Path | str]) -> list[str]:
@@ -140,34 +140,34 @@ def rsync_from(
     _run_rsync(host_label, argv, timeout)
 
 
-def _run_rsync(host_label: str, argv: list[str], timeout: float) -> None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise HostError(host_label, f"rsync did not finish within {timeout:g} s") from exc
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-10:])
-        raise HostError(host_label, f"rsync failed with exit code {done.returncode}: {tail}")
-
-
 #: A progress line of ``--info=progress2``: the bytes sent so far come first (``  1,234,567  12%  ...``).
 _PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
 
 
-def _run_rsync_reporting(host_label: str, argv: list[str], timeout: float, on_bytes: Callable[[int], None]) -> None:
-    """:func:`_run_rsync`, reading rsync's progress lines as they come and passing their byte counts to ``on_bytes``."""
+def _run_rsync(host_label: str, argv: list[str], timeout: float, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Run rsync; with ``on_bytes``, read its progress lines as they come and pass their byte counts on.
+
+    rsync runs in a process group of its own with the ``ssh`` it starts: on a
+    timeout, or when this thread is interrupted (a signal ends ``up``), the
+    whole group is killed, so no ``ssh`` is left behind.  Raises
+    :class:`HostError` naming the host, rsync's exit code and the tail of its
+    stderr.
+    """
     with tempfile.TemporaryFile() as errors:
         try:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         except FileNotFoundError as exc:
             raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
         expired = threading.Event()
 
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
         def expire() -> None:
             expired.set()
-            process.kill()
+            kill()
 
         timer = threading.Timer(timeout, expire)
         timer.daemon = True
@@ -179,13 +179,13 @@ def _run_rsync_reporting(host_label: str, argv: list[str], timeout: float, on_by
                 *lines, pending = re.split(rb"[\r\n]", pending + chunk)
                 for line in lines:
                     match = _PROGRESS.match(line)
-                    if match:
+                    if match and on_bytes is not None:
                         on_bytes(int(match.group(1).replace(b",", b"")))
             code = process.wait()
         finally:
             timer.cancel()
-            if process.poll() is None:  # an interrupt: rsync stops with this command
-                process.kill()
+            if process.poll() is None:  # an interrupt: rsync and its ssh stop with this command
+                kill()
                 process.wait()
         if expired.is_set():
             raise HostError(host_label, f"rsync did not finish within {timeout:g} s")

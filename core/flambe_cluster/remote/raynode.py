@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -99,6 +100,34 @@ def _raylets_on(node_ip: str) -> list[tuple[int, int]]:
     return result
 
 
+class _GiveUp:
+    """Until :meth:`cancel`: run ``undo`` and exit when the command is given up (SIGTERM from sshd, as
+    flambe-cluster asks it when it stops waiting; SIGHUP; SIGINT).  ``ray start`` runs in a session of its own,
+    which those signals do not reach."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self, undo) -> None:
+        self.undo = undo
+        for number in self.SIGNALS:
+            signal.signal(number, self._handle)
+
+    def _handle(self, number: int, _frame) -> None:
+        self.undo()
+        os._exit(128 + number)
+
+    def cancel(self) -> None:
+        for number in self.SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+
+
+def _undo_start(pgid: int, marker: Path, temp: Path) -> None:
+    """Stop a node whose start failed or was given up, and remove its marker and private folder."""
+    stop_group(pgid, grace=2.0)
+    marker.unlink(missing_ok=True)
+    _remove_temp_dir(temp)
+
+
 def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int:
     """Start this cluster's node (``ray start RAY_ARGS --temp-dir=<temp_dir>/ray``) unless it runs; refuse others'."""
     live = _live_markers(markers)
@@ -138,12 +167,13 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
     pgid = process.pid  # the new session's process group; Ray's daemons inherit it
     marker = markers / f"{node_ip}.json"
     write_json(marker, group_record(pgid, cluster=cluster))
-    if process.wait() != 0:
-        stop_group(pgid, grace=2.0)
-        marker.unlink(missing_ok=True)
-        _remove_temp_dir(temp)
+    given_up = _GiveUp(lambda: _undo_start(pgid, marker, temp))
+    returncode = process.wait()
+    given_up.cancel()
+    if returncode != 0:
+        _undo_start(pgid, marker, temp)
         print(log.read_text()[-4000:], file=sys.stderr)
-        return process.returncode
+        return returncode
     print(json.dumps({"status": "started", "pgid": pgid}))
     return 0
 
