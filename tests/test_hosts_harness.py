@@ -224,6 +224,16 @@ def test_home_is_per_host_and_visible_from_root(cluster):
         (h0.home / "x").unlink(missing_ok=True)
 
 
+def test_each_host_has_a_disk_of_its_own(cluster):
+    h0, h1 = cluster.net.hosts
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    disks = {line.split()[1]: line.split()[0] for line in mounts if line.split()[2] == "tmpfs"}
+    assert str(h0.home.parent) in disks and str(h1.home.parent) in disks, mounts
+    assert disks[str(h0.home.parent)] != disks[str(h1.home.parent)]
+    assert os.stat(h0.home).st_dev != os.stat(h1.home).st_dev != os.stat(cluster.net.workdir).st_dev
+    assert cluster.run(h0, "stat -f -c %T ~").strip() == "tmpfs"
+
+
 def test_host_to_host_ssh(cluster):
     h0, h1 = cluster.net.hosts
     ssh_dir = h0.home / ".ssh"
@@ -346,8 +356,12 @@ def test_add_host_subnet_and_close_leave_nothing(tmp_path):
             pids |= pids_in_pid_namespace(h.sshd_pid) | {h.pid}
         workdir = net.workdir
         assert workdir.is_dir()
+        disks = [str(h.home.parent) for h in net.hosts]
+        assert all(os.path.ismount(d) for d in disks)
     finally:
         net.close()
+    mounted = {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()}
+    assert not mounted & set(disks)
     ns_now, links_now = our_names()
     assert not (netns & ns_now)
     assert not (names & links_now)

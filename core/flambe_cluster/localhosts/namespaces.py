@@ -12,7 +12,14 @@ namespace and N *hosts* on it. Each host is one OpenSSH server with
 * its own mount namespace, with a private tmpfs on ``/tmp``, a private tmpfs
   on ``/run`` and, over the shared user's home directory (``/home/<user>``),
   a bind mount of a per-host folder that the root namespace can read
-  (:attr:`NamespaceHost.home`).
+  (:attr:`NamespaceHost.home`);
+* its own disk: the per-host folder is a tmpfs of its own, mounted in the root
+  namespace while the host exists.  Hosts do not share a filesystem with each
+  other or with the machine, as real hosts do not: what one host writes or
+  deletes costs the others nothing.  (On a machine whose root filesystem is
+  ext4 without a journal, creating files right after thousands were deleted
+  is quadratic, which made every host's install pay for the last test's
+  deletions.)
 
 All hosts share one Unix account (``flambe`` by default), created on first use.
 Clients talk to the hosts from the root namespace over the bridge.
@@ -209,7 +216,7 @@ class NamespaceNetwork:
         hdir = self.workdir / name
         self._host_dirs.append(hdir)
         hdir.mkdir(mode=0o755)
-        os.chmod(hdir, 0o755)
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755", f"flambe-host-{self._suffix}-{name}", str(hdir)])
         home = hdir / "home"
         if os.path.isdir("/etc/skel"):
             shutil.copytree("/etc/skel", home, symlinks=True)
@@ -315,6 +322,8 @@ class NamespaceNetwork:
         for link in reversed(self._links_made):
             attempt(f"ip link del {link}", delete_link, link)
         attempt("ip netns del", delete_netns, self._netns_made)
+        for hdir in self._host_dirs:
+            attempt(f"unmount {hdir}", _unmount, hdir)
         if self.workdir is not None:
             if self._created_workdir:
                 attempt(f"remove {self.workdir}", shutil.rmtree, self.workdir)
@@ -386,6 +395,16 @@ def destroy_detached(record: dict) -> None:
         with contextlib.suppress(LocalHostsError):
             delete_link(link)
     delete_netns(record["netns"])
+    for hdir in record["host_dirs"]:
+        with contextlib.suppress(LocalHostsError):
+            _unmount(Path(hdir))
     for folder in [record["workdir"], *record["host_dirs"]]:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unmount(hdir: Path) -> None:
+    """Unmount a host's tmpfs (its disk) if it is mounted; lazily when a process still holds it."""
+    if os.path.ismount(hdir):
+        if run(["umount", str(hdir)], check=False).returncode != 0:
+            run(["umount", "--lazy", str(hdir)])
