@@ -72,6 +72,44 @@ def test_first_up_ships_the_wheelhouse_once_and_starts_ray(env):
     assert all(w["resources"]["CPU"] >= 1 for w in workers.values())
 
 
+# Run on a host with the environment's interpreter: each .pyc under site-packages, checked-hash (flags 3: shipped
+# from the client) or not (compiled on the host), and whether each checked-hash one matches its installed source.
+BYTECODE_CENSUS = r"""
+import glob, importlib.util, json, sys, sysconfig
+census = {"shipped": 0, "compiled_here": 0, "stale": []}
+for path in glob.glob(sysconfig.get_paths()["purelib"] + "/**/__pycache__/*.pyc", recursive=True):
+    data = open(path, "rb").read()
+    if int.from_bytes(data[4:8], "little") == 3:
+        census["shipped"] += 1
+        if importlib.util.source_hash(open(importlib.util.source_from_cache(path), "rb").read()) != data[8:16]:
+            census["stale"].append(path)
+    else:
+        census["compiled_here"] += 1
+census["scripts"] = importlib.util.cache_from_source(sysconfig.get_paths()["purelib"] + "/ray/scripts/scripts.py")
+print(json.dumps(census))
+"""
+
+
+def test_hosts_run_a_ray_node_on_bytecode_compiled_once_on_the_client(env):
+    python = env.hosts[0].run_in_namespace(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout
+    same_python = python.strip() == "%d.%d" % sys.version_info[:2]
+    for host in env.hosts:
+        interpreter = f"/home/{host.username}/.flambe-cluster/{NAME}/env/bin/python"  # the path on the host
+        done = host.run_in_namespace(["runuser", "-u", host.username, "--", interpreter, "-c", BYTECODE_CENSUS])
+        assert done.returncode == 0, done.stderr
+        census = json.loads(done.stdout)
+        shipped = (host.home / ".flambe-cluster" / NAME / "wheelhouse" / "bytecode").is_dir()
+        if same_python:  # the client compiled Ray's modules once; the Ray node (already running) compiled few itself
+            assert shipped and census["shipped"] > 300, (host.name, census)
+            assert census["stale"] == [], census["stale"]
+            assert census["compiled_here"] < census["shipped"] / 3, (host.name, census)
+            scripts = Path(census["scripts"])
+            assert int.from_bytes((host.home / scripts.relative_to(f"/home/{host.username}")).read_bytes()[4:8],
+                                  "little") == 3, "`ray start`'s own module runs on shipped bytecode"
+        else:  # hosts of another Python: nothing shipped, each host compiles as it imports
+            assert not shipped and census["shipped"] == 0 and census["compiled_here"] > 300, (host.name, census)
+
+
 def test_gpu_factory_from_nvidia_smi(env, monkeypatch):
     status = json.loads(env.cli("status", str(env.config), "--json", check=0).stdout)
     workers = {n["ip"]: n for n in status["ray"]["nodes"] if n["alive"] and not n["head"]}

@@ -8,7 +8,9 @@ client gathers the wheels once (:mod:`flambe_cluster.wheelhouse`), ships them
 to the orchestrator, from which they pass on to the factories as a tree, and
 each host installs as soon as they reach it, offline (with the uv that
 travels in the wheelhouse, else pip; see
-:mod:`flambe_cluster.remote.offline_install`): hosts need no internet access.  Hosts
+:mod:`flambe_cluster.remote.offline_install`): hosts need no internet access.
+The bytecode a Ray node runs is compiled once on the client and travels with
+the wheels (:mod:`flambe_cluster.bytecode`), so no host compiles it.  Hosts
 whose environment already matches are not touched.  An environment counts as
 complete only with its marker (:data:`~flambe_cluster.session.ENVIRONMENT_MARKER`),
 removed before an install and written after it succeeded; one without it (a
@@ -28,7 +30,7 @@ from typing import Callable, Sequence
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
 
-from . import wheelhouse
+from . import bytecode, wheelhouse
 from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
 from .session import ENVIRONMENT_MARKER, HostSession
@@ -170,6 +172,8 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
     deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=_on_this_machine(session))
+    bytecode.compile_for(deps, platform.python,
+                         on_compile=lambda: _on_this_machine(session)("compiling a Ray node's bytecode once for the hosts"))
     folder = "wheelhouse"
     env, marker = session.remote_path("env"), session.remote_path(ENVIRONMENT_MARKER)
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
@@ -178,6 +182,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
         f"rm -f {marker}",
         f"{_installer(session, folder, 'install')} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
         f"{_installer(session, folder, 'install')} --reinstall {wheel}",
+        _installer(session, folder, "bytecode"),
         f"printf '%s\\n' {shlex.quote(wanted['build'])} > {marker}",
     ])
 
@@ -227,8 +232,8 @@ def _on_this_machine(session: HostSession) -> Callable[[str], None]:
 
 
 def _size(sources: Sequence[Path]) -> int:
-    """The bytes of the wheels in ``sources``."""
-    return sum(p.stat().st_size for s in sources for p in Path(s).glob("*.whl"))
+    """The bytes of the files in ``sources`` (the wheels and their bytecode)."""
+    return sum(p.stat().st_size for s in sources for p in Path(s).rglob("*") if p.is_file())
 
 
 def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:

@@ -6,6 +6,7 @@ text with ``python3 -c``)::
 
     python3 -c SOURCE venv    TOOLS WHEELHOUSE ENV
     python3 -c SOURCE install TOOLS WHEELHOUSE ENV [--reinstall] REQUIREMENT...
+    python3 -c SOURCE bytecode TOOLS WHEELHOUSE ENV
 
 uv is the ``uv`` binary of the uv wheel in WHEELHOUSE (a wheel is a zip:
 ``uv-*.data/scripts/uv``), unpacked once into TOOLS, with its cache (the
@@ -15,9 +16,15 @@ work.  Nothing is downloaded: uv runs ``--offline``, both ``--no-index``.
 ``venv`` makes ENV with ``--system-site-packages``; ``install`` installs the
 requirements from WHEELHOUSE, with ``--reinstall`` only them, again, without
 dependencies.  Exits with the failing tool's exit code.
+
+``bytecode`` unpacks ``WHEELHOUSE/bytecode/<cache tag>.zip`` (compiled once
+on the client, see flambe_cluster.bytecode), if there is one for this
+interpreter, into ENV's site-packages: only ``__pycache__`` files whose
+source is installed there, never outside it.
 """
 
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -49,8 +56,37 @@ def uv_binary(tools, wheelhouse):
     return path if works else None
 
 
+def unpack_bytecode(wheelhouse, env):
+    """Write the bytecode archive's files whose source ENV holds into ENV's site-packages; returns how many."""
+    archive_path = os.path.join(wheelhouse, "bytecode", sys.implementation.cache_tag + ".zip")
+    if not os.path.isfile(archive_path):
+        return 0
+    site = os.path.realpath(os.path.join(env, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+    written = 0
+    with zipfile.ZipFile(archive_path) as archive:
+        for name in archive.namelist():
+            target = os.path.realpath(os.path.join(site, name))
+            if not target.startswith(site + os.sep) or not name.endswith("." + sys.implementation.cache_tag + ".pyc"):
+                continue
+            try:
+                source = importlib.util.source_from_cache(target)
+            except ValueError:  # not a __pycache__ file of this interpreter
+                continue
+            if not os.path.isfile(source):
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target + ".partial", "wb") as out:
+                out.write(archive.read(name))
+            os.replace(target + ".partial", target)
+            written += 1
+    return written
+
+
 def main(argv):
     verb, tools, wheelhouse, env, rest = argv[0], argv[1], argv[2], argv[3], argv[4:]
+    if verb == "bytecode":
+        unpack_bytecode(wheelhouse, env)
+        return 0
     uv = uv_binary(tools, wheelhouse)
     python = os.path.join(env, "bin", "python")
     os.environ.update(UV_CACHE_DIR=os.path.join(tools, "cache"), UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
