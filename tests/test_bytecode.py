@@ -40,6 +40,13 @@ def test_the_client_compiles_checked_hash_bytecode_of_the_wheels_sources_once(tm
     assert compiling == [1], "made once per wheelhouse"
 
 
+def test_no_bytecode_when_the_wheels_hold_no_module_of_a_ray_node(tmp_path):
+    with zipfile.ZipFile(tmp_path / "other-0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("other/module.py", "x = 1\n")
+    assert bytecode.compile_for(tmp_path, "%d.%d" % sys.version_info[:2]) is None
+    assert not (tmp_path / "bytecode").exists(), "nothing cached: a later up tries again"
+
+
 def test_no_bytecode_for_hosts_of_another_python(tmp_path):
     assert bytecode.compile_for(tmp_path, "2.7") is None
     assert not (tmp_path / "bytecode").exists()

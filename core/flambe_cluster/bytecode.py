@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import py_compile
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,7 +85,8 @@ def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = 
 
     Cached beside the wheels: a wheelhouse's content never changes once
     gathered, and neither does its bytecode.  ``on_compile()`` is called
-    before compiling (not when the archive is cached).
+    before compiling (not when the archive is cached).  When no module can be
+    found (the client's Ray does not import), nothing is made or cached.
     """
     if sys.implementation.name != "cpython" or python != f"{sys.version_info[0]}.{sys.version_info[1]}":
         return None
@@ -95,9 +95,11 @@ def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = 
         return target
     on_compile()
     sources = _sources_in_wheels(wheelhouse, _loaded_sources(RAY_NODE_ENTRIES))
+    if not sources:
+        return None
     target.parent.mkdir(exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     with tempfile.TemporaryDirectory(prefix="flambe-cluster-bytecode-") as scratch:
-        partial = Path(scratch) / "bytecode.zip"
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
             for wheel, members in sources.items():
                 with zipfile.ZipFile(wheel) as archive:
@@ -105,16 +107,19 @@ def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = 
                         compiled = _compile(archive.read(member), member, scratch)
                         if compiled is not None:
                             out.writestr(importlib.util.cache_from_source(member), compiled)
-        shutil.move(partial, target)
+    os.replace(partial, target)
     return target
 
 
 def _loaded_sources(entries: tuple[str, ...]) -> set[str]:
     """The source files (relative to site-packages: ``ray/_private/services.py``) this interpreter reads importing
-    ``entries``, in a child process; modules that fail to import are skipped."""
-    done = subprocess.run([sys.executable, "-c", _LOADED_SOURCES, *entries], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    return set(json.loads(done.stdout)) if done.returncode == 0 else set()
+    ``entries``, in a child process; modules that fail to import are skipped, and a child that fails finds none."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _LOADED_SOURCES, *entries], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        return set(json.loads(done.stdout)) if done.returncode == 0 else set()
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return set()
 
 
 def _sources_in_wheels(wheelhouse: Path, sources: set[str]) -> dict[Path, list[str]]:
