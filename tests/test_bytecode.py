@@ -73,6 +73,18 @@ def test_a_host_unpacks_only_pycache_files_of_sources_it_installed(tmp_path):
     assert not Path(f"/tmp/__pycache__/abs.{TAG}.pyc").exists()
 
 
+def test_a_damaged_archive_is_a_warning_and_the_install_goes_on(tmp_path):
+    env = tmp_path / "env"
+    (env / "lib").mkdir(parents=True)
+    (tmp_path / "wheelhouse" / "bytecode").mkdir(parents=True)
+    (tmp_path / "wheelhouse" / "bytecode" / f"{TAG}.zip").write_bytes(b"not a zip")
+    done = subprocess.run([sys.executable, "-c", environment.INSTALLER.read_text(), "bytecode", str(tmp_path / "uv"),
+                           str(tmp_path / "wheelhouse"), str(env)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "warning: the shipped bytecode was not unpacked" in done.stderr
+    assert not list(env.rglob("*.pyc"))
+
+
 def test_a_host_without_bytecode_for_its_python_unpacks_nothing(tmp_path):
     env = tmp_path / "env"
     (env / "lib").mkdir(parents=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import py_compile
 import subprocess
@@ -33,7 +34,8 @@ from typing import Callable
 
 # The modules whose imports a Ray node's processes run: `ray start` itself, the dashboard, the per-node agents (which
 # load every module under ray.dashboard.modules: ".*" means a package and all its submodules), the log monitor, the
-# autoscaler's monitor (head), the process reaper, workers, and flambe-cluster's own node helper.
+# autoscaler's monitor (head), the process reaper, workers, and flambe-cluster's own node helper (for its
+# dependencies: flambe-cluster itself is rebuilt with every change of its code and not compiled here).
 RAY_NODE_ENTRIES = (
     "ray.scripts.scripts",
     "ray.dashboard.dashboard",
@@ -50,10 +52,13 @@ RAY_NODE_ENTRIES = (
 
 FOLDER = "bytecode"
 
+log = logging.getLogger(__name__)
+
 _LOADED_SOURCES = """
-import importlib, json, os, pkgutil, sys, sysconfig
+import importlib, json, os, pkgutil, site, sys, sysconfig
+out, entries = sys.argv[1], sys.argv[2:]
 files = []  # a node reads walked modules' sources whether or not they load, as this process does
-for name in sys.argv[1:]:
+for name in entries:
     try:
         module = importlib.import_module(name.removesuffix(".*"))
         if name.endswith(".*"):
@@ -69,9 +74,12 @@ for name in sys.argv[1:]:
         pass
 files += [str(getattr(m, "__file__", None)) for m in list(sys.modules.values())]
 roots = {os.path.realpath(sysconfig.get_paths()[key]) + os.sep for key in ("purelib", "platlib")}
+roots.add(os.path.realpath(site.getusersitepackages()) + os.sep)
 relative = {os.path.realpath(f)[len(root):] for f in files if f.endswith(".py") for root in roots
             if os.path.realpath(f).startswith(root)}
-print(json.dumps(sorted(relative)))
+with open(out, "w") as listing:
+    json.dump(sorted(relative), listing)
+os._exit(0)  # no waiting for threads an imported module may have started
 """
 
 
@@ -86,7 +94,9 @@ def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = 
     Cached beside the wheels: a wheelhouse's content never changes once
     gathered, and neither does its bytecode.  ``on_compile()`` is called
     before compiling (not when the archive is cached).  When no module can be
-    found (the client's Ray does not import), nothing is made or cached.
+    found (the client's Ray does not import), nothing is made or cached.  The
+    bytecode only saves the hosts compiling: a failure to make it is logged
+    and returns None, never raises.
     """
     if sys.implementation.name != "cpython" or python != f"{sys.version_info[0]}.{sys.version_info[1]}":
         return None
@@ -94,32 +104,45 @@ def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = 
     if target.exists():
         return target
     on_compile()
-    sources = _sources_in_wheels(wheelhouse, _loaded_sources(RAY_NODE_ENTRIES))
-    if not sources:
+    try:
+        sources = _sources_in_wheels(wheelhouse, _loaded_sources(RAY_NODE_ENTRIES))
+        if not sources:
+            return None
+        # Written beside the wheelhouse, not in it (the wheelhouse folder is shipped as it is), then moved in whole.
+        handle, partial = tempfile.mkstemp(prefix=f".{wheelhouse.name}-bytecode-", dir=wheelhouse.parent)
+        os.close(handle)
+        try:
+            with (tempfile.TemporaryDirectory(prefix="flambe-cluster-bytecode-") as scratch,
+                  zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out):
+                for wheel, members in sources.items():
+                    with zipfile.ZipFile(wheel) as archive:
+                        for member in members:
+                            compiled = _compile(archive.read(member), member, scratch)
+                            if compiled is not None:
+                                out.writestr(importlib.util.cache_from_source(member, optimization=""), compiled)
+            os.chmod(partial, 0o644)  # as the wheels (mkstemp made it 0600)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    except (OSError, zipfile.BadZipFile) as exc:
+        log.warning("no bytecode for the hosts (they compile as they import): %s", exc)
         return None
-    target.parent.mkdir(exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    with tempfile.TemporaryDirectory(prefix="flambe-cluster-bytecode-") as scratch:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
-            for wheel, members in sources.items():
-                with zipfile.ZipFile(wheel) as archive:
-                    for member in members:
-                        compiled = _compile(archive.read(member), member, scratch)
-                        if compiled is not None:
-                            out.writestr(importlib.util.cache_from_source(member), compiled)
-    os.replace(partial, target)
     return target
 
 
 def _loaded_sources(entries: tuple[str, ...]) -> set[str]:
     """The source files (relative to site-packages: ``ray/_private/services.py``) this interpreter reads importing
     ``entries``, in a child process; modules that fail to import are skipped, and a child that fails finds none."""
-    try:
-        done = subprocess.run([sys.executable, "-c", _LOADED_SOURCES, *entries], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-        return set(json.loads(done.stdout)) if done.returncode == 0 else set()
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return set()
+    with tempfile.TemporaryDirectory(prefix="flambe-cluster-bytecode-") as scratch:
+        listing = Path(scratch) / "sources.json"
+        try:
+            subprocess.run([sys.executable, "-c", _LOADED_SOURCES, str(listing), *entries], capture_output=True, check=False,
+                           stdin=subprocess.DEVNULL, timeout=120, cwd=scratch,
+                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+            return set(json.loads(listing.read_text()))
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return set()
 
 
 def _sources_in_wheels(wheelhouse: Path, sources: set[str]) -> dict[Path, list[str]]:
@@ -139,7 +162,7 @@ def _compile(source: bytes, member: str, scratch: str) -> bytes | None:
     path, compiled = os.path.join(scratch, "source.py"), os.path.join(scratch, "source.pyc")
     Path(path).write_bytes(source)
     try:
-        py_compile.compile(path, cfile=compiled, dfile=member, doraise=True,
+        py_compile.compile(path, cfile=compiled, dfile=member, doraise=True, optimize=0,
                            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     except py_compile.PyCompileError:
         return None

@@ -10,7 +10,8 @@ each host installs as soon as they reach it, offline (with the uv that
 travels in the wheelhouse, else pip; see
 :mod:`flambe_cluster.remote.offline_install`): hosts need no internet access.
 The bytecode a Ray node runs is compiled once on the client and travels with
-the wheels (:mod:`flambe_cluster.bytecode`), so no host compiles it.  Hosts
+the wheels (:mod:`flambe_cluster.bytecode`), so that hosts of the client's
+Python version do not each compile it.  Hosts
 whose environment already matches are not touched.  An environment counts as
 complete only with its marker (:data:`~flambe_cluster.session.ENVIRONMENT_MARKER`),
 removed before an install and written after it succeeded; one without it (a

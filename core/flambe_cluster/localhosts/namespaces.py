@@ -13,8 +13,9 @@ namespace and N *hosts* on it. Each host is one OpenSSH server with
   on ``/run`` and, over the shared user's home directory (``/home/<user>``),
   a bind mount of a per-host folder that the root namespace can read
   (:attr:`NamespaceHost.home`);
-* its own disk: the per-host folder is a tmpfs of its own, mounted in the root
-  namespace while the host exists.  Hosts do not share a filesystem with each
+* its own disk: the per-host folder is a tmpfs of its own (at most
+  :data:`_DISK_SIZE`, in memory: a host with an environment installed holds
+  about 400 MB), mounted in the root namespace while the host exists.  Hosts do not share a filesystem with each
   other or with the machine, as real hosts do not: what one host writes or
   deletes costs the others nothing.  (On a machine whose root filesystem is
   ext4 without a journal, creating files right after thousands were deleted
@@ -56,6 +57,8 @@ from .machine import (choose_subnet, delete_link, delete_netns, ensure_user, lin
                       netns_names, require_root_namespaces)
 from .nshost import NamespaceHost, write_sshd_config
 from .system import generate_host_key, parent_pid, process_is, run
+
+_DISK_SIZE = "4g"  # a host's disk: a full one says "No space left on device" instead of taking the machine's memory
 
 __all__ = ["NamespaceHost", "NamespaceNetwork", "destroy_detached", "detached_alive"]
 
@@ -216,7 +219,7 @@ class NamespaceNetwork:
         hdir = self.workdir / name
         self._host_dirs.append(hdir)
         hdir.mkdir(mode=0o755)
-        run(["mount", "-t", "tmpfs", "-o", "mode=0755", f"flambe-host-{self._suffix}-{name}", str(hdir)])
+        run(["mount", "-t", "tmpfs", "-o", f"mode=0755,size={_DISK_SIZE}", f"flambe-host-{self._suffix}-{name}", str(hdir)])
         home = hdir / "home"
         if os.path.isdir("/etc/skel"):
             shutil.copytree("/etc/skel", home, symlinks=True)

@@ -20,7 +20,8 @@ dependencies.  Exits with the failing tool's exit code.
 ``bytecode`` unpacks ``WHEELHOUSE/bytecode/<cache tag>.zip`` (compiled once
 on the client, see flambe_cluster.bytecode), if there is one for this
 interpreter, into ENV's site-packages: only ``__pycache__`` files whose
-source is installed there, never outside it.
+source is installed there, never outside it.  Failing to do so is a warning,
+not an error (the bytecode only saves compiling).
 """
 
 import glob
@@ -84,8 +85,12 @@ def unpack_bytecode(wheelhouse, env):
 
 def main(argv):
     verb, tools, wheelhouse, env, rest = argv[0], argv[1], argv[2], argv[3], argv[4:]
-    if verb == "bytecode":
-        unpack_bytecode(wheelhouse, env)
+    if verb == "bytecode":  # an optimisation: the environment is complete without it
+        try:
+            unpack_bytecode(wheelhouse, env)
+        except Exception as exc:
+            print("warning: the shipped bytecode was not unpacked (Python compiles as it imports): %s" % exc,
+                  file=sys.stderr)
         return 0
     uv = uv_binary(tools, wheelhouse)
     python = os.path.join(env, "bin", "python")
