@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 from bench_up import ray_start_by_hand
 
-from flambe_cluster import bytecode, wheelhouse
+from flambe_cluster import environment, wheelhouse
 from flambe_cluster.testing.hosts import TestHostNetwork, require_root_namespaces
 from flambe_cluster.testing.pytest_plugin import make_client_key
 
@@ -93,10 +93,7 @@ class Fresh:
 def warm_wheel_cache() -> int:
     """Gather the hosts' wheels on the client (this machine's platform) and compile their bytecode, as a first
     ``up`` does; returns the wheelhouse's size in bytes (wheels and bytecode)."""
-    platform = wheelhouse.client_platform()
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
-    bytecode.compile_for(deps, platform.python)
-    self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
+    deps, self_wheel = environment.gather_software(wheelhouse.client_platform())
     return sum(p.stat().st_size for p in deps.rglob("*") if p.is_file()) + self_wheel.stat().st_size
 
 

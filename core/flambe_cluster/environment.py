@@ -171,14 +171,12 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
                            "Use hosts of one image, or set `python:` to the same interpreter version everywhere.")
     (platform,) = platforms
     session.on_step(f"gathering wheels for {platform.tag} on this machine (cached after the first time)")
-    self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=_on_this_machine(session))
-    bytecode.compile_for(deps, platform.python,
-                         on_compile=lambda: _on_this_machine(session)("compiling a Ray node's bytecode once for the hosts"))
+    deps, self_wheel = gather_software(platform, _on_this_machine(session))
     folder = "wheelhouse"
     env, marker = session.remote_path("env"), session.remote_path(ENVIRONMENT_MARKER)
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
     install = " && ".join([
+        _INSTALLER_DEFINED,
         f"{{ [ -f {marker} ] || {{ rm -rf {env} && {_installer(session, folder, 'venv')}; }}; }}",
         f"rm -f {marker}",
         f"{_installer(session, folder, 'install')} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
@@ -197,12 +195,28 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     return stale
 
 
+def gather_software(platform: HostPlatform, on_line: Callable[[str], None] | None = None) -> tuple[Path, Path]:
+    """What hosts of ``platform`` install, on the client, cached: (the folder of wheels of flambe-cluster's
+    dependencies and Ray, with their bytecode (:mod:`flambe_cluster.bytecode`), flambe-cluster's own wheel).
+    ``on_line`` gets what happens on this machine (pip's lines, the compiling)."""
+    say = on_line or (lambda line: None)
+    self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=on_line)
+    bytecode.compile_for(deps, platform.python, on_compile=lambda: say("compiling a Ray node's bytecode once for the hosts"))
+    return deps, self_wheel
+
+
 INSTALLER = Path(__file__).with_name("remote") / "offline_install.py"
+
+#: The shell assignment a command line starts with before its :func:`_installer` steps: the installer's source
+#: travels once per command, in ``$installer``.
+_INSTALLER_DEFINED = f"installer={shlex.quote(INSTALLER.read_text())}"
 
 
 def _installer(session: HostSession, folder: str, verb: str) -> str:
-    """The shell line running :mod:`flambe_cluster.remote.offline_install` ``verb`` with the host's interpreter."""
-    return " ".join([shell_python(session), "-c", shlex.quote(INSTALLER.read_text()), verb, session.remote_path("uv"),
+    """The shell line running :mod:`flambe_cluster.remote.offline_install` ``verb`` with the host's interpreter
+    (the command line must define ``$installer`` first: :data:`_INSTALLER_DEFINED`)."""
+    return " ".join([shell_python(session), "-c", '"$installer"', verb, session.remote_path("uv"),
                      session.remote_path(folder), session.remote_path("env")])
 
 
@@ -306,7 +320,7 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
     names = [shlex.quote(r) for r in requirements] + [
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
-    install = f"{_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"
+    install = f"{_INSTALLER_DEFINED} && {_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"
     session.on_step(f"installing extensions on {len(hosts)} hosts")
     ship_wheels(session, [folder], "extensions-wheelhouse", hosts,
                 lambda host: session.run_all([host], install, states=("installing extensions", "extensions installed"))

@@ -15,9 +15,10 @@ namespace and N *hosts* on it. Each host is one OpenSSH server with
   (:attr:`NamespaceHost.home`);
 * its own disk: the per-host folder is a tmpfs of its own (at most
   :data:`_DISK_SIZE`, in memory: a host with an environment installed holds
-  about 400 MB), mounted in the root namespace while the host exists.  Hosts do not share a filesystem with each
-  other or with the machine, as real hosts do not: what one host writes or
-  deletes costs the others nothing.  (On a machine whose root filesystem is
+  about 400 MB), mounted in the root namespace while the host exists.
+  Hosts do not share a filesystem with each other or with the machine, as
+  real hosts do not: what one host writes or deletes costs the others
+  nothing.  (On a machine whose root filesystem is
   ext4 without a journal, creating files right after thousands were deleted
   is quadratic, which made every host's install pay for the last test's
   deletions.)

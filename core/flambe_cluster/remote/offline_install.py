@@ -58,12 +58,11 @@ def uv_binary(tools, wheelhouse):
 
 
 def unpack_bytecode(wheelhouse, env):
-    """Write the bytecode archive's files whose source ENV holds into ENV's site-packages; returns how many."""
+    """Write the bytecode archive's files whose source ENV holds into ENV's site-packages."""
     archive_path = os.path.join(wheelhouse, "bytecode", sys.implementation.cache_tag + ".zip")
     if not os.path.isfile(archive_path):
-        return 0
+        return
     site = os.path.realpath(os.path.join(env, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
-    written = 0
     with zipfile.ZipFile(archive_path) as archive:
         for name in archive.namelist():
             target = os.path.realpath(os.path.join(site, name))
@@ -79,8 +78,6 @@ def unpack_bytecode(wheelhouse, env):
             with open(target + ".partial", "wb") as out:
                 out.write(archive.read(name))
             os.replace(target + ".partial", target)
-            written += 1
-    return written
 
 
 def main(argv):
