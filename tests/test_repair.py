@@ -12,6 +12,7 @@ the cluster as it is.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -86,13 +87,16 @@ class FakePool:
 
     def __init__(self):
         self.down: set[str] = set()
+        self.without_node: set[str] = set()  # answering hosts on which no Ray node of cluster "c" runs
 
     def run(self, host, command, timeout=None, check=True):
+        """Every command is the watch's probe: it answers which Ray nodes run on the host."""
         from flambe_cluster.errors import ClusterError
 
         if host.private.host in self.down:
             raise ClusterError(f"{host.label}: no answer")
-        return type("Result", (), {"ok": True})()
+        nodes = [] if host.private.host in self.without_node else [{"cluster": "c", "ip": host.private.host}]
+        return type("Result", (), {"ok": True, "stdout": json.dumps(nodes)})()
 
     def map(self, hosts, action):
         return {h: action(h) for h in hosts}
@@ -108,7 +112,7 @@ def fake_session(tmp_path, ids):
     instances = ClusterInstances.named("c", ends, instance_ids=ids)
     lines: list[str] = []
     session = SimpleNamespace(
-        name="c", config=SimpleNamespace(connect_timeout=60.0), pool=FakePool(), lines=lines,
+        name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3"), pool=FakePool(), lines=lines,
         orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
         state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
         hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
@@ -141,6 +145,21 @@ def test_a_silent_machine_the_user_brought_is_waited_for_then_rejoins(tmp_path, 
     assert repairs == [1]
     assert [line.split(":")[0] for line in session.lines[1:]] == ["c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
     assert watch_actions(session) == ["lost", "lost", "rejoined"], "one journal entry per line"
+
+
+def test_a_worker_the_head_still_lists_whose_node_is_gone_rejoins(tmp_path, monkeypatch):
+    """The head notices a node that went away only seconds later: the factory's own account decides."""
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, None)
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": ip, "alive": True, "head": False}
+                                                        for ip in ("10.0.0.2", "10.0.0.3")])
+    repairs: list[int] = []
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.without_node.add("10.0.0.3")
+    watch.round(lambda: repairs.append(1))
+    assert repairs == [1], "the head's stale 'alive' does not hide a stopped node"
+    assert session.lines[0] == "c_factory1 (10.0.0.3) is lost: its Ray worker is not alive", session.lines
 
 
 def test_a_silent_cloud_factory_is_released_and_replaced_a_failed_repair_is_said(tmp_path, monkeypatch):

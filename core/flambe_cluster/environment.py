@@ -39,11 +39,32 @@ from .wheelhouse import HostPlatform
 
 logger = logging.getLogger(__name__)
 
-# Runs with the host's own interpreter (stdlib only): platform, CPUs, what the env holds,
-# and the live Ray nodes flambe-cluster started on this host (the same test as
+# Stdlib only, run by the host's own interpreter: live_ray_nodes() lists the live Ray nodes
+# flambe-cluster started on this host, from their markers (the same test as
 # flambe_cluster.remote.processes.recorded_alive, which needs the environment to run).
-PROBE = r"""
-import glob, json, os, platform, subprocess, sys
+_LIVE_RAY_NODES = r"""
+import glob, json, os
+def live_ray_nodes():
+    nodes = []
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    except OSError:
+        boot = ""
+    for path in glob.glob(os.path.expanduser("~/.flambe-cluster/ray/*.json")):
+        try:
+            marker = json.load(open(path))
+            if marker.get("boot") != boot:
+                continue
+            os.killpg(int(marker["pgid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        nodes.append({"cluster": marker["cluster"], "ip": os.path.basename(path)[:-5]})
+    return nodes
+"""
+
+# The first probe of a host: platform, CPUs, what the env holds, and its live Ray nodes.
+PROBE = _LIVE_RAY_NODES + r"""
+import platform, subprocess, sys
 env_python, build_file = sys.argv[1], sys.argv[2]
 libc, version = platform.libc_ver()
 report = {"python": "%d.%d" % sys.version_info[:2], "machine": platform.machine(),
@@ -61,22 +82,12 @@ if os.path.exists(env_python):
             report["env"]["build"] = open(build_file).read().strip()
         except OSError:
             report["env"]["build"] = None
-report["ray_nodes"] = []
-try:
-    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
-except OSError:
-    boot = ""
-for path in glob.glob(os.path.expanduser("~/.flambe-cluster/ray/*.json")):
-    try:
-        marker = json.load(open(path))
-        if marker.get("boot") != boot:
-            continue
-        os.killpg(int(marker["pgid"]), 0)
-    except (OSError, ValueError, KeyError):
-        continue
-    report["ray_nodes"].append({"cluster": marker["cluster"], "ip": os.path.basename(path)[:-5]})
+report["ray_nodes"] = live_ray_nodes()
 print(json.dumps(report))
 """
+
+# Only the live Ray nodes: a JSON list of {"cluster": name, "ip": address}.
+RAY_NODES_CHECK = _LIVE_RAY_NODES + "print(json.dumps(live_ray_nodes()))\n"
 
 
 @frozen
@@ -117,6 +128,25 @@ def probe(session: HostSession, hosts: Sequence[Instance]) -> dict[Instance, Hos
             tuple(data["ray_nodes"]),
         )
     return reports
+
+
+def runs_ray_node(session: HostSession, host: Instance, timeout: float) -> bool | None:
+    """Whether a live Ray node of this cluster runs on ``host`` now, by its recorded process group.
+
+    One round trip with the host's own interpreter (no environment needed);
+    ``None`` when the host answered but its interpreter could not tell.
+    Raises :class:`~flambe_cluster.errors.FlambeClusterError` when the host
+    cannot be reached.
+    """
+    command = shell_python(session) + " -c " + shlex.quote(RAY_NODES_CHECK)
+    result = session.pool.run(host, command, timeout=timeout, check=False)
+    try:
+        found = json.loads(result.stdout) if result.ok else None
+    except json.JSONDecodeError:
+        found = None
+    if found is None:
+        return None
+    return any(n["cluster"] == session.name and n["ip"] == host.private.host for n in found)
 
 
 def shell_python(session: HostSession) -> str:

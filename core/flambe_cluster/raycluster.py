@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from concurrent.futures import Future
-from typing import Collection, Sequence
+from typing import Collection, Mapping, Sequence
 
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError
 from .records import Instance, Resources
@@ -86,6 +86,34 @@ def _current_nodes(session: HostSession) -> list[dict] | None:
 def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
     """Alive worker nodes by address."""
     return {n["ip"]: n for n in known or () if n["alive"] and not n["head"]}
+
+
+def confirmed_workers(session: HostSession, known: Sequence[dict] | None,
+                      running: Mapping[Instance, bool | None]) -> tuple[dict[str, dict], list[str]]:
+    """The factories' workers alive by both accounts, by address, and a line for each factory where they disagree.
+
+    A worker counts as alive only when the head lists it alive (``known``,
+    from :func:`nodes`) *and* ``running[factory]`` says its node runs on the
+    factory (its recorded process group, checked over SSH): the head notices
+    a node that went away only when its health checks fail, seconds later.
+    A factory missing from ``running`` (not reached) has no confirmed worker;
+    for one that is ``None`` there (its host could not tell) the head's
+    account stands alone.
+    """
+    listed = alive_workers(known)
+    confirmed: dict[str, dict] = {}
+    disagreements = []
+    for factory in session.factories:
+        address, runs = factory.private.host, running.get(factory)
+        if address in listed and (runs or (runs is None and factory in running)):
+            confirmed[address] = listed[address]
+        elif address in listed and runs is False:
+            disagreements.append(f"{factory.label}: the Ray head lists its worker alive, "
+                                 "but no Ray node of this cluster runs there")
+        elif known is not None and address not in listed and runs:
+            disagreements.append(f"{factory.label}: a Ray node of this cluster runs there, "
+                                 "but the Ray head does not list it alive")
+    return confirmed, disagreements
 
 
 def _start(session: HostSession, host: Instance, ray_args: list[str], states: tuple[str, str]) -> None:

@@ -33,7 +33,7 @@ import logging
 import time
 from typing import Callable
 
-from . import raycluster, resize
+from . import environment, raycluster, resize
 from .errors import FlambeClusterError
 from .records import Instance
 from .session import HostSession
@@ -72,30 +72,33 @@ class Watch:
         listed = {resize.identity(h) for h in found}
         return [f for f in self.session.factories if resize.identity(f) not in listed], None
 
-    def answering(self) -> set[Instance]:
-        """The factories that run a command over SSH now (each given :data:`PROBE_TIMEOUT` seconds)."""
+    def answering(self) -> dict[Instance, bool | None]:
+        """The factories that run a command over SSH now (each given :data:`PROBE_TIMEOUT` seconds), each with
+        whether this cluster's Ray node runs there (see :func:`flambe_cluster.environment.runs_ray_node`)."""
         pool = self.session.pool
         saved, pool.connect_timeout = pool.connect_timeout, min(pool.connect_timeout, PROBE_TIMEOUT)
+        unreached = object()
 
-        def probe(host: Instance) -> bool:
+        def probe(host: Instance) -> object:
             try:
-                return pool.run(host, "true", timeout=PROBE_TIMEOUT, check=False).ok
+                return environment.runs_ray_node(self.session, host, PROBE_TIMEOUT)
             except Exception:  # noqa: BLE001 - any failure to run a command is no answer
-                return False
+                return unreached
 
         try:
-            return {h for h, ok in pool.map(self.session.factories, probe).items() if ok}
+            return {h: runs for h, runs in pool.map(self.session.factories, probe).items() if runs is not unreached}
         finally:
             pool.connect_timeout = saved
 
-    def without_worker(self, answering: set[Instance]) -> list[Instance]:
-        """Answering factories whose Ray worker the head does not report alive (none when the head does not answer)."""
+    def without_worker(self, answering: dict[Instance, bool | None]) -> list[Instance]:
+        """Answering factories without a worker alive by both accounts: the head lists it alive and its node runs
+        there (none when the head does not answer; see :func:`flambe_cluster.raycluster.confirmed_workers`)."""
         try:
             known = raycluster.nodes(self.session)
         except Exception as exc:  # noqa: BLE001 - no answer from the head: nothing to say about its workers
             logger.info("the Ray head did not answer (%s)", exc)
             return []
-        alive = raycluster.alive_workers(known) if known is not None else {}
+        alive, _ = raycluster.confirmed_workers(self.session, known, answering)
         return [f for f in self.session.factories if f in answering and f.private.host not in alive]
 
     # --- one round

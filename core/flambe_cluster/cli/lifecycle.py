@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import jobs, plugins, raycluster
+from .. import environment, jobs, plugins, raycluster
 from ..cluster import Cluster
 from ..errors import FlambeClusterError
 from ..records import Instance
@@ -84,33 +84,41 @@ def print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
     out.print(table)
 
 
-def probe(cluster: Cluster, instance: Instance) -> str:
-    """``"ok"`` when ``instance`` runs a command over SSH, else ``"error: ..."``."""
+def probe(cluster: Cluster, instance: Instance, running: dict) -> str:
+    """``"ok"`` when ``instance`` runs a command over SSH, else ``"error: ..."``; records in ``running`` whether
+    this cluster's Ray node runs there (None: the host could not tell)."""
     try:
-        cluster.pool.run(instance, "true", timeout=10)
+        running[instance] = environment.runs_ray_node(cluster.session, instance, timeout=10)
         return "ok"
     except FlambeClusterError as exc:
         return f"error: {exc}"
 
 
-def probe_all(cluster: Cluster) -> dict:
-    """``{instance: probe}`` for every host of a found cluster, each connection given at most 10 s."""
+def probe_all(cluster: Cluster) -> tuple[dict, dict]:
+    """``({instance: probe}, {instance: runs its Ray node})`` for every host of a found cluster, each connection
+    given at most 10 s (see :func:`probe`)."""
     cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
-    return cluster.pool.map(cluster.all_hosts(), lambda h: probe(cluster, h))
+    running: dict = {}
+    return cluster.pool.map(cluster.all_hosts(), lambda h: probe(cluster, h, running)), running
 
 
-def ray_and_job(cluster: Cluster) -> dict:
-    """Ray nodes and job state, when the orchestrator has the cluster's environment."""
+def ray_and_job(cluster: Cluster, running: dict) -> dict:
+    """Ray nodes and job state, when the orchestrator has the cluster's environment.
+
+    A worker counts as alive only when the head lists it alive and its node
+    runs on the factory (``running``, from :func:`probe_all`); where the two
+    disagree, ``ray["disagreements"]`` says so, one line per factory.
+    """
     orchestrator = cluster.session.require_orchestrator()
     if not cluster.session.has_environment([orchestrator])[orchestrator]:
         return {"ray": None, "job": {"state": "none", "exit_code": None}, "services": {}}
     known = raycluster.nodes(cluster.session)
     job = jobs.status(cluster.session)
-    ray = None if known is None else {
-        "head": cluster.session.ray_head_address,
-        "alive_workers": len(raycluster.alive_workers(known)),
-        "nodes": known,
-    }
+    ray = None
+    if known is not None:
+        confirmed, disagreements = raycluster.confirmed_workers(cluster.session, known, running)
+        ray = {"head": cluster.session.ray_head_address, "alive_workers": len(confirmed),
+               "disagreements": disagreements, "nodes": known}
     return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code},
             "services": cluster.orchestrator.service_addresses()}
 
@@ -122,14 +130,17 @@ def status(config: str, as_json: bool) -> int:
     """Show the hosts (roles, addresses, SSH), the Ray nodes alive and the job.
 
     Exits 1 when the cluster exists but a host does not answer or Ray is
-    not fully up (fewer workers alive than factories).
+    not fully up.  A worker counts as alive only when the Ray head lists it
+    alive and its node runs on the factory (checked over SSH); where the
+    two disagree (the head notices a node that went away only seconds
+    later), a line says which factory and which account.
     """
     with opened(config, must_exist=False) as cluster:
         exists = cluster.find_instances()
         hosts = cluster.all_hosts() if exists else []
-        reachable = probe_all(cluster) if hosts else {}
+        reachable, running = probe_all(cluster) if hosts else ({}, {})
         reached = hosts and reachable[cluster.session.orchestrator] == "ok"
-        extra = ray_and_job(cluster) if reached else {"ray": None, "job": None, "services": {}}
+        extra = ray_and_job(cluster, running) if reached else {"ray": None, "job": None, "services": {}}
         if as_json:
             payload = {
                 "name": cluster.name,
@@ -152,6 +163,8 @@ def status(config: str, as_json: bool) -> int:
                 out.print("ray: not running")
             else:
                 out.print(f"ray: head {ray['head']}, {ray['alive_workers']}/{cluster.factories_num} workers alive")
+                for line in ray["disagreements"]:
+                    out.print(f"ray: {escape(line)}")
             if extra["job"] is not None:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
             for name, address in extra["services"].items():

@@ -82,11 +82,11 @@ def describe(state: ClusterState) -> dict:
     try:
         entry["exists"] = cluster.find_instances()
         if entry["exists"]:
-            reachable = probe_all(cluster)
+            reachable, running = probe_all(cluster)
             entry["hosts"] = [{"name": h.name, "role": h.role.value, "address": str(h.endpoint),
                                "instance_id": h.instance_id, "ssh": reachable[h]} for h in cluster.all_hosts()]
             if reachable[cluster.session.orchestrator] == "ok":
-                extra = ray_and_job(cluster)
+                extra = ray_and_job(cluster, running)
                 ray = extra["ray"]
                 entry["ray"] = None if ray is None else {"head": ray["head"], "alive_workers": ray["alive_workers"]}
                 entry["job"] = extra["job"]
