@@ -18,6 +18,8 @@ command -v ps >/dev/null || missing+=(procps)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# nft: the fault tests drop packets inside a test host's own network namespace
+[ "${1:-}" = "--dev" ] && ! command -v nft >/dev/null && [ "$(id -u)" -eq 0 ] && missing+=(nftables)
 if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
   if [ "$(id -u)" -eq 0 ]; then
     missing+=(chromium)

@@ -339,3 +339,43 @@ def test_ssh_a_stopped_factory_replaced_at_its_address_rejoins_under_up_watch(ss
                if e["event"] == "watch"]
     assert actions[0] == "lost" and actions[-1] == "rejoined", actions
     env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+@pytest.mark.hosts
+def test_ssh_a_slow_ray_head_is_waited_for_not_restarted_and_the_job_survives(ssh_env):
+    """A head that is alive but accepts no new connection for 15 s (its port drops new SYNs: what a loaded or
+    badly routed head looks like) is slow, not gone: `up` waits for it and the running job keeps its cluster."""
+    import threading
+
+    env = ssh_env
+    orchestrator = env.hosts[0]
+    env.write(2)
+    env.cli("up", check=0)
+    read_counts(env, orchestrator, "resize")
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+    head = pids(orchestrator, "gcs_server")
+    answer: dict = {}
+    nft = ["nft", "-f", "-"]
+    rules = "table inet fcslow {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 6379 tcp flags syn drop\n }\n}\n"
+    made = orchestrator.run_in_namespace(nft, input=rules)
+    assert made.returncode == 0, made.stderr
+    try:
+        thread = threading.Thread(target=lambda: answer.update(up=env.cli("up")))
+        thread.start()
+        time.sleep(15)
+    finally:
+        orchestrator.run_in_namespace(["nft", "delete", "table", "inet", "fcslow"])
+    thread.join(timeout=600)
+    up = answer["up"]
+    assert up.returncode == 0, up.stderr
+    assert "the Ray head answers slowly; waiting for it" in up.stderr, up.stderr
+    assert "starting the Ray head" not in up.stderr and pids(orchestrator, "gcs_server") == head, \
+        f"the head was restarted\n{up.stderr}"
+    seen, deadline = len(env.counts()), time.monotonic() + 60
+    while len(env.counts()) <= seen + 4:
+        assert time.monotonic() < deadline, f"the job stopped counting: {env.counts()[-10:]}"
+        time.sleep(1)
+    assert env.counts()[-1] == 2, "the job goes on with both workers"
+    assert env.status()["job"]["state"] == "running"
+    env.cli("exec", "--", "touch stop-counting", check=0)

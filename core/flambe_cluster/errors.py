@@ -48,6 +48,10 @@ class ClusterError(FlambeClusterError):
     """The cluster is not in a state where the operation can run."""
 
 
+class RayHeadSlowError(ClusterError):
+    """The Ray head listens but does not answer in time: busy or paused, not gone.  Never a reason to restart it."""
+
+
 class HostError(FlambeClusterError):
     """Something went wrong with one host; ``host`` names it."""
 

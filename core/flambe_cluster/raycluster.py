@@ -17,17 +17,21 @@ import time
 from concurrent.futures import Future
 from typing import Collection, Mapping, Sequence
 
-from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError
+from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError, RayHeadSlowError
 from .records import Instance, Resources
 from .session import HostSession
 
 MARKERS = ".flambe-cluster/ray"  # on each host; see flambe_cluster.remote.raynode
 REFUSED = 3
 HEAD_DOWN = 4
+HEAD_SLOW = 5
 
 
 def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict] | None:
-    """The nodes the head knows, or ``None`` when no head answers.
+    """The nodes the head knows, or ``None`` when no head runs (nothing listens at its address).
+
+    Raises :class:`~flambe_cluster.errors.RayHeadSlowError` when the head
+    listens but does not answer in time: a slow head is not a dead one.
 
     With ``waiting_for`` (factories), the head's side asks again until
     their workers are exactly the alive ones (for at most ``ray_timeout``),
@@ -41,6 +45,8 @@ def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[di
                               check=False, timeout=within + 60)
     if result.exit_code == HEAD_DOWN:
         return None
+    if result.exit_code == HEAD_SLOW:
+        raise RayHeadSlowError(f"{session.orchestrator.label}: {result.stderr.strip()}")
     result.check()
     return json.loads(result.stdout)
 
@@ -81,6 +87,31 @@ def _current_nodes(session: HostSession) -> list[dict] | None:
         except Exception:  # noqa: BLE001 - asking again gives the error (if any) of a question asked now
             pass
     return nodes(session)
+
+
+def _nodes_waiting_while_slow(session: HostSession) -> list[dict] | None:
+    """:func:`_current_nodes`, asked again while the head is slow (said once), for at most ``ray_timeout``.
+
+    A head that listens but does not answer (busy, paused) may carry a
+    running job: it is waited for, never taken for a dead one.  Raises
+    :class:`~flambe_cluster.errors.RayHeadSlowError` when it still does not
+    answer after ``ray_timeout``, leaving Ray as it is.
+    """
+    deadline = time.monotonic() + session.config.ray_timeout
+    said = False
+    while True:
+        try:
+            return _current_nodes(session)
+        except RayHeadSlowError as exc:
+            if time.monotonic() > deadline:
+                raise RayHeadSlowError(
+                    f"{exc}; waited {session.config.ray_timeout:g}s. Ray was left running (a job may use it): look at "
+                    "the orchestrator's load, then run `up` again (`down` takes the cluster down)") from None
+            if not said:
+                session.on_step(f"the Ray head answers slowly; waiting for it (up to {session.config.ray_timeout:g}s), "
+                                "not restarting it")
+                said = True
+            time.sleep(1.0)
 
 
 def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
@@ -242,7 +273,7 @@ class Launch:
     def _start_head(self) -> None:
         session = self.session
         if self.running is None or session.orchestrator in self.running:
-            known = _current_nodes(session)
+            known = _nodes_waiting_while_slow(session)
         else:
             known = None
             forget_early_answer(session)
@@ -281,7 +312,12 @@ def wait_for_workers(session: HostSession) -> None:
     deadline = time.monotonic() + session.config.ray_timeout
     joined: set[Instance] = set()
     while True:
-        alive = alive_workers(_current_nodes(session))
+        try:
+            alive = alive_workers(_current_nodes(session))
+        except RayHeadSlowError:  # no answer this time: asked again until the deadline
+            if time.monotonic() > deadline:
+                raise
+            continue
         missing = [f for f in session.factories if f.private.host not in alive]
         for factory in session.factories:
             if factory not in missing and factory not in joined:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import environment, jobs, plugins, raycluster
 from ..cluster import Cluster
-from ..errors import FlambeClusterError
+from ..errors import FlambeClusterError, RayHeadSlowError
 from ..records import Instance
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, note, opened, out
 
@@ -112,13 +112,17 @@ def ray_and_job(cluster: Cluster, running: dict) -> dict:
     orchestrator = cluster.session.require_orchestrator()
     if not cluster.session.has_environment([orchestrator])[orchestrator]:
         return {"ray": None, "job": {"state": "none", "exit_code": None}, "services": {}}
-    known = raycluster.nodes(cluster.session)
+    slow = None
+    try:
+        known = raycluster.nodes(cluster.session)
+    except RayHeadSlowError as exc:  # alive but not answering: said, counted as no worker alive
+        known, slow = [], str(exc)
     job = jobs.status(cluster.session)
     ray = None
     if known is not None:
         confirmed, disagreements = raycluster.confirmed_workers(cluster.session, known, running)
         ray = {"head": cluster.session.ray_head_address, "alive_workers": len(confirmed),
-               "disagreements": disagreements, "nodes": known}
+               "disagreements": [slow] if slow else disagreements, "nodes": known}
     return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code},
             "services": cluster.orchestrator.service_addresses()}
 

@@ -37,6 +37,8 @@ from typing import Sequence
 from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 
 REFUSED = 3
+HEAD_DOWN = 4  # `nodes`: nothing listens at the head's address
+HEAD_SLOW = 5  # `nodes`: the head listens but does not answer in time
 MARKERS = Path.home() / ".flambe-cluster" / "ray"
 
 
@@ -204,16 +206,23 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     With ``workers`` (addresses), ask again every 0.2 s, for up to
     ``within`` seconds, until the alive workers are exactly those, then
     print the last answer: Ray is imported once for all the questions (the
-    import is what a question costs on a small host).
+    import is what a question costs on a small host).  Exit code
+    :data:`HEAD_DOWN` when nothing listens at ``address`` (the connection is
+    refused: no head), :data:`HEAD_SLOW` when something listens but the head
+    does not answer in time (busy, paused, or a route that drops packets):
+    a slow head is not a dead one, and is never restarted for that.
     """
     import socket
 
     host, _, port = address.rpartition(":")
     try:  # a head that is not listening fails here at once; the GCS client would retry for a minute
         socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as exc:
+    except ConnectionRefusedError as exc:
         print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
-        return 4
+        return HEAD_DOWN
+    except OSError as exc:
+        print(f"the Ray head at {address} does not answer in time: {exc}", file=sys.stderr)
+        return HEAD_SLOW
     from ray._raylet import GcsClient
 
     deadline = time.monotonic() + within
@@ -230,9 +239,9 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
             if alive == sorted(workers) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-    except Exception as exc:  # noqa: BLE001 - any failure means the head does not answer
-        print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
-        return 4
+    except Exception as exc:  # noqa: BLE001 - it listens but gives no answer: slow, not gone
+        print(f"the Ray head at {address} listens but does not answer in time: {exc}", file=sys.stderr)
+        return HEAD_SLOW
     print(json.dumps(result))
     return 0
 

@@ -75,7 +75,8 @@ class TestHost(NamespaceHost):
             kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         kw.setdefault("timeout", 60)
-        kw.setdefault("stdin", subprocess.DEVNULL)
+        if "input" not in kw:
+            kw.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.run(
             ["nsenter", "--target", str(pid1), "--net", "--mount", "--pid", "--", *argv], **kw
         )
