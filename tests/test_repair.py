@@ -22,7 +22,7 @@ import time
 import pytest
 
 from aws_support import aws_cloud  # noqa: F401 - a fixture
-from test_resize import AWS_NAME, AWSEnv, COUNT_JOB, boot_id, aws_env, pids  # noqa: F401 - aws_env: a fixture
+from test_resize import AWS_NAME, LIVE, AWSEnv, COUNT_JOB, boot_id, aws_env, pids  # noqa: F401 - aws_env: a fixture
 
 
 class Watch:
@@ -83,20 +83,34 @@ def after(counts_before: int, env: AWSEnv) -> list[int]:
 
 
 class FakePool:
+    """The watch's commands on stand-in hosts: its probe of a factory (which Ray nodes run there) and the
+    orchestrator's check of which factories' SSH ports answer.  ``down``: machines that are off (nobody reaches
+    them); ``cut``: the client has lost its route to every host (they still reach each other)."""
+
     connect_timeout = 60.0
 
     def __init__(self):
         self.down: set[str] = set()
         self.without_node: set[str] = set()  # answering hosts on which no Ray node of cluster "c" runs
+        self.silent: set[str] = set()  # alive hosts that do not answer the client (busy, or a route of its own)
+        self.cut = False
+
+    def connect_within(self, seconds):
+        return contextlib.nullcontext()
 
     def run(self, host, command, timeout=None, check=True):
-        """Every command is the watch's probe: it answers which Ray nodes run on the host."""
+        import shlex
+
         from flambe_cluster.errors import ClusterError
 
-        if host.private.host in self.down:
+        if self.cut or host.private.host in self.down | self.silent:
             raise ClusterError(f"{host.label}: no answer")
-        nodes = [] if host.private.host in self.without_node else [{"cluster": "c", "ip": host.private.host}]
-        return type("Result", (), {"ok": True, "stdout": json.dumps(nodes)})()
+        if "sock.recv(4)" in command:  # the orchestrator's check: HOST:PORT arguments after the script
+            targets = shlex.split(command)[3:]
+            answer = {t: t.rpartition(":")[0] not in self.down for t in targets}
+        else:
+            answer = [] if host.private.host in self.without_node else [{"cluster": "c", "ip": host.private.host}]
+        return type("Result", (), {"ok": True, "stdout": json.dumps(answer)})()
 
     def map(self, hosts, action):
         return {h: action(h) for h in hosts}
@@ -114,6 +128,7 @@ def fake_session(tmp_path, ids):
     session = SimpleNamespace(
         name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3"), pool=FakePool(), lines=lines,
         orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
+        require_orchestrator=lambda: instances.orchestrator,
         state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
         hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
     session.hooks.flambe_cluster_release_instances = lambda config, instances: session.released.extend(instances)
@@ -132,16 +147,16 @@ def test_a_silent_machine_the_user_brought_is_waited_for_then_rejoins(tmp_path, 
     monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": ip, "alive": True, "head": False} for ip in alive])
     repairs: list[int] = []
     watch = repair.Watch(session, lost_after=0)
-    watch.round(lambda: repairs.append(1))
+    watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [] and session.lines == [] and watch_actions(session) == [], "a whole cluster: nothing to do"
     session.pool.down.add("10.0.0.3")
     del alive["10.0.0.3"]
-    watch.round(lambda: repairs.append(1))
-    watch.round(lambda: repairs.append(1))
+    watch.round(lambda before: repairs.append(before() or 1))
+    watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [] and session.released == [], "a machine the user brought is not replaced by the watch"
     assert len(session.lines) == 1 and "waiting for a machine to answer at its address" in session.lines[0], session.lines
     session.pool.down.clear()  # a machine answers at the address again, without a Ray worker
-    watch.round(lambda: repairs.append(1))
+    watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [1]
     assert [line.split(":")[0] for line in session.lines[1:]] == ["c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
     assert watch_actions(session) == ["lost", "lost", "rejoined"], "one journal entry per line"
@@ -157,7 +172,7 @@ def test_a_worker_the_head_still_lists_whose_node_is_gone_rejoins(tmp_path, monk
     repairs: list[int] = []
     watch = repair.Watch(session, lost_after=0)
     session.pool.without_node.add("10.0.0.3")
-    watch.round(lambda: repairs.append(1))
+    watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [1], "the head's stale 'alive' does not hide a stopped node"
     assert session.lines[0] == "c_factory1 (10.0.0.3) is lost: its Ray worker is not alive", session.lines
 
@@ -172,13 +187,67 @@ def test_a_silent_cloud_factory_is_released_and_replaced_a_failed_repair_is_said
     watch = repair.Watch(session, lost_after=0)
     session.pool.down.add("10.0.0.2")
 
-    def failing():
+    def failing(before):
+        before()  # the release, under the lock; then `up` fails
         raise ClusterError("no capacity")
 
     watch.round(failing)
     assert [h.instance_id for h in session.released] == ["i-1"], "released so that up creates another"
     assert "repair failed, trying again in the next round: no capacity" in session.lines[-1]
     assert watch_actions(session) == ["lost", "repair-failed"]
+
+
+def test_a_client_cut_off_from_every_host_releases_nothing_and_says_once_why_it_waits(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.cut = True  # the hosts still reach each other; the provider still answers
+    repairs: list[int] = []
+    for _ in range(3):
+        watch.round(lambda before: repairs.append(before() or 1))
+    assert session.released == [] and repairs == [], "nothing is released on the client's view alone"
+    assert session.lines == ["the client reaches neither the orchestrator nor c_factory0 (10.0.0.2), c_factory1 "
+                             "(10.0.0.3): its own route (VPN, bastion) may be down; waiting, nothing is released"]
+    assert watch_actions(session) == ["waiting"]
+
+
+def test_a_factory_silent_to_the_client_that_the_orchestrator_reaches_is_slow_not_lost(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair, resize
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(resize, "forget", lambda s, hosts: None)
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])  # the head does not list it: the orchestrator vouches
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.silent.add("10.0.0.3")
+    repairs: list[int] = []
+    watch.round(lambda before: repairs.append(before() or 1))
+    watch.round(lambda before: repairs.append(before() or 1))
+    assert session.released == [] and repairs == []
+    assert len(session.lines) == 1 and "slow, not lost" in session.lines[0], session.lines
+    session.pool.silent.clear()
+    session.pool.down.add("10.0.0.3")  # now off: neither the orchestrator nor the head sees it
+    watch.round(lambda before: repairs.append(before() or 1))
+    assert [h.instance_id for h in session.released] == ["i-2"] and repairs == [1], session.lines
+
+
+def test_a_cluster_taken_down_from_another_shell_ends_the_watch_creating_nothing(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [])
+    repairs: list[int] = []
+
+    def taken_down_after_the_first_round(seconds):
+        session.state.journal.record_down()
+
+    monkeypatch.setattr(repair.time, "sleep", taken_down_after_the_first_round)
+    session.pool.down.update({"10.0.0.2", "10.0.0.3"})
+    session.hooks.flambe_cluster_find_instances = lambda config: None  # the provider lists nothing any more
+    repair.watch(session, lambda before: repairs.append(before() or 1), interval=0.01, lost_after=0)
+    assert session.lines[-1] == "cluster 'c' was taken down (flambe-cluster down); stopped watching", session.lines
+    assert repairs == [1] and session.released == [], "one repair before the down; none after"
 
 
 def test_ctrl_c_between_rounds_ends_the_watch_during_a_repair_it_propagates(tmp_path, monkeypatch):
@@ -190,11 +259,11 @@ def test_ctrl_c_between_rounds_ends_the_watch_during_a_repair_it_propagates(tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(raycluster, "nodes", interrupt)
-    repair.watch(session, lambda: None, interval=0.01)
+    repair.watch(session, lambda before: None, interval=0.01)
     assert session.lines[-1] == "stopped watching cluster 'c'; the cluster is left as it is"
     monkeypatch.setattr(raycluster, "nodes", lambda s: [])  # no worker alive: a repair, interrupted
     with pytest.raises(KeyboardInterrupt):
-        repair.watch(session, lambda: interrupt(None), interval=0.01)
+        repair.watch(session, lambda before: interrupt(None), interval=0.01)
 
 
 @pytest.mark.hosts
@@ -266,6 +335,66 @@ def test_aws_lost_factories_are_replaced_by_up_and_by_up_watch_under_a_running_j
     assert actions[-1]["details"]["instance_id"] == replacement, actions[-1]
     assert actions[-1]["details"]["old_instance_id"] == factories[0], actions[-1]
     env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+@pytest.mark.hosts
+def test_aws_a_client_cut_off_from_every_host_terminates_nothing_and_the_job_goes_on(aws_env):
+    """The client loses its route to every host (a VPN or bastion down) while the cloud's API still answers:
+    for 3 × lost_after the watch says why it waits and releases nothing; the job never notices."""
+    env, cloud = aws_env, aws_env.cloud
+    cloud.write_config(env.config, AWS_NAME, factories_num=2, ray_timeout=90)
+    env.cli("up", check=0)
+    roles = env.roles()
+    instances = roles["orchestrator"] + roles["factory"]
+    orchestrator = cloud.host_of(roles["orchestrator"][0])
+    read_counts(env, orchestrator, AWS_NAME)
+    env.cli("submit", str(COUNT_JOB), check=0)
+    assert env.wait_for_count(2)[-1] == 2
+    routes = [f"{cloud.host_of(i).address}/32" for i in instances]
+    lost_after = 5
+    watch = Watch(env, 2, "--lost-after", str(lost_after))
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        try:
+            for route in routes:  # from this machine only: the hosts still reach each other over their bridge
+                subprocess.run(["ip", "route", "add", "prohibit", route], check=True)
+            watch.wait_for("may be down; waiting, nothing is released", timeout=120)
+            time.sleep(3 * lost_after)
+            output = watch.output
+        finally:
+            for route in routes:
+                subprocess.run(["ip", "route", "del", "prohibit", route], check=False)
+        assert [cloud.state_of(i) for i in instances] == ["running"] * 3, output
+        assert "is lost:" not in output and "repair" not in output, output
+        assert output.count("waiting, nothing is released") == 1, "said once"
+        seen, deadline = len(env.counts()), time.monotonic() + 60
+        while len(env.counts()) <= seen + 4:
+            assert time.monotonic() < deadline, f"the job stopped counting: {env.counts()[-10:]}"
+            time.sleep(1)
+        assert env.counts()[-1] == 2
+        assert watch.interrupt() == 0, watch.output
+    finally:
+        watch.kill()
+    assert env.roles()["factory"] == roles["factory"]
+    env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+@pytest.mark.hosts
+def test_aws_down_from_another_shell_ends_the_watch_and_nothing_is_created_again(aws_env):
+    env, cloud = aws_env, aws_env.cloud
+    cloud.write_config(env.config, AWS_NAME, factories_num=2, ray_timeout=90)
+    env.cli("up", check=0)
+    watch = Watch(env, 1, "--lost-after", "2")
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        env.cli("down", "--yes", "--wait", "60", check=0)
+        assert watch.process.wait(timeout=60) == 0, watch.output
+    finally:
+        watch.kill()
+    assert "was taken down (flambe-cluster down); stopped watching" in watch.output, watch.output
+    assert "is lost:" not in watch.output and "replac" not in watch.output, watch.output
+    time.sleep(3)
+    assert cloud.instances(AWS_NAME, LIVE) == [], "nothing was created again"
 
 
 # --- ssh provider: machines the user brought; the replacement answers at the same address with the same host key

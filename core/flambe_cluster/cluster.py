@@ -207,7 +207,13 @@ class Cluster(ClusterOperations):
 
     def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None) -> None:
         """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see :mod:`~flambe_cluster.repair`)."""
-        repair.watch(self.session, lambda: self._locked(self._up, False, {}), interval, lost_after, rounds)
+        def locked_repair(before: Callable[[], None]) -> None:
+            def step() -> None:
+                before()
+                self._up()
+            self._locked(step, False, {})
+
+        repair.watch(self.session, locked_repair, interval, lost_after, rounds)
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
@@ -306,6 +312,7 @@ class Cluster(ClusterOperations):
                 exists = None
             if exists is False and not self.state.journal.outstanding():
                 return False
+            self.state.ensure().journal.record_down()  # a watch of this cluster ends, creating nothing again
             if exists:
                 self._stop_everything()
             self.on_step(f"releasing the hosts ({self.config.provider})")
@@ -330,9 +337,9 @@ class Cluster(ClusterOperations):
         if not all(h.instance_id is not None for h in self.all_hosts()):
             stop()
             return
-        self.pool.connect_timeout = min(self.pool.connect_timeout, 15.0)
         try:
-            stop()
+            with self.pool.connect_within(15.0):
+                stop()
         except FlambeClusterError as exc:
             logger.warning("could not stop the job and Ray before terminating (%s); terminating anyway", exc)
             self.on_step("some hosts did not answer; terminating them anyway")

@@ -4,32 +4,44 @@
 missing (a terminated or interrupted instance), :func:`flambe_cluster.resize.shrink`
 releases and forgets the instance it replaced, and the replacement gets the
 keys, the software and a Ray worker that joins the running head (nothing
-else is restarted).  :func:`watch` runs that repair by itself: every
-``interval`` seconds it
+else is restarted).  :func:`watch` runs that repair by itself, and acts
+only on evidence, never on the client's view alone.  Every ``interval``
+seconds it
 
+- ends (one line) when the cluster was taken down since it started
+  (``flambe-cluster down`` from another shell): it never creates it again;
 - asks the provider which instances exist: a factory it no longer lists (or
   a cluster it calls incomplete) is **lost**;
-- probes every factory over SSH: one that has not answered for
-  ``lost_after`` seconds is lost; one the provider manages is released
-  (terminated) and forgotten first, so ``up`` creates a new one; a machine
-  the user brought (no instance id) cannot be replaced here: the watch
-  waits until a machine answers at its address — with the host key pinned
-  for it, never a new one (the provider does not vouch for it), so a
-  machine that took over the address cannot take the cluster's key;
-- asks the Ray head for its workers: a factory that answers but whose
-  worker is not alive **rejoins** Ray;
+- probes every factory over SSH.  One that has not answered the client for
+  ``lost_after`` seconds is lost only when the orchestrator cannot reach
+  its SSH port either *and* the Ray head does not list its worker alive.
+  When the client cannot reach the orchestrator either (its own route, a
+  VPN or bastion, may be down), or the head does not answer, the watch says
+  so once and waits: nothing is released.  A lost factory the provider
+  manages is released (terminated) and forgotten, after the provider's
+  instance state is read again, so ``up`` creates a new one; a machine the
+  user brought (no instance id) cannot be replaced here: the watch waits
+  until a machine answers at its address — with the host key pinned for
+  it, never a new one (the provider does not vouch for it), so a machine
+  that took over the address cannot take the cluster's key;
+- a factory that answers but has no worker alive by both accounts (the
+  head's and the factory's own, see
+  :func:`flambe_cluster.raycluster.confirmed_workers`) **rejoins** Ray;
 
-and then runs the repair (``up`` under the cluster's lock, its steps logged
-rather than printed).  Each action — a factory lost, replaced, rejoined, a
-repair that failed (tried again next round) — is one line of output
-(``on_step``) and one journal entry (event ``watch``).  An interrupt
-between rounds ends the watch and leaves the cluster as it is; one during a
-repair undoes that repair, as for any interrupted ``up``, and propagates.
+and then runs the repair: the release, the forgetting and ``up`` all under
+the cluster's lock, its steps logged rather than printed.  Each action — a
+factory lost, replaced, rejoined, a repair that failed (tried again next
+round), a wait — is one line of output (``on_step``) and one journal entry
+(event ``watch``).  An interrupt between rounds ends the watch and leaves
+the cluster as it is; one during a repair undoes that repair, as for any
+interrupted ``up``, and propagates.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import time
 from typing import Callable
 
@@ -43,6 +55,28 @@ logger = logging.getLogger(__name__)
 #: Seconds one SSH probe of a factory may take (connecting included).
 PROBE_TIMEOUT = 10.0
 
+# Run on the orchestrator by its own interpreter (stdlib only): for each HOST:PORT argument, whether an SSH
+# server answers there (its banner within 5 s), as a JSON object.
+_REACHES = r"""
+import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def answers(target):
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as sock:
+            sock.settimeout(5)
+            return sock.recv(4) == b"SSH-"
+    except OSError:
+        return False
+targets = sys.argv[1:]
+with ThreadPoolExecutor(max(1, min(32, len(targets)))) as pool:
+    print(json.dumps(dict(zip(targets, pool.map(answers, targets)))))
+"""
+
+
+class ClusterTakenDown(Exception):
+    """The cluster was taken down (``flambe-cluster down``) since the watch started: the watch ends."""
+
 
 class Watch:
     """The state of one watch: since when each factory has been silent, what was said about it, the journal's run."""
@@ -52,6 +86,8 @@ class Watch:
         self.lost_after = lost_after
         self.silent_since: dict[tuple, float] = {}
         self.waiting: set[tuple] = set()  # user-brought factories already announced as lost
+        self.said_wait: str | None = None  # the reason the watch last said it waits, until things change
+        self.started = time.time()
         self.run_id = session.state.ensure().journal.start_run().run_id
 
     def act(self, action: str, message: str, **details: object) -> None:
@@ -75,8 +111,6 @@ class Watch:
     def answering(self) -> dict[Instance, bool | None]:
         """The factories that run a command over SSH now (each given :data:`PROBE_TIMEOUT` seconds), each with
         whether this cluster's Ray node runs there (see :func:`flambe_cluster.environment.runs_ray_node`)."""
-        pool = self.session.pool
-        saved, pool.connect_timeout = pool.connect_timeout, min(pool.connect_timeout, PROBE_TIMEOUT)
         unreached = object()
 
         def probe(host: Instance) -> object:
@@ -85,10 +119,9 @@ class Watch:
             except Exception:  # noqa: BLE001 - any failure to run a command is no answer
                 return unreached
 
-        try:
-            return {h: runs for h, runs in pool.map(self.session.factories, probe).items() if runs is not unreached}
-        finally:
-            pool.connect_timeout = saved
+        with self.session.pool.connect_within(PROBE_TIMEOUT):
+            found = self.session.pool.map(self.session.factories, probe)
+        return {h: runs for h, runs in found.items() if runs is not unreached}
 
     def without_worker(self, answering: dict[Instance, bool | None]) -> list[Instance]:
         """Answering factories without a worker alive by both accounts: the head lists it alive and its node runs
@@ -101,11 +134,55 @@ class Watch:
         alive, _ = raycluster.confirmed_workers(self.session, known, answering)
         return [f for f in self.session.factories if f in answering and f.private.host not in alive]
 
+    def taken_down(self) -> bool:
+        """Whether the cluster was taken down since the watch started (``down`` from another shell)."""
+        return self.session.state.journal.taken_down_since(self.started)
+
+    def unreachable(self, silent: list[Instance]) -> tuple[set[Instance], str | None]:
+        """Of factories the client cannot reach, those the orchestrator cannot reach either and whose worker
+        the Ray head does not list alive; or (none, why the watch must wait) when there is no such evidence."""
+        session = self.session
+        names = ", ".join(f.label for f in silent)
+        orchestrator = session.require_orchestrator()
+        targets = [f"{f.private.host}:{f.private.port}" for f in silent]
+        command = f"{shlex.quote(session.config.python)} -c {shlex.quote(_REACHES)} " + " ".join(map(shlex.quote, targets))
+        try:
+            with session.pool.connect_within(PROBE_TIMEOUT):
+                answer = session.pool.run(orchestrator, command, timeout=PROBE_TIMEOUT + 10)
+            reached = json.loads(answer.stdout)
+        except Exception as exc:  # noqa: BLE001 - no answer from the orchestrator: no evidence
+            logger.info("the orchestrator did not answer (%s)", exc)
+            return set(), (f"the client reaches neither the orchestrator nor {names}: its own route (VPN, bastion) "
+                           "may be down; waiting, nothing is released")
+        try:
+            known = raycluster.nodes(session)
+        except Exception as exc:  # noqa: BLE001 - a head that does not answer cannot say who is gone
+            return set(), f"no answer to the client from {names}, and none from the Ray head ({exc}); waiting"
+        listed = raycluster.alive_workers(known)
+        alive = [f for f, t in zip(silent, targets) if reached.get(t) or f.private.host in listed]
+        if alive:
+            self.wait_said(f"no answer to the client from {', '.join(f.label for f in alive)}, but the orchestrator "
+                           "reaches its SSH port or the Ray head lists its worker alive: slow, not lost; waiting")
+        return {f for f in silent if f not in alive}, None
+
+    def wait_said(self, reason: str) -> None:
+        """Say once why the watch waits (again only when the reason changes)."""
+        if reason != self.said_wait:
+            self.said_wait = reason
+            self.act("waiting", reason, reason=reason)
+
     # --- one round
 
-    def round(self, repair: Callable[[], None]) -> None:
-        """Look once; if something is lost, say so and repair it."""
+    def round(self, repair: Callable[[Callable[[], None]], None]) -> None:
+        """Look once; if something is lost, say so and repair it.
+
+        ``repair(before)`` runs ``before`` (releasing what is lost) and then
+        ``up``, all under the cluster's lock.  Raises :class:`ClusterTakenDown`
+        when the cluster was taken down since the watch started.
+        """
         session, now = self.session, time.monotonic()
+        if self.taken_down():
+            raise ClusterTakenDown
         gone, complaint = self.provider_lost()
         answering = self.answering()
         for factory in session.factories:
@@ -121,12 +198,22 @@ class Watch:
             if not silent:
                 self.act("lost", f"the provider says the cluster is incomplete ({complaint}); repairing", complaint=complaint)
             lost.update({f: "the provider says the cluster is incomplete and it does not answer" for f in silent})
+        long_silent = [f for f in session.factories if f not in lost and f not in answering
+                       and now - self.silent_since.get(resize.identity(f), now) >= self.lost_after]
+        unreachable: set[Instance] = set()
+        if long_silent:
+            unreachable, wait = self.unreachable(long_silent)
+            if wait is not None:
+                self.wait_said(wait)
+                return
+        elif not lost:
+            self.said_wait = None
         release: list[Instance] = []
-        for factory in session.factories:
-            key = resize.identity(factory)
-            silence = now - self.silent_since.get(key, now)
-            if factory in lost or factory in answering or silence < self.lost_after:
+        for factory in long_silent:
+            if factory not in unreachable:
                 continue
+            key = resize.identity(factory)
+            silence = now - self.silent_since[key]
             if factory.instance_id is None:  # a machine the user brought: wait for it (same address, same host key)
                 if key not in self.waiting:
                     self.waiting.add(key)
@@ -134,7 +221,8 @@ class Watch:
                                      "to answer at its address with the host key pinned for it", host=factory.name,
                              address=str(factory.private))
                 continue
-            lost[factory] = f"it has not answered for {silence:.0f}s"
+            lost[factory] = (f"it has not answered for {silence:.0f}s, the orchestrator cannot reach it and the Ray "
+                             "head does not list its worker")
             release.append(factory)
         if complaint is None and not gone and len(answering) == len(session.factories):
             lost.update({f: "its Ray worker is not alive" for f in self.without_worker(answering)})
@@ -143,19 +231,35 @@ class Watch:
         for factory, why in lost.items():
             self.act("lost", f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} is lost: {why}",
                      host=factory.name, address=str(factory.private), instance_id=factory.instance_id, reason=why)
-        if release:  # provider-managed machines that stopped answering: released so that `up` creates new ones
-            session.hooks.flambe_cluster_release_instances(config=session.config, instances=release)
-            resize.forget(session, release)
-        self.repair(repair, list(lost))
+        self.repair(repair, list(lost), lambda: self.release(release))
 
-    def repair(self, repair: Callable[[], None], lost: list[Instance]) -> None:
-        """Run ``repair`` (``up``), its steps logged; then say what became of each lost factory."""
+    def release(self, factories: list[Instance]) -> None:
+        """Under the lock: release (terminate) and forget ``factories`` that the provider still lists, after reading
+        its instance state again; those it no longer lists are only forgotten.  Raises :class:`ClusterTakenDown`
+        when the cluster was taken down meanwhile."""
+        if self.taken_down():
+            raise ClusterTakenDown
+        if not factories:
+            return
         session = self.session
-        before = list(session.factories)
+        found = session.hooks.flambe_cluster_find_instances(config=session.config) or []
+        listed = {resize.identity(h) for h in found}
+        still = [f for f in factories if resize.identity(f) in listed]
+        if still:  # provider-managed machines that the evidence says are gone: released so that `up` creates new ones
+            session.hooks.flambe_cluster_release_instances(config=session.config, instances=still)
+        resize.forget(session, factories)
+
+    def repair(self, repair: Callable[[Callable[[], None]], None], lost: list[Instance],
+               before: Callable[[], None]) -> None:
+        """Run ``repair(before)`` (``up`` under the lock), its steps logged; then say what became of each lost factory."""
+        session = self.session
+        before_factories = list(session.factories)
         session.start_new_run()  # a failed repair rolls back only what it created
         shown, session.on_step = session.on_step, _log_step
         try:
-            repair()
+            repair(before)
+        except ClusterTakenDown:
+            raise
         except Exception as exc:  # noqa: BLE001 - undone by the repair itself; tried again next round
             session.on_step = shown
             self.act("repair-failed", f"repair failed, trying again in the next round: {exc}", error=str(exc))
@@ -163,10 +267,11 @@ class Watch:
         finally:
             session.on_step = shown
         self.silent_since.clear()
+        self.said_wait = None
         workers = len(session.factories)
         after = {resize.identity(f) for f in session.factories}
-        gone = [f for f in before if resize.identity(f) not in after]
-        kept = {resize.identity(f) for f in before}
+        gone = [f for f in before_factories if resize.identity(f) not in after]
+        kept = {resize.identity(f) for f in before_factories}
         new = [f for f in session.factories if resize.identity(f) not in kept]
         for old, factory in zip(gone, new):
             self.act("replaced", f"replaced {old.label}{' ' + old.instance_id if old.instance_id else ''} by "
@@ -184,11 +289,12 @@ def _log_step(message: str) -> None:
     logger.info("%s", message)
 
 
-def watch(session: HostSession, repair: Callable[[], None], interval: float = 30.0,
+def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], interval: float = 30.0,
           lost_after: float | None = None, rounds: int | None = None) -> None:
     """Keep the cluster whole until interrupted (or for ``rounds`` rounds); see the module's docstring.
 
-    ``repair`` brings the cluster up again (``Cluster.up``); ``lost_after``
+    ``repair(before)`` runs ``before`` and then brings the cluster up again
+    (``Cluster.up``), both under the cluster's lock; ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a
     factory may not answer before it is lost.  An interrupt between rounds
     returns normally, leaving the cluster as it is.
@@ -199,10 +305,10 @@ def watch(session: HostSession, repair: Callable[[], None], interval: float = 30
                     f"{lost_after:g}s is lost); Ctrl-C stops watching and leaves the cluster as it is")
     repairing = False  # an interrupt arrived during a repair (which undid it): it propagates
 
-    def locked_repair() -> None:
+    def locked_repair(before: Callable[[], None]) -> None:
         nonlocal repairing
         try:
-            repair()
+            repair(before)
         except KeyboardInterrupt:
             repairing = True
             raise
@@ -213,6 +319,9 @@ def watch(session: HostSession, repair: Callable[[], None], interval: float = 30
             started = time.monotonic()
             try:
                 state.round(locked_repair)
+            except ClusterTakenDown:
+                session.on_step(f"cluster {session.name!r} was taken down (flambe-cluster down); stopped watching")
+                return
             except Exception as exc:  # noqa: BLE001 - a look that failed (the cloud's API, a host) is tried again
                 logger.debug("watch round failed", exc_info=True)
                 session.on_step(f"could not look at cluster {session.name!r} ({exc}); looking again in {interval:g}s")

@@ -132,9 +132,6 @@ def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
     """Stop this cluster's Ray node on ``hosts`` at once; a host that does not answer is logged and skipped."""
     if not hosts:
         return
-    pool = session.pool
-    saved, pool.connect_timeout = pool.connect_timeout, min(pool.connect_timeout, DRAIN_CONNECT_TIMEOUT)
-
     def stop(host: Instance) -> None:
         try:
             if session.has_environment([host])[host]:
@@ -143,10 +140,8 @@ def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
             session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node")
 
-    try:
-        pool.map(list(hosts), stop)
-    finally:
-        pool.connect_timeout = saved
+    with session.pool.connect_within(DRAIN_CONNECT_TIMEOUT):
+        session.pool.map(list(hosts), stop)
 
 
 def forget(session: HostSession, hosts: Sequence[Instance]) -> None:

@@ -16,6 +16,7 @@ too.  Callers quote every value they put into a command with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -23,7 +24,7 @@ import shlex
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import paramiko
 from attrs import define, field, validators
@@ -216,6 +217,18 @@ class SSHPool:
     def __attrs_post_init__(self) -> None:
         self._known = KnownHosts(self.known_hosts, self.host_key_policy)
         self._resolver = Resolver(self.username, self.key_path, self.ssh_config, self.proxy_jump, self.proxy_command)
+
+    @contextlib.contextmanager
+    def connect_within(self, seconds: float) -> Iterator[None]:
+        """For the block, connections that open are given at most ``seconds`` (never more than
+        ``connect_timeout``); restored on exit, also on an error.  Probes use it: a host that does not
+        answer soon is an answer."""
+        saved = self.connect_timeout
+        self.connect_timeout = min(saved, seconds)
+        try:
+            yield
+        finally:
+            self.connect_timeout = saved
 
     def route(self, instance: Instance) -> Route:
         """How ``instance`` is reached (resolved once); :class:`UsageError` for an unusable OpenSSH configuration."""

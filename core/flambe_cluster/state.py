@@ -209,6 +209,14 @@ class Journal:
         self._append({"event": "watch", "run": run_id, "kind": "watch", "id": action, "action": action,
                       "details": details, "time": time.time()})
 
+    def record_down(self) -> None:
+        """Record that the cluster is being taken down (``down``): a watch that started earlier ends."""
+        self._append({"event": "down", "run": None, "kind": "cluster", "id": "down", "time": time.time()})
+
+    def taken_down_since(self, since: float) -> bool:
+        """Whether ``down`` began at or after ``since`` (a :func:`time.time` value)."""
+        return any(e["event"] == "down" and e.get("time", 0.0) >= since for e in self.entries())
+
     def record_destroyed(self, resources: list[CreatedResource], run_id: str | None = None) -> None:
         """Mark ``resources`` as gone (rolled back or terminated)."""
         for resource in resources:

@@ -97,9 +97,9 @@ def probe(cluster: Cluster, instance: Instance, running: dict) -> str:
 def probe_all(cluster: Cluster) -> tuple[dict, dict]:
     """``({instance: probe}, {instance: runs its Ray node})`` for every host of a found cluster, each connection
     given at most 10 s (see :func:`probe`)."""
-    cluster.pool.connect_timeout = min(cluster.config.connect_timeout, 10.0)
     running: dict = {}
-    return cluster.pool.map(cluster.all_hosts(), lambda h: probe(cluster, h, running)), running
+    with cluster.pool.connect_within(10.0):
+        return cluster.pool.map(cluster.all_hosts(), lambda h: probe(cluster, h, running)), running
 
 
 def ray_and_job(cluster: Cluster, running: dict) -> dict:
