@@ -322,8 +322,8 @@ def test_status_exits_1_while_a_ray_worker_is_down(three_hosts, flambe_client_ke
     assert cli("status", str(config), env_home=flambe_state_home).returncode == 0
 
 
-def test_down_removes_the_whitelisted_secrets_from_the_orchestrator(three_hosts, flambe_client_key, flambe_state_home,
-                                                                    tmp_path):
+def test_down_removes_the_secrets_and_the_cluster_key_from_every_host(three_hosts, flambe_client_key,
+                                                                      flambe_state_home, tmp_path):
     secrets = tmp_path / "secrets.ini"
     secrets.write_text("[GITHUB]\ntoken = t0k\n[AWS]\nkey = k3y\n")
     secrets.chmod(0o600)
@@ -335,9 +335,18 @@ def test_down_removes_the_whitelisted_secrets_from_the_orchestrator(three_hosts,
         cluster.find_instances()
         cluster.session.send_secrets(["GITHUB"])
     assert "t0k" in sent.read_text() and "k3y" not in sent.read_text()
+    public = ClusterState(flambe_state_home / "clusters" / E2E).key_pair(f"flambe-cluster-{E2E}").public_line
+    for host in three_hosts.hosts:
+        assert public in (host.home / ".ssh" / "authorized_keys").read_text()
     done = cli("down", str(config), "--yes", env_home=flambe_state_home)
     assert done.returncode == 0, done.stderr
     assert not sent.exists(), "no secret outlives the cluster"
+    for host in three_hosts.hosts:  # a machine handed back cannot log in to the others
+        ssh = host.home / ".ssh"
+        assert sorted(p.name for p in ssh.glob(f"flambe-cluster-{E2E}*")) == [], host.name
+        authorized = (ssh / "authorized_keys").read_text()
+        assert public not in authorized and flambe_client_key.public_line.strip() in authorized, host.name
+    assert not (flambe_state_home / "clusters" / E2E / "cluster_key").exists(), "the next cluster gets a new pair"
 
 
 def test_up_with_wait_says_what_it_waits_for(three_hosts, flambe_client_key, flambe_state_home, tmp_path):

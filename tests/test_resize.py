@@ -32,6 +32,16 @@ def boot_id(host) -> str:
     return host.run_in_namespace(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
 
 
+def authorized_keys(host) -> str:
+    return (host.home / ".ssh" / "authorized_keys").read_text()
+
+
+def cluster_public_key(host) -> str | None:
+    """The cluster key's public line installed on ``host`` (None when there is none)."""
+    path = host.home / ".ssh" / f"flambe-cluster-{NAME}.pub"
+    return path.read_text().strip() if path.exists() else None
+
+
 def test_the_journal_forgets_released_instances_one_by_one(tmp_path):
     from flambe_cluster.records import CreatedResource
     from flambe_cluster.state import ClusterState
@@ -150,6 +160,7 @@ def test_grow_then_shrink_under_a_running_job(env):
 
     # 1+4 -> 1+1: three workers drained and forgotten; the head, the worker that stays and the job go on
     env.write(1)
+    old_key = cluster_public_key(env.hosts[0])
     shrink = env.cli("up", check=0)
     assert "removing 3 factories" in shrink.stderr, shrink.stderr
     status = env.status()
@@ -162,6 +173,13 @@ def test_grow_then_shrink_under_a_running_job(env):
         assert pids(host, "raylet") == [], f"{host.address} still runs a Ray node"
         assert host.address not in env.pins(), f"{host.address} is still pinned"
     assert env.hosts[1].address in env.pins()
+    for host in env.hosts[2:5]:  # removed: the cluster key is revoked there
+        assert cluster_public_key(host) is None and old_key not in authorized_keys(host), host.address
+    new_key = cluster_public_key(env.hosts[0])
+    assert new_key and new_key != old_key, "the hosts that stay got a new pair"
+    for host in env.hosts[:2]:
+        assert cluster_public_key(host) == new_key and new_key in authorized_keys(host)
+        assert old_key not in authorized_keys(host), host.address
 
     # an unchanged file: the next `up` changes nothing
     again = env.cli("up", check=0)

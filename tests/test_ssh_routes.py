@@ -69,3 +69,13 @@ def test_new_fields_are_checked(tmp_path):
         parse_config({**BASE, "proxy_jump": "gate", "proxy_command": "nc %h %p"})
     config = parse_config({**BASE, "proxy_jump": "a@gate:2222, b@[fd00::1]:22"}, validate=False)
     assert config.proxy_jump == "a@gate:2222,b@[fd00::1]:22" and config.key is None and config.ssh_config is None
+
+
+def test_a_hostile_address_reaches_the_proxy_command_as_one_word_and_runs_nothing(tmp_path):
+    import subprocess
+
+    hostile = "[fe80::1%$(touch${IFS}x)]:22"
+    route = Resolver("u", None, None, proxy_command="printf '%%s\\n' %h %p").route(Endpoint.parse(hostile))
+    done = subprocess.run(["/bin/sh", "-c", route.proxy_command], cwd=tmp_path, capture_output=True, text=True)
+    assert done.stdout.splitlines() == ["fe80::1%$(touch${IFS}x)", "22"], done
+    assert not (tmp_path / "x").exists(), "the address ran a command on the client"

@@ -79,3 +79,17 @@ def test_a_huge_stderr_line_is_cut_in_the_failure_message():
     assert len(message) < 5000
     assert message.endswith("      | last words") and "…" in message
     assert result.stderr_tail().splitlines()[-1] == "last words"
+
+
+def test_a_public_key_cut_short_by_a_crash_is_never_authorized(tmp_path):
+    from flambe_cluster.state import ClusterState
+
+    state = ClusterState(tmp_path / "c")
+    first = state.key_pair(comment="flambe-cluster-c")
+    assert first.public_line.startswith("ssh-ed25519 AAAA") and first.public_line.endswith(" flambe-cluster-c")
+    public = first.public_path
+    public.write_text("")  # a crash between the two files, as the old order could leave
+    again = state.key_pair(comment="flambe-cluster-c")
+    assert again.public_line == first.public_line, "derived from the private key, not read from the empty file"
+    assert public.read_text().strip() == first.public_line
+    assert oct(public.stat().st_mode & 0o777) == "0o600" and not list(public.parent.glob(".*"))

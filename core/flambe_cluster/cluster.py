@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import plugins, raycluster, repair, resize
+from . import keys, plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError
 from .handles import handle
@@ -322,10 +322,11 @@ class Cluster(ClusterOperations):
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
             resize.drop_members(self.state)
+            self.state.forget_key_pair()  # a cluster made again gets a new one
             return True
 
     def _stop_everything(self) -> None:
-        """Stop the job, remove the secrets it was sent, stop Ray; best effort (with a short connect deadline)
+        """Stop the job, remove the secrets it was sent, stop Ray, revoke the cluster key; best effort (with a short connect deadline)
         on machines about to be terminated."""
         self.on_step("stopping the job and Ray")
 
@@ -333,6 +334,7 @@ class Cluster(ClusterOperations):
             self.shutdown_flambe_execution()
             self.session.remove_secrets()
             self.shutdown_ray_cluster()
+            keys.revoke(self.session, self.session.hosts())
 
         if not all(h.instance_id is not None for h in self.all_hosts()):
             stop()

@@ -4,15 +4,21 @@ The pair is generated once per cluster (ed25519) and kept in the local state
 folder; the private key travels on the SSH channel's stdin (never in a
 command line) and lands with mode 0600.  Each host also gets a known_hosts
 of the cluster's hosts, pinned from the keys the client verified, so hosts
-talk to each other with ``StrictHostKeyChecking=yes``.
+talk to each other with ``StrictHostKeyChecking=yes``.  ``down`` and a
+shrink revoke it (:func:`revoke`): the key files and the ``authorized_keys``
+line leave every host they reach, and after a shrink the hosts that stay get
+a new pair (:func:`rotate`), so a machine handed back cannot log in to the
+others.
 """
 
 from __future__ import annotations
 
 import shlex
+from typing import Sequence
 
 from .hostkeys import key_line
 from .paths import home_path
+from .records import Instance
 from .session import HostSession
 
 
@@ -65,3 +71,32 @@ def distribute(session: HostSession) -> None:
     )
     secret = key.private_path.read_bytes()
     session.pool.map(hosts, lambda host: session.pool.run(host, command, stdin=secret))
+
+
+def _revoke_command(session: HostSession, public_line: str) -> str:
+    """Remove the cluster's key files and its ``authorized_keys`` line (in place: the file keeps its owner and
+    mode; an unreadable file fails the command rather than being emptied)."""
+    private, public, known = session.remote_key_files()
+    pub, keys = shlex.quote(public_line), '"$HOME"/.ssh/authorized_keys'
+    return "; ".join([
+        "umask 077",
+        f"rm -f {home_path(private)} {home_path(private + '.tmp')} {home_path(public)} {home_path(known)}",
+        f"if [ -f {keys} ]; then grep -vxF {pub} {keys} > {keys}.fc-revoke; rc=$?; "
+        f"if [ $rc -le 1 ]; then cat {keys}.fc-revoke > {keys}; fi; rm -f {keys}.fc-revoke; [ $rc -le 1 ]; fi",
+    ])
+
+
+def revoke(session: HostSession, hosts: Sequence[Instance]) -> None:
+    """Remove this cluster's key pair, known_hosts and ``authorized_keys`` line from ``hosts`` (idempotent;
+    raises naming the hosts that fail)."""
+    if not hosts:
+        return
+    line = session.state.key_pair(comment=session.remote_key_name).public_line
+    command = _revoke_command(session, line)
+    session.pool.map(list(hosts), lambda host: session.pool.run(host, command))
+
+
+def rotate(session: HostSession, staying: Sequence[Instance]) -> None:
+    """Revoke the pair on the hosts that stay and forget it here: the next :func:`distribute` installs a new one."""
+    revoke(session, staying)
+    session.state.forget_key_pair()

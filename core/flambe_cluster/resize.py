@@ -34,7 +34,7 @@ import json
 import logging
 from typing import Sequence
 
-from . import raycluster
+from . import keys, raycluster
 from .errors import FlambeClusterError
 from .records import Endpoint, Instance, Role
 from .session import HostSession
@@ -100,6 +100,10 @@ def drop_members(state: ClusterState, gone: Sequence[Instance] | None = None) ->
 def shrink(session: HostSession) -> list[Instance]:
     """Say which factories join; drain, release and forget the factories the cluster no longer has; returns them.
 
+    The cluster key is revoked on the removed factories that answer, and
+    when factories were removed (not lost ones being replaced) the hosts
+    that stay get a new pair (see :func:`flambe_cluster.keys.rotate`).
+
     A removed factory that does not answer (lost, already terminated) is
     released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members, before anything is
     started on the new ones: a later ``up`` drains them too if the file
@@ -124,18 +128,22 @@ def shrink(session: HostSession) -> list[Instance]:
         drain(session, [h for h in removed if not (h in lost and h.instance_id)])
         session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
         forget(session, removed)
+    if len(removed) > len(lost):  # machines left the cluster: the hosts that stay get a new key pair
+        keys.rotate(session, session.hosts())
     write_members(session.state, session.hosts())
     return removed
 
 
 def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
-    """Stop this cluster's Ray node on ``hosts`` at once; a host that does not answer is logged and skipped."""
+    """Stop this cluster's Ray node on ``hosts`` at once and revoke the cluster key there; a host that does not
+    answer is logged and skipped."""
     if not hosts:
         return
     def stop(host: Instance) -> None:
         try:
             if session.has_environment([host])[host]:
                 raycluster.stop_node(session, host)
+            keys.revoke(session, [host])
         except FlambeClusterError as exc:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
             session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node")

@@ -23,6 +23,7 @@ What wins, as OpenSSH's command line wins over its configuration file:
 from __future__ import annotations
 
 import getpass
+import shlex
 import threading
 from pathlib import Path
 
@@ -134,8 +135,13 @@ class Resolver:
 
 
 def expand_tokens(command: str, hop: Hop) -> str:
-    """OpenSSH's ``%h``, ``%p``, ``%r`` and ``%%`` in a ProxyCommand, expanded for ``hop``."""
-    values = {"h": hop.host, "p": str(hop.port), "r": hop.user, "%": "%"}
+    """OpenSSH's ``%h``, ``%p``, ``%r`` and ``%%`` in a ProxyCommand, expanded for ``hop``.
+
+    The host and user are shell-quoted: the line runs under ``/bin/sh``, and
+    an address such as ``fe80::1%$(cmd)`` must reach the command as one word,
+    never run ``cmd`` on the client (OpenSSH ≥ 9.6 refuses such names).
+    """
+    values = {"h": shlex.quote(hop.host), "p": str(hop.port), "r": shlex.quote(hop.user), "%": "%"}
     out, index = [], 0
     while index < len(command):
         char = command[index]

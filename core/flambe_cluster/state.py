@@ -299,21 +299,31 @@ class ClusterState:
         """An ed25519 key pair of this cluster, generated on first call, reused after.
 
         ``cluster_key`` is the per-cluster key the hosts share; the private
-        key is written 0600 and never leaves this folder except to the
-        cluster's own hosts.
+        key is written 0600, atomically, and never leaves this folder except
+        to the cluster's own hosts.  The public line is derived from the
+        private key each time (the ``.pub`` beside it is rewritten, atomically,
+        when it differs).
         """
         self.ensure()
         private_path = self.root / file_name
         public_path = private_path.with_suffix(".pub")
-        if not (private_path.exists() and public_path.exists()):
+        if private_path.exists():
+            key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
+        else:
             key = ed25519.Ed25519PrivateKey.generate()
-            private = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-            )
-            public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            write_private(private_path, private)
-            public_path.write_text(f"{public.decode()} {comment}\n")
-        return KeyPair(private_path, public_path.read_text().strip())
+            write_private(private_path, key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        line = f"{public.decode()} {comment}"
+        # the public line always comes from the private key: a .pub cut short by a crash is never authorized
+        if not public_path.exists() or public_path.read_text().strip() != line:
+            write_private(public_path, f"{line}\n".encode())
+        return KeyPair(private_path, line)
+
+    def forget_key_pair(self, file_name: str = "cluster_key") -> None:
+        """Remove the key pair ``file_name`` (the next :meth:`key_pair` generates a new one); idempotent."""
+        for path in (self.root / file_name, (self.root / file_name).with_suffix(".pub")):
+            path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def lock(self, wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
