@@ -358,3 +358,22 @@ def test_up_with_wait_says_what_it_waits_for(three_hosts, flambe_client_key, fla
     assert time.monotonic() - started >= 5
     assert f"waiting up to 5 s for PID {os.getpid()} on {os.uname().nodename} to release cluster '{E2E}'" in done.stderr
     assert "is busy" in done.stderr
+
+
+def test_a_state_folder_with_a_space_a_quote_and_a_percent_sign_works_for_ssh_and_rsync(three_hosts, flambe_client_key,
+                                                                                       tmp_path):
+    """OpenSSH reads `UserKnownHostsFile=a b` as two files and expands `%` in it: the path is quoted and escaped."""
+    home = tmp_path / "my state 'q' 50%"
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, E2E)
+    done = cli("up", str(config), env_home=home)
+    assert done.returncode == 0, done.stderr
+    try:
+        made = cli("exec", str(config), "--", 'mkdir -p spaced && hostname -I > spaced/"$(hostname -I | tr -d " ")"',
+                   env_home=home)
+        assert made.returncode == 0, made.stderr
+        pulled = cli("pull", str(config), "spaced", str(tmp_path / "back"), env_home=home)
+        assert pulled.returncode == 0, pulled.stderr
+        assert sorted(p.name for p in (tmp_path / "back").rglob("*") if p.is_file()) == sorted(
+            h.address for h in three_hosts.hosts), "the factories' copies gathered, then the folder brought back"
+    finally:
+        assert cli("down", str(config), "--yes", env_home=home).returncode == 0

@@ -30,7 +30,7 @@ import paramiko
 from attrs import define, field, validators
 
 from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKeyError, HostsFailedError,
-                     HostUnreachableError, RemoteCommandError)
+                     HostUnreachableError, RemoteCommandError, UsageError)
 from .commands import CommandResult, OutputTail, shown
 from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
@@ -442,9 +442,10 @@ def openssh_options(
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_count: int = KEEPALIVE_COUNT,
 ) -> list[str]:
-    """OpenSSH client options matching the pool, for a host reached directly with one key (host to host)."""
-    return [*_identity_options((key_path,)), *_checked_options(known_hosts, connect_timeout, keepalive_interval,
-                                                               keepalive_count)]
+    """OpenSSH client options matching the pool, for a host reached directly with one key (host to host); no
+    configuration file is read (``-F /dev/null``): a host's own ``~/.ssh/config`` does not change the route."""
+    return ["-F", os.devnull, *_identity_options((key_path,)),
+            *_checked_options(known_hosts, connect_timeout, keepalive_interval, keepalive_count)]
 
 
 def openssh_route_options(
@@ -487,7 +488,21 @@ def _route_options(route: Route, checked: list[str]) -> list[str]:
 def _identity_options(identities: Sequence[Path | str]) -> list[str]:
     if not identities:
         return ["-o", "IdentitiesOnly=no"]  # ssh-agent's keys
-    return [*(word for path in identities for word in ("-i", str(path))), "-o", "IdentitiesOnly=yes"]
+    # `-i` takes its argument whole, but OpenSSH expands %-tokens in it
+    return [*(word for path in identities for word in ("-i", str(path).replace("%", "%%"))),
+            "-o", "IdentitiesOnly=yes"]
+
+
+def _file_option(path: Path | str) -> str:
+    """``path`` as the value of an OpenSSH ``-o`` file option: its %-tokens escaped (``%%``), in double quotes
+    when it holds white space (a state folder such as ``~/My Clusters``: unquoted, OpenSSH reads two files).
+    Raises :class:`UsageError` for a path with a double quote, which cannot be spelled there."""
+    text = str(path)
+    if '"' in text:
+        raise UsageError(f"OpenSSH cannot be given a path with a double quote in it: {text!r}; "
+                         "use a state folder (FLAMBE_CLUSTER_HOME) without one")
+    text = text.replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
 def _checked_options(known_hosts: Path | str, connect_timeout: float, keepalive_interval: float,
@@ -495,7 +510,9 @@ def _checked_options(known_hosts: Path | str, connect_timeout: float, keepalive_
     return [
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", f"UserKnownHostsFile={_file_option(known_hosts)}",
+        "-o", "ControlMaster=no",
+        "-o", "ControlPath=none",  # never ride on a user's multiplexed connection, which our pins did not check
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", f"ConnectTimeout={max(1, int(connect_timeout))}",
         "-o", f"ServerAliveInterval={max(1, int(keepalive_interval))}",
