@@ -377,3 +377,24 @@ def test_a_state_folder_with_a_space_a_quote_and_a_percent_sign_works_for_ssh_an
             h.address for h in three_hosts.hosts), "the factories' copies gathered, then the folder brought back"
     finally:
         assert cli("down", str(config), "--yes", env_home=home).returncode == 0
+
+
+def test_a_cluster_of_the_same_name_on_other_machines_is_refused_before_anything_is_touched(
+        three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = three_hosts.hosts
+    first = ssh_cluster_yaml(tmp_path / "first.yaml", hosts, flambe_client_key.path, E2E)
+    assert cli("up", str(first), env_home=flambe_state_home).returncode == 0
+    raylets = {h.address: pids_of(h, "raylet") for h in hosts[1:]}
+    other = ssh_cluster_yaml(tmp_path / "other.yaml", [hosts[1], hosts[2]], flambe_client_key.path, E2E)
+    for command in (["up"], ["status"], ["down", "--yes"]):
+        done = cli(command[0], str(other), *command[1:], env_home=flambe_state_home)
+        assert done.returncode == 2, (command, done.stderr)
+        assert (f"cluster 'e2e' of this state folder ({flambe_state_home / 'clusters' / E2E}) is in another place: "
+                f"orchestrator {hosts[0].address}, provider ssh; this file names orchestrator {hosts[1].address}, "
+                "provider ssh. Nothing was touched.") in done.stderr, done.stderr
+    assert {h.address: pids_of(h, "raylet") for h in hosts[1:]} == raylets, "the first cluster's workers were touched"
+    assert cli("status", str(first), env_home=flambe_state_home).returncode == 0
+
+
+def pids_of(host, pattern: str) -> list[int]:
+    return sorted(int(p) for p in host.run_in_namespace(["pgrep", "-f", pattern]).stdout.split())

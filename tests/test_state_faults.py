@@ -7,6 +7,7 @@ import json
 import logging
 
 import paramiko
+import pytest
 
 from flambe_cluster.records import CreatedResource
 from flambe_cluster.secrets import filtered
@@ -93,3 +94,18 @@ def test_a_public_key_cut_short_by_a_crash_is_never_authorized(tmp_path):
     assert again.public_line == first.public_line, "derived from the private key, not read from the empty file"
     assert public.read_text().strip() == first.public_line
     assert oct(public.stat().st_mode & 0o777) == "0o600" and not list(public.parent.glob(".*"))
+
+
+def test_a_place_is_refused_only_while_the_recorded_one_is_in_use(tmp_path):
+    from flambe_cluster import UsageError
+    from flambe_cluster.state import ClusterState
+
+    state = ClusterState(tmp_path / "c")
+    here, there = {"provider": "aws", "region": "eu-west-1"}, {"provider": "aws", "region": "us-east-1"}
+    state.check_place(here, record=True, in_use=False)
+    state.check_place(here, record=False, in_use=True)
+    with pytest.raises(UsageError, match="region eu-west-1; this file names provider aws, region us-east-1"):
+        state.check_place(there, record=True, in_use=True)
+    state.check_place(there, record=True, in_use=False)  # the first never came up (rolled back): the name is free
+    with pytest.raises(UsageError, match="is in another place"):
+        state.check_place(here, record=False, in_use=True)

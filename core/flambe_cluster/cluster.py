@@ -169,17 +169,27 @@ class Cluster(ClusterOperations):
 
     def load_all_instances(self) -> None:
         """Find or create every instance through the provider (idempotent; creations journaled)."""
+        self._check_place(record=True)
         self.on_step(f"finding or creating {1 + self.factories_num} instances ({self.config.provider})")
         self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal,
                                                                             progress=self.on_progress))
 
     def find_instances(self) -> bool:
         """Load the existing instances without creating anything; False if the cluster does not exist."""
+        self._check_place(record=False)
         instances = self.hooks.flambe_cluster_find_instances(config=self.config)
         if instances is None:
             return False
         self.session.set_instances(instances)
         return True
+
+    def _check_place(self, record: bool) -> None:
+        """Refuse, before the provider is asked anything, a file naming this cluster in another place than the
+        one its state folder records (provider and ``flambe_cluster_place``) while that cluster is in use there
+        (members recorded, or resources not destroyed); ``record`` remembers the place."""
+        place = {"provider": self.config.provider, **(self.hooks.flambe_cluster_place(config=self.config) or {})}
+        in_use = resize.members(self.state) is not None or bool(self.state.journal.outstanding())
+        self.state.check_place(place, record, in_use)
 
     def wait_until_accessible(self) -> None:
         """Connect to every host (one deadline for all); raises naming each host that failed."""
@@ -305,6 +315,7 @@ class Cluster(ClusterOperations):
         (waiting up to ``wait`` seconds for another process's).
         """
         with self.locked(wait):
+            self._check_place(record=False)  # a cluster of this name elsewhere is refused, never "incomplete"
             try:
                 exists = self.find_instances()
             except FlambeClusterError as incomplete:
@@ -323,6 +334,7 @@ class Cluster(ClusterOperations):
             journal.record_destroyed(journal.outstanding())
             resize.drop_members(self.state)
             self.state.forget_key_pair()  # a cluster made again gets a new one
+            self.state.forget_place()
             return True
 
     def _stop_everything(self) -> None:

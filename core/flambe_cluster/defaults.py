@@ -9,6 +9,12 @@ from .hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
+def flambe_cluster_place(config):
+    """No place beyond the provider's name."""
+    return {}
+
+
+@hookimpl(trylast=True)
 def flambe_cluster_host_keys(config, instance):
     """No provider-vouched host keys: the host-key policy alone decides."""
     return None

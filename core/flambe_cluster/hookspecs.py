@@ -209,6 +209,20 @@ def flambe_cluster_promised_gpus(config: "ClusterConfig", instance: "Instance") 
 
 
 @hookspec(firstresult=True)
+def flambe_cluster_place(config: "ClusterConfig") -> "dict[str, str] | None":
+    """Return where the cluster lives beyond its name: the values that tell two clusters of one name apart.
+
+    For example ``{"region": ..., "creator": ...}`` (AWS), ``{"project": ...,
+    "zone": ...}`` (GCP), ``{"orchestrator": address}`` (machines the user
+    brought).  The core records it in the cluster's state folder with the
+    provider's name on the first ``up``, and refuses, before anything is
+    touched, a file that names the same cluster in another place.  Computed
+    from ``config`` alone: never calls an API.  Optional (default: none,
+    the provider's name alone).
+    """
+
+
+@hookspec(firstresult=True)
 def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> list[str] | None:
     """Return the host keys the provider vouches for, or ``None`` if it knows none.
 

@@ -28,7 +28,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .errors import ClusterBusyError
+from .errors import ClusterBusyError, UsageError
 from .records import CreatedResource
 
 STATE_HOME_ENV = "FLAMBE_CLUSTER_HOME"
@@ -242,6 +242,10 @@ class RunJournal:
         return self.journal.outstanding(self.run_id)
 
 
+#: The file of a state folder that records where its cluster lives (see ClusterState.check_place).
+PLACE = "place.json"
+
+
 @define
 class ClusterState:
     """The state folder of one cluster (created on first use, mode 0700)."""
@@ -319,6 +323,35 @@ class ClusterState:
         if not public_path.exists() or public_path.read_text().strip() != line:
             write_private(public_path, f"{line}\n".encode())
         return KeyPair(private_path, line)
+
+    def check_place(self, place: dict[str, str], record: bool, in_use: bool) -> None:
+        """Refuse a cluster of this name in another place while the recorded one is ``in_use``; with ``record``,
+        remember ``place`` (replacing a record of a place no longer in use).
+
+        ``place`` is the provider's name with where it puts the cluster (see
+        ``flambe_cluster_place``).  Raises :class:`UsageError` naming both
+        places and what to do.
+        """
+        path = self.root / PLACE
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and recorded != place and in_use:
+            def spelled(where: dict) -> str:
+                return ", ".join(f"{k} {v}" for k, v in sorted(where.items()))
+
+            raise UsageError(
+                f"cluster {self.root.name!r} of this state folder ({self.root}) is in another place: "
+                f"{spelled(recorded)}; this file names {spelled(place)}. Nothing was touched. Give this cluster "
+                "another `name:`, or take the other one down first (flambe-cluster down with its own file), or use "
+                "another state folder (FLAMBE_CLUSTER_HOME)")
+        if record and recorded != place:
+            write_private(self.ensure().root / PLACE, json.dumps(place, sort_keys=True).encode())
+
+    def forget_place(self) -> None:
+        """Forget the recorded place (the cluster was taken down: the name is free again); idempotent."""
+        (self.root / PLACE).unlink(missing_ok=True)
 
     def forget_key_pair(self, file_name: str = "cluster_key") -> None:
         """Remove the key pair ``file_name`` (the next :meth:`key_pair` generates a new one); idempotent."""

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import environment, jobs, plugins, raycluster
 from ..cluster import Cluster
-from ..errors import FlambeClusterError, RayHeadSlowError
+from ..errors import FlambeClusterError, RayHeadSlowError, UsageError
 from ..records import Instance
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, note, opened, out
 
@@ -205,6 +205,8 @@ def _confirm_down(cluster: Cluster) -> bool:
     """Ask whether to destroy the machines ``down`` would destroy; True at once when it destroys none."""
     try:
         exists = cluster.find_instances()
+    except UsageError:  # another place (see Cluster.down): said as it is, nothing asked
+        raise
     except FlambeClusterError as incomplete:
         question = f"cluster {cluster.name!r} is incomplete ({incomplete}).\nDestroy what is left of it?"
     else:

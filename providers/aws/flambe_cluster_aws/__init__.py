@@ -105,6 +105,12 @@ def flambe_cluster_validate(config) -> list[str]:
 
 
 @hookimpl
+def flambe_cluster_place(config) -> dict:
+    """The region and the creator tag: one name in two regions, or of two users, is two clusters."""
+    return {"region": config.options.region_name, "creator": config.options.creator}
+
+
+@hookimpl
 def flambe_cluster_load_instances(config, journal, progress):
     """Find the cluster's instances by tags, create what is missing, wait until they run (each one's state shown)."""
     return fleet.load(config, journal, progress)

@@ -99,6 +99,12 @@ def _deadline(config) -> float:
 
 
 @hookimpl
+def flambe_cluster_place(config) -> dict:
+    """The project and zone: one name in two zones or projects is two clusters."""
+    return {"project": config.options.project or "(the credentials' project)", "zone": config.options.zone}
+
+
+@hookimpl
 def flambe_cluster_load_instances(config, journal, progress):
     """Reuse the cluster's instances, create what is missing (journaled first), wait until all run (each one's
     state shown through ``progress``)."""

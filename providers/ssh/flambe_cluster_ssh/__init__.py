@@ -114,6 +114,12 @@ def _instances(config) -> ClusterInstances:
 
 
 @hookimpl
+def flambe_cluster_place(config) -> dict:
+    """The orchestrator's private address: two clusters of one name on other machines are two clusters."""
+    return {"orchestrator": str(config.options.orchestrator_ip.private)}
+
+
+@hookimpl
 def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
     """The listed hosts; nothing is created, so nothing is journaled (each is shown as given)."""
     made = _instances(config)
