@@ -114,6 +114,52 @@ def test_a_silent_partition_is_noticed_within_the_keepalive_bound(network, flamb
     print(f"partition: HostError after {waited:.2f} s (bound {interval * count} s), {cpu:.3f} s CPU")
 
 
+# A ProxyCommand that relays between its stdin/stdout and HOST:PORT, writing its PID to PIDFILE first.
+RELAY = r"""
+import os, socket, sys, threading
+open(sys.argv[3], "w").write(str(os.getpid()))
+peer = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def upstream():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        peer.sendall(data)
+threading.Thread(target=upstream, daemon=True).start()
+while True:
+    data = peer.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+def test_a_silent_proxy_route_is_noticed_within_the_keepalive_bound(network, flambe_client_key, tmp_path):
+    """Through a ProxyCommand (a pipe) the kernel's TCP timeout cannot see the host: keepalives that ask for a
+    reply must.  The relay is stopped (SIGSTOP): the route falls silent, the host itself is fine."""
+    host = network.hosts[0]
+    instance = instance_of(host)
+    relay, pidfile = tmp_path / "relay.py", tmp_path / "relay.pid"
+    relay.write_text(RELAY)
+    interval, count = 1, 3
+    pool = make_pool(host, flambe_client_key, tmp_path, command_timeout=120, keepalive_interval=interval,
+                     keepalive_count=count, proxy_command=f"{sys.executable} {relay} %h %p {pidfile}")
+    pid = None
+    try:
+        thread, outcome = start_slow_command(pool, instance)
+        pid = int(pidfile.read_text())
+        waited, cpu = wait_for_loss(lambda: os.kill(pid, signal.SIGSTOP), thread, interval * count + 30)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        pool.close()
+    error = outcome.get("error")
+    assert isinstance(error, HostError), f"not an error but {outcome.get('result')!r} after {waited:.1f} s"
+    assert "connection lost" in str(error) and instance.label in str(error)
+    assert waited < interval * count + 2, f"noticed after {waited:.1f} s (bound {interval * count} s)"
+    print(f"silent proxy: HostError after {waited:.2f} s (bound {interval * count} s), {cpu:.3f} s CPU")
+
+
 def test_openssh_subprocesses_get_the_same_keepalives(network, flambe_client_key, tmp_path):
     host = network.hosts[0]
     pool = make_pool(host, flambe_client_key, tmp_path)

@@ -12,8 +12,11 @@ ssh-agent (``SSH_AUTH_SOCK``, when set).
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
+import threading
+import time
 from typing import Callable, Sequence
 
 import paramiko
@@ -23,6 +26,8 @@ from .errors import HostKeyError
 from .hostkeys import KnownHosts, VerifyNewHostKey, fingerprint
 from .sshroute import Hop, Route
 
+logger = logging.getLogger(__name__)
+
 
 @frozen
 class Login:
@@ -31,7 +36,7 @@ class Login:
     known: KnownHosts
     timeout: float
     keepalive_interval: float
-    dead_after: float  # seconds of unacknowledged data before the kernel drops a TCP connection
+    dead_after: float  # seconds without an answer (a keepalive's reply, a TCP acknowledgement) before giving up
 
 
 def open_socket(host: str, port: int, timeout: float, dead_after: float) -> socket.socket:
@@ -113,11 +118,41 @@ def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Seque
             allow_agent=True,
             look_for_keys=False,
         )
-        client.get_transport().set_keepalive(login.keepalive_interval)
+        start_watchdog(client.get_transport(), login.keepalive_interval, login.dead_after)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def start_watchdog(transport: paramiko.Transport, interval: float, dead_after: float) -> None:
+    """Every ``interval`` seconds, send a keepalive that asks for a reply (``keepalive@openssh.com``, want_reply,
+    as OpenSSH's ``ServerAliveInterval``); close ``transport`` when one goes unanswered for ``dead_after`` s.
+
+    A peer that falls silent is thus dropped within ``interval`` + ``dead_after``
+    on every route: through a ProxyCommand's pipe or a jump host's channel,
+    where the kernel's TCP timeout cannot see the far end, as on a direct
+    socket.  Commands on a closed transport fail at once ("connection lost").
+    paramiko's own keepalive asks for no reply, so it cannot tell.
+    """
+    def ask(replied: threading.Event) -> None:
+        try:
+            transport.global_request("keepalive@openssh.com", wait=True)  # OpenSSH answers (a failure is an answer)
+        except Exception:  # noqa: BLE001 - a transport closing meanwhile: the loop sees it
+            return
+        replied.set()
+
+    def watch() -> None:
+        while transport.is_active():
+            time.sleep(interval)
+            replied = threading.Event()
+            threading.Thread(target=ask, args=(replied,), daemon=True, name="flambe ssh keepalive").start()
+            if not replied.wait(dead_after) and transport.is_active():
+                logger.info("no answer to a keepalive for %.0f s: closing the connection", dead_after)
+                transport.close()
+                return
+
+    threading.Thread(target=watch, daemon=True, name="flambe ssh watchdog").start()
 
 
 def stop_remote(channel: paramiko.Channel) -> None:

@@ -106,17 +106,24 @@ def flambe_cluster_validate(config) -> list[str]:
     return problems
 
 
+def _private(config, host: HostAddresses) -> Endpoint:
+    """The host's private endpoint; one address given alone is resolved through the OpenSSH configuration
+    (an alias stands for the address it names)."""
+    return resolved_endpoint(config, host.private) if host.private == host.public else host.private
+
+
 def _instances(config) -> ClusterInstances:
     options: SSHOptions = config.options
     hosts = [options.orchestrator_ip, *options.factories_ips]
-    pairs = [(h.public, resolved_endpoint(config, h.private) if h.private == h.public else h.private) for h in hosts]
-    return ClusterInstances.named(config.name, pairs, use_public=options.use_public)
+    return ClusterInstances.named(config.name, [(h.public, _private(config, h)) for h in hosts],
+                                  use_public=options.use_public)
 
 
 @hookimpl
 def flambe_cluster_place(config) -> dict:
-    """The orchestrator's private address: two clusters of one name on other machines are two clusters."""
-    return {"orchestrator": str(config.options.orchestrator_ip.private)}
+    """The orchestrator's private address (an alias resolved): two clusters of one name on other machines are
+    two clusters."""
+    return {"orchestrator": str(_private(config, config.options.orchestrator_ip))}
 
 
 @hookimpl
