@@ -126,6 +126,24 @@ def test_the_aws_sweep_finds_a_cluster_whose_state_folder_was_deleted(moto_cloud
     assert "cannot look for machines by tags" in done.stderr
 
 
+def test_the_aws_sweep_tells_two_users_clusters_of_one_name_apart(moto_cloud, home, tmp_path):
+    """alice's and bob's `exp1` are two clusters: this state folder knows alice's; bob's is listed on its own."""
+    aws_cluster(moto_cloud, home, tmp_path, "exp1")  # made by CREATOR, remembered here
+    for role in ("orchestrator", "factory"):
+        moto_cloud.make_instance({"flambe-cluster:cluster": "exp1", "flambe-cluster:creator": "bob",
+                                  "flambe-cluster:role": role, "Name": f"exp1_{role}"})
+    mine = set(i["InstanceId"] for i in moto_cloud.instances("exp1", states=("pending", "running"))
+               if {"Key": "flambe-cluster:creator", "Value": CREATOR} in i.get("Tags", []))
+    swept = json.loads(moto_cloud.cli("list", "--provider", "aws", "--region", "us-east-1", "--json",
+                                      home=home, check=0).stdout)["untracked"]
+    swept = [c for c in swept if c["name"] == "exp1"]  # the module's other tests leave clusters of their own
+    assert [c["place"]["creator"] for c in swept] == ["bob"], swept
+    bobs = set(swept[0]["remove"].split("--instance-ids ")[1].split())
+    assert len(bobs) == 2 and not bobs & mine, "one terminate line for bob's machines only"
+    text = moto_cloud.cli("list", "--provider", "aws", home=home, check=0).stdout
+    assert "cluster 'exp1' (creator bob, region us-east-1)" in text, text
+
+
 def test_submit_ships_what_gitignore_and_exclude_leave_and_logs_follow_exits_with_the_jobs_code(
         three_hosts, flambe_client_key, home, tmp_path):
     config = ssh_cluster_yaml(tmp_path / "onhosts.yaml", three_hosts.hosts, flambe_client_key.path, "onhosts")

@@ -183,11 +183,15 @@ class Cluster(ClusterOperations):
         self.session.set_instances(instances)
         return True
 
+    def place(self) -> Dict[str, str]:
+        """Where this cluster lives: the provider's name and its ``flambe_cluster_place`` (no API is called)."""
+        return {"provider": self.config.provider, **(self.hooks.flambe_cluster_place(config=self.config) or {})}
+
     def _check_place(self, record: bool) -> None:
         """Refuse, before the provider is asked anything, a file naming this cluster in another place than the
         one its state folder records (provider and ``flambe_cluster_place``) while that cluster is in use there
         (members recorded, or resources not destroyed); ``record`` remembers the place."""
-        place = {"provider": self.config.provider, **(self.hooks.flambe_cluster_place(config=self.config) or {})}
+        place = self.place()
         in_use = resize.members(self.state) is not None or bool(self.state.journal.outstanding())
         self.state.check_place(place, record, in_use)
 

@@ -223,12 +223,15 @@ class TaggedCluster:
 
     ``name`` is the cluster's name as tagged; ``machines`` describes each
     live machine (``"i-0abc (running, orchestrator)"``); ``remove`` is a
-    command line that destroys them all (the cloud's own CLI).
+    command line that destroys them all (the cloud's own CLI); ``place`` is
+    where it lives, in the terms of ``flambe_cluster_place`` (e.g. region and
+    creator): two clusters of one name in two places are two entries.
     """
 
     name: str
     machines: tuple[str, ...] = field(converter=tuple)
     remove: str
+    place: dict = field(factory=dict, converter=dict, hash=False)
 
 
 @frozen

@@ -324,6 +324,14 @@ class ClusterState:
             write_private(public_path, f"{line}\n".encode())
         return KeyPair(private_path, line)
 
+    def recorded_place(self) -> dict[str, str] | None:
+        """The place :meth:`check_place` recorded (None when none is, or the record is unreadable)."""
+        try:
+            recorded = json.loads((self.root / PLACE).read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded if isinstance(recorded, dict) else None
+
     def check_place(self, place: dict[str, str], record: bool, in_use: bool) -> None:
         """Refuse a cluster of this name in another place while the recorded one is ``in_use``; with ``record``,
         remember ``place`` (replacing a record of a place no longer in use).
@@ -332,12 +340,8 @@ class ClusterState:
         ``flambe_cluster_place``).  Raises :class:`UsageError` naming both
         places and what to do.
         """
-        path = self.root / PLACE
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            recorded = None
-        if isinstance(recorded, dict) and recorded != place and in_use:
+        recorded = self.recorded_place()
+        if recorded is not None and recorded != place and in_use:
             def spelled(where: dict) -> str:
                 return ", ".join(f"{k} {v}" for k, v in sorted(where.items()))
 

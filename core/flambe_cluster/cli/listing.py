@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import click
 from rich.markup import escape
@@ -44,13 +44,14 @@ def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
     untracked = sweep(provider, region)
     if as_json:
         out.print_json(json.dumps({"provider": provider, "untracked": [
-            {"name": c.name, "machines": list(c.machines), "remove": c.remove} for c in untracked]}))
+            {"name": c.name, "place": c.place, "machines": list(c.machines), "remove": c.remove} for c in untracked]}))
     elif not untracked:
         out.print(f"no {provider} machines of clusters unknown to this state folder")
     else:
         for cluster in untracked:
-            out.print(f"cluster {cluster.name!r}: {', '.join(cluster.machines)}\n  remove with: {cluster.remove}",
-                      markup=False)
+            where = ", ".join(f"{k} {v}" for k, v in sorted(cluster.place.items()))
+            out.print(f"cluster {cluster.name!r}{f' ({where})' if where else ''}: {', '.join(cluster.machines)}\n"
+                      f"  remove with: {cluster.remove}", markup=False)
     return EXIT_OK
 
 
@@ -61,8 +62,25 @@ def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
     if found is None:
         raise UsageError(f"provider {provider!r} cannot look for machines by tags (it does not implement "
                          "flambe_cluster_sweep); its machines are the ones you brought")
-    known = {state.root.name for state in ClusterState.every_cluster()}
-    return [cluster for cluster in found if cluster.name not in known]
+    known = list(_known_places())
+    return [cluster for cluster in found if not any(
+        name == cluster.name and (place is None or all(place.get(k) == v for k, v in cluster.place.items()))
+        for name, place in known)]
+
+
+def _known_places() -> Iterator[tuple[str, Optional[dict]]]:
+    """(name, place) of every cluster of the state home: the place recorded by its `up`, else the one its
+    remembered file names, else None (known by name alone)."""
+    for state in ClusterState.every_cluster():
+        place = state.recorded_place()
+        if place is None and state.config_path is not None:
+            try:
+                cluster = Cluster.from_yaml(state.config_path, validate=False)
+                place = cluster.place()
+                cluster.close()
+            except FlambeClusterError:
+                place = None
+        yield state.root.name, place
 
 
 def describe(state: ClusterState) -> dict:

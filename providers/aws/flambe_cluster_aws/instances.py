@@ -64,6 +64,7 @@ class Machine:
     public_ip: str | None
     reason: str
     cluster: str | None = None
+    creator: str | None = None
 
     @classmethod
     def parse(cls, item: dict) -> "Machine":
@@ -80,6 +81,7 @@ class Machine:
             public_ip=item.get("PublicIpAddress") or None,
             reason=(item.get("StateReason") or {}).get("Message", ""),
             cluster=tags.get(TAG_CLUSTER),
+            creator=tags.get(TAG_CREATOR),
         )
 
     def describe(self) -> str:
@@ -168,21 +170,24 @@ def describe_where(region: str, name: str, values: Iterable[str]) -> list[Machin
 
 
 def sweep(region: str) -> list[TaggedCluster]:
-    """Every cluster with live instances tagged ``flambe-cluster:cluster`` in ``region``, by name (one paginated look).
+    """Every cluster with live instances tagged ``flambe-cluster:cluster`` in ``region``, by name and creator
+    (one paginated look): alice's and bob's ``exp1`` are two clusters.
 
-    Each comes with the AWS CLI line that terminates its instances.
+    Each comes with its place (region, creator) and the AWS CLI line that
+    terminates its instances.
     """
     with api.step(f"looking for flambe-cluster's instances in {region}"):
         machines = describe(region, [{"Name": "tag-key", "Values": [TAG_CLUSTER]},
                                      {"Name": "instance-state-name", "Values": list(LIVE)}])
-    by_cluster: dict[str, list[Machine]] = {}
+    by_cluster: dict[tuple[str, str], list[Machine]] = {}
     for machine in machines:
-        by_cluster.setdefault(machine.cluster or "", []).append(machine)
+        by_cluster.setdefault((machine.cluster or "", machine.creator or ""), []).append(machine)
     return [
         TaggedCluster(name, [f"{m.instance_id} ({m.state}, {m.role or 'no role'})" for m in found],
                       f"aws ec2 terminate-instances --region {region} --instance-ids "
-                      + " ".join(m.instance_id for m in found))
-        for name, found in sorted(by_cluster.items())
+                      + " ".join(m.instance_id for m in found),
+                      {"region": region, "creator": creator})
+        for (name, creator), found in sorted(by_cluster.items())
     ]
 
 
