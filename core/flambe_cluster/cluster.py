@@ -215,9 +215,14 @@ class Cluster(ClusterOperations):
         """
         self._locked(self._prepare, force, kwargs)
 
-    def up(self, force: bool = False, **kwargs: Any) -> None:
-        """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does."""
-        self._locked(self._up, force, kwargs)
+    def up(self, force: bool = False, confirm: Optional[Callable[[str], bool]] = None, **kwargs: Any) -> None:
+        """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does.
+
+        ``confirm(question)``, when given, is asked before factories are
+        removed while a job runs (see :func:`flambe_cluster.resize.shrink`);
+        a no leaves the cluster as it is and raises :class:`UsageError`.
+        """
+        self._locked(lambda: self._up(confirm), force, kwargs)
 
     def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None) -> None:
         """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see :mod:`~flambe_cluster.repair`)."""
@@ -257,10 +262,11 @@ class Cluster(ClusterOperations):
                 self._rolled_back_for = exc
                 raise
 
-    def _prepare(self, start_ray: bool = False) -> None:
-        """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`)."""
+    def _prepare(self, start_ray: bool = False, confirm: Optional[Callable[[str], bool]] = None) -> None:
+        """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`);
+        ``confirm`` as for :meth:`up`."""
         self.load_all_instances()
-        resize.shrink(self.session)  # factories no longer in the cluster: drained, released, forgotten
+        resize.shrink(self.session, confirm)  # factories no longer in the cluster: drained, released, forgotten
         self.wait_until_accessible()
         if start_ray and not self.setup_cmds:  # the head's answer cannot change before the Ray launch asks
             raycluster.ask_head_early(self.session)
@@ -272,8 +278,8 @@ class Cluster(ClusterOperations):
         self.run_cmds(self.setup_cmds)
         self._prepare_software(start_ray)
 
-    def _up(self) -> None:
-        self._prepare(start_ray=True)
+    def _up(self, confirm: Optional[Callable[[str], bool]] = None) -> None:
+        self._prepare(start_ray=True, confirm=confirm)
         self.hooks.flambe_cluster_configure_idle_shutdown(
             config=self.config,
             instances=self.session.instances(),

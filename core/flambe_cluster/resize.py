@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
-from . import keys, raycluster
-from .errors import FlambeClusterError
+from . import jobs, keys, raycluster
+from .errors import FlambeClusterError, UsageError
 from .records import Endpoint, Instance, Role
 from .session import HostSession
 from .state import ClusterState, write_private
@@ -97,9 +97,12 @@ def drop_members(state: ClusterState, gone: Sequence[Instance] | None = None) ->
         write_members(state, [h for h in recorded if identity(h) not in removed])
 
 
-def shrink(session: HostSession) -> list[Instance]:
+def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -> list[Instance]:
     """Say which factories join; drain, release and forget the factories the cluster no longer has; returns them.
 
+    While a job runs, ``confirm(question)`` (when given) is asked before
+    factories are removed (not lost ones being replaced); a no raises
+    :class:`UsageError` before anything changed.
     The cluster key is revoked on the removed factories that answer, and
     when factories were removed (not lost ones being replaced) the hosts
     that stay get a new pair (see :func:`flambe_cluster.keys.rotate`).
@@ -120,9 +123,16 @@ def shrink(session: HostSession) -> list[Instance]:
     lost = removed[:len(added)]  # as many removed as added: lost ones being replaced (a repair)
     if lost:
         session.on_step(f"replacing {len(lost)} lost factories: " + ", ".join(h.label for h in lost))
-    if len(removed) > len(lost):
-        session.on_step(f"removing {len(removed) - len(lost)} factories no longer in the cluster: "
-                        + ", ".join(h.label for h in removed[len(lost):]))
+    leaving = removed[len(lost):]
+    if leaving and confirm is not None and jobs.status(session).state == "running":
+        names = ", ".join(h.label for h in leaving)
+        if not confirm(f"A job runs on cluster {session.name!r}. Remove {len(leaving)} factories ({names})? "
+                       "Their Ray nodes stop: what runs there is lost"):
+            raise UsageError(f"cluster {session.name!r} was left as it is: no factory was removed "
+                             "(`up -y` removes them without asking)")
+    if leaving:
+        session.on_step(f"removing {len(leaving)} factories no longer in the cluster: "
+                        + ", ".join(h.label for h in leaving))
     if removed:
         # A lost cloud instance (the provider created a replacement: it no longer runs) has no Ray node to stop.
         drain(session, [h for h in removed if not (h in lost and h.instance_id)])

@@ -42,7 +42,9 @@ def providers() -> int:
                                         "replace lost factories and join them to Ray, until Ctrl-C.")
 @click.option("--lost-after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --watch: a factory that does not answer this long is lost (default: connect_timeout).")
-def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_after: Optional[float]) -> int:
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before removing factories while a job runs.")
+def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_after: Optional[float],
+       yes: bool) -> int:
     """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent).
 
     A failure or an interrupt rolls back what this run created (once, under
@@ -52,11 +54,15 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     at the cluster every SECONDS and replaces a factory lost while a job
     runs (one line per action); Ctrl-C stops watching, leaves the cluster as
     it is and exits 0 (during a repair it undoes that repair and exits 130).
+    On a terminal it asks before removing factories while a job runs
+    (`-y` skips the question; without a terminal it does not ask).
     """
     cluster = load(config, validate=True)
     cluster.state.remember_config(config)
+    asks = not yes and sys.stdin.isatty()
     try:
-        cluster.up(force=force, lock_wait=lock_wait)
+        cluster.up(force=force, lock_wait=lock_wait,
+                   confirm=(lambda question: click.confirm(question, default=False, err=True)) if asks else None)
     finally:
         close(cluster)
     note.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
