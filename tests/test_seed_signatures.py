@@ -212,3 +212,21 @@ def test_the_rules(expected, signature, ok):
     exec(f"def method{signature}: pass", namespace)  # noqa: S102 - a literal of this file
     parameters = list(inspect.signature(namespace["method"]).parameters.values())[1:]
     assert (mismatch(expected, parameters) is None) is ok
+
+
+def test_the_seed_s_errors_are_built_as_flambe_builds_them():
+    """Flambé raises its cluster errors with one message string; the message reads back as given."""
+    import flambe_cluster
+    from flambe_cluster import errors
+
+    for name in ("ClusterError", "ClusterConfigurationError", "RemoteCommandError", "SSHConnectingError",
+                 "MissingAuthError", "RemoteFileTransferError"):
+        cls = getattr(flambe_cluster, name)
+        error = cls("the key file is missing")
+        assert str(error) == "the key file is missing", name
+        assert isinstance(error, flambe_cluster.FlambeClusterError), name
+    assert errors.ClusterConfigurationError("x y").problems == ["x y"]
+    assert errors.RemoteCommandError("could not install").failures == []
+    assert str(errors.ClusterConfigurationError(["a", "b"])).startswith("2 problems with the cluster configuration")
+    unreachable = errors.HostUnreachableError("h0 (10.0.0.1)", "no SSH login")
+    assert isinstance(unreachable, flambe_cluster.SSHConnectingError), "Flambé's `except SSHConnectingError` catches it"

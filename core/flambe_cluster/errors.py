@@ -25,9 +25,14 @@ class ClusterConfigurationError(UsageError):
 
     ``problems`` holds every problem found, each naming the field, what was
     expected and what was given, so a user fixes them all in one edit.
+    Built as Flambé builds it, from one message string, it is that message.
     """
 
-    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+    def __init__(self, problems: str | Sequence[str], source: str | None = None) -> None:
+        if isinstance(problems, str):  # Flambé's form: one message, shown as given
+            self.problems, self.source = [problems], source
+            super().__init__(problems)
+            return
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
@@ -67,8 +72,20 @@ class LocalHostsError(FlambeClusterError, RuntimeError):
     before the hosts became part of the production package."""
 
 
-class HostUnreachableError(HostError):
-    """The host did not accept an SSH login before the deadline."""
+class SSHConnectingError(FlambeClusterError):
+    """Opening an SSH connection failed (the seed's ``flambe.cluster.instance.errors.SSHConnectingError``)."""
+
+
+class MissingAuthError(UsageError):
+    """Authentication information is missing (the seed's ``MissingAuthError``): no key, no agent."""
+
+
+class RemoteFileTransferError(FlambeClusterError):
+    """Sending files to or from a host failed (the seed's ``RemoteFileTransferError``)."""
+
+
+class HostUnreachableError(HostError, SSHConnectingError):
+    """The host did not accept an SSH login before the deadline (an :class:`SSHConnectingError`)."""
 
 
 class ConnectionLostError(HostError):
@@ -84,10 +101,16 @@ class RemoteCommandError(FlambeClusterError):
     """A command failed (non-zero exit or timeout) on one or more hosts.
 
     ``failures`` holds one :class:`~flambe_cluster.commands.CommandResult` per
-    failing host, each with host, command, exit code and output.
+    failing host, each with host, command, exit code and output.  Built as
+    Flambé builds it, from a message string, it holds that message and no
+    failures.
     """
 
-    def __init__(self, failures: Iterable["object"]) -> None:
+    def __init__(self, failures: str | Iterable["object"]) -> None:
+        if isinstance(failures, str):  # Flambé's form: one message, shown as given
+            self.failures = []
+            super().__init__(failures)
+            return
         self.failures = list(failures)
         lines = []
         for result in self.failures:
