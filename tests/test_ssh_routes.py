@@ -71,11 +71,15 @@ def test_new_fields_are_checked(tmp_path):
     assert config.proxy_jump == "a@gate:2222,b@[fd00::1]:22" and config.key is None and config.ssh_config is None
 
 
-def test_a_hostile_address_reaches_the_proxy_command_as_one_word_and_runs_nothing(tmp_path):
+def test_a_hostile_address_is_refused_before_a_proxy_command_runs(tmp_path):
     import subprocess
 
-    hostile = "[fe80::1%$(touch${IFS}x)]:22"
-    route = Resolver("u", None, None, proxy_command="printf '%%s\\n' %h %p").route(Endpoint.parse(hostile))
-    done = subprocess.run(["/bin/sh", "-c", route.proxy_command], cwd=tmp_path, capture_output=True, text=True)
-    assert done.stdout.splitlines() == ["fe80::1%$(touch${IFS}x)", "22"], done
-    assert not (tmp_path / "x").exists(), "the address ran a command on the client"
+    from flambe_cluster import UsageError
+
+    for command in ("true %h %p", "sh -c 'true %h %p'"):  # a quote of ours would end the user's own
+        with pytest.raises(UsageError, match="which a ProxyCommand's shell would run or split"):
+            Resolver("u", None, None, proxy_command=command).route(Endpoint.parse("[fe80::1%$(touch${IFS}x)]:22"))
+    assert not (tmp_path / "x").exists()
+    route = Resolver("u", None, None, proxy_command="printf '%%s\\n' %h %p").route(Endpoint.parse("[fe80::1%eth0]:22"))
+    done = subprocess.run(["/bin/sh", "-c", route.proxy_command], capture_output=True, text=True)
+    assert done.stdout.splitlines() == ["fe80::1%eth0", "22"], "an IPv6 zone is a plain address"

@@ -224,15 +224,17 @@ class Cluster(ClusterOperations):
         """
         self._locked(lambda: self._up(confirm), force, kwargs)
 
-    def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None) -> None:
-        """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see :mod:`~flambe_cluster.repair`)."""
+    def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None,
+              since: Optional[float] = None) -> None:
+        """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see
+        :mod:`~flambe_cluster.repair`).  A ``down`` after ``since`` (a :func:`time.time`; default now) ends it."""
         def locked_repair(before: Callable[[], None]) -> None:
             def step() -> None:
                 before()
                 self._up()
             self._locked(step, False, {})
 
-        repair.watch(self.session, locked_repair, interval, lost_after, rounds)
+        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since)
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:

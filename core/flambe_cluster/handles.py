@@ -198,8 +198,8 @@ class OrchestratorInstance(InstanceHandle):
         return found
 
     def worker_nodes(self) -> List[str]:
-        """The private addresses of the alive Ray workers."""
-        return sorted(raycluster.alive_workers(raycluster.nodes(self._session)))
+        """The private addresses of the alive Ray workers (none while the head is slow to answer)."""
+        return sorted(raycluster.alive_workers(raycluster.nodes_unless_slow(self._session)))
 
     def rsync_folder(self, _from: str, _to: str, exclude: Optional[Sequence[str]] = None) -> None:
         """rsync, run on the orchestrator, from ``_from`` to ``_to`` (either may be ``user@host:path`` of a cluster host).

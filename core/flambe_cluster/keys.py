@@ -6,9 +6,9 @@ command line) and lands with mode 0600.  Each host also gets a known_hosts
 of the cluster's hosts, pinned from the keys the client verified, so hosts
 talk to each other with ``StrictHostKeyChecking=yes``.  ``down`` and a
 shrink revoke it (:func:`revoke`): the key files and the ``authorized_keys``
-line leave every host they reach, and after a shrink the hosts that stay get
-a new pair (:func:`rotate`), so a machine handed back cannot log in to the
-others.
+lines leave every host they reach, and after a shrink the hosts that stay get
+a new pair (:func:`rotate`; :func:`distribute` drops the old line), so a
+machine handed back cannot log in to the others.
 """
 
 from __future__ import annotations
@@ -31,24 +31,43 @@ def cluster_known_hosts(session: HostSession) -> str:
     return "\n".join(lines) + "\n"
 
 
+# authorized_keys: `awk -v c=COMMENT "$STALE"` keeps every line but this cluster's that are not KEY (its comment
+# is the line's last field; cluster names are letters, digits, '-' and '_').
+_STALE = "'$NF != c || $0 == k'"
+_KEYS = '"$HOME"/.ssh/authorized_keys'
+
+
+def _replace_cluster_lines(comment: str, keep: str) -> str:
+    """Shell: drop this cluster's ``authorized_keys`` lines other than ``keep`` ('' drops them all), through a
+    temporary file moved over the original only when complete (an interrupted edit leaves the file as it was);
+    the file is not rewritten when there is nothing to drop."""
+    test = f"awk -v c={shlex.quote(comment)} -v k={shlex.quote(keep)} '$NF == c && $0 != k {{found = 1}} END {{exit !found}}'"
+    return (f"if [ -f {_KEYS} ] && {test} {_KEYS}; then "
+            f"awk -v c={shlex.quote(comment)} -v k={shlex.quote(keep)} {_STALE} {_KEYS} > {_KEYS}.fc-tmp && "
+            f"chmod 600 {_KEYS}.fc-tmp && mv -f {_KEYS}.fc-tmp {_KEYS}; fi")
+
+
 def has_key(session: HostSession) -> bool:
-    """Whether every host holds this cluster's key pair, authorises its public key, and holds the cluster's
-    known_hosts with the keys pinned here now (a host replaced at its address makes it stale)."""
+    """Whether every host holds this cluster's key pair, authorises its public key and no other of this cluster
+    (a pair rotated away), and holds the cluster's known_hosts with the keys pinned here now (a host replaced at
+    its address makes it stale)."""
     key = session.state.key_pair(comment=session.remote_key_name)
     private, public, known = session.remote_key_files()
-    quoted = shlex.quote(key.public_line)
+    quoted, comment = shlex.quote(key.public_line), shlex.quote(session.remote_key_name)
     session.pool.connect_all(session.hosts())
     command = (
         f"test -f {home_path(private)} && printf %s {shlex.quote(cluster_known_hosts(session))} | "
         f"cmp -s - {home_path(known)} && "
-        f"grep -qxF {quoted} {home_path(public)} && grep -qxF {quoted} \"$HOME\"/.ssh/authorized_keys"
+        f"grep -qxF {quoted} {home_path(public)} && grep -qxF {quoted} {_KEYS} && "
+        f"! awk -v c={comment} -v k={quoted} '$NF == c && $0 != k {{found = 1}} END {{exit !found}}' {_KEYS}"
     )
     results = session.run_all(session.hosts(), command, check=False)
     return all(result.ok for result in results.values())
 
 
 def distribute(session: HostSession) -> None:
-    """Install the cluster's key pair and known_hosts on every host and authorise the key everywhere (idempotent)."""
+    """Install the cluster's key pair and known_hosts on every host and authorise the key everywhere, removing
+    this cluster's older keys from ``authorized_keys`` (idempotent)."""
     key = session.state.key_pair(comment=session.remote_key_name)
     private, public, known = session.remote_key_files()
     hosts = session.hosts()
@@ -64,39 +83,32 @@ def distribute(session: HostSession) -> None:
             f"mv -f {home_path(private + '.tmp')} {home_path(private)}",
             f"printf '%s\\n' {pub} > {home_path(public)}",
             f"printf %s {shlex.quote(cluster_known_hosts(session))} > {home_path(known)}",
-            'touch "$HOME"/.ssh/authorized_keys',
-            'chmod 600 "$HOME"/.ssh/authorized_keys',
-            f"grep -qxF {pub} \"$HOME\"/.ssh/authorized_keys || printf '%s\\n' {pub} >> \"$HOME\"/.ssh/authorized_keys",
+            f"touch {_KEYS}",
+            f"chmod 600 {_KEYS}",
+            f"grep -qxF {pub} {_KEYS} || printf '%s\\n' {pub} >> {_KEYS}",
+            _replace_cluster_lines(session.remote_key_name, key.public_line),
         ]
     )
     secret = key.private_path.read_bytes()
     session.pool.map(hosts, lambda host: session.pool.run(host, command, stdin=secret))
 
 
-def _revoke_command(session: HostSession, public_line: str) -> str:
-    """Remove the cluster's key files and its ``authorized_keys`` line (in place: the file keeps its owner and
-    mode; an unreadable file fails the command rather than being emptied)."""
-    private, public, known = session.remote_key_files()
-    pub, keys = shlex.quote(public_line), '"$HOME"/.ssh/authorized_keys'
-    return "; ".join([
-        "umask 077",
-        f"rm -f {home_path(private)} {home_path(private + '.tmp')} {home_path(public)} {home_path(known)}",
-        f"if [ -f {keys} ]; then grep -vxF {pub} {keys} > {keys}.fc-revoke; rc=$?; "
-        f"if [ $rc -le 1 ]; then cat {keys}.fc-revoke > {keys}; fi; rm -f {keys}.fc-revoke; [ $rc -le 1 ]; fi",
-    ])
-
-
 def revoke(session: HostSession, hosts: Sequence[Instance]) -> None:
-    """Remove this cluster's key pair, known_hosts and ``authorized_keys`` line from ``hosts`` (idempotent;
-    raises naming the hosts that fail)."""
+    """Remove this cluster's key pair, known_hosts and every ``authorized_keys`` line of this cluster (by its
+    comment: no local key is needed) from ``hosts``; idempotent; raises naming the hosts that fail."""
     if not hosts:
         return
-    line = session.state.key_pair(comment=session.remote_key_name).public_line
-    command = _revoke_command(session, line)
+    private, public, known = session.remote_key_files()
+    command = "; ".join([
+        "set -e",
+        "umask 077",
+        f"rm -f {home_path(private)} {home_path(private + '.tmp')} {home_path(public)} {home_path(known)}",
+        _replace_cluster_lines(session.remote_key_name, ""),
+    ])
     session.pool.map(list(hosts), lambda host: session.pool.run(host, command))
 
 
-def rotate(session: HostSession, staying: Sequence[Instance]) -> None:
-    """Revoke the pair on the hosts that stay and forget it here: the next :func:`distribute` installs a new one."""
-    revoke(session, staying)
+def rotate(session: HostSession) -> None:
+    """Forget the pair here: the next :func:`distribute` (``up`` runs it when :func:`has_key` says no) installs a
+    new one on the hosts and drops the old one's line, which works until then (a running job keeps its links)."""
     session.state.forget_key_pair()

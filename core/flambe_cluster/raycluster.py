@@ -12,6 +12,7 @@ workers, one on each factory.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -21,17 +22,22 @@ from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedErro
 from .records import Instance, Resources
 from .session import HostSession
 
+logger = logging.getLogger(__name__)
+
 MARKERS = ".flambe-cluster/ray"  # on each host; see flambe_cluster.remote.raynode
 REFUSED = 3
 HEAD_DOWN = 4
 HEAD_SLOW = 5
+HEAD_ERROR = 6
 
 
 def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict] | None:
     """The nodes the head knows, or ``None`` when no head runs (nothing listens at its address).
 
     Raises :class:`~flambe_cluster.errors.RayHeadSlowError` when the head
-    listens but does not answer in time: a slow head is not a dead one.
+    listens but does not answer in time (a slow head is not a dead one), and
+    :class:`~flambe_cluster.errors.ClusterError` when the question fails
+    otherwise: neither is a reason to restart the head.
 
     With ``waiting_for`` (factories), the head's side asks again until
     their workers are exactly the alive ones (for at most ``ray_timeout``),
@@ -47,6 +53,8 @@ def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[di
         return None
     if result.exit_code == HEAD_SLOW:
         raise RayHeadSlowError(f"{session.orchestrator.label}: {result.stderr.strip()}")
+    if result.exit_code == HEAD_ERROR:
+        raise ClusterError(f"{session.orchestrator.label}: {result.stderr.strip()}; Ray was left as it is")
     result.check()
     return json.loads(result.stdout)
 
@@ -317,6 +325,7 @@ def wait_for_workers(session: HostSession) -> None:
         except RayHeadSlowError:  # no answer this time: asked again until the deadline
             if time.monotonic() > deadline:
                 raise
+            time.sleep(0.5)
             continue
         missing = [f for f in session.factories if f.private.host not in alive]
         for factory in session.factories:
@@ -346,9 +355,18 @@ def shutdown(session: HostSession, hosts: Sequence[Instance] | None = None) -> N
         stop_node(session, session.orchestrator)
 
 
+def nodes_unless_slow(session: HostSession) -> list[dict] | None:
+    """:func:`nodes`, with a slow head counted as no answer (for the questions that return a bool or a list)."""
+    try:
+        return nodes(session)
+    except RayHeadSlowError as exc:
+        logger.info("%s", exc)
+        return None
+
+
 def complete(session: HostSession) -> bool:
-    """Whether the head reports exactly one alive worker per factory."""
-    alive = alive_workers(nodes(session))
+    """Whether the head reports exactly one alive worker per factory (False while it is slow to answer)."""
+    alive = alive_workers(nodes_unless_slow(session))
     return len(alive) == session.config.factories_num and all(f.private.host in alive for f in session.factories)
 
 
@@ -359,9 +377,10 @@ def is_up(session: HostSession) -> bool:
 
 
 def alive_hosts(session: HostSession) -> list[Instance]:
-    """The hosts of this cluster the Ray head reports as alive nodes (none without the environment)."""
+    """The hosts of this cluster the Ray head reports as alive nodes (none without the environment, or while the
+    head is slow to answer)."""
     orchestrator = session.require_orchestrator()
     if not session.has_environment([orchestrator])[orchestrator]:
         return []
-    alive = {n["ip"] for n in nodes(session) or () if n["alive"]}
+    alive = {n["ip"] for n in nodes_unless_slow(session) or () if n["alive"]}
     return [host for host in session.hosts() if host.private.host in alive]

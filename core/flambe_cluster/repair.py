@@ -81,13 +81,13 @@ class ClusterTakenDown(Exception):
 class Watch:
     """The state of one watch: since when each factory has been silent, what was said about it, the journal's run."""
 
-    def __init__(self, session: HostSession, lost_after: float) -> None:
+    def __init__(self, session: HostSession, lost_after: float, since: float | None = None) -> None:
         self.session = session
         self.lost_after = lost_after
         self.silent_since: dict[tuple, float] = {}
         self.waiting: set[tuple] = set()  # user-brought factories already announced as lost
         self.said_wait: str | None = None  # the reason the watch last said it waits, until things change
-        self.started = time.time()
+        self.started = time.time() if since is None else since  # a `down` after this ends the watch
         self.run_id = session.state.ensure().journal.start_run().run_id
 
     def act(self, action: str, message: str, **details: object) -> None:
@@ -145,7 +145,7 @@ class Watch:
         names = ", ".join(f.label for f in silent)
         orchestrator = session.require_orchestrator()
         targets = [f"{f.private.host}:{f.private.port}" for f in silent]
-        command = f"{shlex.quote(session.config.python)} -c {shlex.quote(_REACHES)} " + " ".join(map(shlex.quote, targets))
+        command = f"{environment.shell_python(session)} -c {shlex.quote(_REACHES)} " + " ".join(map(shlex.quote, targets))
         try:
             with session.pool.connect_within(PROBE_TIMEOUT):
                 answer = session.pool.run(orchestrator, command, timeout=PROBE_TIMEOUT + 10)
@@ -290,17 +290,18 @@ def _log_step(message: str) -> None:
 
 
 def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], interval: float = 30.0,
-          lost_after: float | None = None, rounds: int | None = None) -> None:
+          lost_after: float | None = None, rounds: int | None = None, since: float | None = None) -> None:
     """Keep the cluster whole until interrupted (or for ``rounds`` rounds); see the module's docstring.
 
     ``repair(before)`` runs ``before`` and then brings the cluster up again
     (``Cluster.up``), both under the cluster's lock; ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a
-    factory may not answer before it is lost.  An interrupt between rounds
-    returns normally, leaving the cluster as it is.
+    factory may not answer before it is lost; a ``down`` at or after
+    ``since`` (a :func:`time.time`, default now) ends the watch.  An
+    interrupt between rounds returns normally, leaving the cluster as it is.
     """
     lost_after = session.config.connect_timeout if lost_after is None else lost_after
-    state = Watch(session, lost_after)
+    state = Watch(session, lost_after, since)
     session.on_step(f"watching cluster {session.name!r} every {interval:g}s (a factory that does not answer for "
                     f"{lost_after:g}s is lost); Ctrl-C stops watching and leaves the cluster as it is")
     repairing = False  # an interrupt arrived during a repair (which undid it): it propagates

@@ -105,7 +105,8 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
     :class:`UsageError` before anything changed.
     The cluster key is revoked on the removed factories that answer, and
     when factories were removed (not lost ones being replaced) the hosts
-    that stay get a new pair (see :func:`flambe_cluster.keys.rotate`).
+    that stay get a new pair from the same ``up`` (see
+    :func:`flambe_cluster.keys.rotate`).
 
     A removed factory that does not answer (lost, already terminated) is
     released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members, before anything is
@@ -139,7 +140,7 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
         session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
         forget(session, removed)
     if len(removed) > len(lost):  # machines left the cluster: the hosts that stay get a new key pair
-        keys.rotate(session, session.hosts())
+        keys.rotate(session)
     write_members(session.state, session.hosts())
     return removed
 
@@ -153,10 +154,16 @@ def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
         try:
             if session.has_environment([host])[host]:
                 raycluster.stop_node(session, host)
-            keys.revoke(session, [host])
         except FlambeClusterError as exc:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
             session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node")
+            return
+        try:
+            keys.revoke(session, [host])
+        except FlambeClusterError as exc:
+            logger.warning("could not revoke the cluster key on %s (%s)", host.label, exc)
+            session.on_step(f"{host.label}: the cluster key could not be removed there ({exc}); the hosts that stay "
+                            "get a new pair, so it opens nothing")
 
     with session.pool.connect_within(DRAIN_CONNECT_TIMEOUT):
         session.pool.map(list(hosts), stop)

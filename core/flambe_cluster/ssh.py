@@ -444,7 +444,7 @@ def openssh_options(
 ) -> list[str]:
     """OpenSSH client options matching the pool, for a host reached directly with one key (host to host); no
     configuration file is read (``-F /dev/null``): a host's own ``~/.ssh/config`` does not change the route."""
-    return ["-F", os.devnull, *_identity_options((key_path,)),
+    return ["-F", "/dev/null", *_identity_options((key_path,)),  # the host's /dev/null, not this machine's name
             *_checked_options(known_hosts, connect_timeout, keepalive_interval, keepalive_count)]
 
 

@@ -23,7 +23,6 @@ What wins, as OpenSSH's command line wins over its configuration file:
 from __future__ import annotations
 
 import getpass
-import shlex
 import threading
 from pathlib import Path
 
@@ -33,6 +32,9 @@ from attrs import define, field, frozen
 from .converters import parse_jump
 from .errors import UsageError
 from .records import Endpoint
+
+#: Characters a ProxyCommand's /bin/sh gives a meaning: refused in the names put into it (see expand_tokens).
+_SHELL_UNSAFE = frozenset("'\"`$\\;&<>|(){}*?!#~")
 
 MAX_HOPS = 8  # jump hosts on one route: more means the configuration loops
 
@@ -137,11 +139,17 @@ class Resolver:
 def expand_tokens(command: str, hop: Hop) -> str:
     """OpenSSH's ``%h``, ``%p``, ``%r`` and ``%%`` in a ProxyCommand, expanded for ``hop``.
 
-    The host and user are shell-quoted: the line runs under ``/bin/sh``, and
-    an address such as ``fe80::1%$(cmd)`` must reach the command as one word,
-    never run ``cmd`` on the client (OpenSSH ≥ 9.6 refuses such names).
+    The line runs under ``/bin/sh``: a host or user name holding a shell
+    metacharacter (``fe80::1%$(cmd)``) is refused with :class:`UsageError`,
+    as OpenSSH ≥ 9.6 refuses it, rather than quoted (a quote of ours would
+    end one the user wrote around ``%h``).
     """
-    values = {"h": shlex.quote(hop.host), "p": str(hop.port), "r": shlex.quote(hop.user), "%": "%"}
+    for what, value in (("host", hop.host), ("user", hop.user)):
+        unsafe = sorted({c for c in value if c in _SHELL_UNSAFE or c.isspace()})
+        if unsafe:
+            raise UsageError(f"the {what} name {value!r} holds {' '.join(map(repr, unsafe))}, which a ProxyCommand's "
+                             "shell would run or split; use a plain host name or address")
+    values = {"h": hop.host, "p": str(hop.port), "r": hop.user, "%": "%"}
     out, index = [], 0
     while index < len(command):
         char = command[index]

@@ -60,6 +60,7 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     cluster = load(config, validate=True)
     cluster.state.remember_config(config)
     asks = not yes and sys.stdin.isatty()
+    began = time.time()  # a `down` from another shell after this ends the watch (it waited for this up's lock)
     try:
         cluster.up(force=force, lock_wait=lock_wait,
                    confirm=(lambda question: click.confirm(question, default=False, err=True)) if asks else None)
@@ -71,7 +72,7 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
         print_hosts(cluster)
     if watch is not None:
         try:
-            cluster.watch(watch, lost_after)
+            cluster.watch(watch, lost_after, since=began)
         finally:
             cluster.close()
     return EXIT_OK

@@ -76,10 +76,15 @@ def _known_places() -> Iterator[tuple[str, Optional[dict]]]:
         if place is None and state.config_path is not None:
             try:
                 cluster = Cluster.from_yaml(state.config_path, validate=False)
-                place = cluster.place()
-                cluster.close()
             except FlambeClusterError:
-                place = None
+                cluster = None
+            if cluster is not None:
+                try:
+                    place = cluster.place()
+                except FlambeClusterError:
+                    place = None
+                finally:
+                    cluster.close()
         yield state.root.name, place
 
 

@@ -39,6 +39,7 @@ from .processes import group_record, read_json, recorded_alive, stop_group, writ
 REFUSED = 3
 HEAD_DOWN = 4  # `nodes`: nothing listens at the head's address
 HEAD_SLOW = 5  # `nodes`: the head listens but does not answer in time
+HEAD_ERROR = 6  # `nodes`: the question failed otherwise (the message says how); neither down nor slow
 MARKERS = Path.home() / ".flambe-cluster" / "ray"
 
 
@@ -200,6 +201,12 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
     return 0
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the GCS client gave up waiting (rather than failing for another reason)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("timeout", "timed out", "deadline", "unavailable"))
+
+
 def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int:
     """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON.
 
@@ -208,9 +215,10 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     print the last answer: Ray is imported once for all the questions (the
     import is what a question costs on a small host).  Exit code
     :data:`HEAD_DOWN` when nothing listens at ``address`` (the connection is
-    refused: no head), :data:`HEAD_SLOW` when something listens but the head
-    does not answer in time (busy, paused, or a route that drops packets):
-    a slow head is not a dead one, and is never restarted for that.
+    refused: no head), :data:`HEAD_SLOW` when the connection or the question
+    times out (busy, paused, or a route that drops packets: a slow head is
+    not a dead one, and is never restarted for that), :data:`HEAD_ERROR`
+    when the question fails otherwise.
     """
     import socket
 
@@ -220,9 +228,12 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     except ConnectionRefusedError as exc:
         print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
         return HEAD_DOWN
-    except OSError as exc:
+    except TimeoutError as exc:
         print(f"the Ray head at {address} does not answer in time: {exc}", file=sys.stderr)
         return HEAD_SLOW
+    except OSError as exc:
+        print(f"cannot reach the Ray head at {address}: {exc}", file=sys.stderr)
+        return HEAD_ERROR
     from ray._raylet import GcsClient
 
     deadline = time.monotonic() + within
@@ -239,9 +250,12 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
             if alive == sorted(workers) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-    except Exception as exc:  # noqa: BLE001 - it listens but gives no answer: slow, not gone
-        print(f"the Ray head at {address} listens but does not answer in time: {exc}", file=sys.stderr)
-        return HEAD_SLOW
+    except Exception as exc:  # noqa: BLE001 - it listens: slow when the question timed out, else an error
+        if _timed_out(exc):
+            print(f"the Ray head at {address} listens but does not answer in time: {exc}", file=sys.stderr)
+            return HEAD_SLOW
+        print(f"the Ray head at {address} listens but the question failed: {exc!r}", file=sys.stderr)
+        return HEAD_ERROR
     print(json.dumps(result))
     return 0
 
