@@ -60,24 +60,32 @@ def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
     return seen
 
 
-def test_down_asks_on_a_terminal_and_does_nothing_on_no(moto_cloud, home, tmp_path):
-    config = aws_cluster(moto_cloud, home, tmp_path, "asked")
-    machines = running(moto_cloud, "asked")
+def answered_on_a_terminal(args: list[str], env: dict, answer: bytes, timeout: float = 120) -> tuple[str, int]:
+    """`flambe-cluster ARGS...` on a pseudo-terminal, its question answered with ``answer``: (what the terminal
+    showed, with plain line ends; the exit code)."""
     master, slave = os.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "down", str(config)],
-                               stdin=slave, stdout=slave, stderr=slave, env=moto_cloud.cli_env(home))
+    process = subprocess.Popen([sys.executable, "-m", "flambe_cluster", *args],
+                               stdin=slave, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     try:
-        shown = read_until(master, b"[y/N]", timeout=60)
-        assert b"Destroy the 2 machines of cluster 'asked' (aws: asked_orchestrator, asked_factory0)?" in shown, shown
-        os.write(master, b"n\n")
-        shown += read_until(master, b"left as it is", timeout=30)
-        assert process.wait(timeout=30) == 1, shown
+        shown = read_until(master, b"[y/N]", timeout=timeout)
+        os.write(master, answer)
+        shown += read_until(master, b"\x00", timeout=timeout)  # until it ends
+        code = process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         os.close(master)
+    return shown.decode(errors="replace").replace("\r\n", "\n"), code
+
+
+def test_down_asks_on_a_terminal_and_does_nothing_on_no(moto_cloud, home, tmp_path):
+    config = aws_cluster(moto_cloud, home, tmp_path, "asked")
+    machines = running(moto_cloud, "asked")
+    shown, code = answered_on_a_terminal(["down", str(config)], moto_cloud.cli_env(home), b"n\n")
+    assert "Destroy the 2 machines of cluster 'asked' (aws: asked_orchestrator, asked_factory0)?" in shown, shown
+    assert "left as it is" in shown and code == 1, shown
     assert running(moto_cloud, "asked") == machines
 
 

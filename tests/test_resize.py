@@ -11,6 +11,7 @@ the machine's boot id) and the workers that stay are the same before and after.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -40,31 +41,6 @@ def cluster_public_key(host) -> str | None:
     """The cluster key's public line installed on ``host`` (None when there is none)."""
     path = host.home / ".ssh" / f"flambe-cluster-{NAME}.pub"
     return path.read_text().strip() if path.exists() else None
-
-
-def up_on_a_terminal(env, answer: bytes) -> str:
-    """`up` on a pseudo-terminal, answering its question with ``answer``; what the terminal showed."""
-    import os
-    import subprocess
-    import sys
-
-    from test_cli_manners import read_until
-
-    master, slave = os.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "up", str(env.config)], stdin=slave,
-                               stdout=slave, stderr=slave, env={**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state)})
-    os.close(slave)
-    try:
-        shown = read_until(master, b"[y/N]", timeout=120)
-        os.write(master, answer)
-        shown += read_until(master, b"\x00", timeout=120)  # until it ends
-        assert process.wait(timeout=60) == 2, shown
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-    return shown.decode(errors="replace").replace("\r\n", "\n")
 
 
 def test_the_journal_forgets_released_instances_one_by_one(tmp_path):
@@ -186,7 +162,11 @@ def test_grow_then_shrink_under_a_running_job(env):
     # 1+4 -> 1+1: three workers drained and forgotten; the head, the worker that stays and the job go on
     env.write(1)
     old_key = cluster_public_key(env.hosts[0])
-    asked = up_on_a_terminal(env, answer=b"n\n")
+    from test_cli_manners import answered_on_a_terminal
+
+    asked, code = answered_on_a_terminal(["up", str(env.config)], {**os.environ, "FLAMBE_CLUSTER_HOME": str(env.state)},
+                                         b"n\n")
+    assert code == 2, asked
     assert "A job runs on cluster 'resize'. Remove 3 factories (resize_factory1" in asked, asked
     assert "was left as it is: no factory was removed" in asked, asked
     assert all(pids(h, "raylet") for h in env.hosts[2:5]) and env.wait_for_count(4)[-1] == 4, "a no changes nothing"
