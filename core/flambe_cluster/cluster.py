@@ -24,7 +24,7 @@ import pluggy
 
 from . import keys, plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
-from .errors import FlambeClusterError
+from .errors import FlambeClusterError, UsageError
 from .handles import handle
 from .operations import ClusterOperations
 from .progress import Progress
@@ -327,9 +327,10 @@ class Cluster(ClusterOperations):
         (waiting up to ``wait`` seconds for another process's).
         """
         with self.locked(wait):
-            self._check_place(record=False)  # a cluster of this name elsewhere is refused, never "incomplete"
             try:
                 exists = self.find_instances()
+            except UsageError:  # a cluster of this name elsewhere (see _check_place): refused, never "incomplete"
+                raise
             except FlambeClusterError as incomplete:
                 self.on_step(f"the cluster is incomplete ({incomplete}); releasing what is left")
                 exists = None
