@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import pluggy
 
-from . import keys, plugins, raycluster, repair, resize
+from . import hostlock, keys, plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError, UsageError
 from .handles import handle
@@ -213,7 +213,7 @@ class Cluster(ClusterOperations):
         included, so another process never reuses what is being rolled back.
         ``lock_wait`` (seconds) waits for another process's lock.
         """
-        self._locked(self._prepare, force, kwargs)
+        self._locked(lambda: self._prepare(lock_wait=float(kwargs.get("lock_wait", 0.0))), force, kwargs)
 
     def up(self, force: bool = False, confirm: Optional[Callable[[str], bool]] = None, **kwargs: Any) -> None:
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does.
@@ -222,7 +222,7 @@ class Cluster(ClusterOperations):
         removed while a job runs (see :func:`flambe_cluster.resize.shrink`);
         a no leaves the cluster as it is and raises :class:`UsageError`.
         """
-        self._locked(lambda: self._up(confirm), force, kwargs)
+        self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0))), force, kwargs)
 
     def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None,
               since: Optional[float] = None) -> None:
@@ -239,11 +239,15 @@ class Cluster(ClusterOperations):
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
         """Hold the cluster's lock for the block, waiting up to ``wait`` seconds for another process's (and saying so)."""
-        def waiting(holder: str) -> None:
-            self.on_step(f"waiting up to {wait:g} s for {holder} to release cluster {self.name!r}")
-
-        with self.state.lock(wait=wait, on_wait=waiting):
+        with self.state.lock(wait=wait, on_wait=self._waiting_for("", wait)):
             yield
+
+    def _waiting_for(self, whom: str, wait: float = 0.0) -> Callable[[str], None]:
+        """What to say while waiting for ``holder`` (``whom``: who that is) to release the cluster."""
+        def waiting(holder: str) -> None:
+            self.on_step(f"waiting up to {wait:g} s for {holder}{f' ({whom})' if whom else ''} to release "
+                         f"cluster {self.name!r}")
+        return waiting
 
     def _locked(self, step: Callable[[], None], force: bool, kwargs: Dict[str, Any]) -> None:
         """Run ``step`` under the lock; on any failure or interrupt stop all work, then roll back, still locked.
@@ -264,10 +268,16 @@ class Cluster(ClusterOperations):
                 self._rolled_back_for = exc
                 raise
 
-    def _prepare(self, start_ray: bool = False, confirm: Optional[Callable[[str], bool]] = None) -> None:
+    def _prepare(self, start_ray: bool = False, confirm: Optional[Callable[[str], bool]] = None,
+                 lock_wait: float = 0.0) -> None:
         """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`);
-        ``confirm`` as for :meth:`up`."""
+        ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
+        up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`)."""
         self.load_all_instances()
+        with hostlock.held(self.session, lock_wait, self._waiting_for("another client", lock_wait)):
+            self._prepare_loaded(start_ray, confirm)
+
+    def _prepare_loaded(self, start_ray: bool, confirm: Optional[Callable[[str], bool]]) -> None:
         resize.shrink(self.session, confirm)  # factories no longer in the cluster: drained, released, forgotten
         self.wait_until_accessible()
         if start_ray and not self.setup_cmds:  # the head's answer cannot change before the Ray launch asks
@@ -280,8 +290,8 @@ class Cluster(ClusterOperations):
         self.run_cmds(self.setup_cmds)
         self._prepare_software(start_ray)
 
-    def _up(self, confirm: Optional[Callable[[str], bool]] = None) -> None:
-        self._prepare(start_ray=True, confirm=confirm)
+    def _up(self, confirm: Optional[Callable[[str], bool]] = None, lock_wait: float = 0.0) -> None:
+        self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait)
         self.hooks.flambe_cluster_configure_idle_shutdown(
             config=self.config,
             instances=self.session.instances(),

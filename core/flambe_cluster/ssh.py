@@ -77,6 +77,7 @@ class Connection:
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         keep: int | None = None,
+        until: threading.Event | None = None,
     ) -> CommandResult:
         """Run a shell command line, read stdout and stderr to the end, return the result.
 
@@ -86,7 +87,9 @@ class Connection:
         ``output_limit``; a caller that prints the streams needs only a little).
 
         Never raises for a non-zero exit (see :meth:`CommandResult.check`);
-        on timeout the channel is closed and ``exit_code`` is ``None``.
+        on timeout the channel is closed and ``exit_code`` is ``None``; the
+        same when ``until`` is set before the command ends (within half a
+        second; the command is ended on the host, see :func:`stop_remote`).
         Raises :class:`HostError` at once, naming the host and saying
         "connection lost", if the connection breaks before the command ends
         (the host went down, keepalives went unanswered, or :meth:`close`
@@ -96,9 +99,10 @@ class Connection:
         timeout = self.command_timeout if timeout is None else timeout
         with self._channels:
             limit = self.output_limit if keep is None else keep
-            return self._run(command, timeout, stdin, OutputTail(limit, on_stdout), OutputTail(limit, on_stderr))
+            return self._run(command, timeout, stdin, OutputTail(limit, on_stdout), OutputTail(limit, on_stderr), until)
 
-    def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail) -> CommandResult:
+    def _run(self, command: str, timeout: float, stdin: bytes | None, out: OutputTail, err: OutputTail,
+             until: threading.Event | None) -> CommandResult:
         deadline = time.monotonic() + timeout
         transport = self.client.get_transport()
         try:
@@ -115,14 +119,15 @@ class Connection:
         with channel:
             self._running.add(channel)
             try:
-                return self._wait(channel, command, deadline, stdin, out, err, result)
+                return self._wait(channel, command, deadline, stdin, out, err, result, until)
             finally:
                 self._running.discard(channel)
                 if channel.exit_status == -1:  # left before it ended (timeout, interrupt): end it on the host too
                     stop_remote(channel)
 
     def _wait(self, channel: paramiko.Channel, command: str, deadline: float, stdin: bytes | None, out: OutputTail,
-              err: OutputTail, result: Callable[[int | None], CommandResult]) -> CommandResult:
+              err: OutputTail, result: Callable[[int | None], CommandResult],
+              until: threading.Event | None) -> CommandResult:
         transport = channel.get_transport()
         try:
             channel.exec_command(command)
@@ -143,9 +148,9 @@ class Connection:
             if channel.closed or not transport.is_active():  # closed without EOF: the connection died
                 raise self._lost(transport, command)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (until is not None and until.is_set()):
                 return result(None)
-            select.select([wakeup], [], [], min(remaining, 5.0))
+            select.select([wakeup], [], [], min(remaining, 5.0 if until is None else 0.5))
         if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
             return result(None)
         if channel.exit_status == -1 and not transport.is_active():  # closed before any exit status came
@@ -382,10 +387,11 @@ class SSHPool:
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         keep: int | None = None,
+        until: threading.Event | None = None,
     ) -> CommandResult:
         """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
         result = self.connection(instance).run(
-            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep
+            command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep, until=until
         )
         return result.check() if check else result
 
