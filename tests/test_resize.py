@@ -218,6 +218,34 @@ def test_a_removed_factory_that_does_not_answer_is_released_anyway(small_env):
     assert sorted(m["private"] for m in members) == sorted(h.address for h in env.hosts[:2])
 
 
+TASK_JOB = COUNT_JOB.with_name("task_on_factory.py")
+
+
+@pytest.mark.hosts
+def test_a_shrink_drains_the_removed_factory_its_task_finishes(small_env):
+    env = small_env
+    env.write(2)
+    env.cli("up", check=0)
+    leaving = env.hosts[2]
+    env.cli("submit", str(TASK_JOB), leaving.address, check=0)
+    marker = leaving.home / "task-started"
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # the task runs on the factory about to leave
+        assert time.monotonic() < deadline, env.cli("logs", check=0).stdout
+        time.sleep(0.2)
+    env.write(1)
+    shrink = env.cli("up", "-y", check=0)
+    assert f"draining resize_factory1 ({leaving.address})" in shrink.stderr, shrink.stderr
+    line = next(l for l in shrink.stderr.splitlines() if "drained, its tasks done after" in l)
+    assert float(line.rsplit(" ", 1)[1].rstrip("s")) >= 3, f"the drain did not wait for the task: {line}"
+    logs = env.cli("logs", check=0).stdout
+    assert f"finished {leaving.address}" in logs, f"the task was not let finish:\n{logs}"
+    assert pids(leaving, "raylet") == [], "the removed factory still runs a Ray node"
+    status = env.status()
+    assert status["ray"]["alive_workers"] == 1 and status["job"]["state"] == "running", status
+    env.cli("exec", "--", "touch stop-waiting", check=0)
+
+
 # --- AWS on moto: each instance moto launches is a real test host (aws_support.MotoCloud)
 
 AWS_NAME = "aws-resize"

@@ -47,8 +47,13 @@ def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[di
     if waiting_for:
         within = session.config.ray_timeout
         args += [f"{within:g}", *(f.private.host for f in waiting_for)]
+    return _ask_head(session, args, timeout=within + 60)
+
+
+def _ask_head(session: HostSession, args: Sequence[str], timeout: float) -> list[dict] | dict | None:
+    """Run ``raynode ARGS`` on the orchestrator and read its JSON answer; None when no head runs (see :func:`nodes`)."""
     result = session.pool.run(session.require_orchestrator(), session.helper("raynode", *args),
-                              check=False, timeout=within + 60)
+                              check=False, timeout=timeout)
     if result.exit_code == HEAD_DOWN:
         return None
     if result.exit_code == HEAD_SLOW:
@@ -57,6 +62,20 @@ def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[di
         raise ClusterError(f"{session.orchestrator.label}: {result.stderr.strip()}; Ray was left as it is")
     result.check()
     return json.loads(result.stdout)
+
+
+def drain(session: HostSession, factories: Sequence[Instance], within: float) -> dict[Instance, dict]:
+    """Drain the Ray workers of ``factories`` at the head; wait up to ``within`` seconds for each to end.
+
+    Ray then schedules nothing new on them; the tasks running there go on
+    and each worker ends once its node is idle.  Returns each factory's
+    outcome (see :func:`flambe_cluster.remote.raynode.drain`: ``state`` is
+    ``drained``, ``busy``, ``unreachable`` or ``absent``, with the seconds ``waited``).
+    Raises as :func:`nodes` does when the head cannot be asked; no head: every one is absent.
+    """
+    args = ["drain", session.ray_head_address, f"{within:g}", *(f.private.host for f in factories)]
+    answer = _ask_head(session, args, timeout=within + 60) or {}
+    return {f: answer.get(f.private.host, {"state": "absent"}) for f in factories}
 
 
 def ask_head_early(session: HostSession, waiting_for: Sequence[Instance] = ()) -> None:
@@ -123,8 +142,9 @@ def _nodes_waiting_while_slow(session: HostSession) -> list[dict] | None:
 
 
 def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
-    """Alive worker nodes by address."""
-    return {n["ip"]: n for n in known or () if n["alive"] and not n["head"]}
+    """Alive worker nodes by address; a draining one (a factory removed while it could not be reached, see
+    :func:`drain`) is out: Ray gives it no work and it ends once idle."""
+    return {n["ip"]: n for n in known or () if n["alive"] and not n["head"] and not n.get("draining")}
 
 
 def confirmed_workers(session: HostSession, known: Sequence[dict] | None,

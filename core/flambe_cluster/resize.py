@@ -9,9 +9,11 @@ running cluster instead of rebuilding it:
 - **grow**: new factories are prepared like any host and their Ray workers
   join the running head (:func:`flambe_cluster.raycluster.launch` starts
   only what is missing); nothing else is touched;
-- **shrink**: :func:`shrink` drains each removed factory (stops this
-  cluster's Ray node there, best effort: a machine that does not answer is
-  released anyway), has the provider release it
+- **shrink**: :func:`shrink` drains each removed factory (the head gives
+  its Ray worker no new tasks, and what runs there gets up to
+  :data:`DRAIN_TIMEOUT` seconds to finish), stops this cluster's Ray node
+  there (a machine that does not answer is named and released anyway: the
+  drained worker ends by itself once idle, and is not counted), has the provider release it
   (:func:`~flambe_cluster.hookspecs.flambe_cluster_release_instances`: a
   cloud terminates it, machines the user brought are left running), then
   forgets it: its pinned host keys, its journal records, its membership;
@@ -43,8 +45,10 @@ from .state import ClusterState, write_private
 logger = logging.getLogger(__name__)
 
 MEMBERS = "members.json"
-#: Seconds a removed factory is given to answer before it is released without draining.
+#: Seconds a removed factory is given to answer before it is released without stopping its Ray node.
 DRAIN_CONNECT_TIMEOUT = 15.0
+#: Seconds the tasks running on a removed factory get to finish before its Ray node is stopped.
+DRAIN_TIMEOUT = 60.0
 
 
 def identity(host: Instance) -> tuple:
@@ -128,7 +132,8 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
     if leaving and confirm is not None and jobs.status(session).state == "running":
         names = ", ".join(h.label for h in leaving)
         if not confirm(f"A job runs on cluster {session.name!r}. Remove {len(leaving)} factories ({names})? "
-                       "Their Ray nodes stop: what runs there is lost"):
+                       f"They are drained: Ray gives them no new tasks and what runs there gets up to "
+                       f"{DRAIN_TIMEOUT:g}s to finish; what still runs then is lost"):
             raise UsageError(f"cluster {session.name!r} was left as it is: no factory was removed "
                              "(`up -y` removes them without asking)")
     if leaving:
@@ -146,17 +151,43 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
 
 
 def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
-    """Stop this cluster's Ray node on ``hosts`` at once and revoke the cluster key there; a host that does not
-    answer is logged and skipped."""
+    """Drain ``hosts``' Ray workers at the head (up to :data:`DRAIN_TIMEOUT` seconds for what runs there), then stop
+    this cluster's Ray node on each and revoke the cluster key there.
+
+    A host that does not answer is named and skipped: when the head drained
+    its worker, Ray gives it no work and ends it once idle, and the cluster
+    no longer counts it (see :func:`flambe_cluster.raycluster.alive_workers`).
+    A head that cannot be asked is said; the nodes are then stopped at once.
+    """
     if not hosts:
         return
+    names = ", ".join(h.label for h in hosts)
+    session.on_step(f"draining {names}: Ray gives them no new tasks; what runs there gets up to "
+                    f"{DRAIN_TIMEOUT:g}s to finish")
+    try:
+        outcome = raycluster.drain(session, hosts, DRAIN_TIMEOUT)
+    except FlambeClusterError as exc:
+        session.on_step(f"the Ray head could not drain {names} ({str(exc).splitlines()[0]}); stopping their Ray "
+                        "nodes at once")
+        outcome = {h: {"state": "absent"} for h in hosts}
+    for host, result in outcome.items():
+        if result["state"] == "drained":
+            session.on_step(f"{host.label}: drained, its tasks done after {result['waited']:g}s")
+        elif result["state"] == "unreachable":
+            session.on_step(f"{host.label}: the Ray head could not drain it ({result['why']})")
+        elif result["state"] == "busy":
+            session.on_step(f"{host.label}: still busy after {DRAIN_TIMEOUT:g}s; stopping its Ray node ends what "
+                            "runs there")
+
     def stop(host: Instance) -> None:
         try:
             if session.has_environment([host])[host]:
                 raycluster.stop_node(session, host)
         except FlambeClusterError as exc:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
-            session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node")
+            drained = outcome[host]["state"] in ("drained", "busy")
+            session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node"
+                            + ("; the head drained it, so Ray gives it no work and ends it once idle" if drained else ""))
             return
         try:
             keys.revoke(session, [host])

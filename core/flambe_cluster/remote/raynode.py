@@ -5,6 +5,7 @@ Usage (on a host)::
     python -m flambe_cluster.remote.raynode start CLUSTER NODE_IP -- RAY_START_ARGS...
     python -m flambe_cluster.remote.raynode stop  CLUSTER NODE_IP
     python -m flambe_cluster.remote.raynode nodes GCS_ADDRESS
+    python -m flambe_cluster.remote.raynode drain GCS_ADDRESS WITHIN NODE_IP...
 
 A node started here runs in its own session; its process group is recorded
 in ``~/.flambe-cluster/ray/<NODE_IP>.json`` (shared by every cluster on the
@@ -244,9 +245,10 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
                 "ip": info.node_manager_address,
                 "alive": info.state == 0,
                 "head": bool(info.is_head_node),
+                "draining": _draining(info),
                 "resources": {k: v for k, v in info.resources_total.items() if "node:" not in k},
             } for info in client.get_all_node_info(timeout=10).values()]
-            alive = sorted(n["ip"] for n in result if n["alive"] and not n["head"])
+            alive = sorted(n["ip"] for n in result if n["alive"] and not n["head"] and not n["draining"])
             if alive == sorted(workers) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
@@ -256,6 +258,64 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
             return HEAD_SLOW
         print(f"the Ray head at {address} listens but the question failed: {exc!r}", file=sys.stderr)
         return HEAD_ERROR
+    print(json.dumps(result))
+    return 0
+
+
+def _draining(info) -> bool:
+    """Whether a node (``GcsNodeInfo``) is being drained: Ray gives it no new work and ends it once idle."""
+    from ray.core.generated import gcs_pb2
+
+    return info.state == 0 and info.state_snapshot.state == gcs_pb2.NodeSnapshot.State.Value("DRAINING")
+
+
+def drain(address: str, within: float, node_ips: Sequence[str]) -> int:
+    """Drain the alive workers at ``node_ips`` and wait (up to ``within`` seconds) until each has ended.
+
+    Each is drained as preempted (a request its raylet cannot refuse): Ray
+    schedules nothing new there, the tasks running there go on, and the
+    raylet ends once its node is idle.  Prints, as JSON, each address with
+    ``"drained"`` (its node ended, after ``waited`` seconds), ``"busy"``
+    (still running work after ``within`` seconds: stopping it ends that
+    work), ``"unreachable"`` (its raylet did not take the request, ``why``)
+    or ``"absent"`` (no alive node there).  Exit codes as for
+    :func:`nodes` when the head cannot be asked.
+    """
+    from ray._raylet import GcsClient
+    from ray.core.generated.autoscaler_pb2 import DrainNodeReason
+
+    started = time.monotonic()
+    deadline_ms = int((time.time() + within) * 1000)
+    result: dict[str, dict] = {}
+    try:
+        client = GcsClient(address=address)
+        alive = {info.node_manager_address: info.node_id.hex() for info in client.get_all_node_info(timeout=10).values()
+                 if info.state == 0 and not info.is_head_node}
+        for ip in node_ips:
+            if ip not in alive:
+                result[ip] = {"state": "absent"}
+                continue
+            try:
+                accepted, why = client.drain_node(alive[ip], DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                                                  "flambe-cluster: this factory leaves the cluster", deadline_ms,
+                                                  timeout=10)
+            except Exception as exc:  # noqa: BLE001 - its raylet did not answer the head (a machine gone)
+                accepted, why = False, repr(exc)
+            if not accepted:  # a preemption is not refusable: its raylet did not take the request
+                result[ip] = {"state": "unreachable", "why": why}
+        waiting = {alive[ip]: ip for ip in node_ips if ip not in result}
+        while waiting:
+            ended = {info.node_id.hex() for info in client.get_all_node_info(timeout=10).values() if info.state != 0}
+            for node_id in [n for n in waiting if n in ended]:
+                result[waiting.pop(node_id)] = {"state": "drained", "waited": round(time.monotonic() - started, 1)}
+            if waiting and time.monotonic() - started >= within:
+                for ip in waiting.values():
+                    result[ip] = {"state": "busy", "waited": round(time.monotonic() - started, 1)}
+                break
+            time.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001 - told apart as for `nodes`
+        print(f"the Ray head at {address} could not drain {', '.join(node_ips)}: {exc!r}", file=sys.stderr)
+        return HEAD_SLOW if _timed_out(exc) else HEAD_ERROR
     print(json.dumps(result))
     return 0
 
@@ -272,6 +332,9 @@ def main(argv: list[str]) -> int:
     if command == "nodes":  # nodes ADDRESS [WITHIN WORKER...]
         address, *wait = rest
         return nodes(address, float(wait[0]), wait[1:]) if wait else nodes(address)
+    if command == "drain":  # drain ADDRESS WITHIN NODE_IP...
+        address, within, *node_ips = rest
+        return drain(address, float(within), node_ips)
     print(f"unknown command {command!r}", file=sys.stderr)
     return 2
 
