@@ -459,6 +459,26 @@ def test_idle_alarms_are_idempotent_follow_the_timeouts_and_go_with_down(moto_cl
     assert moto_cloud.alarms("flambe-cluster/idle/") == [] and live(moto_cloud, "idle") == []
 
 
+def test_a_factory_whose_idle_alarm_went_off_is_told_apart_from_a_lost_one(moto_cloud, flambe_state_home):
+    """The watch leaves alone what the idle policy released: the provider tells it by the alarm's state.  moto
+    does not evaluate alarms (no metrics), so the test sets the state CloudWatch would set before its action."""
+    import boto3
+
+    from flambe_cluster_aws import flambe_cluster_idle_removed
+
+    config = parse_config(moto_cloud.config("idlegone", factories_num=2, factories_timeout=1))
+    made = instances.load(config, journal_for("idlegone"))
+    alarms.configure(config, made, journal_for("idlegone"))
+    idle, lost = made.factories
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    cloudwatch.set_alarm_state(AlarmName=alarms.alarm_name(config, idle.instance_id), StateValue="ALARM",
+                               StateReason="CPU idle for 1 hour")
+    assert flambe_cluster_idle_removed(config=config, instances=[idle, lost]) == [idle]
+    never = parse_config(moto_cloud.config("idlegone", factories_num=2, factories_timeout=-1))
+    assert flambe_cluster_idle_removed(config=never, instances=[idle, lost]) == [], "no idle policy: none"
+    flambe_cluster_terminate(config=config, instances=made)
+
+
 # --- API economy
 
 

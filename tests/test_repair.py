@@ -132,6 +132,10 @@ def fake_session(tmp_path, ids):
         state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
         hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
     session.hooks.flambe_cluster_release_instances = lambda config, instances: session.released.extend(instances)
+    session.hooks.flambe_cluster_idle_removed = lambda config, instances: [
+        i for i in instances if i.instance_id in session.idle_ids]
+    session.idle_ids = set()  # instances their idle policy released (the provider says so)
+    session.hosts = lambda: [session.orchestrator, *session.factories]
     return session
 
 
@@ -230,6 +234,67 @@ def test_a_factory_silent_to_the_client_that_the_orchestrator_reaches_is_slow_no
     session.pool.down.add("10.0.0.3")  # now off: neither the orchestrator nor the head sees it
     watch.round(lambda before: repairs.append(before() or 1))
     assert [h.instance_id for h in session.released] == ["i-2"] and repairs == [1], session.lines
+
+
+def test_a_factory_its_idle_policy_released_is_left_alone_and_said_once(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair
+    from flambe_cluster.errors import ClusterError
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": "10.0.0.2", "alive": True, "head": False}])
+    watch = repair.Watch(session, lost_after=0)
+    session.pool.down.add("10.0.0.3")  # terminated by its idle alarm: gone, and the cluster incomplete
+
+    def incomplete(config):
+        raise ClusterError("cluster 'c' is incomplete: it has an orchestrator and 1 of 2 factories")
+
+    session.hooks.flambe_cluster_find_instances = incomplete
+    session.idle_ids.add("i-2")
+    repairs: list[int] = []
+    for _ in range(3):
+        watch.round(lambda before: repairs.append(before() or 1))
+    assert repairs == [] and session.released == [], "what the idle policy released is not replaced"
+    assert session.lines == ["c_factory1 (10.0.0.3) i-2 was released by its idle timeout: left alone, not replaced "
+                             "(`up` brings it back)"], session.lines
+    assert watch_actions(session) == ["idle"]
+    session.pool.down.add("10.0.0.2")  # another factory lost, not by its idle policy: that one is repaired
+    session.idle_ids.clear()
+    watch.round(lambda before: repairs.append(before() or 1))
+    assert repairs == [1] and "c_factory0 (10.0.0.2) i-1 is lost" in session.lines[1], session.lines
+
+
+def test_the_watch_follows_members_another_command_changed_and_acts_only_on_its_look(tmp_path, monkeypatch):
+    from flambe_cluster import raycluster, repair, resize
+
+    session = fake_session(tmp_path, None)
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": "10.0.0.2", "alive": True, "head": False}])
+    resize.write_members(session.state, session.hosts())
+    watch = repair.Watch(session, lost_after=0)
+    # another shell shrank the cluster to one factory: its Ray node stopped, the record says so
+    session.pool.without_node.add("10.0.0.3")
+    resize.write_members(session.state, session.hosts()[:2])
+    repairs: list[int] = []
+    watch.round(lambda before: repairs.append(before() or 1))
+    assert repairs == [] and [f.label for f in session.factories] == ["c_factory0 (10.0.0.2)"]
+    assert session.lines == ["the cluster changed (another command): its factories are now c_factory0 (10.0.0.2)"]
+    # the record changes between the look and the action: nothing is done on the old look
+    session.pool.without_node.add("10.0.0.2")
+
+    def changed_meanwhile(before):
+        resize.write_members(session.state, session.hosts()[:1])
+        before()
+        repairs.append(1)
+
+    watch.round(changed_meanwhile)
+    assert repairs == [] and session.released == []
+    assert session.lines[-1] == "another command changed the cluster or holds its lock; looking again", session.lines
+    assert not any(" is lost" in line for line in session.lines), "nothing is said lost on a look that no longer holds"
+    # another command holds the lock: the watch waits, says so once
+    with session.state.lock():
+        watch.round(lambda before: repairs.append(before() or 1))
+        watch.round(lambda before: repairs.append(before() or 1))
+    assert repairs == [] and session.lines[-1] == ("another command holds the cluster's lock (it is changing the "
+                                                   "cluster); waiting for it")
 
 
 def test_a_cluster_taken_down_from_another_shell_ends_the_watch_creating_nothing(tmp_path, monkeypatch):
@@ -508,3 +573,25 @@ def test_ssh_a_slow_ray_head_is_waited_for_not_restarted_and_the_job_survives(ss
     assert env.counts()[-1] == 2, "the job goes on with both workers"
     assert env.status()["job"]["state"] == "running"
     env.cli("exec", "--", "touch stop-counting", check=0)
+
+
+@pytest.mark.hosts
+def test_ssh_a_shrink_from_another_shell_is_followed_not_grown_back(ssh_env):
+    env = ssh_env
+    env.write(2)
+    env.cli("up", check=0)
+    watch = Watch(env, 1, "--lost-after", "3")
+    try:
+        watch.wait_for("watching cluster", timeout=300)
+        env.write(1)
+        shrink = env.cli("up", "-y", "--wait", "120", check=0)  # the watch holds the lock only while it acts
+        assert "removing 1 factories" in shrink.stderr, shrink.stderr
+        watch.wait_for("its factories are now resize_factory0", timeout=60)
+        time.sleep(8)  # several rounds
+        output = watch.output
+        assert " is lost:" not in output and "replaced" not in output and "rejoined" not in output, output
+        assert env.status()["ray"]["alive_workers"] == 1
+        assert pids(env.hosts[2], "raylet") == [], "the removed factory was not grown back"
+        assert watch.interrupt() == 0, watch.output
+    finally:
+        watch.kill()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
@@ -234,7 +235,23 @@ class Cluster(ClusterOperations):
                 self._up()
             self._locked(step, False, {})
 
-        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since)
+        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader())
+
+    def _rereader(self) -> Optional[Callable[[], Optional[ClusterConfig]]]:
+        """For the watch: the cluster file's configuration when the file changed since the last call, else None
+        (None when the cluster was not made from a file)."""
+        source = self.config.source
+        if not source or not os.path.isfile(source):
+            return None
+        last = [Path(source).read_bytes()]
+
+        def reread() -> Optional[ClusterConfig]:
+            data = Path(source).read_bytes()
+            if data == last[0]:
+                return None
+            last[0] = data
+            return load_config(source, manager=self.plugin_manager)
+        return reread
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:

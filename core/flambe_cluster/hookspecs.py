@@ -158,6 +158,17 @@ def flambe_cluster_release_instances(config: "ClusterConfig", instances: "list[I
     """
 
 
+@hookspec(firstresult=True)
+def flambe_cluster_idle_removed(config: "ClusterConfig", instances: "list[Instance]") -> "list[Instance] | None":
+    """Of ``instances`` (factories the provider no longer lists, or that no longer answer), return those that the
+    cluster's own idle policy released (an idle alarm, an on-host watchdog).
+
+    ``up --watch`` leaves those alone (and says so) instead of replacing
+    them: the user asked for idle factories to go.  Read only; ``None`` or
+    no implementation: none.  Optional.
+    """
+
+
 @hookspec
 def flambe_cluster_configure_idle_shutdown(
     config: "ClusterConfig",

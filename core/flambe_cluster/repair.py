@@ -46,9 +46,10 @@ import time
 from typing import Callable
 
 from . import environment, raycluster, resize
-from .errors import FlambeClusterError
-from .records import Instance
+from .errors import ClusterBusyError, FlambeClusterError
+from .records import Instance, Role
 from .session import HostSession
+from .settings import ClusterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +79,88 @@ class ClusterTakenDown(Exception):
     """The cluster was taken down (``flambe-cluster down``) since the watch started: the watch ends."""
 
 
+class ClusterChanged(Exception):
+    """Another command changed the cluster's members between the watch's look and its action: look again."""
+
+
 class Watch:
     """The state of one watch: since when each factory has been silent, what was said about it, the journal's run."""
 
-    def __init__(self, session: HostSession, lost_after: float, since: float | None = None) -> None:
+    def __init__(self, session: HostSession, lost_after: float, since: float | None = None,
+                 reread: Callable[[], ClusterConfig | None] | None = None) -> None:
         self.session = session
+        self.say = session.on_step  # the watch's own lines; a repair's steps are logged instead
         self.lost_after = lost_after
+        self.reread = reread  # the cluster file again, when it changed (else None)
         self.silent_since: dict[tuple, float] = {}
         self.waiting: set[tuple] = set()  # user-brought factories already announced as lost
+        self.idle: set[tuple] = set()  # factories their idle policy released: left alone
         self.said_wait: str | None = None  # the reason the watch last said it waits, until things change
         self.started = time.time() if since is None else since  # a `down` after this ends the watch
         self.run_id = session.state.ensure().journal.start_run().run_id
 
     def act(self, action: str, message: str, **details: object) -> None:
         """One action: one line of output, one journal entry."""
-        self.session.on_step(message)
+        self.say(message)
         self.session.state.journal.note(self.run_id, action, details)
+
+    # --- following the cluster as other commands change it
+
+    def busy(self) -> bool:
+        """Whether another command holds the cluster's lock now (it is changing the cluster: nothing to judge)."""
+        try:
+            with self.session.state.lock(0):
+                return False
+        except ClusterBusyError:
+            return True
+
+    def follow(self) -> None:
+        """Take the cluster as it is now: the cluster file if it changed, and the members the last ``up`` left
+        (another shell may have grown or shrunk it)."""
+        session = self.session
+        if self.reread is not None:
+            try:
+                config = self.reread()
+            except FlambeClusterError as exc:
+                self.wait_said(f"the cluster file cannot be used now ({str(exc).splitlines()[0]}); watching the "
+                               "cluster as the last good one describes it")
+                config = None
+            if config is not None:
+                session.config = config
+                self.act("followed", f"the cluster file changed: the cluster now has {config.factories_num} factories",
+                         factories_num=config.factories_num)
+        recorded = resize.members(session.state)
+        if recorded is None or [resize.identity(h) for h in recorded] == [resize.identity(h) for h in session.hosts()]:
+            return
+        session.orchestrator = next((h for h in recorded if h.role is Role.ORCHESTRATOR), session.orchestrator)
+        session.factories = [h for h in recorded if h.role is Role.FACTORY]
+        now = {resize.identity(f) for f in session.factories}
+        for known in (self.silent_since, self.waiting, self.idle):
+            for key in [k for k in known if k not in now]:
+                known.pop(key) if isinstance(known, dict) else known.discard(key)
+        self.act("followed", f"the cluster changed (another command): its factories are now "
+                             + (", ".join(f.label for f in session.factories) or "none"),
+                 factories=[f.label for f in session.factories])
+
+    def members_now(self) -> list[tuple]:
+        """What identifies the cluster's hosts as the watch sees them (to tell whether they changed meanwhile)."""
+        return [resize.identity(h) for h in self.session.hosts()]
+
+    def idle_removed(self, suspects: list[Instance]) -> set[Instance]:
+        """Of ``suspects``, those the cluster's idle policy released (said once each): left alone."""
+        candidates = [f for f in suspects if resize.identity(f) not in self.idle]
+        found = self.session.hooks.flambe_cluster_idle_removed(config=self.session.config, instances=candidates) \
+            if candidates else []
+        for factory in found or ():
+            self.idle.add(resize.identity(factory))
+            self.act("idle", f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} was released "
+                             "by its idle timeout: left alone, not replaced (`up` brings it back)",
+                     host=factory.name, instance_id=factory.instance_id)
+        return {f for f in suspects if resize.identity(f) in self.idle}
+
+    def watched(self) -> list[Instance]:
+        """The factories the watch keeps whole: all but those their idle policy released."""
+        return [f for f in self.session.factories if resize.identity(f) not in self.idle]
 
     # --- looking
 
@@ -104,9 +171,9 @@ class Watch:
         except FlambeClusterError as exc:
             return [], str(exc).splitlines()[0]
         if found is None:
-            return list(self.session.factories), "the provider finds none of the cluster's instances"
+            return self.watched(), "the provider finds none of the cluster's instances"
         listed = {resize.identity(h) for h in found}
-        return [f for f in self.session.factories if resize.identity(f) not in listed], None
+        return [f for f in self.watched() if resize.identity(f) not in listed], None
 
     def answering(self) -> dict[Instance, bool | None]:
         """The factories that run a command over SSH now (each given :data:`PROBE_TIMEOUT` seconds), each with
@@ -120,7 +187,7 @@ class Watch:
                 return unreached
 
         with self.session.pool.connect_within(PROBE_TIMEOUT):
-            found = self.session.pool.map(self.session.factories, probe)
+            found = self.session.pool.map(self.watched(), probe)
         return {h: runs for h, runs in found.items() if runs is not unreached}
 
     def without_worker(self, answering: dict[Instance, bool | None]) -> list[Instance]:
@@ -132,7 +199,7 @@ class Watch:
             logger.info("the Ray head did not answer (%s)", exc)
             return []
         alive, _ = raycluster.confirmed_workers(self.session, known, answering)
-        return [f for f in self.session.factories if f in answering and f.private.host not in alive]
+        return [f for f in self.watched() if f in answering and f.private.host not in alive]
 
     def taken_down(self) -> bool:
         """Whether the cluster was taken down since the watch started (``down`` from another shell)."""
@@ -176,29 +243,42 @@ class Watch:
     def round(self, repair: Callable[[Callable[[], None]], None]) -> None:
         """Look once; if something is lost, say so and repair it.
 
-        ``repair(before)`` runs ``before`` (releasing what is lost) and then
+        ``repair(before)`` runs ``before`` (checking that the cluster did not
+        change since this look, saying what is lost, releasing it) and then
         ``up``, all under the cluster's lock.  Raises :class:`ClusterTakenDown`
         when the cluster was taken down since the watch started.
         """
         session, now = self.session, time.monotonic()
         if self.taken_down():
             raise ClusterTakenDown
+        if self.busy():
+            self.wait_said("another command holds the cluster's lock (it is changing the cluster); waiting for it")
+            return
+        self.follow()
+        looked = self.members_now()
         gone, complaint = self.provider_lost()
         answering = self.answering()
-        for factory in session.factories:
+        for factory in self.watched():
             key = resize.identity(factory)
             if factory in answering:
                 self.silent_since.pop(key, None)
                 self.waiting.discard(key)
             else:
                 self.silent_since.setdefault(key, now)
+        silent = [f for f in self.watched() if f not in answering]
+        if gone or complaint is not None:  # what the idle policy released is not lost
+            idle = self.idle_removed(gone + (silent if complaint is not None else []))  # said once each
+            gone, silent = [f for f in gone if f not in idle], [f for f in silent if f not in idle]
+            if complaint is not None and self.idle and not silent:
+                complaint = None  # the cluster is short exactly what its idle policy released
+        said: list[tuple[str, dict]] = []  # (line, details) said under the lock, once the look still holds
         lost: dict[Instance, str] = {f: "the provider says it is gone" for f in gone}
         if complaint is not None:
-            silent = [f for f in session.factories if f not in answering]
             if not silent:
-                self.act("lost", f"the provider says the cluster is incomplete ({complaint}); repairing", complaint=complaint)
+                said.append((f"the provider says the cluster is incomplete ({complaint}); repairing",
+                             {"complaint": complaint}))
             lost.update({f: "the provider says the cluster is incomplete and it does not answer" for f in silent})
-        long_silent = [f for f in session.factories if f not in lost and f not in answering
+        long_silent = [f for f in silent if f not in lost
                        and now - self.silent_since.get(resize.identity(f), now) >= self.lost_after]
         unreachable: set[Instance] = set()
         if long_silent:
@@ -224,14 +304,24 @@ class Watch:
             lost[factory] = (f"it has not answered for {silence:.0f}s, the orchestrator cannot reach it and the Ray "
                              "head does not list its worker")
             release.append(factory)
-        if complaint is None and not gone and len(answering) == len(session.factories):
+        if complaint is None and not gone and len(answering) == len(self.watched()):
             lost.update({f: "its Ray worker is not alive" for f in self.without_worker(answering)})
         if not lost and complaint is None:
             return
         for factory, why in lost.items():
-            self.act("lost", f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} is lost: {why}",
-                     host=factory.name, address=str(factory.private), instance_id=factory.instance_id, reason=why)
-        self.repair(repair, list(lost), lambda: self.release(release))
+            said.append((f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} is lost: {why}",
+                         {"host": factory.name, "address": str(factory.private), "instance_id": factory.instance_id,
+                          "reason": why}))
+
+        def before() -> None:  # under the lock
+            recorded = resize.members(session.state)
+            if recorded is not None and [resize.identity(h) for h in recorded] != looked:
+                raise ClusterChanged
+            for line, details in said:
+                self.act("lost", line, **details)
+            self.release(release)
+
+        self.repair(repair, list(lost), before)
 
     def release(self, factories: list[Instance]) -> None:
         """Under the lock: release (terminate) and forget ``factories`` that the provider still lists, after reading
@@ -260,8 +350,10 @@ class Watch:
             repair(before)
         except ClusterTakenDown:
             raise
+        except (ClusterChanged, ClusterBusyError):
+            self.act("changed", "another command changed the cluster or holds its lock; looking again")
+            return
         except Exception as exc:  # noqa: BLE001 - undone by the repair itself; tried again next round
-            session.on_step = shown
             self.act("repair-failed", f"repair failed, trying again in the next round: {exc}", error=str(exc))
             return
         finally:
@@ -290,18 +382,20 @@ def _log_step(message: str) -> None:
 
 
 def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], interval: float = 30.0,
-          lost_after: float | None = None, rounds: int | None = None, since: float | None = None) -> None:
+          lost_after: float | None = None, rounds: int | None = None, since: float | None = None,
+          reread: Callable[[], ClusterConfig | None] | None = None) -> None:
     """Keep the cluster whole until interrupted (or for ``rounds`` rounds); see the module's docstring.
 
     ``repair(before)`` runs ``before`` and then brings the cluster up again
-    (``Cluster.up``), both under the cluster's lock; ``lost_after``
+    (``Cluster.up``), both under the cluster's lock; ``reread()`` returns the
+    cluster file's configuration when the file changed (else None); ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a
     factory may not answer before it is lost; a ``down`` at or after
     ``since`` (a :func:`time.time`, default now) ends the watch.  An
     interrupt between rounds returns normally, leaving the cluster as it is.
     """
     lost_after = session.config.connect_timeout if lost_after is None else lost_after
-    state = Watch(session, lost_after, since)
+    state = Watch(session, lost_after, since, reread)
     session.on_step(f"watching cluster {session.name!r} every {interval:g}s (a factory that does not answer for "
                     f"{lost_after:g}s is lost); Ctrl-C stops watching and leaves the cluster as it is")
     repairing = False  # an interrupt arrived during a repair (which undid it): it propagates

@@ -155,6 +155,15 @@ def flambe_cluster_sweep(where):
 
 
 @hookimpl
+def flambe_cluster_idle_removed(config, instances):
+    """Of ``instances``, those whose idle-termination alarm went off (state ALARM): their idle timeout released them."""
+    if config.options.factories_timeout < 0 or not any(i.instance_id for i in instances):
+        return []
+    fired = {name for name, alarm in alarms.existing_alarms(config).items() if alarm["StateValue"] == "ALARM"}
+    return [i for i in instances if i.instance_id and alarms.alarm_name(config, i.instance_id) in fired]
+
+
+@hookimpl
 def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> None:
     """One CloudWatch alarm per instance whose role has a timeout >= 0 (see :mod:`.alarms`)."""
     alarms.configure(config, instances, journal)
