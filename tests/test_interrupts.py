@@ -139,3 +139,41 @@ def test_a_signal_stops_up_promptly_and_the_next_up_completes(flambe_test_hosts,
                        env={**os.environ, "FLAMBE_CLUSTER_HOME": str(home)})
     finally:
         network.close()
+
+
+def test_workers_left_joined_to_a_head_that_is_gone_are_replaced_by_the_next_up(flambe_test_hosts, flambe_client_key,
+                                                                                tmp_path, monkeypatch):
+    """What an `up` interrupted while Ray started can leave (seen once on a loaded machine): a new head runs, and
+    the factories still run this cluster's worker nodes, joined to the head that is gone.  The next `up` replaces
+    those workers instead of taking them for running ones, and completes with every worker alive."""
+    from flambe_cluster import Cluster, raycluster
+
+    network = flambe_test_hosts(3)
+    home = tmp_path / "state"
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", network.hosts, flambe_client_key.path, "stale", ray_timeout=60)
+    cli = [sys.executable, "-m", "flambe_cluster"]
+    environment = {**os.environ, "FLAMBE_CLUSTER_HOME": str(home)}
+    try:
+        done = subprocess.run([*cli, "up", str(config)], capture_output=True, text=True, timeout=900, env=environment)
+        assert done.returncode == 0, done.stderr
+        monkeypatch.setenv("FLAMBE_CLUSTER_HOME", str(home))
+        with Cluster.from_yaml(config) as cluster:
+            cluster.load_all_instances()
+            session, orchestrator = cluster.session, cluster.session.orchestrator
+            raycluster.stop_node(session, orchestrator)  # the head goes; the workers' nodes stay
+            raycluster._start(session, orchestrator, [
+                "--head", f"--node-ip-address={orchestrator.private.host}", f"--port={session.config.ray_port}",
+                "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+            ], ("starting the Ray head", "Ray head running"))
+        done = subprocess.run([*cli, "up", str(config)], capture_output=True, text=True, timeout=900, env=environment)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count("starting the Ray worker on") == 2 and "starting the Ray head" not in done.stderr, \
+            done.stderr
+        status = subprocess.run([*cli, "status", str(config), "--json"], capture_output=True, text=True, timeout=300,
+                                env=environment)
+        assert status.returncode == 0 and '"alive_workers": 2' in status.stdout, status.stdout + status.stderr
+    finally:
+        try:
+            subprocess.run([*cli, "down", str(config)], capture_output=True, timeout=300, env=environment)
+        finally:
+            network.close()

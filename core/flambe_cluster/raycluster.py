@@ -178,9 +178,12 @@ def confirmed_workers(session: HostSession, known: Sequence[dict] | None,
 def _start(session: HostSession, host: Instance, ray_args: list[str], states: tuple[str, str]) -> None:
     """Start a Ray node on ``host``; its progress shows ``states[0]`` meanwhile, then ``states[1]`` or the failure.
 
-    A worker waits for the head's GCS up to ``ray_timeout`` (the head may still be starting).
+    A worker waits for the head's GCS up to ``ray_timeout`` (the head may still be starting).  A worker is
+    started only where the head does not list one alive: a node of this cluster that runs there anyway (left
+    by an interrupted ``up``, joined to a head that is gone) is replaced.
     """
-    line = session.helper("raynode", "start", session.name, host.private.host, "--", *ray_args)
+    replace = ["--replace"] if host != session.orchestrator else []
+    line = session.helper("raynode", "start", session.name, host.private.host, *replace, "--", *ray_args)
     if host != session.orchestrator:
         line = f"RAY_gcs_server_port_wait_time_s={int(session.config.ray_timeout)} {line}"
     session.on_progress(host.name, states[0])

@@ -2,7 +2,7 @@
 
 Usage (on a host)::
 
-    python -m flambe_cluster.remote.raynode start CLUSTER NODE_IP -- RAY_START_ARGS...
+    python -m flambe_cluster.remote.raynode start CLUSTER NODE_IP [--replace] -- RAY_START_ARGS...
     python -m flambe_cluster.remote.raynode stop  CLUSTER NODE_IP
     python -m flambe_cluster.remote.raynode nodes GCS_ADDRESS
     python -m flambe_cluster.remote.raynode drain GCS_ADDRESS WITHIN NODE_IP...
@@ -132,10 +132,20 @@ def _undo_start(pgid: int, marker: Path, temp: Path) -> None:
     _remove_temp_dir(temp)
 
 
-def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int:
-    """Start this cluster's node (``ray start RAY_ARGS --temp-dir=<temp_dir>/ray``) unless it runs; refuse others'."""
+def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str], replace: bool = False) -> int:
+    """Start this cluster's node (``ray start RAY_ARGS --temp-dir=<temp_dir>/ray``) unless it runs; refuse others'.
+
+    With ``replace``, a node of this cluster that runs here is stopped first
+    and started anew: a worker the head does not list (one left joined to a
+    head that is gone, by an ``up`` interrupted while Ray started) never
+    joins the head that runs now on its own.
+    """
     live = _live_markers(markers)
     mine = live.get(node_ip)
+    if mine and mine["cluster"] == cluster and replace:
+        stop(markers, cluster, node_ip, quiet=True)
+        live.pop(node_ip)
+        mine = None
     if mine and mine["cluster"] == cluster:
         print(json.dumps({"status": "running", "pgid": mine["pgid"]}))
         return 0
@@ -182,13 +192,15 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str]) -> int
     return 0
 
 
-def stop(markers: Path, cluster: str, node_ip: str) -> int:
-    """Stop this cluster's node at ``node_ip`` and remove its temp folder; refuse another cluster's node."""
+def stop(markers: Path, cluster: str, node_ip: str, quiet: bool = False) -> int:
+    """Stop this cluster's node at ``node_ip`` and remove its temp folder; refuse another cluster's node.
+    Prints the outcome as JSON unless ``quiet``."""
     marker = markers / f"{node_ip}.json"
     data = read_json(marker)
     if data is None:
         _remove_temp_dir(temp_dir(cluster, node_ip))
-        print(json.dumps({"status": "not running"}))
+        if not quiet:
+            print(json.dumps({"status": "not running"}))
         return 0
     if data["cluster"] != cluster:
         print(f"the Ray node on {node_ip} belongs to cluster {data['cluster']!r}; not stopping it", file=sys.stderr)
@@ -198,7 +210,8 @@ def stop(markers: Path, cluster: str, node_ip: str) -> int:
         stop_group(int(data["pgid"]), grace=2.0)
     marker.unlink(missing_ok=True)
     _remove_temp_dir(temp_dir(cluster, node_ip))
-    print(json.dumps({"status": "stopped"}))
+    if not quiet:
+        print(json.dumps({"status": "stopped"}))
     return 0
 
 
@@ -322,10 +335,10 @@ def drain(address: str, within: float, node_ips: Sequence[str]) -> int:
 
 def main(argv: list[str]) -> int:
     command, *rest = argv
-    if command == "start":
+    if command == "start":  # start CLUSTER NODE_IP [--replace] -- RAY_ARGS...
         split = rest.index("--")
-        cluster, node_ip = rest[:split]
-        return start(MARKERS, cluster, node_ip, rest[split + 1:])
+        cluster, node_ip, *flags = rest[:split]
+        return start(MARKERS, cluster, node_ip, rest[split + 1:], replace="--replace" in flags)
     if command == "stop":
         cluster, node_ip = rest
         return stop(MARKERS, cluster, node_ip)
