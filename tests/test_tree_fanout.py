@@ -91,7 +91,9 @@ def test_a_factory_that_dies_mid_tree_is_named_and_its_subtree_still_served(
             monkeypatch.undo()
         message = str(raised.value)
         named = message.splitlines()[1]
-        assert named.startswith(f"{NAME}_factory1 ({victim.address}") and f"reached from {NAME}_factory0" in named, message
+        # tried from its parent, then once more from the orchestrator: the failure names the last path
+        assert named.startswith(f"{NAME}_factory1 ({victim.address}") and f"reached from {NAME}_orchestrator" in named, \
+            message
         assert message.startswith("a remote command failed:"), "one failure: the other factories got the content"
         for other in hosts[3:]:
             assert other.address not in message, message
@@ -99,6 +101,26 @@ def test_a_factory_that_dies_mid_tree_is_named_and_its_subtree_still_served(
             assert digests(other.home / "tree-faults" / "data" / "data") == digests(local), other.name
     finally:
         victim.start()
+
+
+def test_without_mirror_a_factory_passes_on_what_the_orchestrator_holds_not_its_own_files(
+        seven_hosts, flambe_client_key, flambe_state_home, tmp_path):
+    hosts = seven_hosts.hosts
+    local = random_folder(tmp_path / "data", 1)
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", hosts, flambe_client_key.path, NAME))
+    giver = hosts[1]  # factory0: the orchestrator's one copy goes to it, and it passes the content on
+    own = giver.home / "tree-own" / "data" / "data" / "only-on-factory0.txt"
+    with cluster:
+        cluster.run()
+        own.parent.mkdir(parents=True)
+        own.write_text("factory0's own output")
+        os.system(f"chown -R {giver.username}: {giver.home / 'tree-own'}")
+        cluster.send_local_content({"data": str(local)}, "tree-own", all_hosts=True)
+    assert cluster.error is None, cluster.error
+    assert own.read_text() == "factory0's own output", "added and updated only: its own file stays"
+    for host in hosts[2:]:
+        received = host.home / "tree-own" / "data" / "data"
+        assert digests(received) == digests(local), f"{host.name} got files that were not the orchestrator's"
 
 
 class Host:
@@ -142,3 +164,19 @@ def test_spread_plans_a_binary_tree_and_reroutes_around_failures():
     assert served == {"f1", "f2", "f3", "f4", "f5"}, "every subtree is served by another host"
     assert ("o", "f1") in copies and ("o", "f2") in copies, "the failed factory's children come from its parent"
     assert ("f1", "f3") in copies and ("o", "f3") in copies, "a broken giver's children go to its nearest working ancestor"
+
+
+def test_a_copy_that_failed_from_a_factory_is_tried_again_from_the_source():
+    source, targets = Host("o"), [Host(f"f{i}") for i in range(6)]
+    copies = []
+
+    def failing_once(giver, taker):
+        copies.append((giver.name, taker.name))
+        if (giver.name, taker.name) == ("f1", "f3"):
+            return CommandResult(f"{taker.label}, reached from {giver.label}", "rsync", 12, b"", b"connection reset")
+        return Result(True)
+
+    spread(source, targets, failing_once)  # nothing raised: f3 got it from the source
+    assert ("o", "f3") in copies, copies
+    assert sum(1 for _giver, taker in copies if taker == "f3") == 2
+    assert {taker for _giver, taker in copies} == {"f0", "f1", "f2", "f3", "f4", "f5"}

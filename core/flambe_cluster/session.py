@@ -360,20 +360,34 @@ class HostSession:
         :func:`~flambe_cluster.tree.spread`, whose ``on_arrival`` this
         takes).  With ``mirror`` the factories' copies end identical (files
         only they hold are deleted); without, files are added and updated
-        only.  Raises once all is done, naming every factory that did not get
-        the folder (``<factory>, reached from <host that sent>``) while every
-        other got it.
+        only: the orchestrator's folder is passed on as an exact copy in
+        ``<remote_root>/passing/<folder>`` (so a factory passes on what the
+        orchestrator holds, never files of its own), which each factory then
+        merges into its folder.  Raises once all is done, naming every
+        factory that did not get the folder (``<factory>, reached from <host
+        that sent>``) while every other got it.
         """
         folder = check_relative_path(folder, "folder")
-        self.create_dirs_on([self.require_orchestrator()], [folder])
+        orchestrator = self.require_orchestrator()
+        self.create_dirs_on([orchestrator], [folder])
+        passing = folder if mirror else posixpath.join(self.remote_root, "passing", folder)
 
         def send(giver: Instance, taker: Instance) -> CommandResult:
-            result = self._shown(taker, (f"receiving from {giver.name}", "received"), lambda: self.rsync_on(
-                giver, home_path(folder + "/"), self._remote(taker, folder + "/"), delete=mirror, quoted=True,
-                port=taker.private.port, make_target=folder))
+            source = folder if giver == orchestrator else passing
+
+            def copy() -> CommandResult:
+                result = self.rsync_on(giver, home_path(source + "/"), self._remote(taker, passing + "/"),
+                                       delete=True, quoted=True, port=taker.private.port,
+                                       make_target=passing)
+                if mirror or not result.ok:
+                    return result
+                return self.pool.run(taker, f"mkdir -p {home_path(folder)} && rsync -a {home_path(passing + '/')} "
+                                            f"{home_path(folder + '/')}", check=False)
+
+            result = self._shown(taker, (f"receiving from {giver.name}", "received"), copy)
             return evolve(result, host=f"{taker.label}, reached from {giver.label}")
 
-        tree.spread(self.require_orchestrator(), factories, send, on_arrival)
+        tree.spread(orchestrator, factories, send, on_arrival)
 
     def gather(self, folder: str, factories: Sequence[Instance]) -> None:
         """Merge ``$HOME/<folder>`` of each factory into the orchestrator's, all at once.

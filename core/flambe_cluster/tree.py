@@ -11,9 +11,10 @@ first child can pass on early; with one copy at a time, the source's second
 copy would reach no host sooner than its first child's first copy does).
 
 Failures never leave a host silently without the content: a target whose
-copy failed is named, and the host that tried serves that target's subtree
-itself; a holder that breaks while passing on is named, and what it had left
-to serve goes to its nearest working ancestor.
+copy from a factory failed is tried once more from the source; a target
+whose copy failed from the source is named, and the host that tried serves
+that target's subtree itself; a holder that breaks while passing on is
+named, and what it had left to serve goes to its nearest working ancestor.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def spread(source: Instance, targets: Sequence[Instance], send: Callable[[Instan
 
     ``send(giver, taker)`` copies from ``giver`` (which holds the content)
     to ``taker`` and returns the command's result: a failed result counts
-    against ``taker``, an exception against ``giver``.  ``on_arrival(host)``
+    against ``taker`` (after one more try from the source), an exception
+    against ``giver``.  ``on_arrival(host)``
     runs in a thread of its own for the source at once and for each target
     as soon as it holds the content, while the copies go on.  Raises, after
     everything has finished, one error naming every host that failed (a
@@ -52,6 +54,7 @@ class _Spread:
         self.todo = {source: collections.deque(targets[:1])}
         self.todo.update({host: collections.deque(targets[FAN * i + 1:FAN * i + 1 + FAN]) for i, host in enumerate(targets)})
         self.parent: dict[Instance, Instance] = {}
+        self.retried: set[Instance] = set()  # targets whose copy from a factory failed, tried again from the source
         self.sending: set[Instance] = set()
         self.broken: set[Instance] = set()
         self.errors: list[BaseException] = []
@@ -114,6 +117,11 @@ class _Spread:
             elif result.ok:
                 self.parent[taker] = giver
                 self._arrived(taker)
+                self._serve(giver)
+            elif giver is not self.source and taker not in self.retried and self.source not in self.broken:
+                self.retried.add(taker)  # another giver: the source holds the content whatever else failed
+                self.todo[self.source].append(taker)
+                self._serve(self.source)
                 self._serve(giver)
             else:
                 self.errors.append(RemoteCommandError([result]))
