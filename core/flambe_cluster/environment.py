@@ -24,6 +24,7 @@ import json
 import logging
 import posixpath
 import shlex
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
@@ -207,6 +208,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     wheel = session.remote_path(f"{folder}/{self_wheel.name}")
     install = " && ".join([
         _INSTALLER_DEFINED,
+        _installer(session, folder, "verify"),
         f"{{ [ -f {marker} ] || {{ rm -rf {env} && {_installer(session, folder, 'venv')}; }}; }}",
         f"rm -f {marker}",
         f"{_installer(session, folder, 'install')} {shlex.quote('ray==' + wanted['ray'])} {wheel}",
@@ -254,6 +256,10 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
                 on_arrival: Callable[[Instance], None]) -> None:
     """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on the orchestrator, then on to the factories among ``hosts``.
 
+    The folder there holds exactly ``sources``' files and their manifest of
+    SHA-256 digests (:func:`flambe_cluster.wheelhouse.manifest`), which each
+    host checks before it installs (the installer's ``verify``).
+
     The factories get them along a tree (:meth:`HostSession.fan_out`);
     ``on_arrival(host)`` runs for the orchestrator and for each factory as
     soon as the wheels are there.
@@ -263,8 +269,10 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     size = _size(sources)
     session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
     session.create_dirs_on([orchestrator], [relative])
-    session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in sources], relative + "/",
-                   shown=("receiving the wheelhouse", size))
+    with tempfile.TemporaryDirectory(prefix="flambe-cluster-manifest-") as listing:
+        (Path(listing) / wheelhouse.MANIFEST).write_text(wheelhouse.manifest(sources))
+        session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in [*sources, listing]], relative + "/",
+                       delete=True, shown=("receiving the wheelhouse", size))
     factories = [h for h in hosts if h != orchestrator]
     if factories:
         session.on_step(f"passing the wheelhouse on to {len(factories)} factories as a tree")
@@ -350,7 +358,8 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
     names = [shlex.quote(r) for r in requirements] + [
         session.remote_path(f"extensions-wheelhouse/{w.name}") for w in local_wheels
     ]
-    install = f"{_INSTALLER_DEFINED} && {_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"
+    install = " && ".join([_INSTALLER_DEFINED, _installer(session, "extensions-wheelhouse", "verify"),
+                           f"{_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"])
     session.on_step(f"installing extensions on {len(hosts)} hosts")
     ship_wheels(session, [folder], "extensions-wheelhouse", hosts,
                 lambda host: session.run_all([host], install, states=("installing extensions", "extensions installed"))

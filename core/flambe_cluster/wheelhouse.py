@@ -211,7 +211,26 @@ def gather(platform: HostPlatform, requirements: Sequence[str], local_wheels: Se
 
 
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: The file beside the shipped wheels that lists their SHA-256 digests (``sha256sum``'s format).
+MANIFEST = "MANIFEST.sha256"
+
+
+def manifest(sources: Sequence[Path]) -> str:
+    """The manifest of the files in ``sources`` merged into one folder: ``<sha256>  <relative path>`` per line.
+
+    The hosts check it before they install or unpack anything
+    (:mod:`flambe_cluster.remote.offline_install` ``verify``).
+    """
+    files = {str(p.relative_to(source)): p for source in map(Path, sources) for p in sorted(source.rglob("*"))
+             if p.is_file()}
+    return "".join(f"{_file_digest(path)}  {name}\n" for name, path in sorted(files.items()))
 
 
 def build_local_wheel(source: Path, out_dir: Path) -> Path:

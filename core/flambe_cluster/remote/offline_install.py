@@ -7,6 +7,7 @@ text with ``python3 -c``)::
     python3 -c SOURCE venv    TOOLS WHEELHOUSE ENV
     python3 -c SOURCE install TOOLS WHEELHOUSE ENV [--reinstall] REQUIREMENT...
     python3 -c SOURCE bytecode TOOLS WHEELHOUSE ENV
+    python3 -c SOURCE verify TOOLS WHEELHOUSE ENV
 
 uv is the ``uv`` binary of the uv wheel in WHEELHOUSE (a wheel is a zip:
 ``uv-*.data/scripts/uv``), unpacked once into TOOLS, with its cache (the
@@ -22,9 +23,16 @@ on the client, see flambe_cluster.bytecode), if there is one for this
 interpreter, into ENV's site-packages: only ``__pycache__`` files whose
 source is installed there, never outside it.  Failing to do so is a warning,
 not an error (the bytecode only saves compiling).
+
+``verify`` checks WHEELHOUSE against the SHA-256 digests the client listed
+in ``WHEELHOUSE/MANIFEST.sha256`` (``sha256sum``'s format), before anything
+is installed or unpacked: a file missing, different, or a wheel or archive
+the manifest does not list fails it (exit 1, naming each); a file that
+differs is removed, so the next shipping sends it whole again.
 """
 
 import glob
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -80,6 +88,38 @@ def unpack_bytecode(wheelhouse, env):
             os.replace(target + ".partial", target)
 
 
+MANIFEST = "MANIFEST.sha256"
+
+
+def verify(wheelhouse):
+    """The problems of WHEELHOUSE against its manifest (an empty list when every file matches)."""
+    listed = {}
+    with open(os.path.join(wheelhouse, MANIFEST)) as manifest:
+        for line in manifest:
+            digest, _, name = line.rstrip("\n").partition("  ")
+            listed[name] = digest
+    problems = []
+    for name, digest in sorted(listed.items()):
+        path = os.path.join(wheelhouse, name)
+        try:
+            digest_of = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest_of.update(block)
+            actual = digest_of.hexdigest()
+        except OSError as exc:
+            problems.append("%s: cannot be read (%s)" % (name, exc.strerror))
+            continue
+        if actual != digest:
+            problems.append("%s: its SHA-256 is %s, the client sent %s" % (name, actual, digest))
+            os.remove(path)  # so that the next shipping sends it whole again
+    for path in glob.glob(os.path.join(wheelhouse, "**", "*"), recursive=True):
+        name = os.path.relpath(path, wheelhouse)
+        if name.endswith((".whl", ".zip")) and name not in listed:
+            problems.append("%s: not sent by the client" % name)
+    return problems
+
+
 def main(argv):
     verb, tools, wheelhouse, env, rest = argv[0], argv[1], argv[2], argv[3], argv[4:]
     if verb == "bytecode":  # an optimisation: the environment is complete without it
@@ -89,6 +129,16 @@ def main(argv):
             print("warning: the shipped bytecode was not unpacked (Python compiles as it imports): %s" % exc,
                   file=sys.stderr)
         return 0
+    if verb == "verify":
+        try:
+            problems = verify(wheelhouse)
+        except OSError as exc:
+            problems = ["%s cannot be read (%s)" % (MANIFEST, exc)]
+        for problem in problems:
+            print("the wheelhouse does not match what the client sent: " + problem, file=sys.stderr)
+        if problems:
+            print("nothing was installed; run `flambe-cluster up` again (it ships the wheelhouse anew)", file=sys.stderr)
+        return 1 if problems else 0
     uv = uv_binary(tools, wheelhouse)
     python = os.path.join(env, "bin", "python")
     os.environ.update(UV_CACHE_DIR=os.path.join(tools, "cache"), UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
