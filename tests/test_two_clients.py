@@ -76,3 +76,49 @@ def test_two_ups_from_two_state_folders_end_with_one_cluster(twins, monkeypatch)
     # the lock went with its holder: the next `up` takes it at once
     again = run_cli("up", str(config), state_home=homes[1], check=0)
     assert "another client" not in again.stderr, again.stderr
+
+
+@pytest.mark.hosts
+def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_nothing(flambe_test_hosts, flambe_client_key,
+                                                                                     tmp_path):
+    """The case seen on GCP: both clients insert the same instances (one of each pair answers 409 and adopts the
+    other's), then meet at the orchestrator's lock: one cluster, both exit 0, nothing deleted."""
+    from gcp_fake import FakeComputeEngine
+
+    network = flambe_test_hosts(3)
+    fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
+    for host in network.hosts:
+        fake.publish_host_keys(host.address, [host.host_key_line()])
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        "!GCPCluster\n"
+        "name: gcp-twins\n"
+        f"username: {network.hosts[0].username}\n"
+        f"key: {flambe_client_key.path}\n"
+        "factories_num: 2\n"
+        f"project: {fake.project}\n"
+        "zone: us-central1-a\n"
+        "orchestrator_type: e2-standard-2\n"
+        "factories_type: n1-standard-4\n"
+        "use_public: false\n"
+        f"api_endpoint: {fake.url}\n")
+    homes = [tmp_path / "alice", tmp_path / "bob"]
+    try:
+        clients = [start_cli("up", str(config), "--wait", "600", state_home=home) for home in homes]
+        outputs = [client.communicate(timeout=900) for client in clients]
+        for client, (out, err) in zip(clients, outputs):
+            assert client.returncode == 0, f"exit {client.returncode}\n{out}\n{err}"
+        errors = "".join(err for _, err in outputs)
+        assert "rolling back" not in errors, errors
+        assert len(fake.live_instances()) == 3, "one cluster"
+        assert fake.count("instances.delete") == 0, "nothing the other client uses was deleted"
+        for home in homes:
+            status = json.loads(run_cli("status", str(config), "--json", state_home=home, check=0).stdout)
+            assert status["ray"]["alive_workers"] == 2, status
+    finally:
+        try:
+            if fake.live_instances():
+                run_cli("down", str(config), state_home=homes[0], timeout=300)
+        finally:
+            fake.close()
+            network.close()
