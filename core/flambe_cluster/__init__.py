@@ -8,7 +8,8 @@ verified, keyed, set up, and running Ray.  The public API:
 - the instance objects :class:`OrchestratorInstance`, :class:`FactoryInstance`;
 - :data:`hookimpl`, the marker provider plugins use (contract in
   :mod:`flambe_cluster.hookspecs`);
-- the errors of :mod:`flambe_cluster.errors`.
+- the errors of :mod:`flambe_cluster.errors`, and the seed's ``utils.RemoteCommand``;
+- :class:`RemoteEnvironment`, what a job knows about its cluster (``RemoteEnvironment.from_env()``).
 """
 
 from .errors import (
@@ -28,13 +29,14 @@ from .errors import (
     UsageError,
 )
 from .hookspecs import hookimpl
+from .utils import RemoteCommand
 
 __version__ = "0.1.0"
 
 #: Public names loaded on first use (they import paramiko), and the module that defines each.
 _LAZY = {
     "Cluster": "cluster", "SSHCluster": "cluster", "AWSCluster": "cluster", "GCPCluster": "cluster",
-    "OrchestratorInstance": "handles", "FactoryInstance": "handles",
+    "OrchestratorInstance": "handles", "FactoryInstance": "handles", "RemoteEnvironment": "remoteenv",
 }
 
 __all__ = [
@@ -53,7 +55,9 @@ __all__ = [
     "MissingAuthError",
     "OrchestratorInstance",
     "ProviderError",
+    "RemoteCommand",
     "RemoteCommandError",
+    "RemoteEnvironment",
     "RemoteFileTransferError",
     "SSHCluster",
     "SSHConnectingError",
@@ -65,12 +69,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # The clusters import paramiko; providers import only `hookimpl` and the errors, so load them lazily.
-    if _LAZY.get(name) == "cluster":
-        from . import cluster
+    if name in _LAZY:
+        import importlib
 
-        return getattr(cluster, name)
-    if _LAZY.get(name) == "handles":
-        from . import handles
-
-        return getattr(handles, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,19 +14,22 @@ every provider.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
+import getpass
 import logging
 import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
+import attrs
 import pluggy
 
 from . import hostlock, keys, plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import FlambeClusterError, UsageError
-from .handles import handle
+from .handles import InstanceHandle, handle, record_of
 from .operations import ClusterOperations
 from .progress import Progress
 from .records import Instance, Role, factory_name, orchestrator_name
@@ -37,6 +40,9 @@ from .state import ClusterState, RunJournal
 from .sync import UPLOAD_WARN_LIMIT_MB
 
 logger = logging.getLogger(__name__)
+
+#: The port Flambé's seed classes give the Ray head (its ``Experiment`` connects there).
+FLAMBE_RAY_PORT = 12345
 
 REMOTE_DIRS = ("extensions",)
 
@@ -71,8 +77,12 @@ class Cluster(ClusterOperations):
                              setup_cmds=setup_cmds, **options), plugin_manager)
 
     def _configure(self, raw: Dict[str, Any], plugin_manager: Optional[pluggy.PluginManager]) -> None:
-        """Validate the seed's parameters (``None`` meaning "the default") and adopt the configuration."""
+        """Validate the seed's parameters (``None`` meaning "the default") and adopt the configuration.
+
+        Ray listens on Flambé's port, :data:`FLAMBE_RAY_PORT`, unless ``ray_port`` is given (Flambé's
+        ``Experiment`` dials it); a cluster file keeps Ray's own default."""
         raw = {k: v for k, v in raw.items() if v is not None}
+        raw.setdefault("ray_port", FLAMBE_RAY_PORT)
         plugin_manager = plugin_manager or plugins.make_plugin_manager(provider_of(raw))
         self._adopt(parse_config(raw, manager=plugin_manager), plugin_manager)
 
@@ -81,6 +91,26 @@ class Cluster(ClusterOperations):
         self.session = HostSession(config, plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
         self.error: Optional[BaseException] = None
         self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
+        # What Flambé's runner sets on every Runnable (flambe.runnable.Runnable), the cluster included:
+        self.secrets = configparser.ConfigParser()  # Flambé's `config`: the secrets, see inject_secrets
+        self.extensions: Dict[str, str] = {}
+        self.content: Optional[str] = None
+        self.user_provider: Callable[[], str] = getpass.getuser
+        self.debug = False
+
+    # --- what Flambé's runner calls on a Runnable
+
+    def inject_secrets(self, secrets: str) -> None:
+        """Read the secrets file ``secrets`` (an INI file) into :attr:`secrets`; :meth:`send_secrets` then sends them."""
+        self.secrets.read(secrets)
+
+    def inject_content(self, content: str) -> None:
+        """Keep the YAML text the cluster was made from (:attr:`content`)."""
+        self.content = content
+
+    def inject_extensions(self, extensions: Dict[str, str]) -> None:
+        """Keep the extensions of the run (:attr:`extensions`)."""
+        self.extensions = extensions
 
     @classmethod
     def from_config(cls, config: ClusterConfig, plugin_manager: Optional[pluggy.PluginManager] = None) -> "Cluster":
@@ -110,10 +140,31 @@ class Cluster(ClusterOperations):
     key = property(lambda self: self.config.key)
     username = property(lambda self: self.config.username)
     setup_cmds = property(lambda self: list(self.config.setup_cmds))
-    orchestrator = property(lambda self: handle(self.session.orchestrator, self.session),
-                            doc="The orchestrator's :class:`OrchestratorInstance` (None before loading).")
-    factories = property(lambda self: [handle(f, self.session) for f in self.session.factories],
-                         doc="The factories' :class:`FactoryInstance` objects (empty before loading).")
+
+    @property
+    def orchestrator(self) -> Optional[InstanceHandle]:
+        """The orchestrator's :class:`OrchestratorInstance` (None before loading).
+
+        Assignable, as a 0.4-style subclass's ``load_all_instances`` does
+        (``self.orchestrator = self.get_orchestrator(ip)``)."""
+        return handle(self.session.orchestrator, self.session)
+
+    @orchestrator.setter
+    def orchestrator(self, host: "Instance | InstanceHandle | None") -> None:
+        self.session.orchestrator = None if host is None else record_of(host)
+
+    @property
+    def factories(self) -> List[InstanceHandle]:
+        """The factories' :class:`FactoryInstance` objects (empty before loading); assignable (a list), as
+        :attr:`orchestrator` is.  Factories all named by :meth:`get_factory_basename` get their index appended."""
+        return [h for h in (handle(f, self.session) for f in self.session.factories) if h is not None]
+
+    @factories.setter
+    def factories(self, hosts: "List[Instance | InstanceHandle]") -> None:
+        base = self.get_factory_basename()
+        records = [record_of(h) for h in hosts]
+        self.session.factories = [attrs.evolve(r, name=f"{base}{i}") if r.name == base else r
+                                  for i, r in enumerate(records)]
     pool: SSHPool = property(lambda self: self.session.pool, doc="The cluster's SSH connections.")  # type: ignore[assignment]
     journal: RunJournal = property(lambda self: self.session.journal, doc="This run's journal.")  # type: ignore[assignment]
     remote_key_name = property(lambda self: self.session.remote_key_name)
@@ -146,17 +197,24 @@ class Cluster(ClusterOperations):
         """The factories' base name: ``<name>_factory`` (append an index per factory)."""
         return factory_name(self.name)
 
-    def get_orchestrator(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
-        """An orchestrator record for the host at ``ip`` (``private_ip`` defaults to ``ip``)."""
-        return Instance.at(Role.ORCHESTRATOR, self.get_orchestrator_name(), ip, private_ip, use_public, gpus=0)
+    def get_orchestrator(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+        """The :class:`OrchestratorInstance` of the host at ``ip`` (``private_ip`` defaults to ``ip``)."""
+        return self._handle(Instance.at(Role.ORCHESTRATOR, self.get_orchestrator_name(), ip, private_ip, use_public,
+                                        gpus=0))
 
-    def get_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
-        """A CPU factory record (no GPUs)."""
-        return Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=0)
+    def get_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+        """The :class:`FactoryInstance` of a CPU factory (no GPUs) at ``ip``."""
+        return self._handle(Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=0))
 
-    def get_gpu_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> Instance:
-        """A factory record known to have GPUs (their count is still to be detected)."""
-        return Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=None)
+    def get_gpu_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+        """The :class:`FactoryInstance` of a factory known to have GPUs (their count is still to be detected)."""
+        return self._handle(Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public,
+                                        gpus=None))
+
+    def _handle(self, record: Instance) -> InstanceHandle:
+        made = handle(record, self.session)
+        assert made is not None
+        return made
 
     def all_hosts(self) -> List[Instance]:
         """The orchestrator followed by every factory (raises ClusterError before loading)."""

@@ -29,13 +29,15 @@ REPORT_SITE = "report-site"
 class InstanceHandle:
     """One host of the cluster: its record plus the seed's per-host methods."""
 
-    def __init__(self, record: Instance, session: HostSession) -> None:
+    def __init__(self, record: Instance, session: Optional[HostSession]) -> None:
         self.record = record
         self._session = session
 
     # --- reads like the record
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("record", "_session"):  # not set yet (unpickling): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.record, name)
 
     def __eq__(self, other: object) -> bool:
@@ -46,6 +48,23 @@ class InstanceHandle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.record.label})"
+
+    def __getstate__(self) -> dict:
+        """A runnable may carry a handle: it pickles as its record, without the cluster's live connections."""
+        return {"record": self.record}
+
+    def __setstate__(self, state: dict) -> None:
+        self.record = state["record"]
+        self._session = None
+
+    @property
+    def session(self) -> HostSession:
+        """The cluster's session; a handle unpickled away from its cluster has none."""
+        if self._session is None:
+            raise ClusterError(f"{self.record.label}: this instance object was unpickled away from its cluster; "
+                               "its attributes can be read, its methods need the cluster (get it from "
+                               "cluster.orchestrator or cluster.factories)")
+        return self._session
 
     # --- the seed's attributes
 
@@ -61,19 +80,19 @@ class InstanceHandle:
 
     @property
     def username(self) -> str:
-        return self._session.config.username
+        return self.session.config.username
 
     @property
     def key(self) -> str | None:
         """The local path of the key that logs in to the hosts (``None``: ssh-agent's keys)."""
-        key = self._session.config.key
+        key = self.session.config.key
         return None if key is None else str(key)
 
     # --- the seed's methods
 
     def get_home_path(self) -> str:
         """The host's ``$HOME``."""
-        return self._session.home(self.record)
+        return self.session.home(self.record)
 
     def _relative(self, path: str, what: str) -> str:
         return relative_to_home(path, self.get_home_path(), what)
@@ -81,7 +100,7 @@ class InstanceHandle:
     def run_cmds(self, setup_cmds: List[str]) -> None:
         """Run the shell command lines in order; raises RemoteCommandError at the first that fails."""
         for command in setup_cmds:
-            self._session.pool.run(self.record, command)
+            self.session.pool.run(self.record, command)
 
     def send_rsync(self, host_path: str, remote_path: str, params: Optional[List[str]] = None) -> None:
         """Send a local file or folder (its contents) to ``remote_path`` on this host with rsync.
@@ -93,27 +112,27 @@ class InstanceHandle:
             raise ClusterError(f"send_rsync: {host_path} does not exist")
         target = self._relative(remote_path, "send_rsync remote_path")
         source = f"{local}/" if local.is_dir() else str(local)
-        self._session.upload(self.record, [source], target + ("/" if local.is_dir() else ""), extra=params or ())
+        self.session.upload(self.record, [source], target + ("/" if local.is_dir() else ""), extra=params or ())
 
     def existing_dir(self, _dir: str) -> bool:
         """Whether ``$HOME/_dir`` exists on this host."""
-        return self._session.existing_dir(self._relative(_dir, "existing_dir path"), [self.record])
+        return self.session.existing_dir(self._relative(_dir, "existing_dir path"), [self.record])
 
     def create_dirs(self, relative_dirs: List[str]) -> None:
         """Create folders (relative to the home) on this host; existing ones are kept."""
-        self._session.create_dirs_on([self.record], [self._relative(d, "folder") for d in relative_dirs])
+        self.session.create_dirs_on([self.record], [self._relative(d, "folder") for d in relative_dirs])
 
     def remove_dir(self, _dir: str, content_only: bool = True) -> None:
         """Remove ``$HOME/_dir`` (or only what is inside it) on this host."""
-        self._session.remove_dir(self._relative(_dir, "remove_dir path"), content_only, [self.record])
+        self.session.remove_dir(self._relative(_dir, "remove_dir path"), content_only, [self.record])
 
     def num_cpus(self) -> int:
         """The CPUs this host may use."""
-        return environment.probe(self._session, [self.record])[self.record].cpus
+        return environment.probe(self.session, [self.record])[self.record].cpus
 
     def num_gpus(self) -> int:
         """The GPUs this host has (the provider's answer, or ``nvidia-smi``)."""
-        session = self._session
+        session = self.session
         gpus = session.hooks.flambe_cluster_detect_gpus(
             config=session.config, instance=self.record, run=lambda command: session.pool.run(self.record, command).stdout
         )
@@ -125,8 +144,8 @@ class InstanceHandle:
 
     def is_node_running(self) -> bool:
         """Whether this cluster's Ray node runs on this host."""
-        report = environment.probe(self._session, [self.record])[self.record]
-        return any(node["cluster"] == self._session.name for node in report.ray_nodes)
+        report = environment.probe(self.session, [self.record])[self.record]
+        return any(node["cluster"] == self.session.name for node in report.ray_nodes)
 
     def is_flambe_running(self) -> bool:
         """Whether this host runs the cluster's job (only the orchestrator runs jobs)."""
@@ -141,12 +160,12 @@ class OrchestratorInstance(InstanceHandle):
     """The orchestrator: the Ray head, the job, TensorBoard and the report site."""
 
     def is_flambe_running(self) -> bool:
-        return jobs.status(self._session).state == "running"
+        return jobs.status(self.session).state == "running"
 
     def _service(self, module: str, folder: str, verb: str, *options: str) -> dict:
         """Run ``verb`` (launch, status, stop) of the remote helper ``module`` whose state lives in ``folder``."""
-        state = posixpath.join(self._session.remote_root, folder)
-        result = self._session.pool.run(self.record, self._session.helper(module, verb, state, *options))
+        state = posixpath.join(self.session.remote_root, folder)
+        result = self.session.pool.run(self.record, self.session.helper(module, verb, state, *options))
         return json.loads(result.stdout or "{}")
 
     def launch_tensorboard(self, logs_dir: str, tensorboard_port: int) -> None:
@@ -156,7 +175,7 @@ class OrchestratorInstance(InstanceHandle):
         offline like every extension.  Raises when one already runs or the
         port is taken (see :meth:`remove_tensorboard`).
         """
-        environment.ensure_installed(self._session, [self.record], {TENSORBOARD: "tensorboard"}, module="tensorboard")
+        environment.ensure_installed(self.session, [self.record], {TENSORBOARD: "tensorboard"}, module="tensorboard")
         logs = self._relative(logs_dir, "logs_dir")
         self._service("tensorboard", TENSORBOARD, "launch", "--logdir", logs, "--port", str(int(tensorboard_port)))
 
@@ -171,7 +190,7 @@ class OrchestratorInstance(InstanceHandle):
     def launch_report_site(self, progress_file: str, port: int, output_log: str, output_dir: str,
                            tensorboard_port: int) -> None:
         """Serve the read-only report page at ``port``: the job's state, its log, the output files, a TensorBoard link."""
-        job_dir = posixpath.join(self._session.remote_root, jobs.JOB)
+        job_dir = posixpath.join(self.session.remote_root, jobs.JOB)
         self._service(
             "report_site", REPORT_SITE, "launch", "--port", str(int(port)), "--job-dir", job_dir,
             "--output-log", output_log, "--output-dir", self._relative(output_dir, "output_dir"),
@@ -199,7 +218,7 @@ class OrchestratorInstance(InstanceHandle):
 
     def worker_nodes(self) -> List[str]:
         """The private addresses of the alive Ray workers (none while the head is slow to answer)."""
-        return sorted(raycluster.alive_workers(raycluster.nodes_unless_slow(self._session)))
+        return sorted(raycluster.alive_workers(raycluster.nodes_unless_slow(self.session)))
 
     def rsync_folder(self, _from: str, _to: str, exclude: Optional[Sequence[str]] = None) -> None:
         """rsync, run on the orchestrator, from ``_from`` to ``_to`` (either may be ``user@host:path`` of a cluster host).
@@ -207,18 +226,23 @@ class OrchestratorInstance(InstanceHandle):
         Uses the cluster key and the hosts' pinned keys; adds and updates,
         deletes nothing.
         """
-        ports = {host.private.host: host.private.port for host in self._session.hosts()}
+        ports = {host.private.host: host.private.port for host in self.session.hosts()}
         remote = next((spec for spec in (_from, _to) if ":" in spec.split("/")[0]), "")
         port = ports.get(remote.split("@")[-1].split(":")[0], 22)
-        self._session.rsync_on(self._session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
+        self.session.rsync_on(self.session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
 
     def _has_environment(self) -> bool:
-        return self._session.has_environment([self.record])[self.record]
+        return self.session.has_environment([self.record])[self.record]
 
 
-def handle(record: Optional[Instance], session: HostSession) -> Optional[InstanceHandle]:
+def handle(record: Optional[Instance], session: Optional[HostSession]) -> Optional[InstanceHandle]:
     """The handle of ``record`` (``None`` for ``None``)."""
     if record is None:
         return None
     return (OrchestratorInstance if record.role.value == "orchestrator" else FactoryInstance)(record, session)
+
+
+def record_of(host: "Instance | InstanceHandle") -> Instance:
+    """The record behind ``host`` (a record or a handle)."""
+    return host.record if isinstance(host, InstanceHandle) else host
 

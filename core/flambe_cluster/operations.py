@@ -11,6 +11,7 @@ raise :class:`~flambe_cluster.errors.ClusterError` before they are loaded.
 
 from __future__ import annotations
 
+import configparser
 import os
 import posixpath
 from pathlib import Path
@@ -21,7 +22,8 @@ from .commands import CommandResult
 from .config import provider_problems
 from .content import send_local_content as _send_local_content
 from .errors import ClusterConfigurationError
-from .records import Instance, RemoteEnvironment
+from .records import Instance
+from .remoteenv import RemoteEnvironment
 from .session import HostSession
 
 
@@ -29,6 +31,7 @@ class ClusterOperations:
     """The seed's per-cluster operations on :attr:`session` (see the module's docstring)."""
 
     session: HostSession
+    secrets: configparser.ConfigParser  # the secrets inject_secrets read (see Cluster)
 
     # --- commands, folders, files
 
@@ -81,12 +84,14 @@ class ClusterOperations:
         return self.session.remote_environment(user_provider())
 
     def send_secrets(self, whitelist: Optional[List[str]] = None) -> str:
-        """Send the secrets file (``whitelist`` sections only, if given) to the orchestrator, mode 0600.
+        """Send the secrets (``whitelist`` sections only; none or empty: all) to the orchestrator, mode 0600.
 
-        The file is the configuration's ``secrets``, else ``~/.flambe/secrets.ini``
-        (Flambé's default).  Returns its absolute path on the orchestrator.
+        The secrets are those :meth:`inject_secrets` read, else the
+        configuration's ``secrets`` file, else ``~/.flambe/secrets.ini``
+        (Flambé's default); a whitelisted section they lack is skipped, as
+        in the seed.  Returns the file's absolute path on the orchestrator.
         """
-        return posixpath.join(self.get_orch_home_path(), self.session.send_secrets(whitelist))
+        return posixpath.join(self.get_orch_home_path(), self.session.send_secrets(whitelist, self.secrets))
 
     # --- software, resources, Ray
 

@@ -316,6 +316,7 @@ class Launch:
             _start(session, session.orchestrator, [
                 "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                *_worker_ports_beside(session.config.ray_port),
             ], ("starting the Ray head", "Ray head running"))
             with self._guard:
                 self._started += 1
@@ -336,6 +337,19 @@ class Launch:
         ], ("starting a Ray worker", "Ray worker started, joining the head"))
         with self._guard:
             self._started += 1
+
+
+#: The ports Ray gives its worker processes by default (``ray start --min-worker-port/--max-worker-port``).
+RAY_WORKER_PORTS = (10002, 19999)
+
+
+def _worker_ports_beside(head_port: int) -> list[str]:
+    """``ray start`` options moving the head's worker processes off ``head_port`` when it lies in their default
+    range (Flambé's 12345 does): Ray refuses to start otherwise."""
+    low, high = RAY_WORKER_PORTS
+    if not low <= head_port <= high:
+        return []
+    return [f"--min-worker-port={high + 3}", f"--max-worker-port={high + 3 + high - low}"]
 
 
 def wait_for_workers(session: HostSession) -> None:

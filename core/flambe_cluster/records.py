@@ -232,22 +232,3 @@ class TaggedCluster:
     machines: tuple[str, ...] = field(converter=tuple)
     remove: str
     place: dict = field(factory=dict, converter=dict, hash=False)
-
-
-@frozen
-class RemoteEnvironment:
-    """What a job running on the orchestrator knows about its cluster.
-
-    Addresses are the private ones (hosts talk to each other over them);
-    ``key`` is the path of the cluster's private key on the hosts.
-    """
-
-    orchestrator_ip: str
-    orchestrator_public_ip: str
-    factories_ips: tuple[str, ...] = field(converter=tuple)
-    key: str
-    user: str
-    local_user: str
-
-    def as_dict(self) -> dict:
-        return attrs.asdict(self)

@@ -24,9 +24,9 @@ running cluster instead of rebuilding it:
   (see :mod:`flambe_cluster.repair`).
 
 The head, the workers that stay and a running job are never restarted.  A
-host is identified by its instance id, or by its addresses when it has none
-(machines the user brought): a factory whose address changed is one removed
-and one added.  A cluster from before this record (no ``members.json``) has
+host is identified by its instance id, or by its private address when it has
+none (machines the user brought): a factory whose private address changed is
+one removed and one added.  A cluster from before this record (no ``members.json``) has
 nothing to shrink; its first ``up`` writes the record.
 """
 
@@ -52,8 +52,10 @@ DRAIN_TIMEOUT = 60.0
 
 
 def identity(host: Instance) -> tuple:
-    """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its addresses."""
-    return ("id", host.instance_id) if host.instance_id else ("at", str(host.public), str(host.private))
+    """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its private address
+    (the one the hosts and Ray know it by: the same machine reached through another name, such as an
+    ``~/.ssh/config`` alias or a bastion, is still the same)."""
+    return ("id", host.instance_id) if host.instance_id else ("at", str(host.private))
 
 
 def _to_json(host: Instance) -> dict:

@@ -11,6 +11,7 @@ session; :class:`~flambe_cluster.cluster.Cluster` is the seed's API on top.
 
 from __future__ import annotations
 
+import configparser
 import logging
 import posixpath
 import shlex
@@ -25,7 +26,8 @@ from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
 from .progress import Progress, log_progress
-from .records import ClusterInstances, Endpoint, Instance, RemoteEnvironment, Resources, Role
+from .records import ClusterInstances, Endpoint, Instance, Resources, Role
+from .remoteenv import RemoteEnvironment
 from .settings import ClusterConfig
 from .ssh import SSHPool, openssh_options, openssh_route_options
 from .state import ClusterState, RunJournal
@@ -227,13 +229,18 @@ class HostSession:
     def remote_environment(self, local_user: str) -> RemoteEnvironment:
         """What a job on the orchestrator needs to know about the cluster (private addresses)."""
         orchestrator = self.require_orchestrator()
+        home = self.orchestrator_home()
+        private, _public, known = (posixpath.join(home, path) for path in self.remote_key_files())
         return RemoteEnvironment(
+            key=private,
             orchestrator_ip=orchestrator.private.host,
-            orchestrator_public_ip=orchestrator.public.host,
             factories_ips=tuple(f.private.host for f in self.factories),
-            key=posixpath.join(self.orchestrator_home(), self.remote_key_files()[0]),
             user=self.config.username,
             local_user=local_user,
+            public_orchestrator_ip=orchestrator.public.host,
+            public_factories_ips=tuple(f.public.host for f in self.factories),
+            factories_ports=tuple(f.private.port for f in self.factories),
+            ssh_options=tuple(self._openssh_options(private, known)),
         )
 
     def has_environment(self, hosts: Sequence[Instance]) -> dict[Instance, bool]:
@@ -252,18 +259,24 @@ class HostSession:
         default = DEFAULT_SECRETS.expanduser()
         return default if default.is_file() else None
 
-    def send_secrets(self, whitelist: Sequence[str] | None = None) -> str:
-        """Send the secrets file (only ``whitelist`` sections, if given) to the orchestrator.
+    def send_secrets(self, whitelist: Sequence[str] | None = None,
+                     injected: configparser.ConfigParser | None = None) -> str:
+        """Send the secrets (only the ``whitelist`` sections, as the seed: see
+        :func:`flambe_cluster.secrets.filtered`) to the orchestrator.
 
-        Lands at ``~/<remote_root>/secrets.ini`` with mode 0600, sent on the
-        SSH channel's stdin; its contents are never logged or printed.
-        Returns that path relative to the home.
+        The secrets are ``injected`` (read by ``inject_secrets``, as Flambé's
+        runner does) when they hold any, else the secrets file.  Lands at
+        ``~/<remote_root>/secrets.ini`` with mode 0600, sent on the SSH
+        channel's stdin; its contents are never logged or printed.  Returns
+        that path relative to the home.
         """
-        path = self.secrets_file()
-        if path is None:
+        source: Path | configparser.ConfigParser | None = injected
+        if injected is None or not (injected.sections() or injected.defaults()):
+            source = self.secrets_file()
+        if source is None:
             raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration "
                              f"or write {DEFAULT_SECRETS}")
-        payload = secrets.filtered(path, whitelist)
+        payload = secrets.filtered(source, whitelist)
         temporary, final = self.remote_path("secrets.ini.tmp"), self.remote_path("secrets.ini")
         command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {temporary} && mv -f {temporary} {final}"
         self.pool.run(self.require_orchestrator(), command, stdin=payload)
