@@ -107,3 +107,48 @@ def test_a_seed_class_cluster_as_flambe_drives_it(flambe_test_hosts, flambe_clie
                 cluster.down()
         finally:
             network.close()
+
+
+@pytest.mark.hosts
+def test_a_0_4_style_subclass_lists_its_machines_and_runs_up_and_down(flambe_test_hosts, flambe_client_key,
+                                                                      flambe_state_home, tmp_path):
+    """Flambé 0.4's way to add a provider: subclass Cluster, override load_all_instances, assign orchestrator
+    and factories.  The generic up (run included) and down work unchanged; the machines are never destroyed."""
+    from flambe_cluster import Cluster
+
+    class FileCluster(Cluster):
+        """The machines listed in a file, one address per line, the orchestrator first."""
+
+        def __init__(self, name, hosts_file, key, username):
+            self.hosts_file = hosts_file
+            super().__init__(name, len(Path(hosts_file).read_text().split()) - 1, key, username)
+
+        def load_all_instances(self):
+            first, *others = Path(self.hosts_file).read_text().split()
+            self.orchestrator = self.get_orchestrator(first)
+            self.factories = [self.get_factory(ip) for ip in others]
+
+    network = flambe_test_hosts(3)
+    listing = tmp_path / "hosts.txt"
+    listing.write_text("\n".join(h.address for h in network.hosts) + "\n")
+    cluster = FileCluster("listed", str(listing), str(flambe_client_key.path), network.hosts[0].username)
+    assert cluster.config.provider == "given" and cluster.config.ray_port == 12345
+    seen: dict = {}
+    try:
+        with cluster:
+            cluster.up()
+            seen["complete"] = cluster.check_ray_cluster()
+            seen["names"] = [f.name for f in cluster.factories]
+        assert cluster.error is None, cluster.error
+        assert seen == {"complete": True, "names": ["listed_factory0", "listed_factory1"]}
+        for host in network.hosts:
+            assert host.run_in_namespace(["pgrep", "-f", "raylet"]).stdout.strip(), f"{host.address}: no Ray node"
+        with cluster:
+            seen["down"] = cluster.down()
+        assert cluster.error is None, cluster.error
+        assert seen["down"] is True
+        for host in network.hosts:
+            assert host.is_running(), "a machine the class lists is never destroyed"
+            assert not host.run_in_namespace(["pgrep", "-f", "raylet"]).stdout.strip(), f"{host.address}: Ray left"
+    finally:
+        network.close()

@@ -71,10 +71,20 @@ class Cluster(ClusterOperations):
             Cluster._classes.setdefault(cls.PROVIDER, cls)
 
     def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: Optional[List[str]] = None,
-                 *, provider: str = "local", plugin_manager: Optional[pluggy.PluginManager] = None,
+                 *, provider: Optional[str] = None, plugin_manager: Optional[pluggy.PluginManager] = None,
                  **options: Any) -> None:
+        """The seed's constructor.  ``provider`` defaults to ``local`` (this machine), or to ``given`` for a
+        0.4-style subclass that lists its machines itself (see :meth:`lists_its_machines`)."""
+        provider = provider or ("given" if self.lists_its_machines() else "local")
         self._configure(dict(provider=provider, name=name, factories_num=factories_num, key=key, username=username,
                              setup_cmds=setup_cmds, **options), plugin_manager)
+
+    @classmethod
+    def lists_its_machines(cls) -> bool:
+        """Whether this class is a 0.4-style subclass: it overrides :meth:`load_all_instances` (assigning
+        :attr:`orchestrator` and :attr:`factories`) and names no provider.  Its machines are then the ones it
+        lists, for ``down`` and ``status`` too (:meth:`find_instances`); nothing is created or destroyed."""
+        return cls.PROVIDER is None and cls.load_all_instances is not Cluster.load_all_instances
 
     def _configure(self, raw: Dict[str, Any], plugin_manager: Optional[pluggy.PluginManager]) -> None:
         """Validate the seed's parameters (``None`` meaning "the default") and adopt the configuration.
@@ -235,6 +245,9 @@ class Cluster(ClusterOperations):
 
     def find_instances(self) -> bool:
         """Load the existing instances without creating anything; False if the cluster does not exist."""
+        if self.lists_its_machines():
+            self.load_all_instances()
+            return True
         self._check_place(record=False)
         instances = self.hooks.flambe_cluster_find_instances(config=self.config)
         if instances is None:
