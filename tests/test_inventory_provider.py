@@ -145,7 +145,7 @@ def test_other_groups_and_private_addresses(configure):
         use_public=False,
         factories_num=1,
     )
-    cluster = inventory_provider.flambe_cluster_load_instances(config=config, journal=None)
+    cluster = inventory_provider.flambe_cluster_load_instances(config=config, journal=None, progress=lambda subject, state, **_: None)
     assert [str(i.endpoint) for i in cluster] == ["10.1.0.5", "10.1.0.6"]
 
 

@@ -15,6 +15,12 @@ attributes) switch on the checks that only apply to some providers::
         def cluster_config(self, hosts, name, key):
             return {"name": name, "key": str(key), "username": hosts[0].username, ...}
 
+Beyond the required hooks, every optional hook the provider declares is
+checked (a test whose hook is not declared is skipped, saying so), and so
+are ``down`` leaving nothing the provider made, progress for every host, and
+two loads of one cluster at once.  Install what the suite needs with
+``pip install 'flambe-cluster[testing]'``.
+
 Nothing here is collected unless a test module imports the base class into
 a ``Test*`` subclass.
 """
@@ -23,16 +29,17 @@ from __future__ import annotations
 
 import collections.abc
 import itertools
+import threading
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from .. import ClusterConfigurationError, plugins
+from .. import ClusterConfigurationError, FlambeClusterError, plugins
 from ..cluster import Cluster
 from ..config import parse_config
-from ..records import ClusterInstances, Instance, Role
+from ..records import Instance, Role
 from .hosts import TestHost
 
 _names = itertools.count()
@@ -96,11 +103,19 @@ class ProviderConformance:
 
         yield make
         for cluster in clusters:
-            if self.creates_instances and cluster.find_instances():
+            if self.creates_instances:
+                try:
+                    found = cluster.find_instances()
+                except FlambeClusterError:  # incomplete (a test released some): the provider removes what is left
+                    found = False
                 cluster.hooks.flambe_cluster_terminate(
-                    config=cluster.config, instances=ClusterInstances(cluster.orchestrator, cluster.factories)
-                )
+                    config=cluster.config, instances=cluster.session.instances() if found else None)
             cluster.close()
+
+    def declared(self, hook: str) -> None:
+        """Skip the calling test, saying why, unless the provider implements the optional ``hook``."""
+        if not callable(getattr(plugins.load_provider(self.provider), hook, None)):
+            pytest.skip(f"provider {self.provider!r} does not implement the optional hook {hook}")
 
     # --- the contract
 
@@ -159,3 +174,85 @@ class ProviderConformance:
         cluster.rollback_env()
         assert cluster.journal.created() == []
         assert not cluster.find_instances()
+
+    def test_load_reports_progress_for_every_host(self, make_cluster):
+        cluster = make_cluster()
+        said: dict[str, list[str]] = {}
+        cluster.on_progress = lambda subject, state, **_: said.setdefault(subject, []).append(state)
+        cluster.load_all_instances()
+        missing = [h.name for h in cluster.all_hosts() if h.name not in said]
+        assert not missing, f"no progress reported for {missing} (the provider's load reports each host's state)"
+
+    def test_down_leaves_nothing_the_provider_made(self, make_cluster, conformance_hosts):
+        cluster = make_cluster()
+        with cluster:
+            cluster.run()
+            assert cluster.down() is True
+        assert cluster.error is None, cluster.error
+        assert cluster.state.journal.outstanding() == [], "down destroys (and journals) all it made"
+        again = make_cluster(name=cluster.name)
+        if self.creates_instances:
+            assert not again.find_instances(), "after down the provider finds none of the cluster's instances"
+
+    def test_two_loads_at_once_make_one_cluster(self, make_cluster):
+        if not self.creates_instances:
+            pytest.skip(f"provider {self.provider!r} creates nothing: two loads list the same machines")
+        first = make_cluster()
+        second = make_cluster(name=first.name)
+        errors: list[BaseException] = []
+
+        def load(cluster: Cluster) -> None:
+            try:
+                cluster.load_all_instances()
+            except BaseException as exc:  # handed to the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=load, args=(c,)) for c in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+        assert not errors, errors
+        found = make_cluster(name=first.name)
+        assert found.find_instances()
+        assert len(found.all_hosts()) == 1 + self.factories_num, "one cluster, not two"
+        assert {h.endpoint for h in found.all_hosts()} == {h.endpoint for h in first.all_hosts()}
+
+    def test_host_keys_are_those_the_hosts_present(self, make_cluster):
+        self.declared("flambe_cluster_host_keys")
+        cluster = make_cluster()
+        with cluster:
+            cluster.run()
+            for host in cluster.all_hosts():
+                lines = cluster.hooks.flambe_cluster_host_keys(config=cluster.config, instance=host)
+                presented = cluster.pool.host_key(host)
+                assert lines is None or f"{presented.get_name()} {presented.get_base64()}" in \
+                    [" ".join(line.split()[:2]) for line in lines], host.label
+        assert cluster.error is None, cluster.error
+
+    def test_promised_gpus_are_a_count_or_unknown(self, make_cluster):
+        self.declared("flambe_cluster_promised_gpus")
+        cluster = make_cluster()
+        cluster.load_all_instances()
+        for host in cluster.all_hosts():
+            promised = cluster.hooks.flambe_cluster_promised_gpus(config=cluster.config, instance=host)
+            assert promised is None or (isinstance(promised, int) and promised >= 0), (host.label, promised)
+
+    def test_place_is_stable_text_that_reads_no_api(self, make_cluster):
+        self.declared("flambe_cluster_place")
+        cluster = make_cluster()
+        place = cluster.place()
+        assert place == cluster.place() and all(isinstance(k, str) and isinstance(v, str) for k, v in place.items())
+        assert place["provider"] == self.provider
+
+    def test_release_removes_exactly_the_given_factories(self, make_cluster):
+        self.declared("flambe_cluster_release_instances")
+        cluster = make_cluster()
+        cluster.load_all_instances()
+        kept, released = cluster.factories[:-1], cluster.factories[-1]
+        cluster.hooks.flambe_cluster_release_instances(config=cluster.config, instances=[released.record])
+        if not self.creates_instances:
+            return  # machines the user brought stay as they are: nothing to find gone
+        again = make_cluster(name=cluster.name, factories_num=self.factories_num - 1)
+        assert again.find_instances()
+        assert {h.endpoint for h in again.factories} == {h.endpoint for h in kept}

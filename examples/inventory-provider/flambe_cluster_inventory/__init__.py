@@ -366,9 +366,12 @@ def _instances(config) -> ClusterInstances:
 
 
 @hookimpl
-def flambe_cluster_load_instances(config, journal) -> ClusterInstances:
-    """The hosts the inventory lists; nothing is created, so nothing is journaled."""
-    return _instances(config)
+def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
+    """The hosts the inventory lists; nothing is created, so nothing is journaled (each is shown as listed)."""
+    made = _instances(config)
+    for instance in [made.orchestrator, *made.factories]:
+        progress(instance.name, f"listed in the inventory at {instance.endpoint}")
+    return made
 
 
 @hookimpl

@@ -26,6 +26,7 @@ Options::
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
@@ -167,14 +168,26 @@ def flambe_cluster_find_instances(config) -> ClusterInstances | None:
 
 @hookimpl
 def flambe_cluster_load_instances(config, journal, progress) -> ClusterInstances:
-    """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use; each one's state shown)."""
+    """Reuse the running hosts, or start 1 + factories_num new ones (journaled before use; each one's state shown).
+
+    Two loads of one cluster at once (two processes) take turns on a lock in its state folder: the second
+    finds the first one's hosts running."""
+    state = _state(config.name, config.state_dir).ensure()
+    with open(state.root / "local-load.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _load(config, journal, progress, state)
+
+
+def _load(config, journal, progress, state: ClusterState) -> ClusterInstances:
     record = _running(config)
     if record is not None:
-        return _instances(config, record)
+        made = _instances(config, record)
+        for instance in [made.orchestrator, *made.factories]:
+            progress(instance.name, f"running at {instance.endpoint}")
+        return made
     stale = _read_record(config)
     if stale is not None:
         localhosts.destroy(stale)
-    state = _state(config.name, config.state_dir).ensure()
     client = _client_key(state)
     workdir = state.root / "hosts"
     count = 1 + config.factories_num
