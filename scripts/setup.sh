@@ -39,8 +39,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-if [ "${1:-}" = "--dev" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./examples/inventory-provider
-else
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+# The install is editable: code changes need none. It runs again only when what it reads changed (the stamp).
+stamp=$(cat pyproject.toml examples/inventory-provider/pyproject.toml | sha256sum | cut -d' ' -f1)-"${1:-plain}"
+if [ "$(cat .venv/.flambe-setup 2>/dev/null)" != "$stamp" ]; then
+  if [ "${1:-}" = "--dev" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./examples/inventory-provider
+  else
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+  fi
+  echo "$stamp" > .venv/.flambe-setup
 fi

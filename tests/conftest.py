@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["flambe_cluster.testing.pytest_plugin"]
+pytest_plugins = ["flambe_cluster.testing.pytest_plugin", "pytester"]
 
 #: A Ray job spreading tasks over the factories (see its docstring).
 WHERE_JOB = Path(__file__).parent / "jobs" / "where.py"

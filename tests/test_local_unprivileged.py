@@ -28,6 +28,8 @@ import pytest
 from flambe_cluster import wheelhouse
 from flambe_cluster.localhosts import loopback
 
+pytestmark = pytest.mark.hosts
+
 ROOT = Path(__file__).resolve().parents[1]
 USER = "fcuser"
 

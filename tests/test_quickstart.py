@@ -14,6 +14,7 @@ from flambe_cluster.testing.hosts import require_root_namespaces
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.hosts  # the local provider builds the README's cluster on this machine
 def test_quickstart_prints_the_results_table(tmp_path):
     reason = require_root_namespaces()
     if reason:

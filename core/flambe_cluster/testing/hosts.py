@@ -22,7 +22,7 @@ import atexit
 import contextlib
 import os
 import subprocess
-from typing import Any
+from typing import Any, Callable
 
 from attrs import define, field
 
@@ -83,6 +83,8 @@ class TestHost(NamespaceHost):
 
 
 _LIVE: list["TestHostNetwork"] = []
+#: Called before any network is built (the pytest plugin adds its check that the running test is marked ``hosts``).
+BUILD_CHECKS: list[Callable[[], None]] = []
 
 
 def _close_live_networks() -> None:
@@ -107,6 +109,8 @@ class TestHostNetwork(NamespaceNetwork):
     _owner_pid: int = field(factory=os.getpid, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        for check in BUILD_CHECKS:
+            check()
         _LIVE.append(self)
         try:
             super().__attrs_post_init__()

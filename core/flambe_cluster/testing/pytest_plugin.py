@@ -7,6 +7,11 @@ Opt in from a ``conftest.py``::
 Tests that build hosts skip, saying why, when this process cannot (not root,
 tools missing).  Every network built is closed at the end of its scope, also
 when the test fails.
+
+Every test that builds hosts is a ``hosts`` test (the marker this plugin
+registers), so ``-m "not hosts"`` is the tier that needs none: a test whose
+fixtures include :func:`flambe_test_hosts` is marked at collection, and one
+that builds hosts otherwise without the marker fails, saying to mark it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..state import STATE_HOME_ENV
-from .hosts import TestHostNetwork, require_root_namespaces
+from .hosts import BUILD_CHECKS, TestHostNetwork, require_root_namespaces
 
 
 @frozen
@@ -51,6 +56,38 @@ def make_client_key(folder: Path) -> ClientKey:
 def flambe_client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
     """A client key pair, authorised on every test host the fixtures build."""
     return make_client_key(tmp_path_factory.mktemp("client-key"))
+
+
+HOSTS_MARKER = "hosts"
+_current: list[pytest.Item] = []  # the test running now (set by the autouse fixture below)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{HOSTS_MARKER}: needs real test hosts (root, Linux namespaces, OpenSSH)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test whose fixtures build test hosts is a ``hosts`` test, whether or not it says so."""
+    for item in items:
+        if "flambe_test_hosts" in getattr(item, "fixturenames", ()):
+            item.add_marker(HOSTS_MARKER)
+
+
+@pytest.fixture(autouse=True)
+def _flambe_current_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    _current.append(request.node)
+    yield
+    _current.remove(request.node)
+
+
+def require_hosts_marker() -> None:
+    """Fail the running test unless it carries the ``hosts`` marker (it is about to build test hosts)."""
+    if _current and _current[-1].get_closest_marker(HOSTS_MARKER) is None:
+        pytest.fail(f"{_current[-1].nodeid} builds test hosts: mark it @pytest.mark.{HOSTS_MARKER} (the tier "
+                    f'-m "not {HOSTS_MARKER}" must build none)', pytrace=False)
+
+
+BUILD_CHECKS.append(require_hosts_marker)
 
 
 @pytest.fixture(scope="session")
