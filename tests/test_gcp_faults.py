@@ -167,13 +167,8 @@ def test_a_fault_at_a_later_step(fake, raw, monkeypatch, step):
     monkeypatch.setattr(Cluster, "_prepare_software", lambda self, start_ray: self.launch_ray_cluster() if start_ray else None)
     overrides = {}
     if step == "idle":
-        import attrs
-        from flambe_cluster_gcp import idle
-
         monkeypatch.setattr(Cluster, "launch_ray_cluster", lambda self: None)
-        real = idle.install_command  # the watchdog's interpreter (only its): a real failure on the hosts
-        monkeypatch.setattr(idle, "install_command",
-                            lambda config, role: real(attrs.evolve(config, python="/no/such/python3"), role))
+        overrides = {"python": "/no/such/python3"}  # the watchdog's interpreter: a real failure on the hosts
     elif step == "interrupt":
         def interrupted(self):
             raise KeyboardInterrupt()

@@ -78,14 +78,10 @@ def test_two_ups_from_two_state_folders_end_with_one_cluster(twins, monkeypatch)
     assert "another client" not in again.stderr, again.stderr
 
 
-@pytest.mark.hosts
-def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_nothing(flambe_test_hosts, flambe_client_key,
-                                                                                     tmp_path):
-    """The case seen on GCP: both clients insert the same instances (one of each pair answers 409 and adopts the
-    other's), then meet at the orchestrator's lock: one cluster, both exit 0, nothing deleted."""
+def gcp_twins(network, flambe_client_key, tmp_path):
+    """The GCP fake handing out ``network``'s hosts, and a cluster file on it."""
     from gcp_fake import FakeComputeEngine
 
-    network = flambe_test_hosts(3)
     fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
     for host in network.hosts:
         fake.publish_host_keys(host.address, [host.host_key_line()])
@@ -102,6 +98,16 @@ def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_not
         "factories_type: n1-standard-4\n"
         "use_public: false\n"
         f"api_endpoint: {fake.url}\n")
+    return fake, config
+
+
+@pytest.mark.hosts
+def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_nothing(flambe_test_hosts, flambe_client_key,
+                                                                                     tmp_path):
+    """The case seen on GCP: both clients insert the same instances (one of each pair answers 409 and adopts the
+    other's), then meet at the orchestrator's lock: one cluster, both exit 0, nothing deleted."""
+    network = flambe_test_hosts(3)
+    fake, config = gcp_twins(network, flambe_client_key, tmp_path)
     homes = [tmp_path / "alice", tmp_path / "bob"]
     try:
         clients = [start_cli("up", str(config), "--wait", "600", state_home=home) for home in homes]
@@ -119,6 +125,41 @@ def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_not
         try:
             if fake.live_instances():
                 run_cli("down", str(config), state_home=homes[0], timeout=300)
+        finally:
+            fake.close()
+            network.close()
+
+
+@pytest.mark.hosts
+def test_a_client_refused_by_the_orchestrator_s_lock_destroys_nothing_it_created(flambe_test_hosts, flambe_client_key,
+                                                                                tmp_path, monkeypatch):
+    """Alice's run created the instances; bob adopted them and holds the lock while he prepares them.  Alice,
+    who will not wait, is refused: she must not roll back (delete) what bob is preparing."""
+    from flambe_cluster import Cluster, ClusterBusyError, hostlock
+
+    network = flambe_test_hosts(3)
+    fake, config = gcp_twins(network, flambe_client_key, tmp_path)
+    try:
+        monkeypatch.setenv("FLAMBE_CLUSTER_HOME", str(tmp_path / "alice"))
+        alice = Cluster.from_yaml(config)
+        monkeypatch.setenv("FLAMBE_CLUSTER_HOME", str(tmp_path / "bob"))
+        bob = Cluster.from_yaml(config)
+        with alice:
+            alice.load_all_instances()  # alice's run creates the instances
+        assert len(alice.journal.created()) == 3
+        with bob:
+            bob.load_all_instances()  # bob adopts them
+            with hostlock.held(bob.session):
+                with alice:  # the seed's context manager keeps the error in alice.error
+                    alice.up()  # the same run, refused at the orchestrator's lock
+        assert bob.error is None, bob.error
+        assert isinstance(alice.error, ClusterBusyError), alice.error
+        assert "is preparing its hosts" in str(alice.error)
+        assert fake.count("instances.delete") == 0 and len(fake.live_instances()) == 3, "nothing was rolled back"
+    finally:
+        try:
+            if fake.live_instances():
+                run_cli("down", str(config), state_home=tmp_path / "alice", timeout=300)
         finally:
             fake.close()
             network.close()

@@ -28,7 +28,7 @@ import pluggy
 
 from . import hostlock, keys, plugins, raycluster, repair, resize
 from .config import load_config, parse_config, provider_of, read_config_file
-from .errors import FlambeClusterError, UsageError
+from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
 from .operations import ClusterOperations
 from .progress import Progress
@@ -101,6 +101,7 @@ class Cluster(ClusterOperations):
         self.session = HostSession(config, plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
         self.error: Optional[BaseException] = None
         self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
+        self._held: Optional[contextlib.ExitStack] = None  # locks taken on the hosts by the running step
         # What Flambé's runner sets on every Runnable (flambe.runnable.Runnable), the cluster included:
         self.secrets = configparser.ConfigParser()  # Flambé's `config`: the secrets, see inject_secrets
         self.extensions: Dict[str, str] = {}
@@ -342,19 +343,31 @@ class Cluster(ClusterOperations):
 
         Closing the connections first ends the commands other threads are
         running (they fail at once), so nothing of this run goes on during
-        or after the rollback.  The error is remembered as rolled back:
-        :meth:`__exit__` does not roll back a second time.
+        or after the rollback; the lock on the orchestrator (its own
+        connection) is let go only after the rollback.  The error is
+        remembered as rolled back: :meth:`__exit__` does not roll back a
+        second time.  When another client holds the orchestrator's lock
+        (:class:`ClusterBusyError`), nothing is rolled back: that client may
+        have adopted what this run created (it stays journaled; ``down``
+        removes it).
         """
-        with self.locked(float(kwargs.get("lock_wait", 0.0))):
+        with self.locked(float(kwargs.get("lock_wait", 0.0))), contextlib.ExitStack() as held:
+            self._held = held  # what _prepare takes on the hosts (the orchestrator's lock), let go after a rollback
             try:
                 step()
                 if force:
                     self.shutdown_flambe_execution()
+            except ClusterBusyError as exc:  # another client prepares the hosts: what this run made may be theirs
+                self.close()
+                self._rolled_back_for = exc
+                raise
             except BaseException as exc:
                 self.close()
                 self._rollback_keeping_error()
                 self._rolled_back_for = exc
                 raise
+            finally:
+                self._held = None
 
     def _prepare(self, start_ray: bool = False, confirm: Optional[Callable[[str], bool]] = None,
                  lock_wait: float = 0.0) -> None:
@@ -362,10 +375,8 @@ class Cluster(ClusterOperations):
         ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
         up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`)."""
         self.load_all_instances()
-        with hostlock.held(self.session, lock_wait, self._waiting_for("another client", lock_wait)):
-            self._prepare_loaded(start_ray, confirm)
-
-    def _prepare_loaded(self, start_ray: bool, confirm: Optional[Callable[[str], bool]]) -> None:
+        assert self._held is not None, "runs under _locked, which lets go of the lock after a rollback"
+        self._held.enter_context(hostlock.held(self.session, lock_wait, self._waiting_for("another client", lock_wait)))
         resize.shrink(self.session, confirm)  # factories no longer in the cluster: drained, released, forgotten
         self.wait_until_accessible()
         if start_ray and not self.setup_cmds:  # the head's answer cannot change before the Ray launch asks

@@ -13,7 +13,11 @@ then finds the cluster prepared and changes nothing.
 
 The lock lives exactly as long as its holder: the block's end ends the
 command (SIGTERM), and a client that dies or loses its route ends it too —
-its heartbeat (one byte a second) then meets a closed channel.  A holder
+its heartbeat (one byte a second) then meets a closed channel.  It has a
+connection of its own, so a failing run, which closes the cluster's
+connections at once, keeps it through its rollback.  The holder runs with
+the configured ``python``, else any ``python3`` of the host (setup commands
+that install the configured one have not run yet).  A holder
 whose connection is silent but not closed keeps the lock until sshd notices
 (its ``ClientAlive`` settings).
 """
@@ -87,32 +91,39 @@ def held(session: HostSession, wait: float = 0.0, on_wait: Callable[[str], None]
     machine still booting).
     """
     orchestrator = session.require_orchestrator()
-    command = " ".join([environment.shell_python(session), "-c", shlex.quote(_HOLD),
-                        session.remote_path(LOCK), shlex.quote(f"{wait:g}"),
-                        shlex.quote(holder_name(session))])
+    arguments = " ".join(["-c", shlex.quote(_HOLD), session.remote_path(LOCK), shlex.quote(f"{wait:g}"),
+                          shlex.quote(holder_name(session))])
+    # Before the setup commands ran, the configured interpreter may not exist yet: any Python of the host will do.
+    command = (f"for p in {environment.shell_python(session)} python3 python; do "
+               f'command -v "$p" >/dev/null 2>&1 && exec "$p" {arguments}; done; '
+               'echo "no python3 on this host for the cluster\'s lock" >&2; exit 127')
     outcome = _Outcome(on_wait)
     release = threading.Event()
+    pool = session.new_pool()  # its own connection: closing the cluster's (a failure) keeps the lock until the end
 
     def hold() -> None:
         try:
-            outcome.ended(session.pool.run(orchestrator, command, timeout=HOLD_LIMIT, check=False, keep=4096,
-                                           on_stdout=outcome.read, until=release), None)
+            outcome.ended(pool.run(orchestrator, command, timeout=HOLD_LIMIT, check=False, keep=4096,
+                                   on_stdout=outcome.read, until=release), None)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
             outcome.ended(None, exc)
 
     thread = threading.Thread(target=hold, name=f"lock {session.name} on {orchestrator.label}", daemon=True)
     thread.start()
-    outcome.settled.wait()
-    if not outcome.locked:
-        thread.join()
-        outcome.raise_for(session, orchestrator.label)
     try:
+        outcome.settled.wait()
+        if not outcome.locked:
+            thread.join()
+            outcome.raise_for(session, orchestrator.label)
         yield
+        if not thread.is_alive():  # the holding command ended before the block did: another client may have it
+            session.on_step(f"warning: the cluster's lock on {orchestrator.label} ended before this command did "
+                            f"({outcome.error or 'the command ended'}); another client may have changed the hosts "
+                            "meanwhile: run `flambe-cluster up` again to check")
     finally:
         release.set()
         thread.join(timeout=10)
-        if outcome.error is not None and not release.is_set():
-            logger.warning("the lock on the orchestrator ended early: %s", outcome.error)
+        pool.close()
 
 
 class _Outcome:

@@ -200,17 +200,20 @@ def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, sec
     return status(session)
 
 
-def logs(session: HostSession, write: Callable[[bytes], None], follow: bool = False) -> JobStatus:
-    """Write the job's output so far to ``write``; with ``follow``, keep going until the job ends."""
+def logs(session: HostSession, write: Callable[[bytes], None], follow: bool = False,
+         tail: int | None = None) -> JobStatus:
+    """Write the job's output so far to ``write`` (its last ``tail`` lines only, when given); with ``follow``,
+    keep going until the job ends."""
     current = status(session)
     if current.state == "none":
         raise UsageError(f"no job was submitted to cluster {session.name!r}; submit one with `flambe-cluster submit`")
     log = session.remote_path(JOB + "/output.log")
+    start = "-c +1" if tail is None else f"-n {int(tail)}"
     if follow and current.state == "running":
-        command = f"tail -c +1 -f --pid={int(current.pgid)} {log}"
+        command = f"tail {start} -f --pid={int(current.pgid)} {log}"
         session.pool.run(session.orchestrator, command, timeout=FOLLOW_TIMEOUT, on_stdout=write)
         return status(session)
-    session.pool.run(session.orchestrator, f"cat {log}", on_stdout=write)
+    session.pool.run(session.orchestrator, f"tail {start} {log}", on_stdout=write)
     return current
 
 

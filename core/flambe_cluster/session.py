@@ -148,22 +148,26 @@ class HostSession:
     def pool(self) -> SSHPool:
         """The cluster's SSH connections (created on first use)."""
         if self._pool is None:
-            self.state.ensure()
-            self._pool = SSHPool(
-                username=self.config.username,
-                key_path=self.config.key,
-                known_hosts=self.state.known_hosts,
-                ssh_config=self.config.ssh_config,
-                proxy_jump=self.config.proxy_jump,
-                proxy_command=self.config.proxy_command,
-                host_key_policy=self.config.host_key_policy,
-                connect_timeout=self.config.connect_timeout,
-                command_timeout=self.config.command_timeout,
-                keepalive_interval=self.config.keepalive_interval,
-                keepalive_count=self.config.keepalive_count,
-                vouched_keys=lambda instance: self.hooks.flambe_cluster_host_keys(config=self.config, instance=instance),
-            )
+            self._pool = self.new_pool()
         return self._pool
+
+    def new_pool(self) -> SSHPool:
+        """A pool of SSH connections of its own, configured as :attr:`pool` (closing one leaves the other open)."""
+        self.state.ensure()
+        return SSHPool(
+            username=self.config.username,
+            key_path=self.config.key,
+            known_hosts=self.state.known_hosts,
+            ssh_config=self.config.ssh_config,
+            proxy_jump=self.config.proxy_jump,
+            proxy_command=self.config.proxy_command,
+            host_key_policy=self.config.host_key_policy,
+            connect_timeout=self.config.connect_timeout,
+            command_timeout=self.config.command_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_count=self.config.keepalive_count,
+            vouched_keys=lambda instance: self.hooks.flambe_cluster_host_keys(config=self.config, instance=instance),
+        )
 
     @property
     def journal(self) -> RunJournal:

@@ -1,7 +1,8 @@
-"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``pull``."""
+"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``stop``, ``attach``, ``pull``."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -93,8 +94,10 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
 @CONFIG
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing until the job ends; exit with its code (128 + N when signal N ended it).")
-def logs(config: str, follow: bool) -> int:
-    """Print the job's output (everything since it started)."""
+@click.option("--tail", "-n", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Only the last N lines (then, with --follow, what comes).")
+def logs(config: str, follow: bool, tail: Optional[int]) -> int:
+    """Print the job's output (everything since it started, or its last N lines)."""
     with opened(config) as cluster:
         stream = sys.stdout.buffer
 
@@ -102,11 +105,62 @@ def logs(config: str, follow: bool) -> int:
             stream.write(chunk)
             stream.flush()
 
-        final = jobs.logs(cluster.session, write, follow=follow)
+        final = jobs.logs(cluster.session, write, follow=follow, tail=tail)
         if follow:
             note.print(f"job {final.describe()}")
             return job_exit_code(final)
         return EXIT_OK
+
+
+@cli.command()
+@CONFIG
+def stop(config: str) -> int:
+    """Stop the running job (its whole process group); the cluster and Ray stay up. Idempotent."""
+    with opened(config) as cluster:
+        before = jobs.status(cluster.session)
+        if before.state != "running":
+            note.print(f"no job runs on cluster {cluster.name!r} (the last one: {before.describe()})")
+            return EXIT_OK
+        final = jobs.stop(cluster.session)
+        note.print(f"stopped the job on cluster {cluster.name!r}: {final.describe()}")
+        return EXIT_OK
+
+
+@cli.command(cls=VerbatimTail, word=2, inclusive=True)
+@CONFIG
+@click.option("--on", "target", default="orchestrator", show_default=True, metavar="HOST",
+              help="orchestrator, or a factory by name (factory0, or the full name) or address.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def attach(config: str, target: str, command: Sequence[str]) -> int:
+    """Open a shell on the orchestrator (or a factory), or run COMMAND there with a terminal of its own.
+
+    Usage: attach CONFIG [--on HOST] [-- COMMAND...].  As for `exec`, one
+    argument is a shell command line, several an argv.  OpenSSH with the
+    cluster's route (bastion, proxy), your key and the host keys pinned for
+    the cluster: a changed host key is refused, as everywhere.  Exits with
+    the shell's (or COMMAND's) exit code.
+    """
+    with opened(config) as cluster:
+        session = cluster.session
+        host = _host_named(session, target)
+        session.pool.connection(host)  # pins the host keys (jump hosts' too) before OpenSSH checks them strictly
+        route = session.pool.route(host)
+        argv = ["ssh", "-t" if sys.stdin.isatty() else "-T", *session.ssh_options(host), "-p", str(route.target.port),
+                f"{route.target.user}@{route.target.host}",
+                *([command[0] if len(command) == 1 else shell_join(command)] if command else [])]
+    out.file.flush()
+    err.file.flush()
+    return subprocess.run(argv).returncode
+
+
+def _host_named(session, target: str):
+    """The host ``--on`` names: ``orchestrator``, a factory's name (or its short ``factoryN``), or an address."""
+    for host in session.hosts():
+        short = host.name.rsplit("_", 1)[-1]
+        if target in (host.name, short, host.role.value, host.public.host, host.private.host):
+            return host
+    names = ", ".join(["orchestrator", *(f.name.rsplit("_", 1)[-1] for f in session.factories)])
+    raise click.BadParameter(f"no host {target!r} in cluster {session.name!r}; one of: {names}", param_hint="--on")
 
 
 def job_exit_code(status: jobs.JobStatus) -> int:

@@ -1,0 +1,50 @@
+"""What a cluster user does every day, through the real command line on real test hosts (ssh provider):
+the last lines of a job's log, stopping the job (the cluster stays up), and a shell (or a command with a
+terminal of its own) on any host with the cluster's route and pinned host keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, ssh_cluster_yaml
+
+pytestmark = pytest.mark.hosts
+JOB = Path(__file__).parent / "jobs" / "count_lines.py"
+
+
+def test_logs_tail_stop_and_attach(flambe_test_hosts, flambe_client_key, tmp_path):
+    network = flambe_test_hosts(3)
+    config = ssh_cluster_yaml(tmp_path / "c.yaml", network.hosts, flambe_client_key.path, "daily")
+    home = tmp_path / "state"
+    cli = lambda *args, **kw: run_cli(*args, state_home=home, **kw)  # noqa: E731
+    try:
+        cli("up", str(config), check=0)
+        cli("submit", str(config), str(JOB), check=0)
+        deadline = time.monotonic() + 60
+        while "line 5" not in cli("logs", str(config), check=0).stdout:
+            assert time.monotonic() < deadline, "the job never printed its lines"
+            time.sleep(0.5)
+        assert cli("logs", str(config), "--tail", "2", check=0).stdout.splitlines() == ["line 4", "line 5"]
+
+        stopped = cli("stop", str(config), check=0)
+        assert "stopped the job on cluster 'daily'" in stopped.stderr, stopped.stderr
+        status = json.loads(cli("status", str(config), "--json", check=0).stdout)
+        assert status["job"]["state"] != "running" and status["ray"]["alive_workers"] == 2, status
+        again = cli("stop", str(config), check=0)
+        assert "no job runs on cluster 'daily'" in again.stderr, again.stderr
+
+        on_factory = cli("attach", str(config), "--on", "factory1", "--", "hostname", "-I", check=0)
+        assert on_factory.stdout.split() == [network.hosts[2].address], on_factory.stdout
+        failing = cli("attach", str(config), "--", "exit 7")
+        assert failing.returncode == 7, failing.stderr
+        unknown = cli("attach", str(config), "--on", "factory9", "--", "true")
+        assert unknown.returncode == 2 and "one of: orchestrator, factory0, factory1" in unknown.stderr, unknown.stderr
+    finally:
+        try:
+            cli("down", str(config), timeout=300)
+        finally:
+            network.close()
