@@ -126,7 +126,7 @@ def fake_session(tmp_path, ids):
     instances = ClusterInstances.named("c", ends, instance_ids=ids)
     lines: list[str] = []
     session = SimpleNamespace(
-        name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3"), pool=FakePool(), lines=lines,
+        name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3", factories_num=2), pool=FakePool(), lines=lines,
         orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
         require_orchestrator=lambda: instances.orchestrator,
         state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
@@ -295,6 +295,27 @@ def test_the_watch_follows_members_another_command_changed_and_acts_only_on_its_
         watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [] and session.lines[-1] == ("another command holds the cluster's lock (it is changing the "
                                                    "cluster); waiting for it")
+
+
+def test_a_cluster_file_asking_for_fewer_factories_is_not_applied_by_the_watch(tmp_path, monkeypatch):
+    """Removing factories is the user's call (`up` drains them and asks while a job runs), never the watch's."""
+    from types import SimpleNamespace
+
+    from flambe_cluster import raycluster, repair
+
+    session = fake_session(tmp_path, ["i-0", "i-1", "i-2"])
+    monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": ip, "alive": True, "head": False}
+                                                        for ip in ("10.0.0.2", "10.0.0.3")])
+    edited = SimpleNamespace(connect_timeout=60.0, python="python3", factories_num=1)
+    files = [edited, None, None]
+    watch = repair.Watch(session, lost_after=0, reread=lambda always=False: files.pop(0))
+    repairs: list[int] = []
+    for _ in range(3):
+        watch.round(lambda before: repairs.append(before() or 1))
+    assert repairs == [] and session.released == [] and session.config.factories_num == 2
+    assert session.lines == ["the cluster file now asks for 1 factories, fewer than the cluster's 2: the watch "
+                             "removes none; run `flambe-cluster up` to shrink it (it drains them, and asks while a "
+                             "job runs)"], session.lines
 
 
 def test_a_cluster_taken_down_from_another_shell_ends_the_watch_creating_nothing(tmp_path, monkeypatch):

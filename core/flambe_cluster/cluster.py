@@ -14,7 +14,6 @@ every provider.
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import getpass
 import logging
@@ -26,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 import attrs
 import pluggy
 
-from . import hostlock, keys, plugins, raycluster, repair, resize
+from . import hostlock, keys, plugins, raycluster, repair, resize, secrets
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
@@ -83,7 +82,9 @@ class Cluster(ClusterOperations):
     def lists_its_machines(cls) -> bool:
         """Whether this class is a 0.4-style subclass: it overrides :meth:`load_all_instances` (assigning
         :attr:`orchestrator` and :attr:`factories`) and names no provider.  Its machines are then the ones it
-        lists, for ``down`` and ``status`` too (:meth:`find_instances`); nothing is created or destroyed."""
+        lists, for ``down``, ``status`` and the watch too (:meth:`find_instances` calls it); nothing is created
+        or destroyed here.  A class whose ``load_all_instances`` creates machines overrides
+        :meth:`find_instances` too, so that looking never creates."""
         return cls.PROVIDER is None and cls.load_all_instances is not Cluster.load_all_instances
 
     def _configure(self, raw: Dict[str, Any], plugin_manager: Optional[pluggy.PluginManager]) -> None:
@@ -103,7 +104,7 @@ class Cluster(ClusterOperations):
         self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
         self._held: Optional[contextlib.ExitStack] = None  # locks taken on the hosts by the running step
         # What Flambé's runner sets on every Runnable (flambe.runnable.Runnable), the cluster included:
-        self.secrets = configparser.ConfigParser()  # Flambé's `config`: the secrets, see inject_secrets
+        self.secrets = secrets.parse("")  # Flambé's `config`: the secrets (keys as written), see inject_secrets
         self.extensions: Dict[str, str] = {}
         self.content: Optional[str] = None
         self.user_provider: Callable[[], str] = getpass.getuser
@@ -307,19 +308,20 @@ class Cluster(ClusterOperations):
                 self._up()
             self._locked(step, False, {})
 
-        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader())
+        find = (lambda: self.session.instances() if self.find_instances() else None) if self.lists_its_machines() else None
+        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader(), find)
 
     def _rereader(self) -> Optional[Callable[[], Optional[ClusterConfig]]]:
-        """For the watch: the cluster file's configuration when the file changed since the last call, else None
-        (None when the cluster was not made from a file)."""
+        """For the watch: the cluster file's configuration when the file changed since the last call (or
+        ``always``), else None (None when the cluster was not made from a file)."""
         source = self.config.source
         if not source or not os.path.isfile(source):
             return None
         last = [Path(source).read_bytes()]
 
-        def reread() -> Optional[ClusterConfig]:
+        def reread(always: bool = False) -> Optional[ClusterConfig]:
             data = Path(source).read_bytes()
-            if data == last[0]:
+            if data == last[0] and not always:
                 return None
             last[0] = data
             return load_config(source, manager=self.plugin_manager)

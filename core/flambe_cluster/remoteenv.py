@@ -58,7 +58,8 @@ class RemoteEnvironment:
         return self.public_orchestrator_ip
 
     def as_dict(self) -> dict:
-        return attrs.asdict(self)
+        """The fields, and the earlier name of ``public_orchestrator_ip`` (jobs that read the JSON by it)."""
+        return {**attrs.asdict(self), "orchestrator_public_ip": self.public_orchestrator_ip}
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RemoteEnvironment:

@@ -47,7 +47,7 @@ from typing import Callable
 
 from . import environment, raycluster, resize
 from .errors import ClusterBusyError, FlambeClusterError
-from .records import Instance, Role
+from .records import ClusterInstances, Instance, Role
 from .session import HostSession
 from .settings import ClusterConfig
 
@@ -87,11 +87,13 @@ class Watch:
     """The state of one watch: since when each factory has been silent, what was said about it, the journal's run."""
 
     def __init__(self, session: HostSession, lost_after: float, since: float | None = None,
-                 reread: Callable[[], ClusterConfig | None] | None = None) -> None:
+                 reread: Callable[..., ClusterConfig | None] | None = None,
+                 find: Callable[[], ClusterInstances | None] | None = None) -> None:
         self.session = session
+        self.find = find or (lambda: session.hooks.flambe_cluster_find_instances(config=session.config))
         self.say = session.on_step  # the watch's own lines; a repair's steps are logged instead
         self.lost_after = lost_after
-        self.reread = reread  # the cluster file again, when it changed (else None)
+        self.reread = reread  # the cluster file again, when it changed (else None) or when asked (reread(True))
         self.silent_since: dict[tuple, float] = {}
         self.waiting: set[tuple] = set()  # user-brought factories already announced as lost
         self.idle: set[tuple] = set()  # factories their idle policy released: left alone
@@ -125,7 +127,13 @@ class Watch:
                 self.wait_said(f"the cluster file cannot be used now ({str(exc).splitlines()[0]}); watching the "
                                "cluster as the last good one describes it")
                 config = None
-            if config is not None:
+            if config is not None and config.factories_num < session.config.factories_num:
+                # removing factories is the user's call, not the watch's: said once, the file not applied
+                self.act("waiting", f"the cluster file now asks for {config.factories_num} factories, fewer than the "
+                                    f"cluster's {session.config.factories_num}: the watch removes none; run "
+                                    "`flambe-cluster up` to shrink it (it drains them, and asks while a job runs)",
+                         factories_num=config.factories_num)
+            elif config is not None:
                 session.config = config
                 self.act("followed", f"the cluster file changed: the cluster now has {config.factories_num} factories",
                          factories_num=config.factories_num)
@@ -134,6 +142,11 @@ class Watch:
             return
         session.orchestrator = next((h for h in recorded if h.role is Role.ORCHESTRATOR), session.orchestrator)
         session.factories = [h for h in recorded if h.role is Role.FACTORY]
+        if self.reread is not None:  # the command that changed them applied the file as it is now
+            try:
+                session.config = self.reread(True) or session.config
+            except FlambeClusterError:
+                pass  # said above, when it was first read
         now = {resize.identity(f) for f in session.factories}
         for known in (self.silent_since, self.waiting, self.idle):
             for key in [k for k in known if k not in now]:
@@ -167,7 +180,7 @@ class Watch:
     def provider_lost(self) -> tuple[list[Instance], str | None]:
         """Factories the provider no longer lists, or (none, its complaint) when it calls the cluster incomplete."""
         try:
-            found = self.session.hooks.flambe_cluster_find_instances(config=self.session.config)
+            found = self.find()
         except FlambeClusterError as exc:
             return [], str(exc).splitlines()[0]
         if found is None:
@@ -269,7 +282,8 @@ class Watch:
         if gone or complaint is not None:  # what the idle policy released is not lost
             idle = self.idle_removed(gone + (silent if complaint is not None else []))  # said once each
             gone, silent = [f for f in gone if f not in idle], [f for f in silent if f not in idle]
-            if complaint is not None and self.idle and not silent:
+            if (complaint is not None and self.idle and not silent
+                    and len(self.watched()) + len(self.idle) >= session.config.factories_num):
                 complaint = None  # the cluster is short exactly what its idle policy released
         said: list[tuple[str, dict]] = []  # (line, details) said under the lock, once the look still holds
         lost: dict[Instance, str] = {f: "the provider says it is gone" for f in gone}
@@ -332,8 +346,7 @@ class Watch:
         if not factories:
             return
         session = self.session
-        found = session.hooks.flambe_cluster_find_instances(config=session.config) or []
-        listed = {resize.identity(h) for h in found}
+        listed = {resize.identity(h) for h in self.find() or ()}
         still = [f for f in factories if resize.identity(f) in listed]
         if still:  # provider-managed machines that the evidence says are gone: released so that `up` creates new ones
             session.hooks.flambe_cluster_release_instances(config=session.config, instances=still)
@@ -383,19 +396,21 @@ def _log_step(message: str) -> None:
 
 def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], interval: float = 30.0,
           lost_after: float | None = None, rounds: int | None = None, since: float | None = None,
-          reread: Callable[[], ClusterConfig | None] | None = None) -> None:
+          reread: Callable[..., ClusterConfig | None] | None = None,
+          find: Callable[[], ClusterInstances | None] | None = None) -> None:
     """Keep the cluster whole until interrupted (or for ``rounds`` rounds); see the module's docstring.
 
     ``repair(before)`` runs ``before`` and then brings the cluster up again
-    (``Cluster.up``), both under the cluster's lock; ``reread()`` returns the
-    cluster file's configuration when the file changed (else None); ``lost_after``
+    (``Cluster.up``), both under the cluster's lock; ``reread(always=False)`` returns the
+    cluster file's configuration when the file changed or ``always`` (else None); ``find()`` the instances that exist (default:
+    the provider's ``find_instances``); ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a
     factory may not answer before it is lost; a ``down`` at or after
     ``since`` (a :func:`time.time`, default now) ends the watch.  An
     interrupt between rounds returns normally, leaving the cluster as it is.
     """
     lost_after = session.config.connect_timeout if lost_after is None else lost_after
-    state = Watch(session, lost_after, since, reread)
+    state = Watch(session, lost_after, since, reread, find)
     session.on_step(f"watching cluster {session.name!r} every {interval:g}s (a factory that does not answer for "
                     f"{lost_after:g}s is lost); Ctrl-C stops watching and leaves the cluster as it is")
     repairing = False  # an interrupt arrived during a repair (which undid it): it propagates

@@ -398,8 +398,10 @@ class HostSession:
                                        make_target=passing)
                 if mirror or not result.ok:
                     return result
-                return self.pool.run(taker, f"mkdir -p {home_path(folder)} && rsync -a {home_path(passing + '/')} "
-                                            f"{home_path(folder + '/')}", check=False)
+                # hard links, not copies: the passing copy costs no second disk (rsync replaces a file, never
+                # writes into it, so a later pass leaves the merged file as it is)
+                return self.pool.run(taker, f"mkdir -p {home_path(folder)} && rsync -a --link-dest={home_path(passing)} "
+                                            f"{home_path(passing + '/')} {home_path(folder + '/')}", check=False)
 
             result = self._shown(taker, (f"receiving from {giver.name}", "received"), copy)
             return evolve(result, host=f"{taker.label}, reached from {giver.label}")

@@ -221,6 +221,27 @@ def _timed_out(exc: BaseException) -> bool:
     return any(word in text for word in ("timeout", "timed out", "deadline", "unavailable"))
 
 
+def _not_listening(address: str) -> int | None:
+    """None when something listens at the head's ``address``; else the exit code saying why not (printed).
+
+    A head that is not listening fails here at once; the GCS client would retry for a minute."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except ConnectionRefusedError as exc:
+        print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
+        return HEAD_DOWN
+    except TimeoutError as exc:
+        print(f"the Ray head at {address} does not answer in time: {exc}", file=sys.stderr)
+        return HEAD_SLOW
+    except OSError as exc:
+        print(f"cannot reach the Ray head at {address}: {exc}", file=sys.stderr)
+        return HEAD_ERROR
+    return None
+
+
 def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int:
     """Print the nodes the head at ``address`` (GCS ``ip:port``) knows, as JSON.
 
@@ -234,20 +255,9 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     not a dead one, and is never restarted for that), :data:`HEAD_ERROR`
     when the question fails otherwise.
     """
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:  # a head that is not listening fails here at once; the GCS client would retry for a minute
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except ConnectionRefusedError as exc:
-        print(f"the Ray head at {address} does not answer: {exc}", file=sys.stderr)
-        return HEAD_DOWN
-    except TimeoutError as exc:
-        print(f"the Ray head at {address} does not answer in time: {exc}", file=sys.stderr)
-        return HEAD_SLOW
-    except OSError as exc:
-        print(f"cannot reach the Ray head at {address}: {exc}", file=sys.stderr)
-        return HEAD_ERROR
+    not_listening = _not_listening(address)
+    if not_listening is not None:
+        return not_listening
     from ray._raylet import GcsClient
 
     deadline = time.monotonic() + within
@@ -294,6 +304,9 @@ def drain(address: str, within: float, node_ips: Sequence[str]) -> int:
     or ``"absent"`` (no alive node there).  Exit codes as for
     :func:`nodes` when the head cannot be asked.
     """
+    not_listening = _not_listening(address)
+    if not_listening is not None:
+        return not_listening
     from ray._raylet import GcsClient
     from ray.core.generated.autoscaler_pb2 import DrainNodeReason
 
