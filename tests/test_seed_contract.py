@@ -101,6 +101,15 @@ def test_a_seed_class_cluster_as_flambe_drives_it(flambe_test_hosts, flambe_clie
         assert lines["ray"].endswith(":12345")
         assert json.loads(lines["secrets"]) == ["GITHUB"]
         assert json.loads(lines["gathered"]) == sorted(f"trial-{h.address}.json" for h in factory_hosts)
+        # the same cluster from a cluster file (Ray's 6379): refused, never taken for a head that is gone
+        from conftest import run_cli, ssh_cluster_yaml
+
+        head = orchestrator_host.run_in_namespace(["pgrep", "-f", "gcs_server"]).stdout
+        as_file = ssh_cluster_yaml(tmp_path / "seed.yaml", network.hosts, flambe_client_key.path, "seed")
+        refused = run_cli("up", str(as_file), state_home=flambe_state_home, check=1)
+        assert "its Ray head was started on port 12345, but this configuration says ray_port 6379" in refused.stderr, \
+            refused.stderr
+        assert orchestrator_host.run_in_namespace(["pgrep", "-f", "gcs_server"]).stdout == head, "the head was restarted"
     finally:
         try:
             with cluster:

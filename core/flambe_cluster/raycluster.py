@@ -303,6 +303,14 @@ class Launch:
 
     def _start_head(self) -> None:
         session = self.session
+        started_on = session.state.recorded_ray_port()
+        if started_on not in (None, session.config.ray_port) and (
+                self.running is None or session.orchestrator in self.running):
+            raise ClusterError(
+                f"cluster {session.name!r}: its Ray head was started on port {started_on}, but this configuration "
+                f"says ray_port {session.config.ray_port} (Flambé's seed classes use 12345, a cluster file Ray's "
+                f"6379); nothing was restarted. Set `ray_port: {started_on}` to use it as it runs, or take it "
+                "down first (flambe-cluster down)")
         if self.running is None or session.orchestrator in self.running:
             known = _nodes_waiting_while_slow(session)
         else:
@@ -318,6 +326,7 @@ class Launch:
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
                 *_worker_ports_beside(session.config.ray_port),
             ], ("starting the Ray head", "Ray head running"))
+            session.state.record_ray_port(session.config.ray_port)
             with self._guard:
                 self._started += 1
         elif known is not None:
@@ -390,6 +399,7 @@ def shutdown(session: HostSession, hosts: Sequence[Instance] | None = None) -> N
     session.pool.map([f for f in session.factories if ready.get(f)], lambda host: stop_node(session, host))
     if ready.get(session.orchestrator):
         stop_node(session, session.orchestrator)
+        session.state.forget_ray_port()
 
 
 def nodes_unless_slow(session: HostSession) -> list[dict] | None:

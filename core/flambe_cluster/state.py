@@ -244,6 +244,7 @@ class RunJournal:
 
 #: The file of a state folder that records where its cluster lives (see ClusterState.check_place).
 PLACE = "place.json"
+RAY_PORT = "ray.json"  # the port the cluster's Ray head was started on
 
 
 @define
@@ -354,8 +355,24 @@ class ClusterState:
             write_private(self.ensure().root / PLACE, json.dumps(place, sort_keys=True).encode())
 
     def forget_place(self) -> None:
-        """Forget the recorded place (the cluster was taken down: the name is free again); idempotent."""
+        """Forget the recorded place and Ray port (the cluster was taken down: the name is free again); idempotent."""
         (self.root / PLACE).unlink(missing_ok=True)
+        self.forget_ray_port()
+
+    def forget_ray_port(self) -> None:
+        """Forget the Ray head's port (its head was stopped); idempotent."""
+        (self.root / RAY_PORT).unlink(missing_ok=True)
+
+    def recorded_ray_port(self) -> int | None:
+        """The port this cluster's Ray head was last started on (None when none is recorded)."""
+        try:
+            return int(json.loads((self.root / RAY_PORT).read_text())["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def record_ray_port(self, port: int) -> None:
+        """Remember the port the Ray head was started on (a later ``up`` with another ``ray_port`` is refused)."""
+        write_private(self.ensure().root / RAY_PORT, json.dumps({"port": port}).encode())
 
     def forget_key_pair(self, file_name: str = "cluster_key") -> None:
         """Remove the key pair ``file_name`` (the next :meth:`key_pair` generates a new one); idempotent."""
