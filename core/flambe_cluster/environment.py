@@ -108,6 +108,24 @@ class HostReport:
         return any(node["cluster"] == cluster for node in self.ray_nodes)
 
 
+#: The oldest Python the hosts' environment can be made with (flambe-cluster's own requirement).
+HOST_PYTHON_MIN = (3, 10)
+
+
+def check_pythons(session: HostSession, reports: dict[Instance, HostReport]) -> None:
+    """Raise :class:`ClusterError` naming each host whose ``python`` is older than :data:`HOST_PYTHON_MIN`,
+    before anything is gathered or installed (pip would only say it finds no matching distribution)."""
+    old = [(host, report.platform.python) for host, report in reports.items()
+           if tuple(int(part) for part in report.platform.python.split(".")[:2]) < HOST_PYTHON_MIN]
+    if old:
+        wanted = ".".join(map(str, HOST_PYTHON_MIN))
+        raise ClusterError(
+            "the hosts need Python " + wanted + " or later for the cluster's environment: "
+            + "; ".join(f"{session.config.python} on {host.label} is {version}" for host, version in old)
+            + f". Set `python:` to a newer interpreter of those hosts (e.g. python3.11), or install one with "
+              "setup_cmds, then run `flambe-cluster up` again.")
+
+
 def wanted_versions() -> dict:
     """The versions every host must end with: the client's own."""
     return {"flambe-cluster": metadata.version("flambe-cluster"), "ray": metadata.version("ray"),
@@ -188,6 +206,7 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
     refuse_other_clusters(session, reports)
     wanted = wanted_versions()
     stale = stale_hosts(reports, wanted)
+    check_pythons(session, {host: reports[host] for host in stale})
     ready = on_ready or (lambda host: None)
     for host in reports:
         if host not in stale:

@@ -11,6 +11,7 @@ shell, so any file name is passed as data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import FlambeClusterError, HostError
+from .errors import FlambeClusterError, HostError, UsageError
 from .records import Endpoint
 
 RSYNC_FLAGS = ("--archive", "--protect-args", "--partial")
@@ -96,11 +97,43 @@ def rsync_to(
     Raises :class:`HostError` naming the host, rsync's exit code and the tail
     of its stderr.
     """
+    check_client_rsync()
     if on_bytes is not None:
         extra = [*extra, "--info=progress2", "--no-human-readable"]
     argv = rsync_command(_source_args(sources), destination, ssh_options=ssh_options, port=port, delete=delete,
                          extra=extra)
     _run_rsync(host_label, argv, timeout, on_bytes)
+
+
+#: The oldest rsync the client can use (``--info=progress2`` and ``--protect-args`` came with 3.1).
+RSYNC_MIN = (3, 1)
+
+
+def rsync_problem(version_text: str) -> str | None:
+    """What is wrong with the rsync whose ``rsync --version`` printed ``version_text`` (None when it will do)."""
+    first = version_text.strip().splitlines()[0] if version_text.strip() else ""
+    found = re.search(r"rsync\s+version\s+v?((\d+)\.(\d+)\S*)", first)
+    if "openrsync" in version_text or found is None:
+        return f"this machine's rsync is not Samba's rsync ({first or 'no version'})"
+    if (int(found.group(2)), int(found.group(3))) < RSYNC_MIN:
+        return f"this machine's rsync is {found.group(1)}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def check_client_rsync() -> None:
+    """Raise :class:`UsageError` when this machine's rsync is older than :data:`RSYNC_MIN` (macOS ships 2.6.9 or
+    openrsync), saying what to install; asked once per process."""
+    try:
+        text = subprocess.run(["rsync", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        text = ""
+    problem = rsync_problem(text)
+    if problem:
+        wanted = ".".join(map(str, RSYNC_MIN))
+        raise UsageError(f"{problem}; flambe-cluster needs rsync {wanted} or later on this machine: install it "
+                         "(Debian/Ubuntu: apt-get install rsync; macOS: brew install rsync), then run the command "
+                         "again")
 
 
 def _source_args(sources: Sequence[Path | str]) -> list[str]:
