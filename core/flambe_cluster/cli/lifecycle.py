@@ -25,11 +25,16 @@ WATCH_INTERVAL = 30.0
 def providers() -> int:
     """List the installed providers and whether each is ready (nothing is imported)."""
     table = Table("provider", "distribution", "version", "module", "ready")
+    hints = []
     for info in plugins.installed_providers():
         missing = plugins.missing_requirements(info)
-        ready = f"no: {plugins.install_hint(info, missing)}" if missing else "yes"
-        table.add_row(*map(escape, (info.name, info.distribution, info.version, info.target, ready)))
+        if missing:  # the command to copy goes below the table, whole: a table cell would cut it
+            hints.append(f"{info.name}: {plugins.install_hint(info, missing)}")
+        table.add_row(*map(escape, (info.name, info.distribution, info.version, info.target,
+                                    "no (see below)" if missing else "yes")))
     out.print(table)
+    for hint in hints:
+        out.print(hint, markup=False, soft_wrap=True, overflow="ignore", crop=False)
     return EXIT_OK
 
 
