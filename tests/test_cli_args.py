@@ -60,7 +60,10 @@ def verbosity_restored():
 
 @pytest.mark.parametrize("words", [["-vv", "providers"], ["providers", "-vv"], ["-v", "providers", "-v"]])
 def test_verbose_before_or_after_the_subcommand_reaches_only_the_projects_loggers(words, verbosity_restored):
+    from flambe_cluster.cli import common
+
     cli.main(words, standalone_mode=False)
+    assert common._STDERR[0].level == logging.DEBUG, "stderr shows the project's debug records"
     assert logging.getLogger("flambe_cluster").level == logging.DEBUG
     assert logging.getLogger("flambe_cluster_aws").level == logging.DEBUG
     assert logging.getLogger("botocore").getEffectiveLevel() == logging.WARNING
@@ -68,8 +71,10 @@ def test_verbose_before_or_after_the_subcommand_reaches_only_the_projects_logger
 
 
 def test_quiet_leaves_errors_only(verbosity_restored):
+    from flambe_cluster.cli import common
+
     cli.main(["providers", "-q"], standalone_mode=False)
-    assert logging.getLogger("flambe_cluster").level == logging.ERROR
+    assert common._STDERR[0].level == logging.ERROR, "stderr shows errors only"
     assert logging.getLogger().level == logging.ERROR
     assert note.quiet
 

@@ -29,6 +29,9 @@ import time
 from typing import Any, Optional, Protocol
 
 logger = logging.getLogger(__name__)
+#: Where a :class:`Display` also logs each step it shows (the command line's run log keeps them; stderr does not
+#: show them twice).
+STEPS_LOGGER = "flambe_cluster.steps"
 
 #: In plain lines, a transfer's progress is printed at most this often (seconds); its end always is.
 PLAIN_INTERVAL = 5.0
@@ -85,6 +88,7 @@ class Display:
     # --- steps
 
     def __call__(self, message: str) -> None:
+        logging.getLogger(STEPS_LOGGER).info("%s", message)
         if self.console.quiet:
             return
         with self._lock:

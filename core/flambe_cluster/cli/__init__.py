@@ -12,6 +12,7 @@ they share in :mod:`.common`.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Optional, Sequence
@@ -19,12 +20,14 @@ from typing import Optional, Sequence
 import click
 
 from ..errors import FlambeClusterError, UsageError
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err, start_run_log
 from .lifecycle import down, providers, status, up
 from .listing import list_
-from .work import exec_, logs, pull, submit
+from .work import attach, exec_, logs, pull, stop, submit
 
-__all__ = ["cli", "down", "exec_", "list_", "logs", "main", "providers", "pull", "status", "submit", "up"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["attach", "cli", "down", "exec_", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
 
 #: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -61,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the console script; exits with 0, 1 or 2 (or the job's code, or 128 + a signal)."""
     _stop_on_signals()
     configure_logging()
+    words = list(argv) if argv is not None else sys.argv[1:]
+    start_run_log(next((w for w in words if not w.startswith("-")), "flambe-cluster"))
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
@@ -69,9 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         exc.show()
         sys.exit(EXIT_USAGE)
     except UsageError as exc:
+        logger.debug("exit %d", EXIT_USAGE, exc_info=True)
         err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_USAGE)
     except FlambeClusterError as exc:
+        logger.debug("exit %d", EXIT_FAILED, exc_info=True)
         err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

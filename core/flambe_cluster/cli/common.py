@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any, Iterator, List
 
 import click
@@ -19,7 +22,8 @@ from rich.console import Console
 from .. import __version__, plugins
 from ..cluster import Cluster
 from ..errors import UsageError
-from ..progress import Display
+from ..progress import STEPS_LOGGER, Display
+from ..state import state_home
 
 out = Console(highlight=False, soft_wrap=True)
 note = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -35,11 +39,29 @@ def project_loggers() -> List[str]:
     return sorted({"flambe_cluster", *(p.target.split(":")[0].split(".")[0] for p in plugins.installed_providers())})
 
 
+#: How many run logs (see :func:`start_run_log`) the state folder keeps.
+RUN_LOGS_KEPT = 30
+_STDERR: list[logging.Handler] = []  # the one stderr handler configure_logging made
+
+
+class _NotTheSteps(logging.Filter):
+    """Keeps the steps (already printed by the display) out of stderr: they are logged for the run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != STEPS_LOGGER
+
+
 def configure_logging() -> None:
     """Log records as ``LEVEL name: message`` on stderr, warnings and up; paramiko's log off (its transport
     thread logs tracebacks of failures that come back as flambe-cluster's own errors: unreachable host,
     refused key).  Cheap: no provider is looked up (``-v``/``-q`` do that, through :func:`set_verbosity`)."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not _STDERR:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(_NotTheSteps())
+        logging.getLogger().addHandler(handler)
+        _STDERR.append(handler)
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -49,14 +71,39 @@ def set_verbosity(verbosity: int) -> None:
 
     Only the project's own loggers go below WARNING: other libraries
     (botocore, urllib3) stay at WARNING, or ERROR with ``-q``.  paramiko's
-    log is off (see :func:`configure_logging`).
+    log is off (see :func:`configure_logging`).  The project's loggers keep
+    their debug records for the run's log; stderr shows what the verbosity asks.
     """
     verbosity = max(-1, min(verbosity, 2))
     configure_logging()
     for name in project_loggers():
-        logging.getLogger(name).setLevel(_LEVELS[verbosity])
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    _STDERR[0].setLevel(_LEVELS[verbosity])
     logging.getLogger().setLevel(_LEVELS[min(verbosity, 0)])
     note.quiet = verbosity < 0
+
+
+def start_run_log(command: str) -> Path | None:
+    """Write this run's whole log — the steps shown, and the project's debug records — to
+    ``<state folder>/logs/<time>-<pid>-<command>.log`` (0600; the newest :data:`RUN_LOGS_KEPT` are kept);
+    returns its path, or None when the state folder cannot be written (the run goes on without one)."""
+    folder = state_home() / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for old in sorted(folder.glob("*.log"))[:-RUN_LOGS_KEPT]:
+            old.unlink(missing_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{command}.log"
+        path.touch(mode=0o600)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    for name in project_loggers():
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger(__name__).debug("flambe-cluster %s: %s", __version__, " ".join(sys.argv))
+    return path
 
 
 def _count_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> None:
