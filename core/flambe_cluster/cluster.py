@@ -377,10 +377,10 @@ class Cluster(ClusterOperations):
         ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
         up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`)."""
         self.load_all_instances()
+        self.wait_until_accessible()
         assert self._held is not None, "runs under _locked, which lets go of the lock after a rollback"
         self._held.enter_context(hostlock.held(self.session, lock_wait, self._waiting_for("another client", lock_wait)))
         resize.shrink(self.session, confirm)  # factories no longer in the cluster: drained, released, forgotten
-        self.wait_until_accessible()
         if start_ray and not self.setup_cmds:  # the head's answer cannot change before the Ray launch asks
             raycluster.ask_head_early(self.session)
         if self.cluster_has_key():

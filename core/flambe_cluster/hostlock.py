@@ -122,8 +122,8 @@ def held(session: HostSession, wait: float = 0.0, on_wait: Callable[[str], None]
                             "meanwhile: run `flambe-cluster up` again to check")
     finally:
         release.set()
+        pool.close()  # a connect still under way (an interrupt while waiting for the host) gives up at once
         thread.join(timeout=10)
-        pool.close()
 
 
 class _Outcome:
