@@ -23,11 +23,11 @@ from ..errors import FlambeClusterError, UsageError
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err, start_run_log
 from .lifecycle import down, providers, status, up
 from .listing import list_
-from .work import attach, exec_, logs, pull, stop, submit
+from .work import attach, exec_, forward, logs, pull, stop, submit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attach", "cli", "down", "exec_", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
+__all__ = ["attach", "cli", "down", "exec_", "forward", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
 
 #: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

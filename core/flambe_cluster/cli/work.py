@@ -1,4 +1,4 @@
-"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``stop``, ``attach``, ``pull``."""
+"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``stop``, ``attach``, ``forward``, ``pull``."""
 
 from __future__ import annotations
 
@@ -151,6 +151,36 @@ def attach(config: str, target: str, command: Sequence[str]) -> int:
     out.file.flush()
     err.file.flush()
     return subprocess.run(argv).returncode
+
+
+@cli.command()
+@CONFIG
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--on", "target", default="orchestrator", show_default=True, metavar="HOST",
+              help="orchestrator, or a factory by name (factory0, or the full name) or address.")
+@click.option("--local", "local_port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="The port on this machine (default: PORT).")
+def forward(config: str, port: int, target: str, local_port: Optional[int]) -> int:
+    """Reach PORT of a host (TensorBoard, the report site) at http://127.0.0.1:LOCAL on this machine, until Ctrl-C.
+
+    OpenSSH local forwarding through the cluster's route (bastion, proxy)
+    and pinned host keys; the host's PORT is reached on its loopback.
+    """
+    local_port = local_port or port
+    with opened(config) as cluster:
+        session = cluster.session
+        host = _host_named(session, target)
+        session.pool.connection(host)  # pins the host keys (jump hosts' too) before OpenSSH checks them strictly
+        route = session.pool.route(host)
+        argv = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local_port}:127.0.0.1:{port}",
+                *session.ssh_options(host), "-p", str(route.target.port), f"{route.target.user}@{route.target.host}"]
+    note.print(f"http://127.0.0.1:{local_port}/ reaches port {port} of {host.label}; Ctrl-C stops", markup=False)
+    out.file.flush()
+    err.file.flush()
+    try:
+        return subprocess.run(argv).returncode
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _host_named(session, target: str):
