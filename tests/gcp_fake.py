@@ -945,3 +945,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._serve("DELETE")
 
+
+def on_test_hosts(network) -> "FakeComputeEngine":
+    """A started fake that hands out ``network``'s hosts, each one's host key published as its guest agent would."""
+    fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
+    for host in network.hosts:  # checked on first contact
+        fake.publish_host_keys(host.address, [host.host_key_line()])
+    return fake
+
+
+def write_cluster_file(path, fake: "FakeComputeEngine", name: str, username: str, key, more: str = ""):
+    """A ``!GCPCluster`` file of 1 + 2 factories on ``fake`` (private addresses), with ``more`` YAML lines."""
+    path.write_text(
+        "!GCPCluster\n"
+        f"name: {name}\n"
+        f"username: {username}\n"
+        f"key: {key}\n"
+        "factories_num: 2\n"
+        f"project: {fake.project}\n"
+        "zone: us-central1-a\n"
+        "orchestrator_type: e2-standard-2\n"
+        "factories_type: n1-standard-4\n"
+        "use_public: false\n"
+        f"api_endpoint: {fake.url}\n" + more)
+    return path

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, timed
-from gcp_fake import FakeComputeEngine
+from gcp_fake import on_test_hosts, write_cluster_file
 
 NAME = "gcp-e2e"
 
@@ -37,30 +37,16 @@ class Env:
 @pytest.fixture(scope="module")
 def env(flambe_test_hosts, flambe_client_key, tmp_path_factory):
     network = flambe_test_hosts(3)
-    fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
-    for host in network.hosts:  # what each instance's guest agent publishes: checked on first contact
-        fake.publish_host_keys(host.address, [host.host_key_line()])
+    fake = on_test_hosts(network)
     for host in network.hosts[1:]:  # the factories (the orchestrator is inserted first: the lowest address)
         install_nvidia_smi(host, 1)
     folder = tmp_path_factory.mktemp("gcp-e2e")
-    config = folder / "cluster.yaml"
-    config.write_text(
-        "!GCPCluster\n"
-        f"name: {NAME}\n"
-        f"username: {network.hosts[0].username}\n"
-        f"key: {flambe_client_key.path}\n"
-        "factories_num: 2\n"
-        f"project: {fake.project}\n"
-        "zone: us-central1-a\n"
-        "orchestrator_type: e2-standard-2\n"
-        "factories_type: n1-standard-4\n"
+    config = write_cluster_file(
+        folder / "cluster.yaml", fake, NAME, network.hosts[0].username, flambe_client_key.path,
         "factories_gpu_type: nvidia-tesla-t4\n"
         "factories_gpu_count: 1\n"
         "labels: {suite: e2e}\n"
-        "use_public: false\n"
-        f"api_endpoint: {fake.url}\n"
-        "setup_cmds: ['echo \"set up on $(hostname -I)\" > \"$HOME\"/gcp-setup']\n"
-    )
+        "setup_cmds: ['echo \"set up on $(hostname -I)\" > \"$HOME\"/gcp-setup']\n")
     env = Env(network, fake, config, folder / "state")
     env.first_up = env.cli("up", str(config), timeout=900)
     try:

@@ -80,24 +80,11 @@ def test_two_ups_from_two_state_folders_end_with_one_cluster(twins, monkeypatch)
 
 def gcp_twins(network, flambe_client_key, tmp_path):
     """The GCP fake handing out ``network``'s hosts, and a cluster file on it."""
-    from gcp_fake import FakeComputeEngine
+    from gcp_fake import on_test_hosts, write_cluster_file
 
-    fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
-    for host in network.hosts:
-        fake.publish_host_keys(host.address, [host.host_key_line()])
-    config = tmp_path / "cluster.yaml"
-    config.write_text(
-        "!GCPCluster\n"
-        "name: gcp-twins\n"
-        f"username: {network.hosts[0].username}\n"
-        f"key: {flambe_client_key.path}\n"
-        "factories_num: 2\n"
-        f"project: {fake.project}\n"
-        "zone: us-central1-a\n"
-        "orchestrator_type: e2-standard-2\n"
-        "factories_type: n1-standard-4\n"
-        "use_public: false\n"
-        f"api_endpoint: {fake.url}\n")
+    fake = on_test_hosts(network)
+    config = write_cluster_file(tmp_path / "cluster.yaml", fake, "gcp-twins", network.hosts[0].username,
+                                flambe_client_key.path)
     return fake, config
 
 
