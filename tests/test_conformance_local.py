@@ -1,13 +1,16 @@
-"""The local provider passes the provider conformance suite, with namespaced hosts.
+"""The local provider passes the provider conformance suite, in the mode this user gets.
 
 The suite describes a cluster on given hosts; the local provider makes its own.
 So ``conformance_hosts`` is the hosts of the cluster under test, read (when
 used) from the record the provider keeps in the cluster's state folder,
-orchestrator first.  Needs root; skipped otherwise.
+orchestrator first.  As root the hosts are namespaced; as an ordinary user
+they are loopback hosts (``test_local_unprivileged.py`` runs this module as
+one).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -15,7 +18,6 @@ import pytest
 from attrs import frozen
 
 import flambe_cluster_local as local_provider
-from flambe_cluster import localhosts
 from flambe_cluster.state import ClusterState
 from flambe_cluster.testing.conformance import HostsFoundLater, ProviderConformance
 
@@ -28,7 +30,7 @@ class RecordedHost:
 
     address: str
     home: Path
-    username: str = local_provider.NAMESPACE_USER
+    username: str
 
 
 class HostsOfTheClusterUnderTest(HostsFoundLater):
@@ -41,7 +43,9 @@ class HostsOfTheClusterUnderTest(HostsFoundLater):
         record = ClusterState.for_cluster(self.suite.current_name, None).root / local_provider.RECORD
         if not record.exists():
             return []
-        return [RecordedHost(h["address"], Path(h["home"])) for h in json.loads(record.read_text())["hosts"]]
+        recorded = json.loads(record.read_text())
+        user = local_provider.NAMESPACE_USER if recorded["mode"] == "namespaces" else getpass.getuser()
+        return [RecordedHost(h["address"], Path(h["home"]), user) for h in recorded["hosts"]]
 
 
 class TestLocalProviderConformance(ProviderConformance):
@@ -52,9 +56,6 @@ class TestLocalProviderConformance(ProviderConformance):
     @pytest.fixture(scope="class")
     @classmethod
     def conformance_hosts(cls):  # overrides the suite's fixed hosts
-        reason = localhosts.require_root_namespaces()
-        if reason:
-            pytest.skip(f"namespaced local hosts: {reason}")
         yield HostsOfTheClusterUnderTest(cls)
 
     @pytest.fixture(autouse=True)
@@ -64,4 +65,4 @@ class TestLocalProviderConformance(ProviderConformance):
     def cluster_config(self, hosts, name, key):
         type(self).current_name = name
         # no key: the provider makes the client key its hosts accept (the suite's key is not on them)
-        return {"name": name, "factories_num": self.factories_num, "mode": "namespaces"}
+        return {"name": name, "factories_num": self.factories_num}  # mode auto: namespaces as root, loopback otherwise

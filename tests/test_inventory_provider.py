@@ -1,19 +1,17 @@
 """The example third-party provider ``inventory`` (examples/inventory-provider).
 
-It passes the core's conformance suite on real hosts, is listed by
-``flambe-cluster providers`` under its own distribution, and its inventory
-parser reports every problem naming the file and the line.
+It is listed by ``flambe-cluster providers`` under its own distribution, and
+its inventory parser reports every problem naming the file and the line.  Its
+conformance tests live with it, as a plugin author's would
+(``examples/inventory-provider/tests/``; in the suite's ``testpaths``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -25,40 +23,6 @@ inventory_provider = pytest.importorskip(
 from flambe_cluster import ClusterConfigurationError  # noqa: E402
 from flambe_cluster.config import parse_config  # noqa: E402
 from flambe_cluster.records import Endpoint, Role  # noqa: E402
-from flambe_cluster.testing.conformance import ProviderConformance  # noqa: E402
-
-_inventory_dirs: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_inventory_dirs():
-    yield
-    for folder in _inventory_dirs:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-class TestInventoryConformance(ProviderConformance):
-    provider = "inventory"
-
-    def cluster_config(self, hosts, name, key):
-        folder = tempfile.mkdtemp(prefix="flambe-inventory-")
-        _inventory_dirs.append(folder)
-        orchestrator, *factories = hosts
-        # Every spelling of a host line the parser accepts, on the real hosts.
-        lines = [
-            "# written by the conformance test",
-            "[orchestrator]",
-            f"head ansible_host={orchestrator.address} ansible_port={orchestrator.port} private_ip={orchestrator.address}",
-            "",
-            "; the factories",
-            "[factories]",
-        ]
-        for index, host in enumerate(factories):
-            lines.append(host.address if index % 2 == 0 else f"{host.address} ansible_port={host.port}  # a comment")
-        path = Path(folder) / "hosts.ini"
-        path.write_text("\n".join(lines) + "\n")
-        return {"name": name, "key": str(key), "username": orchestrator.username, "inventory": str(path)}
-
 
 # --- registration
 

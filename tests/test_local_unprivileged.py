@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
@@ -84,38 +85,55 @@ def user_work():
         holder.kill()
         holder.wait()
         holder.stdout.close()
-        record = work / "state" / "clusters" / "unpriv" / "local-hosts.json"
-        if record.exists():  # stop what a failed run left, by its recorded process groups
+        # stop what a failed run left (local clusters, the suite's hosts), by the process groups they recorded
+        for record in [*work.glob("**/local-hosts.json"), *work.glob("tmp/flambe-loopback-hosts-*/network.json")]:
             loopback.destroy(json.loads(record.read_text()))
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_wheel(source: Path, dist: Path) -> Path:
+    """The wheel of the project at ``source`` (built here, without network), in ``dist``."""
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
+                   check=True, capture_output=True)
+    (wheel,) = dist.glob("*.whl")
+    return wheel
+
+
+def install_for_user(work: Path, namespace: list[str], env: dict, *requirements: str, find_links: tuple[Path, ...] = ()):
+    """Make ``work/venv`` with Debian's python3 as the user and install ``requirements`` into it offline.
+
+    flambe-cluster's dependencies come from the wheelhouse cache this machine
+    gathered for its hosts (copied into the user's cache); ``find_links``
+    adds folders of further wheels.
+    """
+    platform = wheelhouse.client_platform()
+    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
+    cache = work / "cache" / "flambe-cluster" / "wheelhouse" / platform.tag / deps.name
+    shutil.copytree(deps, cache)
+    subprocess.run(["chown", "-R", f"{USER}:", str(work)], check=True)
+    links = [arg for folder in (cache, *find_links) for arg in ("--find-links", str(folder))]
+    for argv in (["/usr/bin/python3", "-m", "venv", str(work / "venv")],
+                 [str(work / "venv/bin/pip"), "install", "-q", "--no-index", *links, *requirements]):
+        done = as_user(namespace, argv, env=env, cwd=work)
+        assert done.returncode == 0, done.stderr
+
+
+def user_env(work: Path, user) -> dict:
+    """The environment of the user's commands: its home, a state folder and a cache in ``work``, no pip configuration."""
+    return {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "COLUMNS": "200",
+            "FLAMBE_CLUSTER_HOME": str(work / "state"), "XDG_CACHE_HOME": str(work / "cache"),
+            "PIP_CONFIG_FILE": "/dev/null"}
 
 
 def test_local_cluster_for_an_unprivileged_user(user_work):
     work, user, namespace = user_work
     planted = listing(namespace)  # /tmp/ray, owned by root: fcuser cannot write there
-    # the wheels the hosts need, gathered (or found in the cache) by root for this platform
-    platform = wheelhouse.client_platform()
-    deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements())
-    cache = work / "cache" / "flambe-cluster" / "wheelhouse" / platform.tag / deps.name
-    shutil.copytree(deps, cache)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work / "dist"), str(ROOT)],
-                   check=True, capture_output=True)
-    (wheel,) = (work / "dist").glob("flambe_cluster-*.whl")
+    wheel = build_wheel(ROOT, work / "dist")
     (work / "job.py").write_text(JOB)
     (work / "cluster.yaml").write_text("provider: local\nname: unpriv\nfactories_num: 1\n")
-    subprocess.run(["chown", "-R", f"{USER}:", str(work)], check=True)
-
-    env = {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "COLUMNS": "200",
-           "FLAMBE_CLUSTER_HOME": str(work / "state"), "XDG_CACHE_HOME": str(work / "cache"),
-           "PIP_CONFIG_FILE": "/dev/null"}
-    steps = [
-        ["/usr/bin/python3", "-m", "venv", str(work / "venv")],
-        [str(work / "venv/bin/pip"), "install", "-q", "--no-index", "--find-links", str(cache), str(wheel)],
-    ]
+    env = user_env(work, user)
+    install_for_user(work, namespace, env, str(wheel))
     fc = [str(work / "venv/bin/flambe-cluster")]
-    for argv in steps:
-        done = as_user(namespace, argv, env=env, cwd=work)
-        assert done.returncode == 0, done.stderr
     up = as_user(namespace, [*fc, "up", "cluster.yaml"], env=env, cwd=work)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Ray cluster up" in up.stderr and "127.77." in up.stdout
@@ -132,3 +150,45 @@ def test_local_cluster_for_an_unprivileged_user(user_work):
     assert not any(loopback.process_is(h["pid"], "sshd") for h in record["hosts"])
     assert not (work / "state" / "clusters" / "unpriv" / "local-hosts.json").exists()
     assert listing(namespace) == planted, "the run left files in /tmp"
+
+
+def test_conformance_suite_as_an_unprivileged_user(user_work):
+    """A plugin author without root runs the suite: the local provider (loopback mode) and the example provider."""
+    work, user, namespace = user_work
+    planted = listing(namespace)
+    testing_wheels = work / "testing-wheels"  # pytest and its dependencies (pure Python), for the [testing] extra
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--dest", str(testing_wheels),
+                    "pytest>=8"], check=True, capture_output=True)
+    wheel = build_wheel(ROOT, work / "dist")
+    example = build_wheel(ROOT / "examples" / "inventory-provider", work / "dist-example")
+    suite = work / "suite"  # what a plugin author has: a conftest naming the plugin, and test modules
+    suite.mkdir()
+    shutil.copy(ROOT / "examples/inventory-provider/tests/conftest.py", suite)
+    shutil.copy(ROOT / "examples/inventory-provider/tests/test_inventory_conformance.py", suite)
+    shutil.copy(ROOT / "tests/test_conformance_local.py", suite)
+    (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+    env = user_env(work, user)
+    install_for_user(work, namespace, env, f"{wheel}[testing]", str(example),
+                     find_links=(testing_wheels, example.parent))
+    (work / "tmp").mkdir()  # the hosts' folders: the private /tmp is a small tmpfs
+    subprocess.run(["chown", f"{USER}:", str(work / "tmp")], check=True)
+    env["TMPDIR"] = str(work / "tmp")
+    run = as_user(namespace, [str(work / "venv/bin/python"), "-m", "pytest", "-rs", f"--junitxml={work}/report.xml",
+                              "--basetemp", str(work / "pytest-tmp"), str(suite)], env=env, cwd=work, timeout=1500)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    report = ElementTree.parse(work / "report.xml").getroot().find("testsuite")
+    passed, skipped = set(), []
+    for case in report.iter("testcase"):
+        skip = case.find("skipped")
+        if skip is None:
+            passed.add((case.get("classname").rsplit(".", 1)[-1], case.get("name")))
+        else:
+            skipped.append(skip.get("message", ""))
+    for suite_class in ("TestInventoryConformance", "TestLocalProviderConformance"):
+        for test in ("test_load_gives_one_orchestrator_and_the_factories", "test_up_reaches_every_host_with_the_cluster_key",
+                     "test_down_leaves_nothing_the_provider_made", "test_load_reports_progress_for_every_host"):
+            assert (suite_class, test) in passed, (suite_class, test, sorted(passed), skipped)
+    assert ("TestLocalProviderConformance", "test_two_loads_at_once_make_one_cluster") in passed
+    # only the checks a provider opts out of are skipped, never for want of hosts or privilege
+    assert all("does not implement" in reason or "creates nothing" in reason for reason in skipped), skipped
+    assert listing(namespace) == planted, "the suite left files in /tmp"

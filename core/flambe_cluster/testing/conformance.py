@@ -85,8 +85,8 @@ class ProviderConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_hosts(cls, flambe_test_hosts):
-        network = flambe_test_hosts(1 + cls.factories_num)
+    def conformance_hosts(cls, flambe_ssh_hosts):
+        network = flambe_ssh_hosts(1 + cls.factories_num)
         yield network.hosts
         network.close()
 
@@ -156,10 +156,12 @@ class ProviderConformance:
         cluster = make_cluster(setup_cmds=["echo conformance > \"$HOME\"/conformance-setup"])
         with cluster:
             cluster.run()
-            results = cluster.execute_on(cluster.all_hosts(), "ip -4 -o addr show dev eth0")
+            for index, host in enumerate(conformance_hosts):  # each host's home says which host it is
+                (host.home / "conformance-id").write_text(f"host {index} at {host.address}\n")
+            results = cluster.execute_on(cluster.all_hosts(), 'cat "$HOME"/conformance-id')
         assert cluster.error is None, cluster.error
-        for host, result in zip(conformance_hosts, results.values()):
-            assert f" {host.address}/" in result.stdout
+        for index, (host, result) in enumerate(zip(conformance_hosts, results.values())):
+            assert result.stdout == f"host {index} at {host.address}\n", "the cluster's hosts, in order, are the given ones"
             assert (host.home / "conformance-setup").read_text() == "conformance\n"
             public = cluster.state.key_pair(cluster.remote_key_name).public_line
             assert public in (host.home / ".ssh" / "authorized_keys").read_text()

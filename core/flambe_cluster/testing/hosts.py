@@ -9,6 +9,12 @@ cut off the bridge and heal (:meth:`TestHost.partition`/:meth:`TestHost.heal`),
 give a new host key (:meth:`TestHost.replace_host_key`), and inspect from
 inside (:meth:`TestHost.run_in_namespace`).
 
+:class:`LoopbackTestNetwork` is the unprivileged kind: N OpenSSH servers run
+as the current user on loopback addresses (see
+:mod:`~flambe_cluster.localhosts.loopback`), with a home folder each but a
+shared ``/tmp`` and process table and no fault injection.  It is what an
+ordinary user (a plugin author's laptop, an unprivileged CI) can build.
+
 Every network registers itself for an ``atexit`` clean-up, so an interpreter
 that exits without ``close()`` leaves nothing behind.
 :func:`require_root_namespaces` says whether this process can build hosts
@@ -20,19 +26,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import getpass
+import json
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from ..errors import LocalHostsError
+from ..localhosts import loopback
 from ..localhosts.machine import require_root_namespaces
 from ..localhosts.namespaces import NamespaceNetwork
 from ..localhosts.nshost import NamespaceHost
 from ..localhosts.system import generate_host_key, run
 
-__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork"]
+__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork", "LoopbackTestHost", "LoopbackTestNetwork"]
 
 
 @define(eq=False)
@@ -82,7 +94,7 @@ class TestHost(NamespaceHost):
         )
 
 
-_LIVE: list["TestHostNetwork"] = []
+_LIVE: list["TestHostNetwork | LoopbackTestNetwork"] = []
 #: Called before any network is built (the pytest plugin adds its check that the running test is marked ``hosts``).
 BUILD_CHECKS: list[Callable[[], None]] = []
 
@@ -130,3 +142,63 @@ class TestHostNetwork(NamespaceNetwork):
         record = super().detach()
         self._forget()
         return record
+
+
+@frozen
+class LoopbackTestHost:
+    """One unprivileged SSH test host: an ``sshd`` run as this user on its own loopback address."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    address: str
+    """Its own loopback address, e.g. ``"127.77.5.10"``."""
+    port: int
+    home: Path
+    """The host's home folder (every SSH command on the host starts there, with ``HOME`` set to it)."""
+    username: str
+
+
+@define(eq=False)
+class LoopbackTestNetwork:
+    """``count`` :class:`LoopbackTestHost`\\ s accepting ``authorized_keys``; built by the constructor.
+
+    Needs no privilege, only OpenSSH's server.  Its record is kept as
+    ``network.json`` in the hosts' folder (under ``$TMPDIR``), so another
+    process can stop them (:func:`~flambe_cluster.localhosts.loopback.destroy`).
+    Closed at interpreter exit
+    when not closed before (in the creating process only); :meth:`close`
+    stops each host's sshd and what flambe-cluster started from its home, by
+    recorded process IDs, and removes the hosts' folders.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    count: int
+    authorized_keys: list[str] = field(converter=list)
+    hosts: list[LoopbackTestHost] = field(factory=list, init=False)
+    _record: dict | None = field(default=None, init=False, repr=False)
+    _owner_pid: int = field(factory=os.getpid, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for check in BUILD_CHECKS:
+            check()
+        workdir = Path(tempfile.mkdtemp(prefix="flambe-loopback-hosts-"))
+        try:
+            network = loopback.LoopbackNetwork(self.count, self.authorized_keys, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        self._record = network.record()
+        (workdir / "network.json").write_text(json.dumps(self._record))  # for a clean-up by another process
+        _LIVE.append(self)
+        user = getpass.getuser()
+        self.hosts = [LoopbackTestHost(h["name"], h["address"], h["port"], Path(h["home"]), user) for h in network.hosts]
+
+    def close(self) -> None:
+        """Stop every host and remove its folder. Idempotent."""
+        if self._record is not None:
+            loopback.destroy(self._record)
+            self._record = None
+        with contextlib.suppress(ValueError):
+            _LIVE.remove(self)

@@ -8,10 +8,15 @@ Tests that build hosts skip, saying why, when this process cannot (not root,
 tools missing).  Every network built is closed at the end of its scope, also
 when the test fails.
 
+Two kinds of hosts: :func:`flambe_test_hosts` builds namespaced hosts with
+fault injection (root only); :func:`flambe_ssh_hosts` builds those as root
+and unprivileged loopback hosts otherwise (SSH only), for suites such as the
+provider conformance suite that an ordinary user runs too.
+
 Every test that builds hosts is a ``hosts`` test (the marker this plugin
 registers), so ``-m "not hosts"`` is the tier that needs none: a test whose
-fixtures include :func:`flambe_test_hosts` is marked at collection, and one
-that builds hosts otherwise without the marker fails, saying to mark it.
+fixtures include either factory is marked at collection, and one that builds
+hosts otherwise without the marker fails, saying to mark it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..state import STATE_HOME_ENV
-from .hosts import BUILD_CHECKS, TestHostNetwork, require_root_namespaces
+from .hosts import BUILD_CHECKS, LoopbackTestNetwork, TestHostNetwork, require_root_namespaces
 
 
 @frozen
@@ -69,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test whose fixtures build test hosts is a ``hosts`` test, whether or not it says so."""
     for item in items:
-        if "flambe_test_hosts" in getattr(item, "fixturenames", ()):
+        if {"flambe_test_hosts", "flambe_ssh_hosts"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(HOSTS_MARKER)
 
 
@@ -104,6 +109,31 @@ def flambe_test_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[..., Te
         if reason:
             pytest.skip(f"needs real test hosts: {reason}")
         network = TestHostNetwork(count, authorized_keys=[flambe_client_key.public_line], **kwargs)
+        networks.append(network)
+        return network
+
+    try:
+        yield build
+    finally:
+        for network in networks:
+            network.close()
+
+
+@pytest.fixture(scope="session")
+def flambe_ssh_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[[int], TestHostNetwork | LoopbackTestNetwork]]:
+    """Factory: ``flambe_ssh_hosts(count)`` builds ``count`` SSH hosts accepting the client key, wherever it can.
+
+    As root (with Linux namespaces): a :class:`TestHostNetwork`.  Otherwise:
+    a :class:`LoopbackTestNetwork`, OpenSSH servers run as this user on
+    loopback addresses (no fault injection; ``/tmp`` and processes shared).
+    Both give ``.hosts`` with ``name``, ``address``, ``port``, ``home`` and
+    ``username``.  Every network is closed at the end of the session.
+    """
+    networks: list[TestHostNetwork | LoopbackTestNetwork] = []
+
+    def build(count: int) -> TestHostNetwork | LoopbackTestNetwork:
+        kind = LoopbackTestNetwork if require_root_namespaces() else TestHostNetwork
+        network = kind(count, authorized_keys=[flambe_client_key.public_line])
         networks.append(network)
         return network
 
