@@ -44,9 +44,10 @@ def test_a_taken_subnet_is_a_one_line_error_with_exit_code_1(taken_subnet, tmp_p
     done = run_cli("up", str(config), state_home=state, check=1)
 
     assert "Traceback" not in done.stderr, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last == (f"error: subnet {taken_subnet} overlaps networks already on this machine: {taken_subnet}"), done.stderr
-    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [last]
+    error, log = done.stderr.strip().splitlines()[-2:]
+    assert error == (f"error: subnet {taken_subnet} overlaps networks already on this machine: {taken_subnet}"), done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [error]
+    assert log.startswith("the whole log of this run: "), done.stderr
     # nothing of the failed cluster is left: no address, no record, no host folders
     assert addresses_in(taken_subnet) == before
     cluster_state = state / "clusters" / "taken"

@@ -6,8 +6,8 @@ stopped it; ``logs --follow`` exits with the job's own code.  Every error
 message says what to do next.
 
 The commands live in :mod:`.lifecycle` (providers, up, status, down),
-:mod:`.work` (exec, submit, logs, pull) and :mod:`.listing` (list); what
-they share in :mod:`.common`.
+:mod:`.work` (exec, submit, logs, pull), :mod:`.listing` (list) and
+:mod:`.history` (history); what they share in :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import click
 
 from ..errors import FlambeClusterError, UsageError
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err, start_run_log
+from .history import history
 from .lifecycle import down, providers, status, up
 from .listing import list_
 from .work import attach, exec_, forward, logs, pull, stop, submit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attach", "cli", "down", "exec_", "forward", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
+__all__ = ["attach", "cli", "down", "exec_", "forward", "history", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
 
 #: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -65,27 +67,34 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _stop_on_signals()
     configure_logging()
     words = list(argv) if argv is not None else sys.argv[1:]
-    start_run_log(next((w for w in words if not w.startswith("-")), "flambe-cluster"))
+    log = start_run_log(next((w for w in words if not w.startswith("-")), "flambe-cluster"))
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-        _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc)
+        _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc, log)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
     except UsageError as exc:
-        logger.debug("exit %d", EXIT_USAGE, exc_info=True)
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(EXIT_USAGE)
+        _failed(exc, EXIT_USAGE, log)
     except FlambeClusterError as exc:
-        logger.debug("exit %d", EXIT_FAILED, exc_info=True)
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(EXIT_FAILED)
+        _failed(exc, EXIT_FAILED, log)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _interrupted(cause: Optional[BaseException]) -> None:
-    """Exit 128 + the signal's number (130 for Ctrl-C), saying so; what the run started was already undone."""
+def _failed(exc: BaseException, code: int, log: Optional[Path]) -> None:
+    """Print the error and where this run's whole log is (its traceback included), then exit with ``code``."""
+    logger.debug("exit %d", code, exc_info=True)
+    err.print(f"error: {exc}", markup=False)
+    if log is not None:
+        err.print(f"the whole log of this run: {log}", markup=False)
+    sys.exit(code)
+
+
+def _interrupted(cause: Optional[BaseException], log: Optional[Path]) -> None:
+    """Exit 128 + the signal's number (130 for Ctrl-C), saying so and where the run's log is;
+    what the run started was already undone."""
     signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT
-    err.print(f"interrupted ({signal.Signals(signum).name}); stopped")
+    err.print(f"interrupted ({signal.Signals(signum).name}); stopped"
+              + (f"; the whole log of this run: {log}" if log is not None else ""), markup=False)
     sys.exit(128 + signum)
