@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import install_nvidia_smi, run_cli
+from helpers import install_nvidia_smi, run_cli
 import yaml
 from attrs import define
 

@@ -17,7 +17,7 @@ import json
 import pytest
 
 from aws_support import aws_cloud, dump  # noqa: F401 - aws_cloud is a fixture
-from conftest import WHERE_JOB
+from helpers import WHERE_JOB
 
 pytestmark = pytest.mark.hosts
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import fast_enough, run_cli, ssh_cluster_yaml, timed
+from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
 
 STAMP = r"\d\d:\d\d:\d\d"
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07)")

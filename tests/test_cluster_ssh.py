@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import fast_enough, run_cli, ssh_cluster_yaml, timed
+from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
 from flambe_cluster import Cluster, SSHCluster, UsageError, raycluster
 from flambe_cluster.errors import RemoteCommandError
 from flambe_cluster.state import ClusterState

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast_enough, run_cli, ssh_cluster_yaml
+from helpers import fast_enough, run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 

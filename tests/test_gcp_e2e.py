@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, timed
+from helpers import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, timed
 from gcp_fake import on_test_hosts, write_cluster_file
 
 NAME = "gcp-e2e"

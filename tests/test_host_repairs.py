@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli, ssh_cluster_yaml
+from helpers import run_cli, ssh_cluster_yaml
 from flambe_cluster import SSHCluster, hookimpl
 from flambe_cluster.errors import HostKeyError
 from flambe_cluster.records import Endpoint, Instance, Role

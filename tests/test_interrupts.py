@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ssh_cluster_yaml
+from helpers import ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 

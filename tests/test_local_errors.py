@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import run_cli
+from helpers import run_cli
 from flambe_cluster import localhosts
 
 pytestmark = pytest.mark.hosts

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, ssh_cluster_yaml, timed
+from helpers import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, ssh_cluster_yaml, timed
 
 SECRET_VALUE = "s3cr3t-AKIA-do-not-print"
 NAME = "rayjobs"

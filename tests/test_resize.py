@@ -17,7 +17,7 @@ import time
 import pytest
 
 from aws_support import aws_cloud  # noqa: F401 - a fixture
-from conftest import run_cli, ssh_cluster_yaml
+from helpers import run_cli, ssh_cluster_yaml
 
 NAME = "resize"
 COUNT_JOB = __import__("pathlib").Path(__file__).parent / "jobs" / "count_workers.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_a_failed_run_leaves_its_log_with_the_traceback(tmp_path):
@@ -13,11 +13,11 @@ def test_a_failed_run_leaves_its_log_with_the_traceback(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("provider: ssh\nname: logged\nusername: nobody\nkey: /no/such/key\n"
                       "orchestrator_ip: 192.0.2.1\nfactories_ips: [192.0.2.2]\n")
-    done = run_cli("status", str(config), state_home=home)
+    done = run_cli("up", str(config), state_home=home)
     assert done.returncode == 2, done.stderr
-    (log,) = (home / "logs").glob("*-status.log")
+    (log,) = (home / "logs").glob("*-up.log")
     text = log.read_text()
-    assert "flambe-cluster" in text and "status" in text.splitlines()[0]
+    assert "flambe-cluster" in text and "up" in text.splitlines()[0]
     assert "Traceback" in text and "ClusterConfigurationError" in text and "/no/such/key" in text, text
     assert "Traceback" not in done.stderr, "the detail goes to the log, not the screen"
     assert done.stderr.splitlines()[-1] == f"the whole log of this run: {log}", "the error says where the log is"

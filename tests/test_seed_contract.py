@@ -102,7 +102,7 @@ def test_a_seed_class_cluster_as_flambe_drives_it(flambe_test_hosts, flambe_clie
         assert json.loads(lines["secrets"]) == ["GITHUB"]
         assert json.loads(lines["gathered"]) == sorted(f"trial-{h.address}.json" for h in factory_hosts)
         # the same cluster from a cluster file (Ray's 6379): refused, never taken for a head that is gone
-        from conftest import run_cli, ssh_cluster_yaml
+        from helpers import run_cli, ssh_cluster_yaml
 
         head = orchestrator_host.run_in_namespace(["pgrep", "-f", "gcs_server"]).stdout
         as_file = ssh_cluster_yaml(tmp_path / "seed.yaml", network.hosts, flambe_client_key.path, "seed")

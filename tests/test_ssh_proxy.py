@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import WHERE_JOB, run_cli
+from helpers import WHERE_JOB, run_cli
 from flambe_cluster.config import load_config
 from flambe_cluster.errors import FlambeClusterError
 from flambe_cluster.localhosts.system import read_banner

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_TMP_ENV
+from helpers import RUN_TMP_ENV
 
 pytestmark = pytest.mark.hosts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ssh_cluster_yaml
+from helpers import ssh_cluster_yaml
 from flambe_cluster import Cluster, session as session_module
 from flambe_cluster.commands import CommandResult
 from flambe_cluster.errors import FlambeClusterError

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli, ssh_cluster_yaml
+from helpers import run_cli, ssh_cluster_yaml
 from test_resize import pids
 
 NAME = "twins"

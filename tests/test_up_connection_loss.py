@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, ssh_cluster_yaml
+from helpers import run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 
