@@ -44,6 +44,7 @@ class Env:
 def env(aws_cloud, tmp_path_factory):
     folder = tmp_path_factory.mktemp("aws-e2e")
     config = aws_cloud.write_config(folder / "cluster.yaml", NAME, factories_type="g4dn.xlarge", connect_timeout=120,
+                                    prices={"g4dn.xlarge": 0.526},
                                     setup_cmds=['echo "setup on $(hostname -I)" >> "$HOME"/aws-setup'])
     env = Env(aws_cloud, config, folder / "state")
     aws_cloud.factory_gpus = 1
@@ -86,6 +87,12 @@ def test_two_ups_at_once_make_one_cluster_with_its_tags_and_ray(env):
     assert [w["resources"].get("GPU") for w in workers] == [1, 1], "the GPU nvidia-smi sees on each g4dn.xlarge"
     [head] = [n for n in ray["nodes"] if n["head"]]
     assert head["resources"].get("CPU", 0) == 0
+    # what each machine is and costs, from the journal (moto has no Price List API: t3.micro's price is unknown)
+    bought = {h["role"]: h["bought"] for h in status["hosts"]}
+    assert bought["factory"]["instance_type"] == "g4dn.xlarge" and bought["factory"]["usd_per_hour"] == 0.526
+    assert bought["factory"]["market"] == "on-demand" and bought["orchestrator"]["usd_per_hour"] is None
+    table = env.cli("status", str(env.config), check=0).stdout
+    assert [line.split("│")[-2].strip() for line in table.splitlines() if "g4dn.xlarge" in line] == ["0.526"] * 2, table
 
 
 def test_second_up_reuses_the_instances_and_changes_nothing(env):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from aws_support import moto_cloud  # noqa: F401 - a fixture
-from conftest import run_cli, ssh_cluster_yaml
+from helpers import run_cli, ssh_cluster_yaml
 from flambe_cluster.state import ClusterState
 
 CREATOR = "tester"
@@ -174,3 +174,119 @@ def test_submit_ships_what_gitignore_and_exclude_leave_and_logs_follow_exits_wit
     follow = run_cli("logs", str(config), "--follow", state_home=home, check=3)
     assert follow.stdout.strip().startswith("working in /") and follow.stdout.strip().endswith(
         "/.flambe-cluster/onhosts/job/code/project"), follow.stdout
+
+
+# --- the help's manners, a cluster never brought up, the packaging's metadata (no hosts, no cloud)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def help_at_80_columns(*words: str, home: Path) -> str:
+    """What ``flambe-cluster WORDS... --help`` prints on an 80-column terminal."""
+    done = subprocess.run([sys.executable, "-m", "flambe_cluster", *words, "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "FLAMBE_CLUSTER_HOME": str(home), "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def command_summaries(text: str) -> tuple[list[str], dict[str, str]]:
+    """The Commands section of the group's help: (its lines; each command's summary, wrapped lines joined)."""
+    lines = text.split("\nCommands:\n", 1)[1].splitlines()
+    summaries: dict[str, str] = {}
+    name = None
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if line.startswith("  ") and not line.startswith("   "):  # "  name  summary"; wrapped lines start further in
+            name = words[0]
+            summaries[name] = " ".join(words[1:])
+        elif name is not None:
+            summaries[name] += " " + " ".join(words)
+    return lines, summaries
+
+
+def test_every_command_summary_in_the_help_is_whole_at_80_columns(tmp_path):
+    from flambe_cluster.cli import cli
+
+    lines, summaries = command_summaries(help_at_80_columns(home=tmp_path))
+    assert set(summaries) == set(cli.commands), summaries
+    cut = [line for line in lines if line.rstrip().endswith("...")]
+    assert not cut, "summaries cut short:\n" + "\n".join(cut)
+    assert all(summaries.values()), summaries
+
+
+def test_ups_summary_and_help_say_it_prepares_the_software_and_starts_ray(tmp_path):
+    _, summaries = command_summaries(help_at_80_columns(home=tmp_path))
+    assert "software" in summaries["up"] and "Ray" in summaries["up"], summaries["up"]
+    first = " ".join(help_at_80_columns("up", home=tmp_path).split("\n\n")[1].split())
+    assert "software" in first and "Ray" in first, first
+
+
+def test_exec_on_says_which_hosts_each_value_picks(tmp_path):
+    from flambe_cluster.cli import exec_
+
+    on = next(p for p in exec_.params if p.name == "target")
+    assert on.help and all(choice in on.help for choice in on.type.choices), on.help
+    shown = " ".join(help_at_80_columns("exec", home=tmp_path).split())
+    assert " ".join(on.help.split()) in shown, shown
+
+
+def unreachable_cluster_file(path: Path, provider: str, name: str) -> Path:
+    """A cluster file no `up` ever used: ``ssh`` at made-up addresses (TEST-NET-1: nothing answers), or ``local``."""
+    import yaml
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if provider == "local":
+        body = {"provider": "local", "name": name, "factories_num": 1}
+    else:
+        key = path.parent / "id_ed25519"
+        key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        key.chmod(0o600)
+        body = {"provider": "ssh", "name": name, "username": "nobody", "key": str(key), "connect_timeout": 5,
+                "orchestrator_ip": "192.0.2.1", "factories_ips": ["192.0.2.2"]}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("provider", ["ssh", "local"])
+def test_status_and_logs_of_a_cluster_never_brought_up_create_nothing_and_list_shows_no_row(provider, tmp_path):
+    home, name = tmp_path / "state", f"never-{provider}"
+    config = unreachable_cluster_file(tmp_path / "never.yaml", provider, name)
+
+    def nothing_made() -> None:
+        made = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.relative_to(home).parts[0] != "logs")
+        assert made == [], f"a look created {made}"  # the run logs aside: no state folder, no key pair
+        listed = json.loads(run_cli("list", "--json", state_home=home, check=0).stdout)["clusters"]
+        assert listed == [], listed
+
+    status = run_cli("status", str(config), state_home=home, timeout=120)
+    nothing_made()
+    assert status.returncode == 0 and f"cluster {name!r} does not exist: it was never brought up" in status.stdout, \
+        (status.returncode, status.stdout, status.stderr)
+    shown = json.loads(run_cli("status", str(config), "--json", state_home=home, timeout=120, check=0).stdout)
+    assert (shown["name"], shown["exists"], shown["hosts"]) == (name, False, []), shown
+    done = run_cli("logs", str(config), state_home=home, timeout=120, check=2)
+    assert done.stderr.startswith(f"error: cluster {name!r} does not exist: it was never brought up"), done.stderr
+    nothing_made()
+    assert "no clusters in this state folder" in run_cli("list", state_home=home, check=0).stdout
+
+
+def test_the_build_needs_a_hatchling_that_knows_license_files_and_the_project_links_its_changelog():
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    for pyproject in (ROOT / "pyproject.toml", ROOT / "examples" / "inventory-provider" / "pyproject.toml"):
+        data = tomllib.loads(pyproject.read_text())
+        if "license-files" not in data["project"]:
+            continue
+        hatchling = [Requirement(r) for r in data["build-system"]["requires"] if Requirement(r).name == "hatchling"]
+        floors = [Version(s.version) for r in hatchling for s in r.specifier if s.operator in (">=", "==", "~=")]
+        assert floors and min(floors) >= Version("1.26"), (pyproject, data["build-system"]["requires"])
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    changelog = [url for label, url in urls.items() if label.lower() == "changelog"]
+    assert changelog and changelog[0].endswith("/CHANGELOG.md"), urls
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog\n")

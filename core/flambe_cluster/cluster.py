@@ -25,13 +25,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 import attrs
 import pluggy
 
-from . import hostlock, keys, plugins, raycluster, repair, resize, secrets
+from . import costs, hostlock, keys, plugins, raycluster, repair, resize, secrets
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
 from .operations import ClusterOperations
 from .progress import Progress
-from .records import Instance, Role, factory_name, orchestrator_name
+from .records import Instance, PlannedChange, Role, factory_name, orchestrator_name
 from .session import HostSession
 from .settings import ClusterConfig
 from .ssh import SSHPool
@@ -296,20 +296,70 @@ class Cluster(ClusterOperations):
         removed while a job runs (see :func:`flambe_cluster.resize.shrink`);
         a no leaves the cluster as it is and raises :class:`UsageError`.
         """
+        self.refuse_past_max_cost()
         self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0))), force, kwargs)
+
+    def plan(self) -> List[PlannedChange]:
+        """The changes to paid machines :meth:`up` would make now (launches, terminations, with their prices).
+
+        The provider's ``flambe_cluster_plan``, its terminations narrowed to
+        the factories this state folder records as members (those ``up``
+        removes); empty when it plans nothing (machines the user brought).
+        Looks only: changes nothing.
+        """
+        self._check_place(record=False)
+        changes = list(self.hooks.flambe_cluster_plan(config=self.config) or [])
+        members = {h.instance_id for h in resize.members(self.state) or () if h.instance_id}
+        planned = []
+        for change in changes:
+            if change.action == "terminate":  # up removes only factories it recorded as members (resize.shrink)
+                ids = [i for i in change.names if i in members]
+                if not ids:
+                    continue
+                change = attrs.evolve(change, count=len(ids), names=ids)
+            planned.append(change)
+        return planned
+
+    def cost_so_far(self) -> float:
+        """USD the cluster's machines have cost by its journal (see :mod:`flambe_cluster.costs`)."""
+        return costs.total_usd(self.state.journal.entries())
+
+    def past_max_cost(self) -> Optional[str]:
+        """Why the cluster may cost no more (the file's ``max_cost`` reached by the recorded cost), or None."""
+        limit = self.config.max_cost
+        spent = self.cost_so_far() if limit is not None else 0.0
+        if limit is None or spent < limit:
+            return None
+        return f"cluster {self.name!r} has cost ${spent:.2f} so far by its record, which reaches its max_cost of ${limit:.2f}"
+
+    def refuse_past_max_cost(self) -> None:
+        """Raise UsageError when the file sets ``max_cost`` and the recorded cost has reached it."""
+        reason = self.past_max_cost()
+        if reason:
+            raise UsageError(f"{reason}; nothing was changed. Raise max_cost in the cluster file to go on, "
+                             "or take it down with `flambe-cluster down`")
 
     def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None,
               since: Optional[float] = None) -> None:
         """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see
-        :mod:`~flambe_cluster.repair`).  A ``down`` after ``since`` (a :func:`time.time`; default now) ends it."""
+        :mod:`~flambe_cluster.repair`).  A ``down`` after ``since`` (a :func:`time.time`; default now) ends it;
+        so does the cluster's recorded cost reaching the file's ``max_cost``, after taking it down."""
         def locked_repair(before: Callable[[], None]) -> None:
             def step() -> None:
                 before()
                 self._up()
             self._locked(step, False, {})
 
+        def down_past_max_cost() -> bool:
+            reason = self.past_max_cost()
+            if reason:
+                self.on_step(f"{reason}: taking it down (max_cost in the cluster file)")
+                self.down()
+            return reason is not None
+
         find = (lambda: self.session.instances() if self.find_instances() else None) if self.lists_its_machines() else None
-        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader(), find)
+        repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader(), find,
+                     down_past_max_cost)
 
     def _rereader(self) -> Optional[Callable[[], Optional[ClusterConfig]]]:
         """For the watch: the cluster file's configuration when the file changed since the last call (or

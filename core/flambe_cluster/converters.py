@@ -62,6 +62,40 @@ def to_seconds(value: object) -> float:
     return float(value)
 
 
+def to_usd(value: object) -> float:
+    """Converter: an amount of US dollars, a finite number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected an amount of US dollars (a number, 0 or more), got {describe_value(value)}")
+    return float(value)
+
+
+def to_optional_usd(value: object) -> float | None:
+    """Converter: None, or :func:`to_usd`."""
+    return None if value is None else to_usd(value)
+
+
+def to_prices(value: object) -> dict[str, float]:
+    """Converter: the price per hour in USD of machine types, ``{"g4dn.xlarge": 0.526, "g4dn.xlarge spot": 0.16}``.
+
+    A key is an instance or machine type, alone (on-demand) or followed by a
+    space and ``spot``; a value is USD per hour.  Empty by default.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of machine types to USD per hour, got {describe_value(value)}")
+    prices = {}
+    for key, price in value.items():
+        words = key.split() if isinstance(key, str) else []
+        if not (len(words) == 1 or (len(words) == 2 and words[1] in ("spot", "on-demand"))):
+            raise ValueError(f"{describe_value(key)}: expected a machine type, optionally followed by ' spot'")
+        try:
+            prices[" ".join(words)] = to_usd(price)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return prices
+
+
 def to_bool(value: object) -> bool:
     """Converter: a YAML boolean."""
     if not isinstance(value, bool):

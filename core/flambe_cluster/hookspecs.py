@@ -25,7 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .progress import Progress
-    from .records import ClusterInstances, CreatedResource, Instance, TaggedCluster
+    from .records import ClusterInstances, CreatedResource, Instance, PlannedChange, TaggedCluster
     from .settings import ClusterConfig
     from .state import RunJournal
 
@@ -255,4 +255,23 @@ def flambe_cluster_sweep(where: "dict[str, str]") -> "list[TaggedCluster] | None
     folder knows (leaks).  Looks only: never creates, changes or destroys
     anything.  Optional (a provider whose machines are the user's has
     nothing to sweep).
+    """
+
+
+@hookspec(firstresult=True)
+def flambe_cluster_plan(config: "ClusterConfig") -> "list[PlannedChange] | None":
+    """Return the changes to paid machines that ``up`` with ``config`` would make now, without making any.
+
+    One :class:`~flambe_cluster.records.PlannedChange` per role and action:
+    the machines ``load_instances`` would launch (what is missing, lost ones
+    included) and those ``up`` would terminate (factories beyond
+    ``factories_num``), each with its :class:`~flambe_cluster.records.Offer`
+    (type, market, price per hour).  An empty list: ``up`` changes no paid
+    machine.  Looks only (describe calls, price lookups): never creates,
+    changes or destroys anything.  The core prints the plan before such an
+    ``up``, asks on a terminal, and ``up --dry-run`` prints it and stops.
+    A provider that creates machines records each one's offer in its journal
+    entry (``details`` gets :meth:`Offer.details`), from which the core
+    computes what a cluster has cost.  Optional (machines the user brought
+    cost nothing to plan).
     """

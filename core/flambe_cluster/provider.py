@@ -24,6 +24,7 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 """
 
 from . import localhosts
+from .costs import listed_price
 from .converters import (
     SAFE_NAME,
     config_class,
@@ -50,7 +51,9 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .progress import Progress
-from .records import ClusterInstances, CreatedResource, Endpoint, Instance, Resources, Role, TaggedCluster, host_name
+from .records import (
+    ClusterInstances, CreatedResource, Endpoint, Instance, Offer, PlannedChange, Resources, Role, TaggedCluster, host_name,
+)
 from .settings import ClusterConfig
 from .sshroute import Resolver
 from .state import ClusterState, KeyPair, RunJournal, public_key_line
@@ -76,10 +79,13 @@ __all__ = [
     "Role",
     "RunJournal",
     "TaggedCluster",
+    "Offer",
+    "PlannedChange",
     "UsageError",
     "config_class",
     "describe_value",
     "hookimpl",
+    "listed_price",
     "localhosts",
     "host_name",
     "matching",

@@ -232,3 +232,57 @@ class TaggedCluster:
     machines: tuple[str, ...] = field(converter=tuple)
     remove: str
     place: dict = field(factory=dict, converter=dict, hash=False)
+
+
+#: The markets a machine is bought on.
+MARKETS = ("on-demand", "spot")
+
+
+@frozen
+class Offer:
+    """What one machine is and what it costs: its type, its market and its price per hour in USD.
+
+    ``usd_per_hour`` is ``None`` when the provider cannot tell (no price
+    source answered, no ``prices:`` entry).  :meth:`details` is how a
+    provider records it in the journal entry of what it created, so the
+    cost of a cluster is computed from the record alone
+    (:mod:`flambe_cluster.costs`).
+    """
+
+    instance_type: str
+    market: str = field(validator=attrs.validators.in_(MARKETS))
+    usd_per_hour: float | None = None
+
+    def details(self) -> dict:
+        """The journal details of a created machine bought on this offer."""
+        return {"instance_type": self.instance_type, "market": self.market, "usd_per_hour": self.usd_per_hour}
+
+    def describe(self) -> str:
+        """``"g4dn.xlarge spot at $0.1578/h"`` (or ``"..., price unknown"``)."""
+        price = f"at ${self.usd_per_hour:.4g}/h" if self.usd_per_hour is not None else "price unknown"
+        return f"{self.instance_type} {self.market} {price}"
+
+
+@frozen
+class PlannedChange:
+    """One change ``up`` would make to paid machines: launch ``count`` machines of ``role``, or terminate some.
+
+    ``names`` are the instance ids of the machines a termination removes (empty for a launch);
+    ``offer`` what each costs (``None``: unknown).
+    """
+
+    action: str = field(validator=attrs.validators.in_(("launch", "terminate")))
+    role: Role
+    count: int
+    offer: Offer | None = None
+    names: tuple[str, ...] = field(default=(), converter=tuple)
+
+    def line(self) -> str:
+        """One line of the plan, e.g. ``launch 2 × g4dn.xlarge spot at $0.1578/h each (factories)``."""
+        what = self.offer.describe() if self.offer else "type and price unknown"
+        if self.count > 1 and self.offer and self.offer.usd_per_hour is not None:
+            what += " each"
+        if self.action == "launch":
+            role = "orchestrator" if self.role is Role.ORCHESTRATOR else "factory" if self.count == 1 else "factories"
+            return f"launch {self.count} × {what} ({role})"
+        return f"terminate {', '.join(self.names) or f'{self.count} machines'} ({what})"

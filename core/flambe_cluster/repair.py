@@ -88,7 +88,8 @@ class Watch:
 
     def __init__(self, session: HostSession, lost_after: float, since: float | None = None,
                  reread: Callable[..., ClusterConfig | None] | None = None,
-                 find: Callable[[], ClusterInstances | None] | None = None) -> None:
+                 find: Callable[[], ClusterInstances | None] | None = None,
+          spent: Callable[[], bool] | None = None) -> None:
         self.session = session
         self.find = find or (lambda: session.hooks.flambe_cluster_find_instances(config=session.config))
         self.say = session.on_step  # the watch's own lines; a repair's steps are logged instead
@@ -397,13 +398,16 @@ def _log_step(message: str) -> None:
 def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], interval: float = 30.0,
           lost_after: float | None = None, rounds: int | None = None, since: float | None = None,
           reread: Callable[..., ClusterConfig | None] | None = None,
-          find: Callable[[], ClusterInstances | None] | None = None) -> None:
+          find: Callable[[], ClusterInstances | None] | None = None,
+          spent: Callable[[], bool] | None = None) -> None:
     """Keep the cluster whole until interrupted (or for ``rounds`` rounds); see the module's docstring.
 
     ``repair(before)`` runs ``before`` and then brings the cluster up again
     (``Cluster.up``), both under the cluster's lock; ``reread(always=False)`` returns the
     cluster file's configuration when the file changed or ``always`` (else None); ``find()`` the instances that exist (default:
-    the provider's ``find_instances``); ``lost_after``
+    the provider's ``find_instances``); ``spent()``, asked before each
+    round, takes the cluster down and returns True when it may cost no more
+    (its ``max_cost``), which ends the watch; ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a
     factory may not answer before it is lost; a ``down`` at or after
     ``since`` (a :func:`time.time`, default now) ends the watch.  An
@@ -428,6 +432,8 @@ def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], in
         while rounds is None or done < rounds:
             started = time.monotonic()
             try:
+                if spent is not None and spent():
+                    return
                 state.round(locked_repair)
             except ClusterTakenDown:
                 session.on_step(f"cluster {session.name!r} was taken down (flambe-cluster down); stopped watching")

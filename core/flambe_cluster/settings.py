@@ -23,6 +23,8 @@ from .converters import (
     to_optional_path,
     to_optional_private_key_path,
     to_optional_str,
+    to_optional_usd,
+    to_prices,
     to_proxy_jump,
     to_safe_name,
     to_seconds,
@@ -65,6 +67,10 @@ class ClusterConfig:
     ray_port: int = field(default=6379, converter=to_int(minimum=1, maximum=65535))
     ray_timeout: float = field(default=120.0, converter=to_seconds)
     secrets: Path | None = field(default=None, converter=to_optional_path)
+    prices: dict[str, float] = field(factory=dict, converter=to_prices)
+    """USD per hour by machine type (``"TYPE"`` on-demand, ``"TYPE spot"``), before any price the provider looks up."""
+    max_cost: float | None = field(default=None, converter=to_optional_usd)
+    """USD: ``up`` refuses once the cluster's recorded cost reaches it, and ``up --watch`` takes the cluster down."""
     source: str | None = field(default=None)
 
     @proxy_command.validator

@@ -7,7 +7,7 @@ message says what to do next.
 
 The commands live in :mod:`.lifecycle` (providers, up, status, down),
 :mod:`.work` (exec, submit, logs, pull), :mod:`.listing` (list) and
-:mod:`.history` (history); what they share in :mod:`.common`.
+:mod:`.history` (history, cost); what they share in :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import click
 
 from ..errors import FlambeClusterError, UsageError
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, configure_logging, err, start_run_log
-from .history import history
+from .history import cost, history
 from .lifecycle import down, providers, status, up
 from .listing import list_
 from .work import attach, exec_, forward, logs, pull, stop, submit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attach", "cli", "down", "exec_", "forward", "history", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
+__all__ = ["attach", "cli", "cost", "down", "exec_", "forward", "history", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
 
 #: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

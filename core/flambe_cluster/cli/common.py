@@ -14,16 +14,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, NamedTuple, Optional
 
 import click
 from rich.console import Console
 
 from .. import __version__, plugins
 from ..cluster import Cluster
-from ..errors import UsageError
+from ..config import provider_of, read_config_file
+from ..converters import SAFE_NAME, to_optional_path
+from ..errors import FlambeClusterError, UsageError
 from ..progress import STEPS_LOGGER, Display
-from ..state import state_home
+from ..state import ClusterState, state_home
 
 out = Console(highlight=False, soft_wrap=True)
 note = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -161,9 +163,58 @@ def close(cluster: Cluster) -> None:
             cluster.on_step.close()
 
 
+class NeverUp(NamedTuple):
+    """A cluster never brought up from this state folder (see :func:`never_brought_up`)."""
+
+    name: str
+    provider: str
+    state: Path  # its state folder, absent
+
+    def __str__(self) -> str:
+        return (f"cluster {self.name!r} does not exist: it was never brought up from this state folder "
+                f"({self.state} is absent); create it with `flambe-cluster up CONFIG`")
+
+
+def never_brought_up(config_path: str) -> Optional[NeverUp]:
+    """The cluster a file names when only its state folder could show it exists and that folder is absent;
+    None otherwise (the cluster is then loaded as usual, and its file's problems said as usual).
+
+    A provider that cannot find machines by tags (``flambe_cluster_sweep``:
+    ``ssh``'s machines are the user's, ``local``'s are in the state folder)
+    knows a cluster through its state folder alone, which ``up`` creates
+    first.  Without it a command that only looks (``status``, ``logs``) has
+    nothing to look at, and must not create anything for it either: loading
+    the cluster (a ``local`` client key) or connecting (pinned host keys)
+    would make a state folder that ``list`` then shows.  Only the file is read.
+    """
+    try:
+        raw = read_config_file(config_path)
+        provider, name = provider_of(raw, config_path), raw.get("name")
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            return None
+        state = ClusterState.for_cluster(name, to_optional_path(raw.get("state_dir")))
+        if state.root.exists():
+            return None
+        hooks = plugins.make_plugin_manager(provider).hook
+    except (FlambeClusterError, ValueError):
+        return None  # said as usual by loading the cluster
+    if any(impl.plugin_name == f"provider:{provider}" for impl in hooks.flambe_cluster_sweep.get_hookimpls()):
+        return None  # the provider finds the cluster's machines wherever it was made: it is asked
+    return NeverUp(name, provider, state.root)
+
+
 @contextlib.contextmanager
-def opened(config_path: str, must_exist: bool = True) -> Iterator[Cluster]:
-    """The cluster of a file, its existing instances loaded (or UsageError), connections closed after."""
+def opened(config_path: str, must_exist: bool = True, looks_only: bool = False) -> Iterator[Cluster]:
+    """The cluster of a file, its existing instances loaded (or UsageError), connections closed after.
+
+    ``looks_only`` (a command that only reads, as ``logs``): a cluster never
+    brought up from this state folder (see :func:`never_brought_up`) is
+    refused with UsageError before anything is loaded or created.
+    """
+    if looks_only:
+        unknown = never_brought_up(config_path)
+        if unknown is not None:
+            raise UsageError(str(unknown))
     cluster = load(config_path)
     try:
         if must_exist and not cluster.find_instances():

@@ -1,4 +1,5 @@
-"""``flambe-cluster history``: what the cluster's runs created and destroyed, and when, from its journal."""
+"""Views of a cluster's record (its journal), no host or cloud asked: ``history`` (what each run created and
+destroyed, and when) and ``cost`` (what its machines have cost so far)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+import attrs
+
+from .. import costs
 from ..config import load_config
+from ..settings import ClusterConfig
 from ..state import ClusterState
 from .common import CONFIG, EXIT_OK, cli, out
 
@@ -38,6 +43,12 @@ def when(entry: dict[str, Any]) -> str:
     return datetime.datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+def recorded(config: str) -> tuple[ClusterConfig, ClusterState]:
+    """The configuration of the file (not validated: no provider is asked) and the cluster's state folder."""
+    parsed = load_config(config, validate=False)
+    return parsed, ClusterState.for_cluster(parsed.name, parsed.state_dir)
+
+
 @cli.command(short_help="Show what the cluster's runs created and destroyed, and when.")
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: the journal's entries as they are.")
@@ -48,8 +59,7 @@ def history(config: str, as_json: bool) -> int:
     last line counts what is still recorded as existing: what `down` would
     destroy.
     """
-    parsed = load_config(config, validate=False)
-    state = ClusterState.for_cluster(parsed.name, parsed.state_dir)
+    parsed, state = recorded(config)
     entries = state.journal.entries()
     if as_json:
         out.print_json(json.dumps(entries))
@@ -65,4 +75,39 @@ def history(config: str, as_json: bool) -> int:
     outstanding = state.journal.outstanding()
     out.print(f"{len(outstanding)} recorded as still existing"
               + (f": {', '.join(f'{r.kind} {r.resource_id}' for r in outstanding)}" if outstanding else ""), markup=False)
+    return EXIT_OK
+
+
+@cli.command(short_help="Show what the cluster's machines have cost so far, run by run.")
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cost(config: str, as_json: bool) -> int:
+    """Show what the cluster's machines have cost so far, run by run, and what it costs per hour now.
+
+    Computed from the journal alone: each machine's price per hour, as the
+    provider recorded it when the machine was created, times how long the
+    record says it lived (until now for those still recorded).  A machine
+    that ended without flambe-cluster seeing it counts until a later `up`
+    or `down` records it gone.  Hours of unknown price are counted apart.
+    """
+    parsed, state = recorded(config)
+    runs = costs.run_costs(state.journal.entries())
+    total = sum(r.usd for r in runs)
+    now = sum(r.usd_per_hour_now for r in runs)
+    if as_json:
+        out.print_json(json.dumps({"runs": [attrs.asdict(r) for r in runs], "usd": total, "usd_per_hour_now": now,
+                                   "running": sum(r.running for r in runs), "max_cost": parsed.max_cost}))
+        return EXIT_OK
+    if not runs:
+        out.print(f"cluster {parsed.name!r}: no machine recorded (no run of `up` created one here)", markup=False)
+        return EXIT_OK
+    table = Table("run", "started", "machines now", "machine-hours", "USD")
+    for run in runs:
+        table.add_row(*map(escape, (run.run, when({"time": run.started}), str(run.running),
+                                    f"{run.machine_hours:.3f}", f"{run.usd:.4f}")))
+    out.print(table)
+    unpriced = sum(r.unpriced_hours for r in runs)
+    out.print(f"total ${total:.4f} so far; ${now:.4f} per hour now ({sum(r.running for r in runs)} machines recorded running)"
+              + (f"; max_cost ${parsed.max_cost:.2f}" if parsed.max_cost is not None else "")
+              + (f"; {unpriced:.3f} machine-hours of unknown price not included" if unpriced else ""), markup=False)
     return EXIT_OK

@@ -11,17 +11,17 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import environment, jobs, plugins, raycluster
+from .. import costs, environment, jobs, plugins, raycluster
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, RayHeadSlowError, UsageError
 from ..records import Instance
-from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, note, opened, out
+from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, never_brought_up, note, opened, out
 
 #: Seconds between two looks of `up --watch` given without a value.
 WATCH_INTERVAL = 30.0
 
 
-@cli.command()
+@cli.command(short_help="List the installed providers and whether each is ready.")
 def providers() -> int:
     """List the installed providers and whether each is ready (nothing is imported)."""
     table = Table("provider", "distribution", "version", "module", "ready")
@@ -38,7 +38,7 @@ def providers() -> int:
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Create or reuse the hosts, prepare the software and start Ray.")
 @CONFIG
 @click.option("--force", is_flag=True, help="Stop a running job.")
 @LOCK_WAIT
@@ -47,10 +47,14 @@ def providers() -> int:
                                         "replace lost factories and join them to Ray, until Ctrl-C.")
 @click.option("--lost-after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --watch: a factory that does not answer this long is lost (default: connect_timeout).")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask before removing factories while a job runs.")
+@click.option("-y", "--yes", is_flag=True,
+              help="Do not ask before launching or terminating paid machines, nor before removing factories while a "
+                   "job runs.")
+@click.option("--dry-run", is_flag=True, help="Print what up would launch and terminate, with prices; change nothing.")
 def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_after: Optional[float],
-       yes: bool) -> int:
-    """Create or reuse the cluster's hosts, distribute keys and run the setup commands (idempotent).
+       yes: bool, dry_run: bool) -> int:
+    """Create or reuse the cluster's hosts, distribute keys, run the setup commands, install the software and
+    start Ray (idempotent).
 
     A failure or an interrupt rolls back what this run created (once, under
     the cluster's lock) before the command exits.  The cluster's state
@@ -59,12 +63,24 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     at the cluster every SECONDS and replaces a factory lost while a job
     runs (one line per action); Ctrl-C stops watching, leaves the cluster as
     it is and exits 0 (during a repair it undoes that repair and exits 130).
-    On a terminal it asks before removing factories while a job runs
-    (`-y` skips the question; without a terminal it does not ask).
+    Before it launches or terminates paid machines (a cloud provider), it
+    prints one line per change with the price per hour; on a terminal it
+    asks first, as it does before removing factories while a job runs
+    (`-y` skips the questions; without a terminal it does not ask).
+    `--dry-run` prints the plan and changes nothing.  With `max_cost` in
+    the file, it refuses once the cluster's recorded cost reaches it.
     """
     cluster = load(config, validate=True)
-    cluster.state.remember_config(config)
     asks = not yes and sys.stdin.isatty()
+    go = False
+    try:
+        go = approved_plan(cluster, asks, dry_run)
+    finally:
+        if not go:
+            close(cluster)
+    if not go:
+        return EXIT_OK
+    cluster.state.remember_config(config)
     began = time.time()  # a `down` from another shell after this ends the watch (it waited for this up's lock)
     try:
         cluster.up(force=force, lock_wait=lock_wait,
@@ -83,17 +99,60 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     return EXIT_OK
 
 
+def approved_plan(cluster: Cluster, asks: bool, dry_run: bool) -> bool:
+    """Print the changes to paid machines ``up`` would make; whether to go on (no on ``--dry-run``, or a no).
+
+    Without changes nothing is printed (``--dry-run`` says so).  Asked on a
+    terminal only (``asks``); a no raises UsageError: nothing was changed.
+    """
+    cluster.refuse_past_max_cost()
+    changes = cluster.plan()
+    if not changes:
+        if dry_run:
+            out.print(f"up would launch and terminate no paid machine of cluster {cluster.name!r}", markup=False)
+        return not dry_run
+    hourly = [c.offer.usd_per_hour * c.count * (1 if c.action == "launch" else -1)
+              for c in changes if c.offer and c.offer.usd_per_hour is not None]
+    out.print(f"up {'would change' if dry_run else 'will change'} the paid machines of cluster {cluster.name!r}:",
+              markup=False)
+    for change in changes:
+        out.print(f"  {change.line()}", markup=False, soft_wrap=True)
+    if hourly:
+        out.print(f"  {sum(hourly):+.4g} USD per hour in all"
+                  + ("" if len(hourly) == len(changes) else " (for the changes of known price)"), markup=False)
+    if dry_run:
+        return False
+    if asks and not click.confirm("Go ahead?", default=False, err=True):
+        raise UsageError(f"cluster {cluster.name!r} was left as it is: nothing was launched or terminated "
+                         "(`up -y` goes ahead without asking)")
+    return True
+
+
 def print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
-    """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut."""
+    """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut.  Machines the
+    journal records as bought (cloud instances) show their type, market, age and price per hour."""
+    bought = costs.bought(cluster.state.journal.entries())
+    priced = any(h.instance_id in bought for h in cluster.all_hosts())
     table = Table()
-    for column in ("role", "name", "address", "private address", *(["ssh"] if reachable is not None else [])):
+    for column in ("role", "name", "address", "private address", *(["ssh"] if reachable is not None else []),
+                   *(["type", "market", "age", "USD/h"] if priced else [])):
         table.add_column(column, overflow="fold")
     for instance in cluster.all_hosts():
         row = [instance.role.value, instance.name, str(instance.endpoint), str(instance.private)]
         if reachable is not None:
             row.append(reachable[instance])
+        if priced:
+            machine = bought.get(instance.instance_id or "")
+            row += ([machine.offer.instance_type, machine.offer.market, machine.age(),
+                     "?" if machine.offer.usd_per_hour is None else f"{machine.offer.usd_per_hour:.4g}"]
+                    if machine else ["-"] * 4)
         table.add_row(*map(escape, row))
     out.print(table)
+
+
+def bought_json(machine: Optional[costs.Bought]) -> Optional[dict]:
+    """What the journal records of a host bought in a cloud (type, market, USD/h, since), for ``--json``."""
+    return None if machine is None else {**machine.offer.details(), "since": machine.since}
 
 
 def probe(cluster: Cluster, instance: Instance, running: dict) -> str:
@@ -139,7 +198,7 @@ def ray_and_job(cluster: Cluster, running: dict) -> dict:
             "services": cluster.orchestrator.service_addresses()}
 
 
-@cli.command()
+@cli.command(short_help="Show the hosts, the Ray nodes alive and the job.")
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str, as_json: bool) -> int:
@@ -149,8 +208,18 @@ def status(config: str, as_json: bool) -> int:
     not fully up.  A worker counts as alive only when the Ray head lists it
     alive and its node runs on the factory (checked over SSH); where the
     two disagree (the head notices a node that went away only seconds
-    later), a line says which factory and which account.
+    later), a line says which factory and which account.  A cluster never
+    brought up from this state folder is said to not exist (exit 0), and
+    nothing is created for it.
     """
+    unknown = never_brought_up(config)
+    if unknown is not None:  # nothing loaded, nothing connected: no state folder made for it
+        if as_json:
+            out.print_json(json.dumps({"name": unknown.name, "provider": unknown.provider, "exists": False,
+                                       "hosts": [], "ray": None, "job": None, "services": {}}))
+        else:
+            out.print(str(unknown), markup=False)
+        return EXIT_OK
     with opened(config, must_exist=False) as cluster:
         exists = cluster.find_instances()
         hosts = cluster.all_hosts() if exists else []
@@ -158,13 +227,15 @@ def status(config: str, as_json: bool) -> int:
         reached = hosts and reachable[cluster.session.orchestrator] == "ok"
         extra = ray_and_job(cluster, running) if reached else {"ray": None, "job": None, "services": {}}
         if as_json:
+            bought = costs.bought(cluster.state.journal.entries())
             payload = {
                 "name": cluster.name,
                 "provider": cluster.config.provider,
                 "exists": exists,
                 "hosts": [
                     {"name": h.name, "role": h.role.value, "address": str(h.endpoint), "public": str(h.public),
-                     "private": str(h.private), "instance_id": h.instance_id, "ssh": reachable[h]}
+                     "private": str(h.private), "instance_id": h.instance_id, "ssh": reachable[h],
+                     "bought": bought_json(bought.get(h.instance_id or ""))}
                     for h in hosts
                 ],
                 **extra,
@@ -190,7 +261,7 @@ def status(config: str, as_json: bool) -> int:
         return EXIT_OK if healthy else EXIT_FAILED
 
 
-@cli.command()
+@cli.command(short_help="Stop the job and Ray, then release the machines.")
 @CONFIG
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before destroying machines.")
 @LOCK_WAIT

@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import jobs, plugins
+from .. import costs, jobs, plugins
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, UsageError
 from ..records import TaggedCluster
@@ -18,12 +18,12 @@ from .common import EXIT_OK, cli, out
 from .lifecycle import probe_all, ray_and_job
 
 
-@cli.command(name="list")
+@cli.command(name="list", short_help="List the state folder's clusters: hosts, Ray and job.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--provider", metavar="NAME", help="Sweep this provider's cloud for clusters no state folder knows.")
 @click.option("--region", metavar="REGION", help="With --provider: where to look (default: the provider's own).")
 def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
-    """List every cluster of the state folder: provider, hosts, Ray and job.
+    """List every cluster of the state folder: provider, hosts, Ray, job, and cost (per hour now, so far).
 
     Each cluster is read from the configuration file its last `up` used (a
     cluster that sets `state_dir` keeps its state elsewhere and is not
@@ -91,8 +91,10 @@ def _known_places() -> Iterator[tuple[str, Optional[dict]]]:
 def describe(state: ClusterState) -> dict:
     """One cluster of the state folder: its file, provider, hosts (with SSH), Ray and job; ``error`` says what is unknown."""
     path = state.config_path
+    runs = costs.run_costs(state.journal.entries())
     entry: dict = {"name": state.root.name, "config": str(path) if path else None, "provider": None, "exists": None,
-                   "hosts": [], "ray": None, "job": None, "error": None}
+                   "hosts": [], "ray": None, "job": None, "error": None,
+                   "usd": sum(r.usd for r in runs), "usd_per_hour_now": sum(r.usd_per_hour_now for r in runs)}
     if path is None:
         entry["error"] = "no configuration file remembered; run `flambe-cluster up CONFIG` once to record it"
         return entry
@@ -124,12 +126,13 @@ def _print_clusters(clusters: list) -> None:
     if not clusters:
         out.print("no clusters in this state folder")
         return
-    table = Table("name", "provider", "hosts", "ray", "job", "note")
+    table = Table("name", "provider", "hosts", "ray", "job", "USD/h", "USD so far", "note")
     table.columns[0].overflow = table.columns[-1].overflow = "fold"
     for c in clusters:
         answering = sum(h["ssh"] == "ok" for h in c["hosts"])
         hosts = f"{answering}/{len(c['hosts'])} answer" if c["hosts"] else ("none" if c["exists"] is False else "-")
         ray = f"{c['ray']['alive_workers']} workers" if c["ray"] else "-"
         job = jobs.JobStatus(c["job"]["state"], c["job"]["exit_code"]).describe() if c["job"] else "-"
-        table.add_row(*map(escape, (c["name"], c["provider"] or "?", hosts, ray, job, c["error"] or "")))
+        spent = (f"{c['usd_per_hour_now']:.4g}", f"{c['usd']:.2f}") if c["usd"] or c["usd_per_hour_now"] else ("-", "-")
+        table.add_row(*map(escape, (c["name"], c["provider"] or "?", hosts, ray, job, *spent, c["error"] or "")))
     out.print(table)

@@ -16,9 +16,11 @@ from .labelled import LabelledLines
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
 
 
-@cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True)
+@cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True,
+             short_help="Run a command on the hosts, output labelled by host.")
 @CONFIG
-@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True)
+@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True,
+              help="Where to run it: all (every host), orchestrator (that host alone) or factories (every factory).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(config: str, target: str, command: Sequence[str]) -> int:
     """Run a command on the cluster's hosts; prints each host's output labelled by host.
@@ -55,7 +57,7 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
 
 
-@cli.command(cls=VerbatimTail, word=2, inclusive=False)
+@cli.command(cls=VerbatimTail, word=2, inclusive=False, short_help="Ship a file or folder and run it on the orchestrator.")
 @CONFIG
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -90,7 +92,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
         return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Print the job's output (all, or its last N lines).")
 @CONFIG
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing until the job ends; exit with its code (128 + N when signal N ended it).")
@@ -98,7 +100,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
               help="Only the last N lines (then, with --follow, what comes).")
 def logs(config: str, follow: bool, tail: Optional[int]) -> int:
     """Print the job's output (everything since it started, or its last N lines)."""
-    with opened(config) as cluster:
+    with opened(config, looks_only=True) as cluster:
         stream = sys.stdout.buffer
 
         def write(chunk: bytes) -> None:
@@ -112,7 +114,7 @@ def logs(config: str, follow: bool, tail: Optional[int]) -> int:
         return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Stop the running job; the cluster and Ray stay up.")
 @CONFIG
 def stop(config: str) -> int:
     """Stop the running job (its whole process group); the cluster and Ray stay up. Idempotent."""
@@ -126,7 +128,7 @@ def stop(config: str) -> int:
         return EXIT_OK
 
 
-@cli.command(cls=VerbatimTail, word=2, inclusive=True)
+@cli.command(cls=VerbatimTail, word=2, inclusive=True, short_help="Open a shell (or run a command) on a host.")
 @CONFIG
 @click.option("--on", "target", default="orchestrator", show_default=True, metavar="HOST",
               help="orchestrator, or a factory by name (factory0, or the full name) or address.")
@@ -153,7 +155,7 @@ def attach(config: str, target: str, command: Sequence[str]) -> int:
     return subprocess.run(argv).returncode
 
 
-@cli.command()
+@cli.command(short_help="Reach a host's port at 127.0.0.1 on this machine.")
 @CONFIG
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.option("--on", "target", default="orchestrator", show_default=True, metavar="HOST",
@@ -200,7 +202,7 @@ def job_exit_code(status: jobs.JobStatus) -> int:
     return status.exit_code if status.exit_code >= 0 else 128 - status.exit_code
 
 
-@cli.command()
+@cli.command(short_help="Gather REMOTE from the hosts into LOCAL on this machine.")
 @CONFIG
 @click.argument("remote")
 @click.argument("local", type=click.Path(file_okay=False))

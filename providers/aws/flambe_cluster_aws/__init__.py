@@ -72,7 +72,7 @@ from __future__ import annotations
 
 from flambe_cluster import hookimpl
 
-from . import alarms, api, catalog, hostkeys, validation
+from . import alarms, api, catalog, hostkeys, planning, validation
 from . import instances as fleet
 from .options import AWSOptions, default_region
 
@@ -120,6 +120,12 @@ def flambe_cluster_load_instances(config, journal, progress):
 def flambe_cluster_find_instances(config):
     """The cluster's live instances (stopped included), or None; never changes anything."""
     return fleet.find(config)
+
+
+@hookimpl
+def flambe_cluster_plan(config):
+    """The instances ``up`` would launch and the surplus factories it may terminate, with their prices."""
+    return planning.plan(config)
 
 
 @hookimpl

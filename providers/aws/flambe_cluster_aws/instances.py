@@ -27,7 +27,7 @@ from flambe_cluster.provider import (
     ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, TaggedCluster, host_name,
 )
 
-from . import api, validation
+from . import api, pricing, validation
 
 logger = logging.getLogger("flambe_cluster_aws")
 
@@ -324,7 +324,8 @@ def _launch(config, journal, plan: validation.LaunchPlan, role: str, count: int)
 
     options = config.options
     token = f"{journal.run_id}-{role}"
-    details = {"region": options.region_name, "role": role, "count": count, "instance_ids": []}
+    details = {"region": options.region_name, "role": role, "count": count, "instance_ids": [],
+               **pricing.offer(config, role).details()}  # what each costs: the cost view reads it from the journal
     journal.record(CreatedResource(KIND_LAUNCH, token, details))
     kind = options.instance_type(role)
     what = f"creating the orchestrator ({kind})" if role == "orchestrator" else f"creating factories ({count} x {kind})"

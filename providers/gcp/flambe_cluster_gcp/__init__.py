@@ -74,7 +74,7 @@ from collections import defaultdict
 from flambe_cluster import hookimpl
 from flambe_cluster.provider import ClusterError, Role
 
-from . import idle, provision, validation
+from . import idle, planning, provision, validation
 from .api import GCPError, connect
 from .options import GCPOptions
 
@@ -123,6 +123,12 @@ def flambe_cluster_load_instances(config, journal, progress):
                                      progress=progress)
     return provision.cluster_instances(config.name, config.options,
                                        provision.select(running, config.factories_num))
+
+
+@hookimpl
+def flambe_cluster_plan(config):
+    """The instances ``up`` would create and the surplus factories it may delete, with their prices."""
+    return planning.plan(config, connect(config.options))
 
 
 @hookimpl

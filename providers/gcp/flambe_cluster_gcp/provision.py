@@ -45,6 +45,7 @@ from flambe_cluster.provider import (
     ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, host_name, public_key_line,
 )
 
+from . import pricing
 from .api import WATCHDOG_SCOPES, Compute, GCPError, describe, error_reasons
 from .options import DEFAULT_IMAGE, UBUNTU, GCPOptions, parse_image
 
@@ -360,7 +361,8 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
         body = instance_body(config, compute, role, index, name, images[role], run_id, public_key)
         journal.record(CreatedResource(RESOURCE_KIND, name, {"project": compute.project, "zone": compute.zone,
                                                              "role": role.value, "index": index,
-                                                             "run": run_label(run_id)}))
+                                                             "run": run_label(run_id),
+                                                             **pricing.offer(config, role).details()}))
         request = compute_v1.InsertInstanceRequest(project=compute.project, zone=compute.zone, instance_resource=body,
                                                    request_id=request_id(run_id, name))
         what = f"creating instance {name} ({role.value}{'' if role is Role.ORCHESTRATOR else f' {index}'})"
