@@ -83,3 +83,18 @@ def test_cost_counts_each_instance_from_its_record_and_max_cost_refuses(fake, ra
     refused = run_cli("up", str(write(tmp_path, raw, max_cost=expected / 3)), state_home=tmp_path / "state", check=2)
     assert "which reaches its max_cost" in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr
     assert len([c for c in fake.calls if c["method"] == "instances.insert"]) == 3, "only the first load inserted"
+
+
+def test_the_watch_takes_the_cluster_down_once_it_reaches_max_cost(fake, raw, tmp_path):
+    cluster = Cluster.from_config(parse_config({**raw, "max_cost": 1e-7, "connect_timeout": 2}))
+    said = []
+    cluster.on_step = said.append
+    cluster.load_all_instances()  # its hosts never answer (none behind the fake): down still deletes the instances
+    time.sleep(0.5)
+    assert cluster.past_max_cost(), "0.147 USD/h for half a second is past 1e-7 USD"
+    cluster.watch(interval=0.5, rounds=3)
+    cluster.close()
+    assert any("which reaches its max_cost" in line and "taking it down" in line for line in said), said
+    assert [i for i in fake.instances.values() if i["status"] != "TERMINATED"] == [], "every instance deleted"
+    journal = ClusterState.for_cluster("priced", tmp_path / "state" / "clusters").journal
+    assert journal.outstanding() == [] and any(e["event"] == "down" for e in journal.entries())
