@@ -66,6 +66,8 @@ def env(aws_cloud, tmp_path_factory):
 def test_two_ups_at_once_make_one_cluster_with_its_tags_and_ray(env):
     for code, stdout, stderr in env.ups:
         assert code == 0, f"exit {code}\n{stderr}"
+    # the default idle policy keeps the orchestrator (its results), and says that it costs until `down`
+    assert any("its orchestrator (t3.micro) never shuts itself down when idle" in stderr for _, _, stderr in env.ups)
     cloud = env.cloud
     instances = cloud.instances(NAME, LIVE)
     assert len(instances) == 3, "one set of instances"

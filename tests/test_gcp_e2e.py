@@ -62,6 +62,7 @@ def test_up_creates_one_orchestrator_and_two_factories_with_the_cluster_labels_a
     up = env.first_up
     assert up.returncode == 0, up.stderr
     assert f"cluster {NAME!r} is up: 1 orchestrator, 2 factories" in up.stderr
+    assert "its orchestrator (e2-standard-2) never shuts itself down when idle (orchestrator_timeout: -1)" in up.stderr
     live = env.fake.live_instances()
     assert len(live) == 3 and env.fake.count("instances.insert") == 3
     assert sorted(i["labels"]["flambe-role"] for i in live) == ["factory", "factory", "orchestrator"]

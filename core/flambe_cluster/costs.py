@@ -13,6 +13,7 @@ what the record says: a machine that ended without flambe-cluster seeing it
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterable
 
@@ -20,7 +21,9 @@ from attrs import define
 
 from .records import MARKETS, Offer
 
-__all__ = ["Bought", "RunCost", "bought", "listed_price", "offer_of", "run_costs", "total_usd"]
+__all__ = ["Bought", "RunCost", "bought", "listed_price", "offer_of", "run_costs", "total_usd", "warn_never_idle"]
+
+logger = logging.getLogger(__name__)
 
 
 def listed_price(prices: dict[str, float], instance_type: str, market: str) -> float | None:
@@ -28,6 +31,15 @@ def listed_price(prices: dict[str, float], instance_type: str, market: str) -> f
     if market == "spot":
         return prices.get(f"{instance_type} spot")
     return prices.get(f"{instance_type} on-demand", prices.get(instance_type))
+
+
+def warn_never_idle(cluster: str, orchestrator: Offer) -> None:
+    """Warn (each ``up``) that the cluster's orchestrator never ends itself when idle, and what that costs:
+    for providers whose orchestrator idle timeout is "never" (the default, so that results on it are kept)."""
+    price = f" at ${orchestrator.usd_per_hour:.4g}/h" if orchestrator.usd_per_hour is not None else ""
+    logger.warning("cluster %r: its orchestrator (%s%s) never shuts itself down when idle "
+                   "(orchestrator_timeout: -1): it costs until `flambe-cluster down`; set orchestrator_timeout: "
+                   "HOURS to have it end itself once idle that long", cluster, orchestrator.instance_type, price)
 
 
 def offer_of(details: dict[str, Any]) -> Offer | None:

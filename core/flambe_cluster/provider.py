@@ -24,7 +24,7 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 """
 
 from . import localhosts
-from .costs import listed_price
+from .costs import listed_price, warn_never_idle
 from .converters import (
     SAFE_NAME,
     config_class,
@@ -99,6 +99,7 @@ __all__ = [
     "to_seconds",
     "to_str",
     "to_str_tuple",
+    "warn_never_idle",
 ]
 
 

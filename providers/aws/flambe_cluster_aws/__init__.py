@@ -71,8 +71,9 @@ What it guarantees:
 from __future__ import annotations
 
 from flambe_cluster import hookimpl
+from flambe_cluster.provider import warn_never_idle
 
-from . import alarms, api, catalog, hostkeys, planning, validation
+from . import alarms, api, catalog, hostkeys, planning, pricing, validation
 from . import instances as fleet
 from .options import AWSOptions, default_region
 
@@ -171,8 +172,11 @@ def flambe_cluster_idle_removed(config, instances):
 
 @hookimpl
 def flambe_cluster_configure_idle_shutdown(config, instances, journal, run) -> None:
-    """One CloudWatch alarm per instance whose role has a timeout >= 0 (see :mod:`.alarms`)."""
+    """One CloudWatch alarm per instance whose role has a timeout >= 0 (see :mod:`.alarms`); a warning when the
+    orchestrator has none."""
     alarms.configure(config, instances, journal)
+    if config.options.orchestrator_timeout == -1:
+        warn_never_idle(config.name, pricing.offer(config, "orchestrator"))
 
 
 @hookimpl

@@ -72,9 +72,9 @@ import time
 from collections import defaultdict
 
 from flambe_cluster import hookimpl
-from flambe_cluster.provider import ClusterError, Role
+from flambe_cluster.provider import ClusterError, Role, warn_never_idle
 
-from . import idle, planning, provision, validation
+from . import idle, planning, pricing, provision, validation
 from .api import GCPError, connect
 from .options import GCPOptions
 
@@ -179,8 +179,11 @@ def flambe_cluster_release_instances(config, instances) -> None:
 
 @hookimpl
 def flambe_cluster_configure_idle_shutdown(config, instances, journal, run, map) -> None:
-    """Ensure each host's idle watchdog matches its role's timeout (see :mod:`.idle`); idempotent."""
+    """Ensure each host's idle watchdog matches its role's timeout (see :mod:`.idle`); idempotent.  A warning when
+    the orchestrator has none."""
     idle.configure(config, instances, run, at_once=map)
+    if not config.options.idle_shutdown(Role.ORCHESTRATOR):
+        warn_never_idle(config.name, pricing.offer(config, Role.ORCHESTRATOR))
 
 
 @hookimpl
