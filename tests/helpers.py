@@ -75,3 +75,35 @@ def ssh_cluster_yaml(path: Path, hosts, key: Path, name: str, **extra) -> Path:
     }
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
+
+
+def page_through_forward(cli, config: Path, state_home: Path, port: int, local_port: int) -> tuple[str, str]:
+    """Serve a directory listing on the orchestrator's loopback at ``port`` and fetch it from here at ``local_port``
+    through ``flambe-cluster forward`` (interrupted after, as a user's Ctrl-C); returns (page, forward's stderr).
+
+    ``cli(*args, check=...)`` runs the command line on the cluster's state folder ``state_home``.
+    """
+    import signal
+    import urllib.request
+
+    started = cli("exec", str(config), "--on", "orchestrator", "--",
+                  f"nohup python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 & echo $!", check=0)
+    server = started.stdout.split("]")[-1].strip()
+    forwarding = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "forward", str(config), str(port),
+                                   "--local", str(local_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env={**os.environ, "FLAMBE_CLUSTER_HOME": str(state_home)})
+    try:
+        deadline, page = time.monotonic() + 30, ""
+        while not page:
+            assert forwarding.poll() is None, forwarding.stderr.read()
+            assert time.monotonic() < deadline, "the forwarded port never answered"
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{local_port}/", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.3)
+    finally:
+        forwarding.send_signal(signal.SIGINT)
+        _, said = forwarding.communicate(timeout=30)
+        cli("exec", str(config), "--on", "orchestrator", "--", f"kill {server}")
+    assert forwarding.returncode == 0, said
+    return page, said

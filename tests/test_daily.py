@@ -6,17 +6,12 @@ terminal of its own) on any host with the cluster's route and pinned host keys, 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, ssh_cluster_yaml
+from helpers import page_through_forward, run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 JOB = Path(__file__).parent / "jobs" / "count_lines.py"
@@ -51,27 +46,8 @@ def test_logs_tail_stop_attach_and_forward(flambe_test_hosts, flambe_client_key,
         assert unknown.returncode == 2 and "one of: orchestrator, factory0, factory1" in unknown.stderr, unknown.stderr
 
         # a page served on the orchestrator's loopback only, reached from here through `forward`
-        started = cli("exec", str(config), "--on", "orchestrator", "--",
-                      "nohup python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & echo $!", check=0)
-        server = started.stdout.split("]")[-1].strip()
-        forwarding = subprocess.Popen([sys.executable, "-m", "flambe_cluster", "forward", str(config), "8765",
-                                       "--local", "18765"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "FLAMBE_CLUSTER_HOME": str(home)})
-        try:
-            deadline, page = time.monotonic() + 30, ""
-            while not page:
-                assert time.monotonic() < deadline and forwarding.poll() is None, forwarding.stderr.read() \
-                    if forwarding.poll() is not None else "the forwarded port never answered"
-                try:
-                    page = urllib.request.urlopen("http://127.0.0.1:18765/", timeout=2).read().decode()
-                except OSError:
-                    time.sleep(0.3)
-            assert "Directory listing" in page
-        finally:
-            forwarding.send_signal(signal.SIGINT)
-            _, said = forwarding.communicate(timeout=30)
-            cli("exec", str(config), "--on", "orchestrator", "--", f"kill {server}")
-        assert forwarding.returncode == 0, said
+        page, said = page_through_forward(cli, config, home, 8765, 18765)
+        assert "Directory listing" in page
         assert "http://127.0.0.1:18765/ reaches port 8765 of daily_orchestrator" in said, said
     finally:
         try:

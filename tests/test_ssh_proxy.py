@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import WHERE_JOB, run_cli
+from helpers import WHERE_JOB, page_through_forward, run_cli
 from flambe_cluster.config import load_config
 from flambe_cluster.errors import FlambeClusterError
 from flambe_cluster.localhosts.system import read_banner
@@ -182,6 +182,15 @@ def test_up_with_the_agents_key_and_no_key_field(env, jump_config, agent, tmp_pa
     assert up.returncode == 0, up.stderr
     done = env.cli("exec", str(config), "--", "true", env=environment)
     assert done.returncode == 0, done.stderr
+
+
+def test_attach_and_forward_through_the_bastion(env, jump_config):
+    assert env.first_up.returncode == 0, env.first_up.stderr
+    on_factory = env.cli("attach", str(jump_config), "--on", "factory1", "--", "hostname", "-I", check=0)
+    assert on_factory.stdout.split() == [env.hosts[2].address], on_factory.stdout
+    page, said = page_through_forward(env.cli, jump_config, env.state, 8766, 18766)
+    assert "Directory listing" in page
+    assert f"http://127.0.0.1:18766/ reaches port 8766 of {NAME}_orchestrator" in said, said
 
 
 def test_down_through_the_bastion(env, jump_config):
