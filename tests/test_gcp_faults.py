@@ -124,7 +124,7 @@ def test_a_failing_setup_command_on_a_cluster_that_partly_existed(fake, raw, tmp
     assert done.returncode == 1
     assert "exit 3" in done.stderr or "exit code 3" in done.stderr, done.stderr
     assert left(fake, raw["name"]) == before, "only the factory this run created is deleted"
-    earlier.hooks.flambe_cluster_terminate(config=earlier.config, instances=ClusterInstances(earlier.orchestrator,
+    earlier.hooks.terminate(config=earlier.config, instances=ClusterInstances(earlier.orchestrator,
                                                                                               earlier.factories))
     assert left(fake, raw["name"]) == []
 

@@ -245,8 +245,8 @@ def test_rollback_is_idempotent_when_instances_are_already_gone(fake, raw):
     cluster = cluster_of(raw)
     cluster.load_all_instances()
     created = cluster.journal.created()
-    cluster.hooks.flambe_cluster_terminate(config=cluster.config, instances=ClusterInstances(cluster.orchestrator, cluster.factories))
-    cluster.hooks.flambe_cluster_rollback(config=cluster.config, created=created)
+    cluster.hooks.terminate(config=cluster.config, instances=ClusterInstances(cluster.orchestrator, cluster.factories))
+    cluster.hooks.rollback(config=cluster.config, created=created)
     cluster.rollback_env()
     assert fake.live_instances() == []
 
@@ -265,7 +265,7 @@ def test_down_deletes_every_instance_of_the_cluster_and_waits(fake, raw):
     other.load_all_instances()
     cluster = cluster_of(raw)
     assert cluster.find_instances()
-    cluster.hooks.flambe_cluster_terminate(config=cluster.config, instances=ClusterInstances(cluster.orchestrator, cluster.factories))
+    cluster.hooks.terminate(config=cluster.config, instances=ClusterInstances(cluster.orchestrator, cluster.factories))
     assert [i["name"] for i in fake.live_instances()] == [other.orchestrator.instance_id], \
         "all four (the surplus factory too) are gone, the other cluster stays"
 
@@ -306,7 +306,7 @@ def test_request_body_scheduling_accelerators_and_public_addresses(fake, raw):
 def test_promised_gpus_come_from_the_accelerator_configuration_without_ssh(fake, raw):
     cluster = cluster_of(raw, factories_gpu_type="nvidia-tesla-t4")
     cluster.load_all_instances()
-    answers = [cluster.hooks.flambe_cluster_promised_gpus(config=cluster.config, instance=f) for f in cluster.factories]
+    answers = [cluster.hooks.promised_gpus(config=cluster.config, instance=f) for f in cluster.factories]
     assert answers == [1, 1]
     bundled = cluster_of(raw, name="bundled", factories_type="a2-highgpu-1g", factories_num=1)
     bundled.load_all_instances()
@@ -355,7 +355,7 @@ def test_host_keys_come_from_the_guest_attributes_the_instance_published(fake, r
     cluster = cluster_of(raw, factories_num=0)
     cluster.load_all_instances()
     orchestrator = cluster.orchestrator
-    hook = cluster.hooks.flambe_cluster_host_keys
+    hook = cluster.hooks.host_keys
     assert hook(config=cluster.config, instance=orchestrator) is None, "nothing published: the policy decides"
     fake.publish_host_keys(orchestrator.private.host, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"])
     assert hook(config=cluster.config, instance=orchestrator) == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"]
@@ -425,7 +425,7 @@ def test_the_owner_is_part_of_the_identity_so_another_users_down_leaves_the_clus
     assert {i["labels"]["flambe-creator"] for i in fake.live_instances()} == {"alice"}
     bob = cluster_of(raw, creator="bob")
     assert bob.find_instances() is False, "bob has no cluster of that name"
-    bob.hooks.flambe_cluster_terminate(config=bob.config, instances=None)
+    bob.hooks.terminate(config=bob.config, instances=None)
     assert len(fake.live_instances()) == 3, "bob's down deleted none of alice's instances"
     assert cluster_of(raw).config.options.creator, "the creator defaults to the local user"
 

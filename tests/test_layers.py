@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,3 +46,30 @@ def test_a_provider_reaching_past_the_face_breaks_the_contract(tmp_path):
     done = lint_imports(tmp_path)
     assert done.returncode != 0, done.stdout
     assert "flambe_cluster_ssh is not allowed to import flambe_cluster.session" in done.stdout, done.stdout
+
+
+def core_modules() -> set[str]:
+    """Every module and subpackage of the core (``__init__``/``__main__`` aside)."""
+    package = ROOT / "core" / "flambe_cluster"
+    return ({p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+            | {p.name for p in package.iterdir() if (p / "__init__.py").exists()})
+
+
+def contract(name: str) -> configparser.SectionProxy:
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    return config[f"importlinter:contract:{name}"]
+
+
+def test_the_face_contract_forbids_every_core_module_but_the_face():
+    forbidden = {m.removeprefix("flambe_cluster.") for m in contract("providers-use-the-face")["forbidden_modules"].split()}
+    assert forbidden == core_modules() - {"provider"}, "a new core module must be forbidden to providers too"
+
+
+def test_every_core_module_has_its_layer_and_a_line_in_the_readme_layout():
+    section = contract("core-layers")
+    layered = {m.strip() for line in section["layers"].splitlines() for m in line.split("|") if m.strip()}
+    assert core_modules() - set(section["exhaustive_ignores"].split()) == layered
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    assert [m for m in sorted(core_modules()) if not re.search(rf"\b{m}\b", layout)] == [], "README's Layout names each"

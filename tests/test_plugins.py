@@ -171,7 +171,7 @@ def test_a_cluster_from_yaml_builds_exactly_one_plugin_manager(tmp_path, monkeyp
     path.write_text(f"!SSHCluster\nname: one\nkey: {key}\nusername: u\norchestrator_ip: 10.0.0.1\nfactories_ips: [10.0.0.2]\n")
     cluster = Cluster.from_yaml(path)
     assert made == ["ssh"]
-    assert cluster.hooks.flambe_cluster_options_class() is cluster.config.options.__class__
+    assert cluster.hooks.options_class() is cluster.config.options.__class__
     assert type(cluster).__name__ == "SSHCluster", "the !SSHCluster tag builds the seed's class"
 
 

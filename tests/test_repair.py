@@ -130,9 +130,9 @@ def fake_session(tmp_path, ids):
         orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
         require_orchestrator=lambda: instances.orchestrator,
         state=ClusterState(tmp_path / "state"), start_new_run=lambda: None, released=[],
-        hooks=SimpleNamespace(flambe_cluster_find_instances=lambda config: instances))
-    session.hooks.flambe_cluster_release_instances = lambda config, instances: session.released.extend(instances)
-    session.hooks.flambe_cluster_idle_removed = lambda config, instances: [
+        hooks=SimpleNamespace(find_instances=lambda config: instances))
+    session.hooks.release_instances = lambda config, instances: session.released.extend(instances)
+    session.hooks.idle_removed = lambda config, instances: [
         i for i in instances if i.instance_id in session.idle_ids]
     session.idle_ids = set()  # instances their idle policy released (the provider says so)
     session.hosts = lambda: [session.orchestrator, *session.factories]
@@ -248,7 +248,7 @@ def test_a_factory_its_idle_policy_released_is_left_alone_and_said_once(tmp_path
     def incomplete(config):
         raise ClusterError("cluster 'c' is incomplete: it has an orchestrator and 1 of 2 factories")
 
-    session.hooks.flambe_cluster_find_instances = incomplete
+    session.hooks.find_instances = incomplete
     session.idle_ids.add("i-2")
     repairs: list[int] = []
     for _ in range(3):
@@ -330,7 +330,7 @@ def test_a_cluster_taken_down_from_another_shell_ends_the_watch_creating_nothing
 
     monkeypatch.setattr(repair.time, "sleep", taken_down_after_the_first_round)
     session.pool.down.update({"10.0.0.2", "10.0.0.3"})
-    session.hooks.flambe_cluster_find_instances = lambda config: None  # the provider lists nothing any more
+    session.hooks.find_instances = lambda config: None  # the provider lists nothing any more
     repair.watch(session, lambda before: repairs.append(before() or 1), interval=0.01, lost_after=0)
     assert session.lines[-1] == "cluster 'c' was taken down (flambe-cluster down); stopped watching", session.lines
     assert repairs == [1] and session.released == [], "one repair before the down; none after"

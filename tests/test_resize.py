@@ -350,8 +350,8 @@ def test_gcp_releases_exactly_the_removed_factories(flambe_client_key, flambe_st
         small.load_all_instances()
         assert small.factories[0].instance_id == big.factories[0].instance_id, "the lowest index stays"
         removed = big.session.factories[1:]
-        small.hooks.flambe_cluster_release_instances(config=small.config, instances=removed)
-        small.hooks.flambe_cluster_release_instances(config=small.config, instances=removed)  # idempotent
+        small.hooks.release_instances(config=small.config, instances=removed)
+        small.hooks.release_instances(config=small.config, instances=removed)  # idempotent
         assert sorted(i["name"] for i in fake.live_instances()) == sorted(
             [big.orchestrator.instance_id, big.factories[0].instance_id])
-        small.hooks.flambe_cluster_terminate(config=small.config, instances=None)
+        small.hooks.terminate(config=small.config, instances=None)

@@ -31,6 +31,7 @@ from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
 from .operations import ClusterOperations
 from .progress import Progress
+from .providerhooks import ProviderHooks
 from .records import Instance, PlannedChange, Role, factory_name, orchestrator_name
 from .session import HostSession
 from .settings import ClusterConfig
@@ -99,7 +100,7 @@ class Cluster(ClusterOperations):
 
     def _adopt(self, config: ClusterConfig, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
-        self.session = HostSession(config, plugin_manager.hook, ClusterState.for_cluster(config.name, config.state_dir))
+        self.session = HostSession(config, ProviderHooks(plugin_manager), ClusterState.for_cluster(config.name, config.state_dir))
         self.error: Optional[BaseException] = None
         self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
         self._held: Optional[contextlib.ExitStack] = None  # locks taken on the hosts by the running step
@@ -145,7 +146,7 @@ class Cluster(ClusterOperations):
     # --- the seed's fields, and what the session holds
 
     config = property(lambda self: self.session.config, doc="The validated configuration.")
-    hooks = property(lambda self: self.session.hooks, doc="The provider's hooks (and the core's defaults).")
+    hooks = property(lambda self: self.session.hooks, doc="The provider's hooks (and the core's defaults), typed.")
     state = property(lambda self: self.session.state, doc="The cluster's local state folder.")
     name = property(lambda self: self.config.name)
     factories_num = property(lambda self: self.config.factories_num)
@@ -242,8 +243,7 @@ class Cluster(ClusterOperations):
         """Find or create every instance through the provider (idempotent; creations journaled)."""
         self._check_place(record=True)
         self.on_step(f"finding or creating {1 + self.factories_num} instances ({self.config.provider})")
-        self.session.set_instances(self.hooks.flambe_cluster_load_instances(config=self.config, journal=self.journal,
-                                                                            progress=self.on_progress))
+        self.session.set_instances(self.hooks.load_instances(self.config, self.journal, self.on_progress))
 
     def find_instances(self) -> bool:
         """Load the existing instances without creating anything; False if the cluster does not exist."""
@@ -251,7 +251,7 @@ class Cluster(ClusterOperations):
             self.load_all_instances()
             return True
         self._check_place(record=False)
-        instances = self.hooks.flambe_cluster_find_instances(config=self.config)
+        instances = self.hooks.find_instances(self.config)
         if instances is None:
             return False
         self.session.set_instances(instances)
@@ -259,7 +259,7 @@ class Cluster(ClusterOperations):
 
     def place(self) -> Dict[str, str]:
         """Where this cluster lives: the provider's name and its ``flambe_cluster_place`` (no API is called)."""
-        return {"provider": self.config.provider, **(self.hooks.flambe_cluster_place(config=self.config) or {})}
+        return {"provider": self.config.provider, **(self.hooks.place(self.config) or {})}
 
     def _check_place(self, record: bool) -> None:
         """Refuse, before the provider is asked anything, a file naming this cluster in another place than the
@@ -308,7 +308,7 @@ class Cluster(ClusterOperations):
         Looks only: changes nothing.
         """
         self._check_place(record=False)
-        changes = list(self.hooks.flambe_cluster_plan(config=self.config) or [])
+        changes = self.hooks.plan(self.config)
         members = {h.instance_id for h in resize.members(self.state) or () if h.instance_id}
         planned = []
         for change in changes:
@@ -443,13 +443,8 @@ class Cluster(ClusterOperations):
 
     def _up(self, confirm: Optional[Callable[[str], bool]] = None, lock_wait: float = 0.0) -> None:
         self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait)
-        self.hooks.flambe_cluster_configure_idle_shutdown(
-            config=self.config,
-            instances=self.session.instances(),
-            journal=self.journal,
-            run=lambda host, command: self.pool.run(host, command).stdout,
-            map=self.pool.map,
-        )
+        self.hooks.configure_idle_shutdown(self.config, self.session.instances(), self.journal,
+                                           lambda host, command: self.pool.run(host, command).stdout, self.pool.map)
 
     def _rollback_keeping_error(self) -> None:
         """Roll back after a failure; a failing rollback is logged, the original error stays the one raised."""
@@ -466,7 +461,7 @@ class Cluster(ClusterOperations):
         if not created:
             return
         self.on_step(f"rolling back {len(created)} resources created by this run")
-        self.hooks.flambe_cluster_rollback(config=self.config, created=created)
+        self.hooks.rollback(self.config, created)
         self.journal.journal.record_destroyed(created, run_id=self.journal.run_id)
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
         gone = [h for h in self.session.loaded() if h.instance_id in destroyed]
@@ -501,7 +496,7 @@ class Cluster(ClusterOperations):
             if exists:
                 self._stop_everything()
             self.on_step(f"releasing the hosts ({self.config.provider})")
-            self.hooks.flambe_cluster_terminate(config=self.config, instances=self.session.instances() if exists else None)
+            self.hooks.terminate(self.config, self.session.instances() if exists else None)
             self.close()
             self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id is not None])
             journal = self.state.journal

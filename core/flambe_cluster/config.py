@@ -20,6 +20,7 @@ import yaml
 from . import plugins
 from .converters import build, describe_value, init_fields, unknown_keys
 from .errors import ClusterConfigurationError, UsageError
+from .providerhooks import ProviderHooks
 from .settings import COMMON_FIELDS, ClusterConfig
 
 YAML_TAGS = {"!SSHCluster": "ssh", "!AWSCluster": "aws", "!GCPCluster": "gcp", "!LocalCluster": "local"}
@@ -58,8 +59,9 @@ def parse_config(
     """
     provider_name = provider_of(raw, source)
     manager = manager or plugins.make_plugin_manager(provider_name)
-    raw = {**(manager.hook.flambe_cluster_config_defaults(raw=dict(raw)) or {}), **raw}
-    options_class = manager.hook.flambe_cluster_options_class()
+    hooks = ProviderHooks(manager)
+    raw = {**hooks.config_defaults(raw), **raw}
+    options_class = hooks.options_class()
     own = {k: v for k, v in raw.items() if k not in COMMON_FIELDS}
     problems = unknown_keys(own, init_fields(options_class), also_known=COMMON_FIELDS)
     options = build(options_class, {k: v for k, v in own.items() if k in init_fields(options_class)}, problems)
@@ -75,15 +77,10 @@ def parse_config(
     if problems or config is None or options is None:
         raise ClusterConfigurationError(problems, source)
     if validate:
-        problems += provider_problems(manager.hook, config)
+        problems += hooks.validate(config)
     if problems:
         raise ClusterConfigurationError(problems, source)
     return config
-
-
-def provider_problems(hooks: Any, config: ClusterConfig) -> list[str]:
-    """Every problem the provider's ``flambe_cluster_validate`` finds (may ask the cloud)."""
-    return [p for result in hooks.flambe_cluster_validate(config=config) for p in result or ()]
 
 
 class _Loader(yaml.SafeLoader):

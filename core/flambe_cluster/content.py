@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import UsageError
-from .paths import relative_to_home
+from .paths import SENT_CONTENT, relative_to_home
 from .session import HostSession
 from .sync import UPLOAD_WARN_LIMIT_MB, warn_if_large
 
@@ -43,5 +43,5 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
         if all_hosts:
             session.fan_out(folders[name], session.factories, mirror=False)
         result[name] = posixpath.join(home, folders[name], path.absolute().name)
-        session.sent_content[result[name]] = path.absolute()
+        session.stash.setdefault(SENT_CONTENT, {})[result[name]] = path.absolute()
     return result

@@ -35,10 +35,14 @@ from packaging.requirements import InvalidRequirement, Requirement
 from . import bytecode, wheelhouse
 from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
+from .paths import SENT_CONTENT
 from .session import ENVIRONMENT_MARKER, HostSession
+from .stash import StashKey
 from .wheelhouse import HostPlatform
 
 logger = logging.getLogger(__name__)
+#: The factories' CPUs and GPUs once detected (see :func:`factory_resources`), kept on the session.
+RESOURCES = StashKey[dict[Instance, Resources]]()
 
 # Stdlib only, run by the host's own interpreter: live_ray_nodes() lists the live Ray nodes
 # flambe-cluster started on this host, from their markers (the same test as
@@ -316,14 +320,15 @@ def factory_resources(session: HostSession, reports: dict[Instance, HostReport] 
     ``HostsFailedError``) naming each factory whose type promises GPUs
     (the promised_gpus hook) that it does not see; see :func:`usable_gpus`.
     """
-    if session.resources is None or reports is not None:
+    known = session.stash.get(RESOURCES, None)
+    if known is None or reports is not None:
         reports = reports or probe(session, session.factories)
 
         def detect(host: Instance) -> Resources:
             return Resources(cpu=reports[host].cpus, gpu=usable_gpus(session, host))
 
-        session.resources = session.pool.map(session.factories, detect)
-    return session.resources
+        known = session.stash[RESOURCES] = session.pool.map(session.factories, detect)
+    return known
 
 
 def usable_gpus(session: HostSession, host: Instance) -> int:
@@ -332,10 +337,8 @@ def usable_gpus(session: HostSession, host: Instance) -> int:
     Promised GPUs that are not seen at all raise :class:`HostError` saying
     to install the NVIDIA driver; fewer than promised are used, with a warning.
     """
-    seen = int(session.hooks.flambe_cluster_detect_gpus(
-        config=session.config, instance=host, run=lambda command: session.pool.run(host, command).stdout
-    ) or 0)
-    promised = session.hooks.flambe_cluster_promised_gpus(config=session.config, instance=host) or 0
+    seen = int(session.hooks.detect_gpus(session.config, host, lambda command: session.pool.run(host, command).stdout) or 0)
+    promised = session.hooks.promised_gpus(session.config, host) or 0
     if promised and not seen:
         raise HostError(host.label, (
             f"its type promises {promised} GPU{'s' if promised != 1 else ''} but nvidia-smi sees none: the NVIDIA "
@@ -362,7 +365,7 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         return
     local_wheels, requirements = [], []
     for name, location in extensions.items():
-        folder = session.sent_content.get(location) or Path(location).expanduser()
+        folder = session.stash.get(SENT_CONTENT, {}).get(location) or Path(location).expanduser()
         if folder.is_dir():
             local_wheels.append(wheelhouse.build_local_wheel(folder, wheelhouse.cache_home() / "extensions"))
             continue

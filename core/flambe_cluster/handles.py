@@ -133,9 +133,8 @@ class InstanceHandle:
     def num_gpus(self) -> int:
         """The GPUs this host has (the provider's answer, or ``nvidia-smi``)."""
         session = self.session
-        gpus = session.hooks.flambe_cluster_detect_gpus(
-            config=session.config, instance=self.record, run=lambda command: session.pool.run(self.record, command).stdout
-        )
+        gpus = session.hooks.detect_gpus(session.config, self.record,
+                                         lambda command: session.pool.run(self.record, command).stdout)
         return int(gpus or 0)
 
     def contains_gpu(self) -> bool:

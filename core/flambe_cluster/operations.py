@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import environment, jobs, keys, raycluster
 from .commands import CommandResult
-from .config import provider_problems
 from .content import send_local_content as _send_local_content
 from .errors import ClusterConfigurationError
 from .records import Instance
@@ -114,7 +113,7 @@ class ClusterOperations:
         if environment.stale_hosts(reports):
             raycluster.forget_early_answer(self.session)  # installing may end what the head knew
         if not start_ray:
-            self.session.ray_node_hosts = running
+            self.session.stash[raycluster.NODE_HOSTS] = running
             environment.prepare(self.session, reports)
             return
         launch = raycluster.Launch(self.session, resources, running)
@@ -204,6 +203,6 @@ class ClusterOperations:
 
     def parse(self) -> None:
         """Check the configuration with the provider; raise ClusterConfigurationError listing all problems."""
-        problems = provider_problems(self.session.hooks, self.session.config)
+        problems = self.session.hooks.validate(self.session.config)
         if problems:
             raise ClusterConfigurationError(problems, self.session.config.source)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import posixpath
 import shlex
 
+from pathlib import Path
+
 from .errors import UsageError
+from .stash import StashKey
+
+#: Local files and folders sent to the hosts (``content.send_local_content``), by the path of their copy there,
+#: kept on the session (its ``stash``): an extension named by that path is built from its local original.
+SENT_CONTENT = StashKey[dict[str, Path]]()
 
 
 def check_relative_path(path: str, what: str = "path") -> str:

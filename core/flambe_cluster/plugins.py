@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 from . import defaults, hookspecs
 from .converters import is_config_class
 from .errors import ProviderError
+from .providerhooks import ProviderHooks
 
 ENTRY_POINT_GROUP = "flambe_cluster.providers"
 DISTRIBUTION = "flambe-cluster"
@@ -196,7 +197,7 @@ def make_plugin_manager(name: str) -> pluggy.PluginManager:
             f"provider {name!r} defines {', '.join(unmarked)} without the @flambe_cluster.hookimpl marker; "
             "decorate each hook implementation with it."
         )
-    options_class = manager.hook.flambe_cluster_options_class()
+    options_class = ProviderHooks(manager).options_class()
     if not is_config_class(options_class):
         raise ProviderError(
             f"provider {name!r}: its options class {getattr(options_class, '__qualname__', options_class)!r} is not "

@@ -21,6 +21,12 @@ from typing import Collection, Mapping, Sequence
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError, RayHeadSlowError
 from .records import Instance, Resources
 from .session import HostSession
+from .stash import StashKey
+
+#: The head's nodes, asked while the hosts were checked (see :func:`ask_head_early`), kept on the session.
+EARLY_NODES = StashKey[Future]()
+#: The hosts where this cluster's Ray node ran at the last probe, kept on the session until :func:`launch`.
+NODE_HOSTS = StashKey[set[Instance]]()
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +103,17 @@ def ask_head_early(session: HostSession, waiting_for: Sequence[Instance] = ()) -
             future.set_exception(exc)
 
     threading.Thread(target=ask, name="flambe ray nodes", daemon=True).start()
-    session.early_ray_nodes = future
+    session.stash[EARLY_NODES] = future
 
 
 def forget_early_answer(session: HostSession) -> None:
     """Discard the answer of :func:`ask_head_early` (software was installed, or commands ran on the hosts)."""
-    session.early_ray_nodes = None
+    session.stash.pop(EARLY_NODES, None)
 
 
 def _current_nodes(session: HostSession) -> list[dict] | None:
     """The early answer if there is one and it came through, else the head's answer now."""
-    early, session.early_ray_nodes = session.early_ray_nodes, None
+    early = session.stash.pop(EARLY_NODES, None)
     if early is not None:
         try:
             return early.result()
@@ -210,7 +216,7 @@ def launch(session: HostSession, resources: dict[Instance, Resources]) -> None:
     The hosts' software is ready (``prepare_all_instances`` ran); the hosts
     its probe found running a node of this cluster are used once.
     """
-    running, session.ray_node_hosts = session.ray_node_hosts, None
+    running = session.stash.pop(NODE_HOSTS, None)
     Launch(session, resources, running).finish()
 
 

@@ -91,7 +91,7 @@ class Watch:
                  find: Callable[[], ClusterInstances | None] | None = None,
           spent: Callable[[], bool] | None = None) -> None:
         self.session = session
-        self.find = find or (lambda: session.hooks.flambe_cluster_find_instances(config=session.config))
+        self.find = find or (lambda: session.hooks.find_instances(session.config))
         self.say = session.on_step  # the watch's own lines; a repair's steps are logged instead
         self.lost_after = lost_after
         self.reread = reread  # the cluster file again, when it changed (else None) or when asked (reread(True))
@@ -163,8 +163,7 @@ class Watch:
     def idle_removed(self, suspects: list[Instance]) -> set[Instance]:
         """Of ``suspects``, those the cluster's idle policy released (said once each): left alone."""
         candidates = [f for f in suspects if resize.identity(f) not in self.idle]
-        found = self.session.hooks.flambe_cluster_idle_removed(config=self.session.config, instances=candidates) \
-            if candidates else []
+        found = self.session.hooks.idle_removed(self.session.config, candidates) if candidates else []
         for factory in found or ():
             self.idle.add(resize.identity(factory))
             self.act("idle", f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} was released "
@@ -350,7 +349,7 @@ class Watch:
         listed = {resize.identity(h) for h in self.find() or ()}
         still = [f for f in factories if resize.identity(f) in listed]
         if still:  # provider-managed machines that the evidence says are gone: released so that `up` creates new ones
-            session.hooks.flambe_cluster_release_instances(config=session.config, instances=still)
+            session.hooks.release_instances(session.config, still)
         resize.forget(session, factories)
 
     def repair(self, repair: Callable[[Callable[[], None]], None], lost: list[Instance],

@@ -144,7 +144,7 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
     if removed:
         # A lost cloud instance (the provider created a replacement: it no longer runs) has no Ray node to stop.
         drain(session, [h for h in removed if not (h in lost and h.instance_id)])
-        session.hooks.flambe_cluster_release_instances(config=session.config, instances=list(removed))
+        session.hooks.release_instances(session.config, list(removed))
         forget(session, removed)
     if len(removed) > len(lost):  # machines left the cluster: the hosts that stay get a new key pair
         keys.rotate(session)

@@ -15,7 +15,6 @@ import configparser
 import logging
 import posixpath
 import shlex
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,9 +25,11 @@ from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
 from .progress import Progress, log_progress
-from .records import ClusterInstances, Endpoint, Instance, Resources, Role
+from .providerhooks import ProviderHooks
+from .records import ClusterInstances, Endpoint, Instance, Role
 from .remoteenv import RemoteEnvironment
 from .settings import ClusterConfig
+from .stash import Stash
 from .ssh import SSHPool, openssh_options, openssh_route_options
 from .state import ClusterState, RunJournal
 
@@ -47,8 +48,8 @@ def _log_step(message: str) -> None:
 class HostSession:
     """One cluster's hosts and everything needed to work on them.
 
-    ``hooks`` is the plugin manager's hook relay (the chosen provider plus
-    the core's defaults); ``on_step`` receives one line per step of a long
+    ``hooks`` is the provider's typed face (the chosen provider plus the
+    core's defaults, :class:`~flambe_cluster.providerhooks.ProviderHooks`); ``on_step`` receives one line per step of a long
     operation, ``on_progress`` what happens inside a step, per host
     (:class:`~flambe_cluster.progress.Progress`: states, bytes shipped).  Instances are loaded by :meth:`set_instances`; methods that
     need them raise :class:`ClusterError` before.  Connections open lazily
@@ -56,22 +57,16 @@ class HostSession:
     """
 
     config: ClusterConfig
-    hooks: Any
+    hooks: ProviderHooks
     state: ClusterState
     on_step: Callable[[str], None] = field(default=_log_step)
     on_progress: Progress = field(default=log_progress)
     orchestrator: Instance | None = field(default=None, init=False)
     factories: list[Instance] = field(factory=list, init=False)
-    resources: dict[Instance, Resources] | None = field(default=None, init=False)
-    """The factories' CPUs and GPUs, once detected (see :func:`flambe_cluster.environment.factory_resources`)."""
-    ray_node_hosts: set[Instance] | None = field(default=None, init=False)
-    """The hosts where this cluster's Ray node ran at the last probe (None before one)."""
-    early_ray_nodes: Future | None = field(default=None, init=False)
-    """The head's nodes, asked while the hosts were checked (see :func:`flambe_cluster.raycluster.ask_head_early`)."""
+    stash: Stash = field(factory=Stash, init=False)
+    """What the step modules keep for the session's life, each under its own typed key (see :mod:`.stash`)."""
     _pool: SSHPool | None = field(default=None, init=False)
     _run_journal: RunJournal | None = field(default=None, init=False)
-    sent_content: dict[str, Path] = field(factory=dict, init=False)
-    """Local files and folders sent to the hosts, by the absolute path of their copy there."""
     _homes: dict[Instance, str] = field(factory=dict, init=False)
 
     # --- names and places
@@ -166,7 +161,7 @@ class HostSession:
             command_timeout=self.config.command_timeout,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count=self.config.keepalive_count,
-            vouched_keys=lambda instance: self.hooks.flambe_cluster_host_keys(config=self.config, instance=instance),
+            vouched_keys=lambda instance: self.hooks.host_keys(self.config, instance),
         )
 
     @property

@@ -25,6 +25,7 @@ from ..config import provider_of, read_config_file
 from ..converters import SAFE_NAME, to_optional_path
 from ..errors import FlambeClusterError, UsageError
 from ..progress import STEPS_LOGGER, Display
+from ..providerhooks import ProviderHooks
 from ..state import ClusterState, state_home
 
 out = Console(highlight=False, soft_wrap=True)
@@ -195,10 +196,10 @@ def never_brought_up(config_path: str) -> Optional[NeverUp]:
         state = ClusterState.for_cluster(name, to_optional_path(raw.get("state_dir")))
         if state.root.exists():
             return None
-        hooks = plugins.make_plugin_manager(provider).hook
+        hooks = ProviderHooks(plugins.make_plugin_manager(provider))
     except (FlambeClusterError, ValueError):
         return None  # said as usual by loading the cluster
-    if any(impl.plugin_name == f"provider:{provider}" for impl in hooks.flambe_cluster_sweep.get_hookimpls()):
+    if hooks.implements("flambe_cluster_sweep"):
         return None  # the provider finds the cluster's machines wherever it was made: it is asked
     return NeverUp(name, provider, state.root)
 

@@ -90,7 +90,7 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     note.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
                f"({time.monotonic() - cluster.on_step.started:.1f}s)")
     if not note.quiet:
-        print_hosts(cluster)
+        print_hosts(cluster, bought=costs.bought(cluster.state.journal.entries()))
     if watch is not None:
         try:
             cluster.watch(watch, lost_after, since=began)
@@ -128,10 +128,10 @@ def approved_plan(cluster: Cluster, asks: bool, dry_run: bool) -> bool:
     return True
 
 
-def print_hosts(cluster: Cluster, reachable: Optional[dict] = None) -> None:
-    """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut.  Machines the
-    journal records as bought (cloud instances) show their type, market, age and price per hour."""
-    bought = costs.bought(cluster.state.journal.entries())
+def print_hosts(cluster: Cluster, reachable: Optional[dict] = None, bought: Optional[dict] = None) -> None:
+    """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut.  Hosts ``bought``
+    names (:func:`flambe_cluster.costs.bought`: cloud instances) show their type, market, age and price per hour."""
+    bought = bought or {}
     priced = any(h.instance_id in bought for h in cluster.all_hosts())
     table = Table()
     for column in ("role", "name", "address", "private address", *(["ssh"] if reachable is not None else []),
@@ -244,7 +244,7 @@ def status(config: str, as_json: bool) -> int:
         elif not exists:
             out.print(f"cluster {cluster.name!r} does not exist")
         else:
-            print_hosts(cluster, reachable)
+            print_hosts(cluster, reachable, costs.bought(cluster.state.journal.entries()))
             ray = extra["ray"]
             if ray is None:
                 out.print("ray: not running")

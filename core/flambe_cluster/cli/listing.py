@@ -12,6 +12,7 @@ from rich.table import Table
 from .. import costs, jobs, plugins
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, UsageError
+from ..providerhooks import ProviderHooks
 from ..records import TaggedCluster
 from ..state import ClusterState
 from .common import EXIT_OK, cli, out
@@ -57,8 +58,7 @@ def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
 
 def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
     """The provider's tagged clusters whose name no state folder of the state home holds."""
-    manager = plugins.make_plugin_manager(provider)
-    found = manager.hook.flambe_cluster_sweep(where={"region": region} if region else {})
+    found = ProviderHooks(plugins.make_plugin_manager(provider)).sweep({"region": region} if region else {})
     if found is None:
         raise UsageError(f"provider {provider!r} cannot look for machines by tags (it does not implement "
                          "flambe_cluster_sweep); its machines are the ones you brought")

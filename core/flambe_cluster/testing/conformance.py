@@ -108,7 +108,7 @@ class ProviderConformance:
                     found = cluster.find_instances()
                 except FlambeClusterError:  # incomplete (a test released some): the provider removes what is left
                     found = False
-                cluster.hooks.flambe_cluster_terminate(
+                cluster.hooks.terminate(
                     config=cluster.config, instances=cluster.session.instances() if found else None)
             cluster.close()
 
@@ -226,7 +226,7 @@ class ProviderConformance:
         with cluster:
             cluster.run()
             for host in cluster.all_hosts():
-                lines = cluster.hooks.flambe_cluster_host_keys(config=cluster.config, instance=host)
+                lines = cluster.hooks.host_keys(config=cluster.config, instance=host)
                 presented = cluster.pool.host_key(host)
                 assert lines is None or f"{presented.get_name()} {presented.get_base64()}" in \
                     [" ".join(line.split()[:2]) for line in lines], host.label
@@ -237,7 +237,7 @@ class ProviderConformance:
         cluster = make_cluster()
         cluster.load_all_instances()
         for host in cluster.all_hosts():
-            promised = cluster.hooks.flambe_cluster_promised_gpus(config=cluster.config, instance=host)
+            promised = cluster.hooks.promised_gpus(config=cluster.config, instance=host)
             assert promised is None or (isinstance(promised, int) and promised >= 0), (host.label, promised)
 
     def test_place_is_stable_text_that_reads_no_api(self, make_cluster):
@@ -252,7 +252,7 @@ class ProviderConformance:
         cluster = make_cluster()
         cluster.load_all_instances()
         kept, released = cluster.factories[:-1], cluster.factories[-1]
-        cluster.hooks.flambe_cluster_release_instances(config=cluster.config, instances=[released.record])
+        cluster.hooks.release_instances(config=cluster.config, instances=[released.record])
         if not self.creates_instances:
             return  # machines the user brought stay as they are: nothing to find gone
         again = make_cluster(name=cluster.name, factories_num=self.factories_num - 1)
