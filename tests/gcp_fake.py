@@ -30,8 +30,10 @@ and parses:
   ``FIELD != VALUE``, ``FIELD eq REGEX``, ``FIELD ne REGEX`` on
   ``labels.KEY``, ``name`` and ``status``, AND-ed by ``AND`` or juxtaposition,
   optionally parenthesised — ``OR`` answers 400; ``maxResults`` and
-  ``pageToken`` paginate), ``instances.delete`` (through an operation; 400
-  ``resourceNotReady`` while the instance's insert is still running, as the
+  ``pageToken`` paginate), ``instances.aggregatedList`` (the same filter and
+  paging over every zone; items keyed ``zones/ZONE``, a zone without a match
+  carries the ``NO_RESULTS_ON_PAGE`` warning), ``instances.delete``
+  (through an operation; 400 ``resourceNotReady`` while the instance's insert is still running, as the
   real API does), ``instances.start`` (a stopped, ``TERMINATED`` instance),
   ``instances.stop`` (``STOPPING``, then ``TERMINATED`` when its operation
   is ``DONE`` ``delete_seconds`` later),
@@ -124,7 +126,7 @@ METHOD_NAMES = (
     "zones.get", "zones.list", "machineTypes.get", "machineTypes.list", "machineTypes.aggregatedList",
     "acceleratorTypes.get", "acceleratorTypes.aggregatedList", "diskTypes.get", "images.getFromFamily",
     "images.get", "networks.get", "subnetworks.get", "instances.insert", "instances.get", "instances.list",
-    "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
+    "instances.aggregatedList", "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
 )
 
 
@@ -420,6 +422,7 @@ class FakeComputeEngine:
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/regions/(?P<region>[^/]+)/subnetworks/(?P<name>[^/]+)$",
          "subnetworks.get"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances$", "instances.list"),
+        ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/aggregated/instances$", "instances.aggregatedList"),
         ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances$", "instances.insert"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)$",
          "instances.get"),
@@ -563,6 +566,25 @@ class FakeComputeEngine:
         if start + size < len(items):
             page["nextPageToken"] = str(start + size)
         return page
+
+    def _instances_aggregatedList(self, project, query, **_):
+        self._project(project)
+        found = [(z, item) for z in self.zones for item in _filtered(
+            [self._public(i) for (iz, _), i in sorted(self.instances.items()) if iz == z], query.get("filter"))]
+        start = int(query.get("pageToken") or 0)
+        size = int(query.get("maxResults") or 500)
+        page = found[start:start + size]
+        items = {}
+        for zone in self.zones:
+            here = [item for z, item in page if z == zone]
+            items[f"zones/{zone}"] = {"instances": here} if here else {"warning": {
+                "code": "NO_RESULTS_ON_PAGE", "message": f"There are no results for scope 'zones/{zone}' on this page.",
+                "data": [{"key": "scope", "value": f"zones/{zone}"}]}}
+        answer = {"kind": "compute#instanceAggregatedList", "id": f"projects/{project}/aggregated/instances",
+                  "items": items, "selfLink": f"{BASE}projects/{project}/aggregated/instances"}
+        if start + size < len(found):
+            answer["nextPageToken"] = str(start + size)
+        return answer
 
     def _instances_get(self, project, zone, name, **_):
         self._zone(project, zone)

@@ -105,6 +105,14 @@ def flambe_cluster_place(config) -> dict:
 
 
 @hookimpl
+def flambe_cluster_sweep(where):
+    """The clusters with instances labelled by flambe-cluster, per name and zone (see :mod:`.sweep`): lists only."""
+    from . import sweep
+
+    return sweep.sweep(where)
+
+
+@hookimpl
 def flambe_cluster_load_instances(config, journal, progress):
     """Reuse the cluster's instances, create what is missing (journaled first), wait until all run (each one's
     state shown through ``progress``)."""
