@@ -17,7 +17,7 @@ import time
 import pytest
 
 from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
-from flambe_cluster import Cluster, SSHCluster, UsageError, raycluster
+from flambe_cluster import Cluster, SSHCluster, UsageError, hostfiles, raycluster
 from flambe_cluster.errors import RemoteCommandError
 from flambe_cluster.state import ClusterState
 
@@ -289,7 +289,7 @@ def test_a_factory_cut_off_during_a_gather_is_named_not_only_the_orchestrator(
     cluster = Cluster.from_yaml(config)
     with cluster:
         cluster.find_instances()
-        cluster.session.create_dirs_on(cluster.factories, ["gathered"])
+        hostfiles.create_dirs_on(cluster.session, cluster.factories, ["gathered"])
         getattr(lost, cut)()
         try:
             with pytest.raises(RemoteCommandError) as info:
@@ -333,7 +333,7 @@ def test_down_removes_the_secrets_and_the_cluster_key_from_every_host(three_host
     cluster = Cluster.from_yaml(config)
     with cluster:
         cluster.find_instances()
-        cluster.session.send_secrets(["GITHUB"])
+        hostfiles.send_secrets(cluster.session, ["GITHUB"])
     assert "t0k" in sent.read_text() and "k3y" not in sent.read_text()
     public = ClusterState(flambe_state_home / "clusters" / E2E).key_pair(f"flambe-cluster-{E2E}").public_line
     for host in three_hosts.hosts:

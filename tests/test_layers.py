@@ -73,3 +73,13 @@ def test_every_core_module_has_its_layer_and_a_line_in_the_readme_layout():
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout"):]
     assert [m for m in sorted(core_modules()) if not re.search(rf"\b{m}\b", layout)] == [], "README's Layout names each"
+
+
+def test_the_session_holds_hosts_connections_layout_and_transfers_only():
+    from flambe_cluster.session import HostSession
+
+    public = [n for n, v in vars(HostSession).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))]
+    assert len(public) <= 25, f"HostSession grew to {len(public)} public methods: put a step's work in its module"
+    source = (ROOT / "core" / "flambe_cluster" / "session.py").read_text()
+    assert not re.findall(r"ray_node_hosts|early_ray_nodes|resources|sent_content", source), \
+        "a step's state goes in its module's stash key, not on the session"

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 import attrs
 import pluggy
 
-from . import costs, hostlock, keys, plugins, raycluster, repair, resize, secrets
+from . import costs, hostfiles, hostlock, keys, plugins, raycluster, repair, resize, secrets
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
@@ -33,7 +33,7 @@ from .operations import ClusterOperations
 from .progress import Progress
 from .providerhooks import ProviderHooks
 from .records import Instance, PlannedChange, Role, factory_name, orchestrator_name
-from .session import HostSession
+from .session import HostSession, cluster_key_name
 from .settings import ClusterConfig
 from .ssh import SSHPool
 from .state import ClusterState, RunJournal
@@ -180,7 +180,7 @@ class Cluster(ClusterOperations):
                                   for i, r in enumerate(records)]
     pool: SSHPool = property(lambda self: self.session.pool, doc="The cluster's SSH connections.")  # type: ignore[assignment]
     journal: RunJournal = property(lambda self: self.session.journal, doc="This run's journal.")  # type: ignore[assignment]
-    remote_key_name = property(lambda self: self.session.remote_key_name)
+    remote_key_name = property(lambda self: cluster_key_name(self.name))
 
     @property
     def on_step(self) -> Callable[[str], None]:
@@ -453,9 +453,13 @@ class Cluster(ClusterOperations):
         except Exception as rollback_error:  # noqa: BLE001 - reported; the run's own error is what the user sees
             logger.error("rollback of cluster %r failed: %s", self.name, rollback_error)
 
+    def _loaded(self) -> List[Instance]:
+        """The instances loaded so far (empty before loading)."""
+        return self.session.hosts() if self.session.orchestrator is not None else []
+
     def rollback_env(self) -> None:
         """Destroy what this run created (per the journal) through the provider; idempotent."""
-        if not self.session.has_run_journal:
+        if self.session.run_journal is None:
             return
         created = self.journal.created()
         if not created:
@@ -464,7 +468,7 @@ class Cluster(ClusterOperations):
         self.hooks.rollback(self.config, created)
         self.journal.journal.record_destroyed(created, run_id=self.journal.run_id)
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
-        gone = [h for h in self.session.loaded() if h.instance_id in destroyed]
+        gone = [h for h in self._loaded() if h.instance_id in destroyed]
         self.session.forget_host_keys(gone)
         resize.drop_members(self.state, gone)
 
@@ -498,7 +502,7 @@ class Cluster(ClusterOperations):
             self.on_step(f"releasing the hosts ({self.config.provider})")
             self.hooks.terminate(self.config, self.session.instances() if exists else None)
             self.close()
-            self.session.forget_host_keys([h for h in self.session.loaded() if h.instance_id is not None])
+            self.session.forget_host_keys([h for h in self._loaded() if h.instance_id is not None])
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
             resize.drop_members(self.state)
@@ -513,7 +517,7 @@ class Cluster(ClusterOperations):
 
         def stop() -> None:
             self.shutdown_flambe_execution()
-            self.session.remove_secrets()
+            hostfiles.remove_secrets(self.session)
             self.shutdown_ray_cluster()
             keys.revoke(self.session, self.session.hosts())
 

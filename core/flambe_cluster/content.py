@@ -6,6 +6,7 @@ import posixpath
 from pathlib import Path
 from typing import Mapping
 
+from . import hostfiles
 from .errors import UsageError
 from .paths import SENT_CONTENT, relative_to_home
 from .session import HostSession
@@ -26,7 +27,7 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
     orchestrator as a tree (:meth:`HostSession.fan_out`): one upload from here.  Keys must be plain
     names (no ``/``).  Warns when more than ``UPLOAD_WARN_LIMIT_MB`` are sent.
     """
-    home = session.orchestrator_home()
+    home = hostfiles.orchestrator_home(session)
     dest = relative_to_home(dest, home, "send_local_content dest")
     local = {name: Path(value).expanduser() for name, value in content.items() if Path(value).expanduser().exists()}
     for name in local:
@@ -36,7 +37,7 @@ def send_local_content(session: HostSession, content: Mapping[str, str], dest: s
         warn_if_large(list(local.values()))
     orchestrator = session.require_orchestrator()
     folders = {name: posixpath.join(dest, name) for name in local}
-    session.create_dirs_on([orchestrator], list(folders.values()))
+    hostfiles.create_dirs_on(session, [orchestrator], list(folders.values()))
     result = dict(content)
     for name, path in local.items():
         session.upload(orchestrator, [path], folders[name] + "/")

@@ -24,6 +24,7 @@ from .records import MARKETS, Offer
 __all__ = ["Bought", "RunCost", "bought", "listed_price", "offer_of", "run_costs", "total_usd", "warn_never_idle"]
 
 logger = logging.getLogger(__name__)
+_warned_never_idle: set[str] = set()
 
 
 def listed_price(prices: dict[str, float], instance_type: str, market: str) -> float | None:
@@ -34,8 +35,12 @@ def listed_price(prices: dict[str, float], instance_type: str, market: str) -> f
 
 
 def warn_never_idle(cluster: str, orchestrator: Offer) -> None:
-    """Warn (each ``up``) that the cluster's orchestrator never ends itself when idle, and what that costs:
-    for providers whose orchestrator idle timeout is "never" (the default, so that results on it are kept)."""
+    """Warn that the cluster's orchestrator never ends itself when idle, and what that costs: for providers whose
+    orchestrator idle timeout is "never" (the default, so that results on it are kept).  Once per process and
+    cluster: an ``up`` says it, the repairs of its ``--watch`` do not again."""
+    if cluster in _warned_never_idle:
+        return
+    _warned_never_idle.add(cluster)
     price = f" at ${orchestrator.usd_per_hour:.4g}/h" if orchestrator.usd_per_hour is not None else ""
     logger.warning("cluster %r: its orchestrator (%s%s) never shuts itself down when idle "
                    "(orchestrator_timeout: -1): it costs until `flambe-cluster down`; set orchestrator_timeout: "

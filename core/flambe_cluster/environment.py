@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
 
-from . import bytecode, wheelhouse
+from . import bytecode, hostfiles, wheelhouse
 from .errors import ClusterError, HostError, UsageError
 from .records import Instance, Resources
 from .paths import SENT_CONTENT
@@ -291,7 +291,7 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     orchestrator = session.orchestrator
     size = _size(sources)
     session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
-    session.create_dirs_on([orchestrator], [relative])
+    hostfiles.create_dirs_on(session, [orchestrator], [relative])
     with tempfile.TemporaryDirectory(prefix="flambe-cluster-manifest-") as listing:
         (Path(listing) / wheelhouse.MANIFEST).write_text(wheelhouse.manifest(sources))
         session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in [*sources, listing]], relative + "/",

@@ -16,7 +16,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import environment, jobs, raycluster
+from . import environment, hostfiles, jobs, raycluster
 from .errors import ClusterError
 from .paths import relative_to_home
 from .records import Instance
@@ -116,15 +116,15 @@ class InstanceHandle:
 
     def existing_dir(self, _dir: str) -> bool:
         """Whether ``$HOME/_dir`` exists on this host."""
-        return self.session.existing_dir(self._relative(_dir, "existing_dir path"), [self.record])
+        return hostfiles.existing_dir(self.session, self._relative(_dir, "existing_dir path"), [self.record])
 
     def create_dirs(self, relative_dirs: List[str]) -> None:
         """Create folders (relative to the home) on this host; existing ones are kept."""
-        self.session.create_dirs_on([self.record], [self._relative(d, "folder") for d in relative_dirs])
+        hostfiles.create_dirs_on(self.session, [self.record], [self._relative(d, "folder") for d in relative_dirs])
 
     def remove_dir(self, _dir: str, content_only: bool = True) -> None:
         """Remove ``$HOME/_dir`` (or only what is inside it) on this host."""
-        self.session.remove_dir(self._relative(_dir, "remove_dir path"), content_only, [self.record])
+        hostfiles.remove_dir(self.session, self._relative(_dir, "remove_dir path"), content_only, [self.record])
 
     def num_cpus(self) -> int:
         """The CPUs this host may use."""
@@ -231,7 +231,7 @@ class OrchestratorInstance(InstanceHandle):
         self.session.rsync_on(self.session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
 
     def _has_environment(self) -> bool:
-        return self.session.has_environment([self.record])[self.record]
+        return hostfiles.has_environment(self.session, [self.record])[self.record]
 
 
 def handle(record: Optional[Instance], session: Optional[HostSession]) -> Optional[InstanceHandle]:

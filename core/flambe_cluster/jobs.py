@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from attrs import frozen
 
+from . import hostfiles
 from .errors import ClusterError, UsageError
 from .paths import check_relative_path, home_path
 from .session import HostSession
@@ -55,7 +56,7 @@ def _job_dir(session: HostSession) -> str:
 def status(session: HostSession) -> JobStatus:
     """The job's state on the orchestrator (``none`` before the environment exists)."""
     orchestrator = session.require_orchestrator()
-    if not session.has_environment([orchestrator])[orchestrator]:
+    if not hostfiles.has_environment(session, [orchestrator])[orchestrator]:
         return JobStatus("none")
     result = session.pool.run(orchestrator, session.helper("job", "status", _job_dir(session)))
     data = json.loads(result.stdout)
@@ -64,7 +65,7 @@ def status(session: HostSession) -> JobStatus:
 
 def stop(session: HostSession) -> JobStatus:
     """Stop the running job (its whole process group); idempotent."""
-    if not session.has_environment([session.orchestrator])[session.orchestrator]:
+    if not hostfiles.has_environment(session, [session.orchestrator])[session.orchestrator]:
         return JobStatus("none")
     session.pool.run(session.orchestrator, session.helper("job", "stop", _job_dir(session)))
     return status(session)
@@ -117,7 +118,7 @@ def submit(
     if not path.exists():
         raise UsageError(f"nothing to submit: {path} does not exist")
     _make_room(session, force)
-    argv, workdir = command_for(session, path, args, entry, session.orchestrator_home())
+    argv, workdir = command_for(session, path, args, entry, hostfiles.orchestrator_home(session))
     filters = [GITIGNORE_FILTER, *(f"--exclude={pattern}" for pattern in excludes)]
     return _launch(session, path, argv, workdir, secrets, filters)
 
@@ -139,8 +140,8 @@ def submit_runnable(session: HostSession, runnable: object, *, force: bool = Fal
         folder = Path(scratch) / "runnable"
         folder.mkdir()
         (folder / RUNNABLE_FILE).write_bytes(_pickled(runnable))
-        code = posixpath.join(session.orchestrator_home(), _job_dir(session), "code", folder.name)
-        argv = [posixpath.join(session.orchestrator_home(), session.remote_root, "env", "bin", "python"),
+        code = posixpath.join(hostfiles.orchestrator_home(session), _job_dir(session), "code", folder.name)
+        argv = [posixpath.join(hostfiles.orchestrator_home(session), session.remote_root, "env", "bin", "python"),
                 "-m", "flambe_cluster.remote.runnable", posixpath.join(code, RUNNABLE_FILE)]
         return _launch(session, folder, argv, code, secrets)
 
@@ -177,7 +178,7 @@ def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, sec
             filters: Sequence[str] = ()) -> JobStatus:
     """Ship ``path`` into the job's code folder (``filters``: rsync options choosing what goes), write the job's
     spec and start it detached; warns when what is shipped is large."""
-    home = session.orchestrator_home()
+    home = hostfiles.orchestrator_home(session)
     orchestrator = session.require_orchestrator()
     env = {
         "RAY_ADDRESS": session.ray_head_address,
@@ -191,7 +192,7 @@ def _launch(session: HostSession, path: Path, argv: list[str], workdir: str, sec
     code = posixpath.join(_job_dir(session), "code")
     session.on_step(f"shipping {path} to the orchestrator")
     warn_if_large([path], filters)
-    session.create_dirs_on([orchestrator], [code])
+    hostfiles.create_dirs_on(session, [orchestrator], [code])
     session.upload(orchestrator, [path], code + "/", delete=True, extra=filters)
     spec = {"argv": argv, "cwd": workdir, "env": env}
     session.pool.run(orchestrator, f"cat > {session.remote_path(JOB + '/spec.json')}", stdin=json.dumps(spec).encode())

@@ -19,7 +19,7 @@ from typing import Sequence
 from .hostkeys import key_line
 from .paths import home_path
 from .records import Instance
-from .session import HostSession
+from .session import HostSession, cluster_key_name
 
 
 def cluster_known_hosts(session: HostSession) -> str:
@@ -51,9 +51,9 @@ def has_key(session: HostSession) -> bool:
     """Whether every host holds this cluster's key pair, authorises its public key and no other of this cluster
     (a pair rotated away), and holds the cluster's known_hosts with the keys pinned here now (a host replaced at
     its address makes it stale)."""
-    key = session.state.key_pair(comment=session.remote_key_name)
+    key = session.state.key_pair(comment=cluster_key_name(session.name))
     private, public, known = session.remote_key_files()
-    quoted, comment = shlex.quote(key.public_line), shlex.quote(session.remote_key_name)
+    quoted, comment = shlex.quote(key.public_line), shlex.quote(cluster_key_name(session.name))
     session.pool.connect_all(session.hosts())
     command = (
         f"test -f {home_path(private)} && printf %s {shlex.quote(cluster_known_hosts(session))} | "
@@ -68,7 +68,7 @@ def has_key(session: HostSession) -> bool:
 def distribute(session: HostSession) -> None:
     """Install the cluster's key pair and known_hosts on every host and authorise the key everywhere, removing
     this cluster's older keys from ``authorized_keys`` (idempotent)."""
-    key = session.state.key_pair(comment=session.remote_key_name)
+    key = session.state.key_pair(comment=cluster_key_name(session.name))
     private, public, known = session.remote_key_files()
     hosts = session.hosts()
     session.on_step(f"distributing the cluster key to {len(hosts)} hosts")
@@ -86,7 +86,7 @@ def distribute(session: HostSession) -> None:
             f"touch {_KEYS}",
             f"chmod 600 {_KEYS}",
             f"grep -qxF {pub} {_KEYS} || printf '%s\\n' {pub} >> {_KEYS}",
-            _replace_cluster_lines(session.remote_key_name, key.public_line),
+            _replace_cluster_lines(cluster_key_name(session.name), key.public_line),
         ]
     )
     secret = key.private_path.read_bytes()
@@ -103,7 +103,7 @@ def revoke(session: HostSession, hosts: Sequence[Instance]) -> None:
         "set -e",
         "umask 077",
         f"rm -f {home_path(private)} {home_path(private + '.tmp')} {home_path(public)} {home_path(known)}",
-        _replace_cluster_lines(session.remote_key_name, ""),
+        _replace_cluster_lines(cluster_key_name(session.name), ""),
     ])
     session.pool.map(list(hosts), lambda host: session.pool.run(host, command))
 

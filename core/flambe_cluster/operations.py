@@ -17,7 +17,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import environment, jobs, keys, raycluster
+from . import environment, hostfiles, jobs, keys, raycluster
 from .commands import CommandResult
 from .content import send_local_content as _send_local_content
 from .errors import ClusterConfigurationError
@@ -47,20 +47,20 @@ class ClusterOperations:
 
     def create_dirs(self, relative_dirs: List[str]) -> None:
         """Create folders (relative to each host's home) on every host; existing ones are kept."""
-        self.session.create_dirs_on(self.session.hosts(), [self.session.relative(d, "folder") for d in relative_dirs])
+        hostfiles.create_dirs_on(self.session, self.session.hosts(), [self.session.relative(d, "folder") for d in relative_dirs])
 
     def existing_dir(self, _dir: str) -> bool:
         """Whether the folder ``$HOME/_dir`` exists on at least one host."""
-        return self.session.existing_dir(self.session.relative(_dir, "existing_dir path"))
+        return hostfiles.existing_dir(self.session, self.session.relative(_dir, "existing_dir path"))
 
     def remove_dir(self, _dir: str, content_only: bool = True, all_hosts: bool = True) -> None:
         """Remove ``$HOME/_dir`` (or only what is inside it) on all hosts or the orchestrator only."""
         hosts = self.session.hosts() if all_hosts else [self.session.require_orchestrator()]
-        self.session.remove_dir(self.session.relative(_dir, "remove_dir path"), content_only, hosts)
+        hostfiles.remove_dir(self.session, self.session.relative(_dir, "remove_dir path"), content_only, hosts)
 
     def get_orch_home_path(self) -> str:
         """The orchestrator's home folder (asked once, then remembered)."""
-        return self.session.orchestrator_home()
+        return hostfiles.orchestrator_home(self.session)
 
     def cluster_has_key(self) -> bool:
         """Whether every host holds this cluster's key pair and authorises its public key."""
@@ -90,7 +90,7 @@ class ClusterOperations:
         (Flambé's default); a whitelisted section they lack is skipped, as
         in the seed.  Returns the file's absolute path on the orchestrator.
         """
-        return posixpath.join(self.get_orch_home_path(), self.session.send_secrets(whitelist, self.secrets))
+        return posixpath.join(self.get_orch_home_path(), hostfiles.send_secrets(self.session, whitelist, self.secrets))
 
     # --- software, resources, Ray
 

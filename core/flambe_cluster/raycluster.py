@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Future
 from typing import Collection, Mapping, Sequence
 
+from . import hostfiles
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError, RayHeadSlowError
 from .records import Instance, Resources
 from .session import HostSession
@@ -401,7 +402,7 @@ def wait_for_workers(session: HostSession) -> None:
 def shutdown(session: HostSession, hosts: Sequence[Instance] | None = None) -> None:
     """Stop this cluster's Ray node on ``hosts`` (default: every host) that have the environment (factories, then the head); idempotent."""
     hosts = session.hosts() if hosts is None else hosts
-    ready = session.has_environment(hosts) if hosts else {}
+    ready = hostfiles.has_environment(session, hosts) if hosts else {}
     session.pool.map([f for f in session.factories if ready.get(f)], lambda host: stop_node(session, host))
     if ready.get(session.orchestrator):
         stop_node(session, session.orchestrator)
@@ -426,14 +427,14 @@ def complete(session: HostSession) -> bool:
 def is_up(session: HostSession) -> bool:
     """Whether the orchestrator has the environment, the head answers and every factory's worker is alive."""
     orchestrator = session.require_orchestrator()
-    return session.has_environment([orchestrator])[orchestrator] and complete(session)
+    return hostfiles.has_environment(session, [orchestrator])[orchestrator] and complete(session)
 
 
 def alive_hosts(session: HostSession) -> list[Instance]:
     """The hosts of this cluster the Ray head reports as alive nodes (none without the environment, or while the
     head is slow to answer)."""
     orchestrator = session.require_orchestrator()
-    if not session.has_environment([orchestrator])[orchestrator]:
+    if not hostfiles.has_environment(session, [orchestrator])[orchestrator]:
         return []
     alive = {n["ip"] for n in nodes_unless_slow(session) or () if n["alive"]}
     return [host for host in session.hosts() if host.private.host in alive]

@@ -357,7 +357,7 @@ class Watch:
         """Run ``repair(before)`` (``up`` under the lock), its steps logged; then say what became of each lost factory."""
         session = self.session
         before_factories = list(session.factories)
-        session.start_new_run()  # a failed repair rolls back only what it created
+        session.run_journal = None  # a new run: a failed repair rolls back only what it created
         shown, session.on_step = session.on_step, _log_step
         try:
             repair(before)

@@ -36,7 +36,7 @@ import json
 import logging
 from typing import Callable, Sequence
 
-from . import jobs, keys, raycluster
+from . import hostfiles, jobs, keys, raycluster
 from .errors import FlambeClusterError, UsageError
 from .records import Endpoint, Instance, Role
 from .session import HostSession
@@ -183,7 +183,7 @@ def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
 
     def stop(host: Instance) -> None:
         try:
-            if session.has_environment([host])[host]:
+            if hostfiles.has_environment(session, [host])[host]:
                 raycluster.stop_node(session, host)
         except FlambeClusterError as exc:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)

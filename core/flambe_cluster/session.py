@@ -11,7 +11,6 @@ session; :class:`~flambe_cluster.cluster.Cluster` is the seed's API on top.
 
 from __future__ import annotations
 
-import configparser
 import logging
 import posixpath
 import shlex
@@ -20,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from attrs import define, evolve, field
 
-from . import secrets, sync, tree
+from . import sync, tree
 from .commands import CommandResult, shell_join
 from .errors import ClusterError, RemoteCommandError, UsageError
 from .paths import check_relative_path, home_path, relative_to_home
@@ -35,9 +34,13 @@ from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SECRETS = Path("~/.flambe/secrets.ini")  # Flambé's default ``--secrets``
 ENVIRONMENT_MARKER = "env/flambe-session.build"
 """Under the remote root: written last by an install that succeeded, so an environment without it is incomplete."""
+
+
+def cluster_key_name(cluster: str) -> str:
+    """File name of the cluster key of ``cluster`` under ``~/.ssh`` on every host (and its comment)."""
+    return f"flambe-cluster-{cluster}"
 
 
 def _log_step(message: str) -> None:
@@ -66,7 +69,9 @@ class HostSession:
     stash: Stash = field(factory=Stash, init=False)
     """What the step modules keep for the session's life, each under its own typed key (see :mod:`.stash`)."""
     _pool: SSHPool | None = field(default=None, init=False)
-    _run_journal: RunJournal | None = field(default=None, init=False)
+    run_journal: RunJournal | None = field(default=None, init=False)
+    """This run's journal handle once :attr:`journal` started it (None: nothing journaled yet; setting None
+    lets what follows be a new run, whose rollback undoes only what it creates)."""
     _homes: dict[Instance, str] = field(factory=dict, init=False)
 
     # --- names and places
@@ -84,14 +89,9 @@ class HostSession:
         """A quoted shell word for ``$HOME/<remote_root>/<relative>``."""
         return home_path(posixpath.join(self.remote_root, relative))
 
-    @property
-    def remote_key_name(self) -> str:
-        """File name of the cluster key under ``~/.ssh`` on every host."""
-        return f"flambe-cluster-{self.name}"
-
     def remote_key_files(self) -> tuple[str, str, str]:
         """The cluster key's private, public and known_hosts files, relative to each host's home."""
-        base = f".ssh/{self.remote_key_name}"
+        base = f".ssh/{cluster_key_name(self.name)}"
         return base, f"{base}.pub", f"{base}.known_hosts"
 
     def helper(self, module: str, *args: str) -> str:
@@ -130,10 +130,6 @@ class HostSession:
         """The orchestrator followed by every factory (raises before instances are loaded)."""
         return [self.require_orchestrator(), *self.factories]
 
-    def loaded(self) -> list[Instance]:
-        """The instances loaded so far (empty before loading)."""
-        return [self.orchestrator, *self.factories] if self.orchestrator is not None else []
-
     def instances(self) -> ClusterInstances:
         return ClusterInstances(self.require_orchestrator(), self.factories)
 
@@ -167,18 +163,9 @@ class HostSession:
     @property
     def journal(self) -> RunJournal:
         """This run's journal handle (one per session)."""
-        if self._run_journal is None:
-            self._run_journal = self.state.ensure().journal.start_run()
-        return self._run_journal
-
-    @property
-    def has_run_journal(self) -> bool:
-        """Whether this session started a run (and so may have created something)."""
-        return self._run_journal is not None
-
-    def start_new_run(self) -> None:
-        """Let what follows be a new run of the journal (a rollback then undoes only what it creates)."""
-        self._run_journal = None
+        if self.run_journal is None:
+            self.run_journal = self.state.ensure().journal.start_run()
+        return self.run_journal
 
     def run_all(self, hosts: Sequence[Instance], command: str | Callable[[Instance], str], check: bool = True,
                 timeout: float | None = None, states: tuple[str, str] | None = None) -> dict[Instance, CommandResult]:
@@ -217,18 +204,14 @@ class HostSession:
             self._homes[host] = self.pool.run(host, 'printf %s "$HOME"').stdout
         return self._homes[host]
 
-    def orchestrator_home(self) -> str:
-        """The orchestrator's home folder."""
-        return self.home(self.require_orchestrator())
-
     def relative(self, path: str, what: str = "path") -> str:
         """``path`` relative to the home: relative already, or absolute inside the orchestrator's home (Flambé's way)."""
-        return relative_to_home(path, self.orchestrator_home(), what) if path.startswith("/") else check_relative_path(path, what)
+        return relative_to_home(path, self.home(self.require_orchestrator()), what) if path.startswith("/") else check_relative_path(path, what)
 
     def remote_environment(self, local_user: str) -> RemoteEnvironment:
         """What a job on the orchestrator needs to know about the cluster (private addresses)."""
         orchestrator = self.require_orchestrator()
-        home = self.orchestrator_home()
+        home = self.home(self.require_orchestrator())
         private, _public, known = (posixpath.join(home, path) for path in self.remote_key_files())
         return RemoteEnvironment(
             key=private,
@@ -242,73 +225,7 @@ class HostSession:
             ssh_options=tuple(self._openssh_options(private, known)),
         )
 
-    def has_environment(self, hosts: Sequence[Instance]) -> dict[Instance, bool]:
-        """Whether each host has the cluster's Python environment, installed completely (so its helpers can run).
-
-        An environment counts only with its :data:`ENVIRONMENT_MARKER`: one
-        left half-built (a host stopped mid-install) does not.
-        """
-        results = self.run_all(hosts, f"test -f {self.remote_path(ENVIRONMENT_MARKER)}", check=False)
-        return {host: result.ok for host, result in results.items()}
-
-    def secrets_file(self) -> Path | None:
-        """The secrets file: the configuration's ``secrets``, else Flambé's ``~/.flambe/secrets.ini`` if it exists."""
-        if self.config.secrets is not None:
-            return self.config.secrets
-        default = DEFAULT_SECRETS.expanduser()
-        return default if default.is_file() else None
-
-    def send_secrets(self, whitelist: Sequence[str] | None = None,
-                     injected: configparser.ConfigParser | None = None) -> str:
-        """Send the secrets (only the ``whitelist`` sections, as the seed: see
-        :func:`flambe_cluster.secrets.filtered`) to the orchestrator.
-
-        The secrets are ``injected`` (read by ``inject_secrets``, as Flambé's
-        runner does) when they hold any, else the secrets file.  Lands at
-        ``~/<remote_root>/secrets.ini`` with mode 0600, sent on the SSH
-        channel's stdin; its contents are never logged or printed.  Returns
-        that path relative to the home.
-        """
-        source: Path | configparser.ConfigParser | None = injected
-        if injected is None or not (injected.sections() or injected.defaults()):
-            source = self.secrets_file()
-        if source is None:
-            raise UsageError(f"cluster {self.name!r} has no secrets file; set `secrets: PATH` in its configuration "
-                             f"or write {DEFAULT_SECRETS}")
-        payload = secrets.filtered(source, whitelist)
-        temporary, final = self.remote_path("secrets.ini.tmp"), self.remote_path("secrets.ini")
-        command = f"umask 077 && mkdir -p {self.remote_path('')} && cat > {temporary} && mv -f {temporary} {final}"
-        self.pool.run(self.require_orchestrator(), command, stdin=payload)
-        return posixpath.join(self.remote_root, "secrets.ini")
-
-    def remove_secrets(self) -> None:
-        """Remove what :meth:`send_secrets` left on the orchestrator (idempotent): no secret outlives the cluster."""
-        files = (self.remote_path("secrets.ini"), self.remote_path("secrets.ini.tmp"))
-        self.pool.run(self.require_orchestrator(), f"rm -f -- {' '.join(files)}")
-
     # --- folders and files
-
-    def create_dirs_on(self, hosts: Sequence[Instance], relative_dirs: Sequence[str]) -> None:
-        """Create folders (relative to each host's home) on ``hosts``; existing ones are kept."""
-        if not relative_dirs:
-            return
-        paths = [check_relative_path(d, "folder") for d in relative_dirs]
-        self.run_all(hosts, "mkdir -p -- " + " ".join(home_path(p) for p in paths))
-
-    def existing_dir(self, relative: str, hosts: Sequence[Instance] | None = None) -> bool:
-        """Whether the folder ``$HOME/<relative>`` exists on at least one of ``hosts`` (default: all)."""
-        path = home_path(check_relative_path(relative, "existing_dir path"))
-        results = self.run_all(self.hosts() if hosts is None else hosts, f"test -d {path}", check=False)
-        return any(result.ok for result in results.values())
-
-    def remove_dir(self, relative: str, content_only: bool = True, hosts: Sequence[Instance] | None = None) -> None:
-        """Remove ``$HOME/<relative>`` (or only what is inside it) on ``hosts`` (default: all)."""
-        path = home_path(check_relative_path(relative, "remove_dir path"))
-        if content_only:
-            command = f"if [ -d {path} ]; then find {path} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +; fi"
-        else:
-            command = f"rm -rf -- {path}"
-        self.run_all(self.hosts() if hosts is None else hosts, command)
 
     def ssh_options(self, host: Instance) -> list[str]:
         """OpenSSH options for subprocesses (rsync) reaching ``host`` as the pool does: same route, key, pinned host keys."""
@@ -381,7 +298,7 @@ class HostSession:
         """
         folder = check_relative_path(folder, "folder")
         orchestrator = self.require_orchestrator()
-        self.create_dirs_on([orchestrator], [folder])
+        self.pool.run(orchestrator, f"mkdir -p -- {home_path(folder)}")
         passing = folder if mirror else posixpath.join(self.remote_root, "passing", folder)
 
         def send(giver: Instance, taker: Instance) -> CommandResult:
@@ -413,7 +330,7 @@ class HostSession:
         """
         folder = check_relative_path(folder, "folder")
         orchestrator = self.require_orchestrator()
-        self.create_dirs_on([orchestrator], [folder])
+        self.pool.run(orchestrator, f"mkdir -p -- {home_path(folder)}")
         results = self.pool.map(factories, lambda factory: self.rsync_on(
             orchestrator, self._remote(factory, folder + "/"), home_path(folder + "/"), quoted=True,
             port=factory.private.port))

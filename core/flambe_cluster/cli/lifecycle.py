@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import costs, environment, jobs, plugins, raycluster
+from .. import costs, environment, hostfiles, jobs, plugins, raycluster
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, RayHeadSlowError, UsageError
 from ..records import Instance
@@ -181,7 +181,7 @@ def ray_and_job(cluster: Cluster, running: dict) -> dict:
     disagree, ``ray["disagreements"]`` says so, one line per factory.
     """
     orchestrator = cluster.session.require_orchestrator()
-    if not cluster.session.has_environment([orchestrator])[orchestrator]:
+    if not hostfiles.has_environment(cluster.session, [orchestrator])[orchestrator]:
         return {"ray": None, "job": {"state": "none", "exit_code": None}, "services": {}}
     slow = None
     try:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import click
 
-from .. import jobs
+from .. import hostfiles, jobs
 from ..commands import shell_join
 from .labelled import LabelledLines
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
@@ -84,7 +84,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
     with opened(config) as cluster:
         with cluster.locked(lock_wait):
             cluster.install_extensions({spec: spec for spec in extensions})
-            secrets = (cluster.session.send_secrets(list(secret_sections) or None)
+            secrets = (hostfiles.send_secrets(cluster.session, list(secret_sections) or None)
                        if cluster.config.secrets is not None else None)
             status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry, secrets=secrets,
                                  excludes=excludes)
