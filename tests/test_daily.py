@@ -35,6 +35,9 @@ def test_logs_tail_stop_attach_and_forward(flambe_test_hosts, flambe_client_key,
         assert "stopped the job on cluster 'daily'" in stopped.stderr, stopped.stderr
         status = json.loads(cli("status", str(config), "--json", check=0).stdout)
         assert status["job"]["state"] != "running" and status["ray"]["alive_workers"] == 2, status
+        ended = cli("logs", str(config), "--follow")  # the stopped job's output, then how it ended
+        assert "line 5" in ended.stdout and ended.stderr.strip().endswith("job stopped"), ended.stderr
+        assert ended.returncode != 0, "logs --follow exits with the stopped job's code"
         again = cli("stop", str(config), check=0)
         assert "no job runs on cluster 'daily'" in again.stderr, again.stderr
 
