@@ -151,3 +151,17 @@ def test_the_gcp_sweep_refuses_an_unknown_project_region_or_value_and_needs_a_pr
     with pytest.raises(UsageError, match=r"^--region for gcp: expected a region \(us-central1\) or a zone"):
         hook.flambe_cluster_sweep(where={"region": "Central"})
     assert {c["method"] for c in fake.calls} <= LISTS
+
+
+def test_a_known_cluster_whose_file_leaves_the_project_to_the_credentials_is_not_a_leak():
+    from flambe_cluster.cli.listing import is_known
+    from flambe_cluster.records import TaggedCluster
+
+    swept = TaggedCluster("exp1", ("exp1-orchestrator-ab (RUNNING, orchestrator)",), "gcloud ...",
+                          {"project": "proj-7", "zone": "us-central1-a"})
+    recorded = {"provider": "gcp", "project": "(the credentials' project)", "zone": "us-central1-a"}
+    assert is_known(swept, "exp1", recorded)
+    assert is_known(swept, "exp1", None), "a cluster known by name alone is never listed as a leak"
+    assert not is_known(swept, "exp1", {**recorded, "zone": "europe-west4-a"}), "another zone: another cluster"
+    assert not is_known(swept, "exp1", {**recorded, "project": "proj-8"})
+    assert not is_known(swept, "exp2", recorded)

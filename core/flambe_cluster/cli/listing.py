@@ -63,9 +63,17 @@ def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
         raise UsageError(f"provider {provider!r} cannot look for machines by tags (it does not implement "
                          "flambe_cluster_sweep); its machines are the ones you brought")
     known = list(_known_places())
-    return [cluster for cluster in found if not any(
-        name == cluster.name and (place is None or all(place.get(k) == v for k, v in cluster.place.items()))
-        for name, place in known)]
+    return [cluster for cluster in found if not any(is_known(cluster, name, place) for name, place in known)]
+
+
+def is_known(cluster: TaggedCluster, name: str, place: Optional[dict]) -> bool:
+    """Whether a swept cluster is the state folder's cluster ``name`` recorded at ``place``: the same name, and
+    each value of its place the same, unless the recorded one is unknown (None, or in parentheses: left to the
+    environment, such as GCP's "(the credentials' project)"). In doubt a cluster is known: never listed as a leak."""
+    def same(key: str, value: str) -> bool:
+        recorded = (place or {}).get(key)
+        return recorded is None or recorded == value or (recorded.startswith("(") and recorded.endswith(")"))
+    return name == cluster.name and all(same(k, v) for k, v in cluster.place.items())
 
 
 def _known_places() -> Iterator[tuple[str, Optional[dict]]]:
