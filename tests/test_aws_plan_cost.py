@@ -88,11 +88,12 @@ def test_cost_adds_up_lifetimes_times_prices_and_max_cost_refuses(moto_cloud, tm
     cluster.rollback_env()  # every span closed: the cost is fixed from here on
     cluster.close()
     entries = ClusterState.for_cluster("costed", home / "clusters").journal.entries()
-    # independently of flambe_cluster.costs: each launch's instances, from EC2's answer (the entry with their
-    # ids; the one before the call has none) to the record of their end, × the price recorded
+    # independently of flambe_cluster.costs: each launch's instances, from its first record (before the call:
+    # as many as asked, erring high, then as many as EC2 answered) to the record of their end, × the price
     born, machines, died = {}, {}, {}
     for entry in entries:
-        if entry["event"] == "created" and entry["kind"] == "launch" and entry["details"]["instance_ids"]:
+        if entry["event"] == "created" and entry["kind"] == "launch":
+            assert entry["details"]["count"] == len(entry["details"]["instance_ids"] or [None] * entry["details"]["count"])
             born.setdefault(entry["id"], entry["time"])
             machines[entry["id"]] = (len(entry["details"]["instance_ids"]), entry["details"]["usd_per_hour"])
         elif entry["event"] == "destroyed":
@@ -112,7 +113,8 @@ def test_cost_adds_up_lifetimes_times_prices_and_max_cost_refuses(moto_cloud, tm
     before = launches(moto_cloud)
     capped = moto_cloud.write_config(tmp_path / "capped.yaml", "costed", max_cost=expected / 2, **PRICES)
     refused = moto_cloud.cli("up", str(capped), "-y", home=home, check=2)
-    assert f"has cost ${expected:.2f} so far by its record, which reaches its max_cost" in refused.stderr, refused.stderr
+    assert f"has cost ${expected:.2f} since it was brought up, by its record, which reaches its max_cost" \
+        in refused.stderr, refused.stderr
     assert "nothing was changed" in refused.stderr and launches(moto_cloud) == before
 
 

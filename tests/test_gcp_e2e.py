@@ -106,7 +106,7 @@ def test_a_second_up_reuses_the_instances_and_the_watchdogs(env):
     up = env.cli("up", str(env.config), check=0)
     elapsed = time.monotonic() - started
     assert env.fake.count("instances.insert") == 3, "nothing new is created"
-    assert env.fake.count("instances.list") == lists + 1, "finding the cluster takes one list request"
+    assert env.fake.count("instances.list") == lists + 2, "one list request to plan (nothing to change), one to find"
     assert "Ray already up: 2 workers alive" in up.stderr and "installing" not in up.stderr
     assert {h.address: env.watchdogs(h) for h in env.hosts} == before, "no second watchdog, none restarted"
     assert fast_enough(elapsed, 10, reference), f"second up took {elapsed:.1f} s (status: {reference:.1f} s)"

@@ -20,7 +20,7 @@ from gcp_fake import FakeComputeEngine
 from helpers import run_cli
 
 ADDRESSES = [f"10.213.251.{i}" for i in range(4, 20)]
-PRICES = {"e2-standard-2": 0.067, "n1-standard-4 spot": 0.04}
+PRICES = {"e2-standard-2 spot": 0.067, "n1-standard-4 spot": 0.04}  # spot: true makes every instance spot
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def write(tmp_path, raw, **overrides):
 def test_dry_run_prints_the_plan_and_creates_nothing(fake, raw, tmp_path):
     done = run_cli("up", str(write(tmp_path, raw)), "--dry-run", state_home=tmp_path / "state", check=0)
     lines = done.stdout.splitlines()
-    assert "  launch 1 × e2-standard-2 on-demand at $0.067/h (orchestrator)" in lines, done.stdout
+    assert "  launch 1 × e2-standard-2 spot at $0.067/h (orchestrator)" in lines, done.stdout
     assert "  launch 2 × n1-standard-4 spot at $0.04/h each (factories)" in lines, done.stdout
     assert "  +0.147 USD per hour in all" in lines, done.stdout
     assert not [c for c in fake.calls if c["method"] == "instances.insert"]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from flambe_cluster import Cluster, ClusterConfigurationError
+from flambe_cluster import Cluster, ClusterConfigurationError, UsageError
 from flambe_cluster.config import load_config, parse_config
 from flambe_cluster.errors import ClusterError
 from flambe_cluster.records import ClusterInstances
@@ -419,11 +419,13 @@ def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_
     assert sorted(i["name"] for i in fake.live_instances()) == sorted(i.instance_id for i in first), "one cluster"
 
 
-def test_the_owner_is_part_of_the_identity_so_another_users_down_leaves_the_cluster_alone(fake, raw):
+def test_the_owner_is_part_of_the_identity_so_another_users_down_leaves_the_cluster_alone(fake, raw, tmp_path):
     alice = cluster_of(raw, creator="alice")
     alice.load_all_instances()
     assert {i["labels"]["flambe-creator"] for i in fake.live_instances()} == {"alice"}
-    bob = cluster_of(raw, creator="bob")
+    with pytest.raises(UsageError, match="is in another place: creator alice"):  # alice's state folder: refused
+        cluster_of(raw, creator="bob").find_instances()
+    bob = cluster_of(raw, creator="bob", state_dir=str(tmp_path / "bob"))  # bob's own state folder
     assert bob.find_instances() is False, "bob has no cluster of that name"
     bob.hooks.terminate(config=bob.config, instances=None)
     assert len(fake.live_instances()) == 3, "bob's down deleted none of alice's instances"

@@ -76,7 +76,7 @@ def test_the_gcp_sweep_lists_only_the_cluster_no_state_folder_knows_with_its_gcl
     untracked = swept(fake, flambe_state_home)
     assert [c["name"] for c in untracked] == ["lost"], untracked
     entry = untracked[0]
-    assert entry["place"] == {"project": fake.project, "zone": "us-central1-a"}
+    assert entry["place"] == {"project": fake.project, "zone": "us-central1-a", "creator": "tester"}
     statuses = {i["name"]: i["status"] for i in fake.live_instances()}
     assert sorted(entry["machines"]) == sorted(
         f"{n} ({statuses[n]}, {'orchestrator' if 'orchestrator' in n else 'factory'}, creator tester)" for n in lost)
@@ -90,7 +90,7 @@ def test_the_gcp_sweep_lists_only_the_cluster_no_state_folder_knows_with_its_gcl
     assert all(c["verb"] == "GET" for c in fake.calls[before:])
     assert sorted(statuses) == sorted(i["name"] for i in fake.live_instances())
     text = run_cli("list", "--provider", "gcp", state_home=flambe_state_home, env=cli_env(fake), check=0).stdout
-    assert f"cluster 'lost' (project {fake.project}, zone us-central1-a): " in text, text
+    assert f"cluster 'lost' (creator tester, project {fake.project}, zone us-central1-a): " in text, text
     assert f"remove with: {entry['remove']}" in text and "remembered" not in text
     assert {c["method"] for c in fake.calls[before:]} <= LISTS
 
@@ -165,3 +165,14 @@ def test_a_known_cluster_whose_file_leaves_the_project_to_the_credentials_is_not
     assert not is_known(swept, "exp1", {**recorded, "zone": "europe-west4-a"}), "another zone: another cluster"
     assert not is_known(swept, "exp1", {**recorded, "project": "proj-8"})
     assert not is_known(swept, "exp2", recorded)
+
+
+def test_another_owners_cluster_of_the_same_name_is_not_known():
+    from flambe_cluster.cli.listing import is_known
+    from flambe_cluster.records import TaggedCluster
+
+    alice = TaggedCluster("exp", ("exp-orchestrator-a (RUNNING, orchestrator)",), "gcloud ...",
+                          {"project": "p", "zone": "us-central1-a", "creator": "alice"})
+    recorded = {"provider": "gcp", "project": "p", "zone": "us-central1-a", "creator": "bob"}
+    assert not is_known(alice, "exp", recorded), "bob's state folder does not know alice's cluster"
+    assert is_known(alice, "exp", {**recorded, "creator": "alice"})

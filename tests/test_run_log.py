@@ -65,3 +65,12 @@ def test_history_shows_what_each_run_created_and_destroyed(tmp_path):
     assert lines[-1] == "1 recorded as still existing: launch t-orchestrator", shown
     entries = json.loads(run_cli("history", str(config), "--json", state_home=home, check=0).stdout)
     assert [e["event"] for e in entries] == ["created", "created", "watch", "destroyed"]
+
+
+def test_history_and_cost_of_a_local_cluster_never_brought_up_create_nothing(tmp_path):
+    home = tmp_path / "state"
+    config = tmp_path / "local.yaml"
+    config.write_text("provider: local\nname: never\nfactories_num: 1\n")  # its provider would make a client key
+    assert "nothing recorded" in run_cli("history", str(config), state_home=home, check=0).stdout
+    assert "no machine recorded" in run_cli("cost", str(config), state_home=home, check=0).stdout
+    assert not (home / "clusters").exists(), "no state folder, no key: list shows no phantom row"

@@ -287,17 +287,23 @@ class Cluster(ClusterOperations):
         included, so another process never reuses what is being rolled back.
         ``lock_wait`` (seconds) waits for another process's lock.
         """
+        self.refuse_past_max_cost()
         self._locked(lambda: self._prepare(lock_wait=float(kwargs.get("lock_wait", 0.0))), force, kwargs)
 
-    def up(self, force: bool = False, confirm: Optional[Callable[[str], bool]] = None, **kwargs: Any) -> None:
+    def up(self, force: bool = False, confirm: Optional[Callable[[str], bool]] = None,
+           approve: Optional[Callable[[List[PlannedChange]], bool]] = None, **kwargs: Any) -> None:
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does.
 
         ``confirm(question)``, when given, is asked before factories are
         removed while a job runs (see :func:`flambe_cluster.resize.shrink`);
         a no leaves the cluster as it is and raises :class:`UsageError`.
+        ``approve(changes)``, when given, gets the changes to paid machines this
+        ``up`` will make (:meth:`plan`), under the cluster's lock and before
+        anything changes (not called when there are none); a no raises
+        :class:`UsageError`, nothing changed.  Refused past ``max_cost``.
         """
         self.refuse_past_max_cost()
-        self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0))), force, kwargs)
+        self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0)), approve), force, kwargs)
 
     def plan(self) -> List[PlannedChange]:
         """The changes to paid machines :meth:`up` would make now (launches, terminations, with their prices).
@@ -321,23 +327,56 @@ class Cluster(ClusterOperations):
         return planned
 
     def cost_so_far(self) -> float:
-        """USD the cluster's machines have cost by its journal (see :mod:`flambe_cluster.costs`)."""
-        return costs.total_usd(self.state.journal.entries())
+        """USD the cluster's machines have cost since its last ``down``, by its journal (see :mod:`flambe_cluster.costs`)."""
+        return costs.total_usd(costs.since_last_down(self.state.journal.entries()))
+
+    def reconcile_record(self) -> None:
+        """Record as destroyed, now, the machines the journal still counts that the provider no longer lists
+        (ended by an idle alarm, a watchdog, a spot interruption), so that their cost stops.
+
+        Only the provider's listing is read; when it cannot list the cluster whole (an error, an incomplete
+        cluster) the record is left as it is (it then errs high).  The machines' resources stay in the
+        provider's hands: ``down`` still finds what exists by its tags.
+        """
+        recorded = costs.bought(self.state.journal.entries())
+        if not recorded:
+            return
+        try:
+            found = self.hooks.find_instances(self.config)
+        except FlambeClusterError:
+            return
+        listed = {h.instance_id for h in ([found.orchestrator, *found.factories] if found else [])}
+        gone = set(recorded) - listed
+        if gone:
+            logger.info("cluster %r: %d recorded machines are gone (%s); their cost stops", self.name, len(gone),
+                        ", ".join(sorted(gone)))
+            self.state.journal.forget_instances(gone)
 
     def past_max_cost(self) -> Optional[str]:
-        """Why the cluster may cost no more (the file's ``max_cost`` reached by the recorded cost), or None."""
+        """Why the cluster may cost no more (the file's ``max_cost`` reached by the recorded cost since the last
+        ``down``, once the record is reconciled with the provider's listing), or None.  Machines of unknown
+        price count nothing: a warning names their types."""
         limit = self.config.max_cost
-        spent = self.cost_so_far() if limit is not None else 0.0
-        if limit is None or spent < limit:
+        if limit is None:
             return None
-        return f"cluster {self.name!r} has cost ${spent:.2f} so far by its record, which reaches its max_cost of ${limit:.2f}"
+        self.reconcile_record()
+        entries = costs.since_last_down(self.state.journal.entries())
+        unpriced = sorted({m.offer.instance_type for m in costs.bought(entries).values() if m.offer.usd_per_hour is None})
+        if unpriced:
+            logger.warning("cluster %r: max_cost counts only machines of known price; %s has none: add it to "
+                           "prices: in the cluster file (USD per hour; 'TYPE spot' for spot)", self.name,
+                           ", ".join(unpriced))
+        spent = costs.total_usd(entries)
+        if spent < limit:
+            return None
+        return f"cluster {self.name!r} has cost ${spent:.2f} since it was brought up, by its record, which reaches its max_cost of ${limit:.2f}"
 
     def refuse_past_max_cost(self) -> None:
         """Raise UsageError when the file sets ``max_cost`` and the recorded cost has reached it."""
         reason = self.past_max_cost()
         if reason:
-            raise UsageError(f"{reason}; nothing was changed. Raise max_cost in the cluster file to go on, "
-                             "or take it down with `flambe-cluster down`")
+            raise UsageError(f"{reason}; nothing was changed. Raise max_cost in the cluster file to go on, or take "
+                             "the cluster down with `flambe-cluster down` (a later up starts a new budget)")
 
     def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None,
               since: Optional[float] = None) -> None:
@@ -441,7 +480,13 @@ class Cluster(ClusterOperations):
         self.run_cmds(self.setup_cmds)
         self._prepare_software(start_ray)
 
-    def _up(self, confirm: Optional[Callable[[str], bool]] = None, lock_wait: float = 0.0) -> None:
+    def _up(self, confirm: Optional[Callable[[str], bool]] = None, lock_wait: float = 0.0,
+            approve: Optional[Callable[[List[PlannedChange]], bool]] = None) -> None:
+        if approve is not None:
+            changes = self.plan()  # under the cluster's lock: what is approved is what this up does
+            if changes and not approve(changes):
+                raise UsageError(f"cluster {self.name!r} was left as it is: nothing was launched or terminated "
+                                 "(`up -y` goes ahead without asking)")
         self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait)
         self.hooks.configure_idle_shutdown(self.config, self.session.instances(), self.journal,
                                            lambda host, command: self.pool.run(host, command).stdout, self.pool.map)

@@ -21,7 +21,8 @@ from attrs import define
 
 from .records import MARKETS, Offer
 
-__all__ = ["Bought", "RunCost", "bought", "listed_price", "offer_of", "run_costs", "total_usd", "warn_never_idle"]
+__all__ = ["Bought", "RunCost", "bought", "listed_price", "offer_of", "run_costs", "since_last_down", "total_usd",
+           "warn_never_idle"]
 
 logger = logging.getLogger(__name__)
 _warned_never_idle: set[str] = set()
@@ -56,9 +57,11 @@ def offer_of(details: dict[str, Any]) -> Offer | None:
 
 
 def _machines(details: dict[str, Any]) -> int:
+    """How many machines an entry stands for: its ``instance_ids`` once known; before (the answer not yet, or
+    never, journaled) the ``count`` asked for, erring high; none when the cloud refused the launch."""
     if details.get("refused"):
         return 0
-    if "instance_ids" in details:
+    if details.get("instance_ids"):
         return len(details["instance_ids"])
     return int(details.get("count", 1))
 
@@ -121,6 +124,14 @@ def total_usd(entries: Iterable[dict[str, Any]], now: float | None = None) -> fl
     return sum(c.usd for c in run_costs(entries, now))
 
 
+def since_last_down(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries after the last ``down`` (all when there was none): the current bring-up of the cluster, which
+    ``max_cost`` limits (what a ``down`` destroyed is spent and over)."""
+    entries = list(entries)
+    downs = [i for i, e in enumerate(entries) if e.get("event") == "down"]
+    return entries[downs[-1] + 1:] if downs else entries
+
+
 @define
 class Bought:
     """A machine the record knows: what it is and costs (its offer) and since when it exists (a time.time value)."""
@@ -150,7 +161,9 @@ def bought(entries: Iterable[dict[str, Any]]) -> dict[str, Bought]:
             for gone in set(named.pop(key, [])) - set(ids):
                 machines.pop(gone, None)
             if offer is not None and isinstance(entry.get("time"), (int, float)):
+                fresh = "instance_ids" not in details  # a record of one machine, made again: a new machine
                 named[key] = list(ids)
                 for instance_id in ids:
-                    machines.setdefault(instance_id, Bought(offer, entry["time"]))
+                    if fresh or instance_id not in machines:
+                        machines[instance_id] = Bought(offer, entry["time"])
     return machines

@@ -14,8 +14,9 @@ from rich.table import Table
 import attrs
 
 from .. import costs
-from ..config import load_config
-from ..settings import ClusterConfig
+from ..config import read_config_file
+from ..converters import to_optional_path, to_optional_usd, to_safe_name
+from ..errors import ClusterConfigurationError
 from ..state import ClusterState
 from .common import CONFIG, EXIT_OK, cli, out
 
@@ -43,10 +44,28 @@ def when(entry: dict[str, Any]) -> str:
     return datetime.datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def recorded(config: str) -> tuple[ClusterConfig, ClusterState]:
-    """The configuration of the file (not validated: no provider is asked) and the cluster's state folder."""
-    parsed = load_config(config, validate=False)
-    return parsed, ClusterState.for_cluster(parsed.name, parsed.state_dir)
+@attrs.frozen
+class Record:
+    """What the record views need of a cluster file: its name, its state folder and its ``max_cost``."""
+
+    name: str
+    state: ClusterState
+    max_cost: float | None
+
+
+def recorded(config: str) -> Record:
+    """The cluster a file names, read from the file alone: no provider is loaded (so nothing is created, not
+    even a provider's default key), no host or cloud asked."""
+    raw = read_config_file(config)
+    problems, fields = [], {}
+    for field, convert in (("name", to_safe_name), ("state_dir", to_optional_path), ("max_cost", to_optional_usd)):
+        try:
+            fields[field] = convert(raw.get(field))
+        except ValueError as exc:
+            problems.append(f"{field}: {exc}")
+    if problems:
+        raise ClusterConfigurationError(problems, config)
+    return Record(fields["name"], ClusterState.for_cluster(fields["name"], fields["state_dir"]), fields["max_cost"])
 
 
 @cli.command(short_help="Show what the cluster's runs created and destroyed, and when.")
@@ -59,20 +78,20 @@ def history(config: str, as_json: bool) -> int:
     last line counts what is still recorded as existing: what `down` would
     destroy.
     """
-    parsed, state = recorded(config)
-    entries = state.journal.entries()
+    record = recorded(config)
+    entries = record.state.journal.entries()
     if as_json:
         out.print_json(json.dumps(entries))
         return EXIT_OK
     if not entries:
-        out.print(f"cluster {parsed.name!r}: nothing recorded (no run of `up` created anything here)", markup=False)
+        out.print(f"cluster {record.name!r}: nothing recorded (no run of `up` created anything here)", markup=False)
         return EXIT_OK
     table = Table("when", "run", "event", "what")
     table.columns[-1].overflow = "fold"
     for entry in entries:
         table.add_row(*map(escape, (when(entry), entry.get("run") or "-", entry["event"], summary(entry))))
     out.print(table)
-    outstanding = state.journal.outstanding()
+    outstanding = record.state.journal.outstanding()
     out.print(f"{len(outstanding)} recorded as still existing"
               + (f": {', '.join(f'{r.kind} {r.resource_id}' for r in outstanding)}" if outstanding else ""), markup=False)
     return EXIT_OK
@@ -90,16 +109,16 @@ def cost(config: str, as_json: bool) -> int:
     that ended without flambe-cluster seeing it counts until a later `up`
     or `down` records it gone.  Hours of unknown price are counted apart.
     """
-    parsed, state = recorded(config)
-    runs = costs.run_costs(state.journal.entries())
+    record = recorded(config)
+    runs = costs.run_costs(record.state.journal.entries())
     total = sum(r.usd for r in runs)
     now = sum(r.usd_per_hour_now for r in runs)
     if as_json:
         out.print_json(json.dumps({"runs": [attrs.asdict(r) for r in runs], "usd": total, "usd_per_hour_now": now,
-                                   "running": sum(r.running for r in runs), "max_cost": parsed.max_cost}))
+                                   "running": sum(r.running for r in runs), "max_cost": record.max_cost}))
         return EXIT_OK
     if not runs:
-        out.print(f"cluster {parsed.name!r}: no machine recorded (no run of `up` created one here)", markup=False)
+        out.print(f"cluster {record.name!r}: no machine recorded (no run of `up` created one here)", markup=False)
         return EXIT_OK
     table = Table("run", "started", "machines now", "machine-hours", "USD")
     for run in runs:
@@ -108,6 +127,6 @@ def cost(config: str, as_json: bool) -> int:
     out.print(table)
     unpriced = sum(r.unpriced_hours for r in runs)
     out.print(f"total ${total:.4f} so far; ${now:.4f} per hour now ({sum(r.running for r in runs)} machines recorded running)"
-              + (f"; max_cost ${parsed.max_cost:.2f}" if parsed.max_cost is not None else "")
+              + (f"; max_cost ${record.max_cost:.2f}" if record.max_cost is not None else "")
               + (f"; {unpriced:.3f} machine-hours of unknown price not included" if unpriced else ""), markup=False)
     return EXIT_OK

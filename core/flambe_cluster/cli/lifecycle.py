@@ -72,19 +72,20 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     """
     cluster = load(config, validate=True)
     asks = not yes and sys.stdin.isatty()
-    go = False
-    try:
-        go = approved_plan(cluster, asks, dry_run)
-    finally:
-        if not go:
+    if dry_run:
+        try:
+            cluster.refuse_past_max_cost()
+            print_plan(cluster, cluster.plan(), dry_run=True)
+        finally:
             close(cluster)
-    if not go:
         return EXIT_OK
     cluster.state.remember_config(config)
     began = time.time()  # a `down` from another shell after this ends the watch (it waited for this up's lock)
     try:
         cluster.up(force=force, lock_wait=lock_wait,
-                   confirm=(lambda question: click.confirm(question, default=False, err=True)) if asks else None)
+                   confirm=(lambda question: click.confirm(question, default=False, err=True)) if asks else None,
+                   approve=lambda changes: print_plan(cluster, changes) and (
+                       not asks or click.confirm("Go ahead?", default=False, err=True)))
     finally:
         close(cluster)
     note.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
@@ -99,18 +100,13 @@ def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_
     return EXIT_OK
 
 
-def approved_plan(cluster: Cluster, asks: bool, dry_run: bool) -> bool:
-    """Print the changes to paid machines ``up`` would make; whether to go on (no on ``--dry-run``, or a no).
-
-    Without changes nothing is printed (``--dry-run`` says so).  Asked on a
-    terminal only (``asks``); a no raises UsageError: nothing was changed.
-    """
-    cluster.refuse_past_max_cost()
-    changes = cluster.plan()
+def print_plan(cluster: Cluster, changes: list, dry_run: bool = False) -> bool:
+    """Print the changes to paid machines ``up`` will (``dry_run``: would) make, one line each with its price per
+    hour, and their sum; returns True.  Without changes only ``--dry-run`` says so."""
     if not changes:
         if dry_run:
             out.print(f"up would launch and terminate no paid machine of cluster {cluster.name!r}", markup=False)
-        return not dry_run
+        return True
     hourly = [c.offer.usd_per_hour * c.count * (1 if c.action == "launch" else -1)
               for c in changes if c.offer and c.offer.usd_per_hour is not None]
     out.print(f"up {'would change' if dry_run else 'will change'} the paid machines of cluster {cluster.name!r}:",
@@ -120,11 +116,6 @@ def approved_plan(cluster: Cluster, asks: bool, dry_run: bool) -> bool:
     if hourly:
         out.print(f"  {sum(hourly):+.4g} USD per hour in all"
                   + ("" if len(hourly) == len(changes) else " (for the changes of known price)"), markup=False)
-    if dry_run:
-        return False
-    if asks and not click.confirm("Go ahead?", default=False, err=True):
-        raise UsageError(f"cluster {cluster.name!r} was left as it is: nothing was launched or terminated "
-                         "(`up -y` goes ahead without asking)")
     return True
 
 

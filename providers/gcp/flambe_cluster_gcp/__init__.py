@@ -100,8 +100,9 @@ def _deadline(config) -> float:
 
 @hookimpl
 def flambe_cluster_place(config) -> dict:
-    """The project and zone: one name in two zones or projects is two clusters."""
-    return {"project": config.options.project or "(the credentials' project)", "zone": config.options.zone}
+    """The project, zone and owner: one name in two zones, projects or owners' hands is two clusters."""
+    return {"project": config.options.project or "(the credentials' project)", "zone": config.options.zone,
+            "creator": config.options.creator}
 
 
 @hookimpl

@@ -3,8 +3,8 @@
 Prices come from the cluster file's ``prices:`` only (the Cloud Billing
 Catalog API is not asked: it needs an API key of its own and prices vCPUs
 and GiB, not machine types); a type without an entry has an unknown price,
-which the plan says and the cost view counts apart.  Spot and preemptible
-factories are the ``spot`` market.
+which the plan says and the cost view counts apart.  With ``spot`` or
+``preemptible`` every instance (the orchestrator too) is the ``spot`` market.
 """
 
 from __future__ import annotations
@@ -16,5 +16,5 @@ def offer(config, role: Role) -> Offer:
     """What one machine of ``role`` of this configuration is and costs (``prices:``; else an unknown price)."""
     options = config.options
     machine_type = options.orchestrator_type if role is Role.ORCHESTRATOR else options.factories_type
-    market = "spot" if role is Role.FACTORY and (options.spot or options.preemptible) else "on-demand"
+    market = "spot" if options.spot or options.preemptible else "on-demand"  # both roles (see provision.instance_body)
     return Offer(machine_type, market, listed_price(config.prices, machine_type, market))

@@ -153,13 +153,13 @@ def sweep(where: dict) -> list[TaggedCluster]:
     """Every cluster with instances labelled by flambe-cluster where ``where`` says (see the module docstring)."""
     zone, region = scope_of(where.get("region"))
     compute = _connect(project_of(where))
-    by_cluster: dict[tuple[str, str], list[Labelled]] = {}
-    for item in list_labelled(compute, zone, region):
-        by_cluster.setdefault((item.cluster, item.zone), []).append(item)
+    by_cluster: dict[tuple[str, str, str], list[Labelled]] = {}
+    for item in list_labelled(compute, zone, region):  # one owner's cluster per entry: a delete line never mixes owners
+        by_cluster.setdefault((item.cluster, item.creator or "", item.zone), []).append(item)
     swept = []
-    for (name, in_zone), found in sorted(by_cluster.items()):
+    for (name, creator, in_zone), found in sorted(by_cluster.items()):
         found.sort(key=lambda f: (f.role != "orchestrator", f.name))
+        place = {"project": compute.project, "zone": in_zone, **({"creator": creator} if creator else {})}
         swept.append(TaggedCluster(name, [f.describe() for f in found],
-                                   remove_command([f.name for f in found], in_zone, compute.project),
-                                   {"project": compute.project, "zone": in_zone}))
+                                   remove_command([f.name for f in found], in_zone, compute.project), place))
     return swept
