@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from attrs import frozen
@@ -102,21 +102,13 @@ def flambe_test_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[..., Te
     Skips the test when hosts cannot be built here.  Every network is closed
     at the end of the session; close one earlier with ``network.close()``.
     """
-    networks: list[TestHostNetwork] = []
-
     def build(count: int, **kwargs) -> TestHostNetwork:
         reason = require_root_namespaces()
         if reason:
             pytest.skip(f"needs real test hosts: {reason}")
-        network = TestHostNetwork(count, authorized_keys=[flambe_client_key.public_line], **kwargs)
-        networks.append(network)
-        return network
+        return TestHostNetwork(count, authorized_keys=[flambe_client_key.public_line], **kwargs)
 
-    try:
-        yield build
-    finally:
-        for network in networks:
-            network.close()
+    yield from _closed_at_the_end(build)
 
 
 @pytest.fixture(scope="session")
@@ -129,11 +121,19 @@ def flambe_ssh_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[[int], T
     Both give ``.hosts`` with ``name``, ``address``, ``port``, ``home`` and
     ``username``.  Every network is closed at the end of the session.
     """
-    networks: list[TestHostNetwork | LoopbackTestNetwork] = []
-
     def build(count: int) -> TestHostNetwork | LoopbackTestNetwork:
         kind = LoopbackTestNetwork if require_root_namespaces() else TestHostNetwork
-        network = kind(count, authorized_keys=[flambe_client_key.public_line])
+        return kind(count, authorized_keys=[flambe_client_key.public_line])
+
+    yield from _closed_at_the_end(build)
+
+
+def _closed_at_the_end(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Yield a builder that keeps every network ``make`` builds, then close them all (also after a failure)."""
+    networks: list[Any] = []
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        network = make(*args, **kwargs)
         networks.append(network)
         return network
 
