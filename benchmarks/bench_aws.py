@@ -84,10 +84,10 @@ def make_world(endpoint: str) -> dict:
 
 
 def run(factories: int, world: dict, key: Path, counter: CallCounter) -> dict:
+    import flambe_cluster_aws as provider
     from flambe_cluster.config import parse_config
     from flambe_cluster.progress import log_progress
     from flambe_cluster.state import ClusterState
-    import flambe_cluster_aws as provider
 
     name = f"bench-{factories}"
     config = parse_config({

@@ -39,9 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 try:
@@ -52,7 +52,6 @@ except ImportError:  # not installed: use the checkout's sources
 
 import paramiko  # noqa: E402
 import yaml  # noqa: E402
-
 from flambe_cluster import Cluster  # noqa: E402
 from flambe_cluster.records import Endpoint, Instance, Role  # noqa: E402
 from flambe_cluster.ssh import SSHPool, openssh_options  # noqa: E402

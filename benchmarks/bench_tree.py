@@ -38,7 +38,6 @@ from pathlib import Path
 
 import yaml
 from bench_up import ray_start_by_hand
-
 from flambe_cluster import environment, wheelhouse
 from flambe_cluster.testing.hosts import TestHostNetwork, require_root_namespaces
 from flambe_cluster.testing.pytest_plugin import make_client_key

@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-
 from flambe_cluster.ssh import openssh_options
 from flambe_cluster.testing.hosts import TestHostNetwork, require_root_namespaces
 from flambe_cluster.testing.pytest_plugin import make_client_key

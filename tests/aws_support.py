@@ -44,16 +44,15 @@ import threading
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
-
-from helpers import install_nvidia_smi, run_cli
-import yaml
-from attrs import define
+from typing import Any
 
 import boto3
+import pytest
+import yaml
+from attrs import define
+from helpers import install_nvidia_smi, run_cli
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import RUN_TMP_ENV
 
 pytest_plugins = ["flambe_cluster.testing.pytest_plugin", "pytester"]

@@ -85,7 +85,8 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 BASE = "https://www.googleapis.com/compute/v1/"
@@ -201,7 +202,7 @@ class FakeComputeEngine:
 
     # --- lifecycle
 
-    def start(self) -> "FakeComputeEngine":
+    def start(self) -> FakeComputeEngine:
         """Listen on ``host`` (a free port); returns self."""
         self.listen(self.host)
         return self
@@ -238,7 +239,7 @@ class FakeComputeEngine:
         self._servers.clear()
         self._threads.clear()
 
-    def __enter__(self) -> "FakeComputeEngine":
+    def __enter__(self) -> FakeComputeEngine:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -958,17 +959,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._serve("DELETE")
 
 
-def on_test_hosts(network) -> "FakeComputeEngine":
+def on_test_hosts(network) -> FakeComputeEngine:
     """A started fake that hands out ``network``'s hosts, each one's host key published as its guest agent would."""
     fake = FakeComputeEngine(host=network.gateway, addresses=[h.address for h in network.hosts]).start()
     for host in network.hosts:  # checked on first contact
@@ -976,7 +977,7 @@ def on_test_hosts(network) -> "FakeComputeEngine":
     return fake
 
 
-def write_cluster_file(path, fake: "FakeComputeEngine", name: str, username: str, key, more: str = ""):
+def write_cluster_file(path, fake: FakeComputeEngine, name: str, username: str, key, more: str = ""):
     """A ``!GCPCluster`` file of 1 + 2 factories on ``fake`` (private addresses), with ``more`` YAML lines."""
     path.write_text(
         "!GCPCluster\n"

@@ -10,9 +10,7 @@ reports its instances.
 
 from __future__ import annotations
 
-
 import pytest
-
 from aws_support import aws_cloud  # noqa: F401 - a fixture
 from flambe_cluster.config import parse_config
 from flambe_cluster.testing.conformance import HostsFoundLater, ProviderConformance
@@ -40,11 +38,11 @@ class TestAWSProviderConformance(ProviderConformance):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_hosts(cls, aws_cloud):  # noqa: F811 - overrides the suite's fixed hosts
+    def conformance_hosts(cls, aws_cloud):
         yield HostsOfTheClusterUnderTest(aws_cloud, cls)
 
     @pytest.fixture(autouse=True)
-    def _cloud(self, aws_cloud):  # noqa: F811
+    def _cloud(self, aws_cloud):
         self.cloud = aws_cloud
 
     def cluster_config(self, hosts, name, key):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from aws_support import aws_cloud, dump  # noqa: F401 - aws_cloud is a fixture
 from helpers import WHERE_JOB
 

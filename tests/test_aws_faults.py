@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from aws_support import aws_cloud, dump  # noqa: F401 - aws_cloud is a fixture
 
 pytestmark = pytest.mark.hosts

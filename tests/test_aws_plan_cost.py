@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-
 from aws_support import moto_cloud  # noqa: F401 - a fixture
 from flambe_cluster import Cluster
 from flambe_cluster.config import parse_config

@@ -14,15 +14,23 @@ import logging
 import threading
 
 import pytest
-
 from aws_support import dump, moto_cloud, provider_calls  # noqa: F401 - moto_cloud is a fixture
 from flambe_cluster import ClusterConfigurationError
 from flambe_cluster.config import parse_config, read_config_file
 from flambe_cluster.converters import build
 from flambe_cluster.records import CreatedResource, Endpoint, Instance, Role
 from flambe_cluster.state import ClusterState
-from flambe_cluster_aws import alarms, api, hostkeys, instances, validation
-from flambe_cluster_aws import flambe_cluster_host_keys, flambe_cluster_promised_gpus, flambe_cluster_rollback, flambe_cluster_terminate
+from flambe_cluster_aws import (
+    alarms,
+    api,
+    flambe_cluster_host_keys,
+    flambe_cluster_promised_gpus,
+    flambe_cluster_rollback,
+    flambe_cluster_terminate,
+    hostkeys,
+    instances,
+    validation,
+)
 from flambe_cluster_aws.options import AWSOptions
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -119,7 +127,6 @@ def test_security_group_of_another_vpc_and_image_of_another_architecture(moto_cl
 def test_the_key_must_be_the_key_pairs_private_key(moto_cloud, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-
     from flambe_cluster.testing.pytest_plugin import make_client_key
 
     other = make_client_key(tmp_path / "other")
@@ -463,7 +470,6 @@ def test_a_factory_whose_idle_alarm_went_off_is_told_apart_from_a_lost_one(moto_
     """The watch leaves alone what the idle policy released: the provider tells it by the alarm's state.  moto
     does not evaluate alarms (no metrics), so the test sets the state CloudWatch would set before its action."""
     import boto3
-
     from flambe_cluster_aws import flambe_cluster_idle_removed
 
     config = parse_config(moto_cloud.config("idlegone", factories_num=2, factories_timeout=1))

@@ -11,7 +11,6 @@ the next command re-pins it, saying so.
 from __future__ import annotations
 
 import pytest
-
 from aws_support import aws_cloud, dump  # noqa: F401 - aws_cloud is a fixture
 
 pytestmark = pytest.mark.hosts

@@ -11,7 +11,6 @@ test_aws_e2e.py (it needs hosts).
 from __future__ import annotations
 
 import pytest
-
 from aws_support import DLAMI_NAME, moto_cloud  # noqa: F401 - moto_cloud is a fixture
 from flambe_cluster import ClusterConfigurationError, ClusterError
 from flambe_cluster.config import parse_config

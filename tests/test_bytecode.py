@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import ray
-
 from flambe_cluster import bytecode, environment
 
 TAG = sys.implementation.cache_tag
@@ -62,7 +61,7 @@ def test_a_host_unpacks_only_pycache_files_of_sources_it_installed(tmp_path):
     with zipfile.ZipFile(wheelhouse / "bytecode" / f"{TAG}.zip", "w") as archive:
         for name in (f"pkg/__pycache__/mod.{TAG}.pyc", f"pkg/__pycache__/gone.{TAG}.pyc", "pkg/mod.pyc",
                      f"../../outside/__pycache__/evil.{TAG}.pyc", f"/tmp/__pycache__/abs.{TAG}.pyc",
-                     f"pkg/__pycache__/mod.other-99.pyc"):
+                     "pkg/__pycache__/mod.other-99.pyc"):
             archive.writestr(name, b"bytes of " + name.encode())
     done = subprocess.run([sys.executable, "-c", environment.INSTALLER.read_text(), "bytecode", str(tmp_path / "uv"),
                            str(wheelhouse), str(env)], capture_output=True, text=True, timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from flambe_cluster.cli import cli, down, exec_, submit
 from flambe_cluster.cli.common import note, set_verbosity
 from flambe_cluster.cli.work import job_exit_code

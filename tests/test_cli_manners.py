@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from aws_support import moto_cloud  # noqa: F401 - a fixture
-from helpers import run_cli, ssh_cluster_yaml
 from flambe_cluster.state import ClusterState
+from helpers import run_cli, ssh_cluster_yaml
 
 CREATOR = "tester"
 

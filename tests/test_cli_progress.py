@@ -15,7 +15,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
 
 STAMP = r"\d\d:\d\d:\d\d"
@@ -25,9 +24,8 @@ ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07)")
 def test_plain_lines_are_timestamped_one_per_change_and_a_transfer_is_throttled(monkeypatch):
     import io
 
-    from rich.console import Console
-
     from flambe_cluster import progress
+    from rich.console import Console
 
     console = Console(file=io.StringIO(), width=200)
     display = progress.Display(console)

@@ -15,11 +15,10 @@ import threading
 import time
 
 import pytest
-
-from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
 from flambe_cluster import Cluster, SSHCluster, UsageError, hostfiles, raycluster
 from flambe_cluster.errors import RemoteCommandError
 from flambe_cluster.state import ClusterState
+from helpers import fast_enough, run_cli, ssh_cluster_yaml, timed
 
 # Clusters that get as far as preparing software share one name: the hosts' environment
 # (Ray, installed offline) is then installed once for the module, not once per test.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from flambe_cluster import ClusterConfigurationError
 from flambe_cluster.config import load_config, parse_config
 from flambe_cluster.records import Endpoint

@@ -14,10 +14,9 @@ import getpass
 import json
 from pathlib import Path
 
+import flambe_cluster_local as local_provider
 import pytest
 from attrs import frozen
-
-import flambe_cluster_local as local_provider
 from flambe_cluster.state import ClusterState
 from flambe_cluster.testing.conformance import HostsFoundLater, ProviderConformance
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from flambe_cluster import costs
 
 OFFER = {"instance_type": "n1-standard-4", "market": "spot", "usd_per_hour": 2.0}

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import page_through_forward, run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers import fast_enough, run_cli, ssh_cluster_yaml
+from helpers import fast_enough, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 

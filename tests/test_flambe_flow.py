@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from aws_support import aws_cloud  # noqa: F401 - aws_cloud is a fixture
 from flambe_cluster import AWSCluster, SSHCluster
 from test_report_site import chromium, chromium_dom, http_get

@@ -6,7 +6,6 @@ reaches real OpenSSH servers.
 """
 
 import pytest
-
 from flambe_cluster.testing.conformance import ProviderConformance
 from gcp_fake import FakeComputeEngine
 

@@ -15,9 +15,8 @@ import json
 import time
 
 import pytest
-
-from helpers import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, timed
 from gcp_fake import on_test_hosts, write_cluster_file
+from helpers import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, timed
 
 NAME = "gcp-e2e"
 

@@ -19,7 +19,6 @@ import sys
 
 import pytest
 import yaml
-
 from flambe_cluster import Cluster
 from flambe_cluster.config import parse_config
 from flambe_cluster.errors import FlambeClusterError, HostKeyError

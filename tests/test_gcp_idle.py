@@ -16,7 +16,6 @@ import subprocess
 import time
 
 import pytest
-
 from flambe_cluster import Cluster
 from flambe_cluster.config import parse_config
 from flambe_cluster.records import ClusterInstances, Role

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import yaml
-
 from flambe_cluster import Cluster, resize
 from flambe_cluster.config import parse_config
 from flambe_cluster.state import ClusterState

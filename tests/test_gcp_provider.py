@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-
 from flambe_cluster import Cluster, ClusterConfigurationError, UsageError
 from flambe_cluster.config import load_config, parse_config
 from flambe_cluster.errors import ClusterError
@@ -314,8 +313,8 @@ def test_promised_gpus_come_from_the_accelerator_configuration_without_ssh(fake,
 
 
 def test_gpu_factories_default_to_the_newest_deep_learning_family_with_the_driver(fake, raw):
-    from flambe_cluster_gcp.api import connect
     from flambe_cluster.records import Role
+    from flambe_cluster_gcp.api import connect
 
     fake.add_image("deeplearning-platform-release", "common-cu129-ubuntu-2204-nvidia-580-v20250901",
                    "common-cu129-ubuntu-2204-nvidia-580")
@@ -339,8 +338,8 @@ def test_gpu_factories_default_to_the_newest_deep_learning_family_with_the_drive
 
 
 def test_the_fake_paginates_and_filters_like_the_api(fake, raw):
-    from google.cloud import compute_v1
     from flambe_cluster_gcp.api import connect
+    from google.cloud import compute_v1
 
     cluster_of(raw, factories_num=4).load_all_instances()
     compute = connect(parse_config(raw).options)

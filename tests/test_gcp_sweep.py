@@ -13,7 +13,6 @@ import shlex
 import shutil
 
 import pytest
-
 from flambe_cluster import Cluster, plugins
 from flambe_cluster.config import parse_config
 from flambe_cluster.errors import UsageError

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from helpers import run_cli, ssh_cluster_yaml
 from flambe_cluster import SSHCluster, hookimpl
 from flambe_cluster.errors import HostKeyError
 from flambe_cluster.records import Endpoint, Instance, Role
 from flambe_cluster.ssh import SSHPool
+from helpers import run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts
 

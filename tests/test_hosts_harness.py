@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster.localhosts import system as localhosts_system
 from flambe_cluster.testing import hosts as hosts_mod
 from flambe_cluster.testing.hosts import TestHostNetwork, require_root_namespaces

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts

@@ -11,9 +11,8 @@ import subprocess
 
 import pytest
 import yaml
-
-from helpers import run_cli
 from flambe_cluster import localhosts
+from helpers import run_cli
 
 pytestmark = pytest.mark.hosts
 

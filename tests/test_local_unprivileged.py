@@ -21,11 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
-
 from flambe_cluster import wheelhouse
 from flambe_cluster.localhosts import loopback
 

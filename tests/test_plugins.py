@@ -9,7 +9,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from flambe_cluster import ProviderError, plugins
 from flambe_cluster.config import parse_config
 

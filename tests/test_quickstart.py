@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster.testing.hosts import require_root_namespaces
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import WHERE_JOB, fast_enough, install_nvidia_smi, run_cli, ssh_cluster_yaml, timed
 
 SECRET_VALUE = "s3cr3t-AKIA-do-not-print"

@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-
 from flambe_cluster.remote import raynode
 
 NODE = "203.0.113.9"  # an address no raylet of this machine serves

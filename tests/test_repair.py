@@ -20,9 +20,8 @@ import sys
 import time
 
 import pytest
-
 from aws_support import aws_cloud  # noqa: F401 - a fixture
-from test_resize import AWS_NAME, LIVE, AWSEnv, COUNT_JOB, boot_id, aws_env, pids  # noqa: F401 - aws_env: a fixture
+from test_resize import AWS_NAME, COUNT_JOB, LIVE, AWSEnv, aws_env, boot_id, pids  # noqa: F401 - aws_env: a fixture
 
 
 class Watch:

@@ -24,7 +24,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster.remote.processes import stop_group, stop_recorded
 
 PYTHON = sys.executable

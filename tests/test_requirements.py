@@ -7,7 +7,6 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-
 from flambe_cluster import ClusterError
 from flambe_cluster.environment import HostReport, check_pythons
 from flambe_cluster.sync import check_client_rsync, rsync_problem

@@ -15,7 +15,6 @@ import os
 import time
 
 import pytest
-
 from aws_support import aws_cloud  # noqa: F401 - a fixture
 from helpers import run_cli, ssh_cluster_yaml
 

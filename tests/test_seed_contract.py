@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster import RemoteCommand, RemoteEnvironment
 from flambe_cluster.secrets import filtered
 

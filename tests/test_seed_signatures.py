@@ -45,9 +45,8 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-
 import flambe_cluster
+import pytest
 
 REQUIRED = inspect.Parameter.empty
 POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

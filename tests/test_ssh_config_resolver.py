@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers import run_cli
 from flambe_cluster import UsageError
 from flambe_cluster.records import Endpoint
 from flambe_cluster.sshroute import Hop, Resolver
+from helpers import run_cli
 
 
 def including(folder: Path, included: str) -> Path:

@@ -18,7 +18,6 @@ import threading
 import time
 
 import pytest
-
 from flambe_cluster.errors import HostError, HostKeyError
 from flambe_cluster.records import Endpoint, Instance, Role
 from flambe_cluster.ssh import SSHPool, openssh_options

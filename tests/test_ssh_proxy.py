@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers import WHERE_JOB, page_through_forward, run_cli
 from flambe_cluster.config import load_config
 from flambe_cluster.errors import FlambeClusterError
 from flambe_cluster.localhosts.system import read_banner
+from helpers import WHERE_JOB, page_through_forward, run_cli
 
 NAME = "proxied"
 

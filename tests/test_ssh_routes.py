@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster import ClusterConfigurationError
 from flambe_cluster.config import parse_config
 from flambe_cluster.records import Endpoint
@@ -50,7 +49,7 @@ def test_openssh_gets_the_route_spelled_out_with_the_same_pins(tmp_path):
     assert options[:4] == ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     assert options[options.index("-F") + 1] == "/dev/null"
     outer = shlex.split(options[5].removeprefix("ProxyCommand=").replace("%%", "%"))
-    assert outer[-3:] == ["-W", "10.0.0.5:22", "gate2"] and ["-l", "b"] == outer[outer.index("-l"):outer.index("-l") + 2]
+    assert outer[-3:] == ["-W", "10.0.0.5:22", "gate2"] and outer[outer.index("-l"):outer.index("-l") + 2] == ["-l", "b"]
     assert "IdentitiesOnly=no" in outer, "gate2 uses the agent's keys"
     assert f"UserKnownHostsFile={tmp_path / 'known'}" in outer and "StrictHostKeyChecking=yes" in outer
     inner = shlex.split(next(o for o in outer if o.startswith("ProxyCommand=")).removeprefix("ProxyCommand="))

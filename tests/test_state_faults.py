@@ -8,11 +8,10 @@ import logging
 
 import paramiko
 import pytest
-
-from flambe_cluster.records import CreatedResource
-from flambe_cluster.secrets import filtered
 from flambe_cluster.commands import CommandResult
 from flambe_cluster.hostkeys import KnownHosts
+from flambe_cluster.records import CreatedResource
+from flambe_cluster.secrets import filtered
 from flambe_cluster.state import ClusterState
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"

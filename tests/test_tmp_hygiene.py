@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import RUN_TMP_ENV
 
 pytestmark = pytest.mark.hosts

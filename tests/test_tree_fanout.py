@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
-
-from helpers import ssh_cluster_yaml
-from flambe_cluster import Cluster, session as session_module
+from flambe_cluster import Cluster
+from flambe_cluster import session as session_module
 from flambe_cluster.commands import CommandResult
 from flambe_cluster.errors import FlambeClusterError
 from flambe_cluster.tree import spread
+from helpers import ssh_cluster_yaml
 
 NAME = "tree"
 CONTENT_MB = 24

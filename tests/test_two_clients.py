@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import run_cli, ssh_cluster_yaml
 from test_resize import pids
 
@@ -69,7 +68,7 @@ def test_two_ups_from_two_state_folders_end_with_one_cluster(twins, monkeypatch)
         alice.load_all_instances()
         with hostlock.held(alice.session):
             refused = run_cli("up", str(config), state_home=homes[1], check=2)
-    assert f"cluster 'twins' is busy: " in refused.stderr and f"state folder {alice.state.root}" in refused.stderr, \
+    assert "cluster 'twins' is busy: " in refused.stderr and f"state folder {alice.state.root}" in refused.stderr, \
         refused.stderr
     assert "--wait SECONDS" in refused.stderr
     assert pids(orchestrator, "gcs_server") == head

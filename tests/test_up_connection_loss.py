@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli, ssh_cluster_yaml
 
 pytestmark = pytest.mark.hosts

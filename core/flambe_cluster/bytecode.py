@@ -29,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # The modules whose imports a Ray node's processes run: `ray start` itself, the dashboard, the per-node agents (which
 # load every module under ray.dashboard.modules: ".*" means a package and all its submodules), the log monitor, the

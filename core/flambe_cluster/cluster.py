@@ -18,9 +18,10 @@ import contextlib
 import getpass
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Type
+from typing import Any
 
 import attrs
 import pluggy
@@ -62,16 +63,16 @@ class Cluster(ClusterOperations):
 
     UPLOAD_WARN_LIMIT_MB = UPLOAD_WARN_LIMIT_MB
     #: The provider a seed subclass (``SSHCluster``, ...) stands for; YAML files naming it load as that class.
-    PROVIDER: Optional[str] = None
-    _classes: Dict[str, type] = {}
+    PROVIDER: str | None = None
+    _classes: dict[str, type] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.PROVIDER is not None:
             Cluster._classes.setdefault(cls.PROVIDER, cls)
 
-    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: Optional[List[str]] = None,
-                 *, provider: Optional[str] = None, plugin_manager: Optional[pluggy.PluginManager] = None,
+    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: list[str] | None = None,
+                 *, provider: str | None = None, plugin_manager: pluggy.PluginManager | None = None,
                  **options: Any) -> None:
         """The seed's constructor.  ``provider`` defaults to ``local`` (this machine), or to ``given`` for a
         0.4-style subclass that lists its machines itself (see :meth:`lists_its_machines`)."""
@@ -88,7 +89,7 @@ class Cluster(ClusterOperations):
         :meth:`find_instances` too, so that looking never creates."""
         return cls.PROVIDER is None and cls.load_all_instances is not Cluster.load_all_instances
 
-    def _configure(self, raw: Dict[str, Any], plugin_manager: Optional[pluggy.PluginManager]) -> None:
+    def _configure(self, raw: dict[str, Any], plugin_manager: pluggy.PluginManager | None) -> None:
         """Validate the seed's parameters (``None`` meaning "the default") and adopt the configuration.
 
         Ray listens on Flambé's port, :data:`FLAMBE_RAY_PORT`, unless ``ray_port`` is given (Flambé's
@@ -101,13 +102,13 @@ class Cluster(ClusterOperations):
     def _adopt(self, config: ClusterConfig, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
         self.session = HostSession(config, ProviderHooks(plugin_manager), ClusterState.for_cluster(config.name, config.state_dir))
-        self.error: Optional[BaseException] = None
-        self._rolled_back_for: Optional[BaseException] = None  # the error a rollback already answered
-        self._held: Optional[contextlib.ExitStack] = None  # locks taken on the hosts by the running step
+        self.error: BaseException | None = None
+        self._rolled_back_for: BaseException | None = None  # the error a rollback already answered
+        self._held: contextlib.ExitStack | None = None  # locks taken on the hosts by the running step
         # What Flambé's runner sets on every Runnable (flambe.runnable.Runnable), the cluster included:
         self.secrets = secrets.parse("")  # Flambé's `config`: the secrets (keys as written), see inject_secrets
-        self.extensions: Dict[str, str] = {}
-        self.content: Optional[str] = None
+        self.extensions: dict[str, str] = {}
+        self.content: str | None = None
         self.user_provider: Callable[[], str] = getpass.getuser
         self.debug = False
 
@@ -121,12 +122,12 @@ class Cluster(ClusterOperations):
         """Keep the YAML text the cluster was made from (:attr:`content`)."""
         self.content = content
 
-    def inject_extensions(self, extensions: Dict[str, str]) -> None:
+    def inject_extensions(self, extensions: dict[str, str]) -> None:
         """Keep the extensions of the run (:attr:`extensions`)."""
         self.extensions = extensions
 
     @classmethod
-    def from_config(cls, config: ClusterConfig, plugin_manager: Optional[pluggy.PluginManager] = None) -> "Cluster":
+    def from_config(cls, config: ClusterConfig, plugin_manager: pluggy.PluginManager | None = None) -> Cluster:
         """The cluster of a validated configuration (as the seed class of its provider, when called on Cluster)."""
         chosen = cls._classes.get(config.provider, cls) if cls is Cluster else cls
         cluster = chosen.__new__(chosen)
@@ -134,7 +135,7 @@ class Cluster(ClusterOperations):
         return cluster
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], validate: bool = True) -> "Cluster":
+    def from_yaml(cls, path: str | os.PathLike[str], validate: bool = True) -> Cluster:
         """A cluster described by a YAML file (``provider:`` key or a seed tag such as ``!SSHCluster``).
 
         ``validate=False`` skips the provider's (possibly online) validation:
@@ -155,7 +156,7 @@ class Cluster(ClusterOperations):
     setup_cmds = property(lambda self: list(self.config.setup_cmds))
 
     @property
-    def orchestrator(self) -> Optional[InstanceHandle]:
+    def orchestrator(self) -> InstanceHandle | None:
         """The orchestrator's :class:`OrchestratorInstance` (None before loading).
 
         Assignable, as a 0.4-style subclass's ``load_all_instances`` does
@@ -163,17 +164,17 @@ class Cluster(ClusterOperations):
         return handle(self.session.orchestrator, self.session)
 
     @orchestrator.setter
-    def orchestrator(self, host: "Instance | InstanceHandle | None") -> None:
+    def orchestrator(self, host: Instance | InstanceHandle | None) -> None:
         self.session.orchestrator = None if host is None else record_of(host)
 
     @property
-    def factories(self) -> List[InstanceHandle]:
+    def factories(self) -> list[InstanceHandle]:
         """The factories' :class:`FactoryInstance` objects (empty before loading); assignable (a list), as
         :attr:`orchestrator` is.  Factories all named by :meth:`get_factory_basename` get their index appended."""
         return [h for h in (handle(f, self.session) for f in self.session.factories) if h is not None]
 
     @factories.setter
-    def factories(self, hosts: "List[Instance | InstanceHandle]") -> None:
+    def factories(self, hosts: list[Instance | InstanceHandle]) -> None:
         base = self.get_factory_basename()
         records = [record_of(h) for h in hosts]
         self.session.factories = [attrs.evolve(r, name=f"{base}{i}") if r.name == base else r
@@ -210,16 +211,16 @@ class Cluster(ClusterOperations):
         """The factories' base name: ``<name>_factory`` (append an index per factory)."""
         return factory_name(self.name)
 
-    def get_orchestrator(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+    def get_orchestrator(self, ip: str, private_ip: str | None = None, use_public: bool = True) -> InstanceHandle:
         """The :class:`OrchestratorInstance` of the host at ``ip`` (``private_ip`` defaults to ``ip``)."""
         return self._handle(Instance.at(Role.ORCHESTRATOR, self.get_orchestrator_name(), ip, private_ip, use_public,
                                         gpus=0))
 
-    def get_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+    def get_factory(self, ip: str, private_ip: str | None = None, use_public: bool = True) -> InstanceHandle:
         """The :class:`FactoryInstance` of a CPU factory (no GPUs) at ``ip``."""
         return self._handle(Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public, gpus=0))
 
-    def get_gpu_factory(self, ip: str, private_ip: Optional[str] = None, use_public: bool = True) -> InstanceHandle:
+    def get_gpu_factory(self, ip: str, private_ip: str | None = None, use_public: bool = True) -> InstanceHandle:
         """The :class:`FactoryInstance` of a factory known to have GPUs (their count is still to be detected)."""
         return self._handle(Instance.at(Role.FACTORY, self.get_factory_basename(), ip, private_ip, use_public,
                                         gpus=None))
@@ -229,11 +230,11 @@ class Cluster(ClusterOperations):
         assert made is not None
         return made
 
-    def all_hosts(self) -> List[Instance]:
+    def all_hosts(self) -> list[Instance]:
         """The orchestrator followed by every factory (raises ClusterError before loading)."""
         return self.session.hosts()
 
-    def _get_all_hosts(self) -> List[Instance]:
+    def _get_all_hosts(self) -> list[Instance]:
         """The seed's name for :meth:`all_hosts`."""
         return self.session.hosts()
 
@@ -257,7 +258,7 @@ class Cluster(ClusterOperations):
         self.session.set_instances(instances)
         return True
 
-    def place(self) -> Dict[str, str]:
+    def place(self) -> dict[str, str]:
         """Where this cluster lives: the provider's name and its ``flambe_cluster_place`` (no API is called)."""
         return {"provider": self.config.provider, **(self.hooks.place(self.config) or {})}
 
@@ -290,8 +291,8 @@ class Cluster(ClusterOperations):
         self.refuse_past_max_cost()
         self._locked(lambda: self._prepare(lock_wait=float(kwargs.get("lock_wait", 0.0))), force, kwargs)
 
-    def up(self, force: bool = False, confirm: Optional[Callable[[str], bool]] = None,
-           approve: Optional[Callable[[List[PlannedChange]], bool]] = None, **kwargs: Any) -> None:
+    def up(self, force: bool = False, confirm: Callable[[str], bool] | None = None,
+           approve: Callable[[list[PlannedChange]], bool] | None = None, **kwargs: Any) -> None:
         """:meth:`run`, then the Ray cluster and the provider's idle shutdown: what ``flambe-cluster up`` does.
 
         ``confirm(question)``, when given, is asked before factories are
@@ -305,7 +306,7 @@ class Cluster(ClusterOperations):
         self.refuse_past_max_cost()
         self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0)), approve), force, kwargs)
 
-    def plan(self) -> List[PlannedChange]:
+    def plan(self) -> list[PlannedChange]:
         """The changes to paid machines :meth:`up` would make now (launches, terminations, with their prices).
 
         The provider's ``flambe_cluster_plan``, its terminations narrowed to
@@ -352,7 +353,7 @@ class Cluster(ClusterOperations):
                         ", ".join(sorted(gone)))
             self.state.journal.forget_instances(gone)
 
-    def past_max_cost(self) -> Optional[str]:
+    def past_max_cost(self) -> str | None:
         """Why the cluster may cost no more (the file's ``max_cost`` reached by the recorded cost since the last
         ``down``, once the record is reconciled with the provider's listing), or None.  Machines of unknown
         price count nothing: a warning names their types."""
@@ -378,8 +379,8 @@ class Cluster(ClusterOperations):
             raise UsageError(f"{reason}; nothing was changed. Raise max_cost in the cluster file to go on, or take "
                              "the cluster down with `flambe-cluster down` (a later up starts a new budget)")
 
-    def watch(self, interval: float = 30.0, lost_after: Optional[float] = None, rounds: Optional[int] = None,
-              since: Optional[float] = None) -> None:
+    def watch(self, interval: float = 30.0, lost_after: float | None = None, rounds: int | None = None,
+              since: float | None = None) -> None:
         """Keep the cluster whole until interrupted: replace lost factories and join them to Ray (see
         :mod:`~flambe_cluster.repair`).  A ``down`` after ``since`` (a :func:`time.time`; default now) ends it;
         so does the cluster's recorded cost reaching the file's ``max_cost``, after taking it down."""
@@ -400,7 +401,7 @@ class Cluster(ClusterOperations):
         repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader(), find,
                      down_past_max_cost)
 
-    def _rereader(self) -> Optional[Callable[[], Optional[ClusterConfig]]]:
+    def _rereader(self) -> Callable[[], ClusterConfig | None] | None:
         """For the watch: the cluster file's configuration when the file changed since the last call (or
         ``always``), else None (None when the cluster was not made from a file)."""
         source = self.config.source
@@ -408,7 +409,7 @@ class Cluster(ClusterOperations):
             return None
         last = [Path(source).read_bytes()]
 
-        def reread(always: bool = False) -> Optional[ClusterConfig]:
+        def reread(always: bool = False) -> ClusterConfig | None:
             data = Path(source).read_bytes()
             if data == last[0] and not always:
                 return None
@@ -429,7 +430,7 @@ class Cluster(ClusterOperations):
                          f"cluster {self.name!r}")
         return waiting
 
-    def _locked(self, step: Callable[[], None], force: bool, kwargs: Dict[str, Any]) -> None:
+    def _locked(self, step: Callable[[], None], force: bool, kwargs: dict[str, Any]) -> None:
         """Run ``step`` under the lock; on any failure or interrupt stop all work, then roll back, still locked.
 
         Closing the connections first ends the commands other threads are
@@ -460,7 +461,7 @@ class Cluster(ClusterOperations):
             finally:
                 self._held = None
 
-    def _prepare(self, start_ray: bool = False, confirm: Optional[Callable[[str], bool]] = None,
+    def _prepare(self, start_ray: bool = False, confirm: Callable[[str], bool] | None = None,
                  lock_wait: float = 0.0) -> None:
         """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`);
         ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
@@ -480,8 +481,8 @@ class Cluster(ClusterOperations):
         self.run_cmds(self.setup_cmds)
         self._prepare_software(start_ray)
 
-    def _up(self, confirm: Optional[Callable[[str], bool]] = None, lock_wait: float = 0.0,
-            approve: Optional[Callable[[List[PlannedChange]], bool]] = None) -> None:
+    def _up(self, confirm: Callable[[str], bool] | None = None, lock_wait: float = 0.0,
+            approve: Callable[[list[PlannedChange]], bool] | None = None) -> None:
         if approve is not None:
             changes = self.plan()  # under the cluster's lock: what is approved is what this up does
             if changes and not approve(changes):
@@ -498,7 +499,7 @@ class Cluster(ClusterOperations):
         except Exception as rollback_error:  # noqa: BLE001 - reported; the run's own error is what the user sees
             logger.error("rollback of cluster %r failed: %s", self.name, rollback_error)
 
-    def _loaded(self) -> List[Instance]:
+    def _loaded(self) -> list[Instance]:
         """The instances loaded so far (empty before loading)."""
         return self.session.hosts() if self.session.orchestrator is not None else []
 
@@ -580,14 +581,14 @@ class Cluster(ClusterOperations):
         """Close the SSH connections (idempotent)."""
         self.session.close()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc_value: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
     ) -> bool:
         """Roll back on error, log it, keep it in :attr:`error` and suppress it (the seed's contract).
 
@@ -619,8 +620,8 @@ class SSHCluster(Cluster):
 
     PROVIDER = "ssh"
 
-    def __init__(self, name: str, orchestrator_ip: Any, factories_ips: List[Any], key: str, username: str,
-                 remote_context: Any = None, use_public: bool = True, setup_cmds: Optional[List[str]] = None,
+    def __init__(self, name: str, orchestrator_ip: Any, factories_ips: list[Any], key: str, username: str,
+                 remote_context: Any = None, use_public: bool = True, setup_cmds: list[str] | None = None,
                  **options: Any) -> None:
         self.remote_context = remote_context
         self._configure(dict(provider=self.PROVIDER, name=name, orchestrator_ip=orchestrator_ip,
@@ -640,10 +641,10 @@ class AWSCluster(Cluster):
 
     def __init__(self, name: str, factories_num: int, factories_type: str, orchestrator_type: str, key_name: str,
                  security_group: str, subnet_id: str, creator: str, key: str, volume_type: str = "gp2",
-                 region_name: Optional[str] = None, username: str = "ubuntu", tags: Optional[Dict[str, str]] = None,
-                 orchestrator_ami: Optional[str] = None, factory_ami: Optional[str] = None, dedicated: bool = False,
+                 region_name: str | None = None, username: str = "ubuntu", tags: dict[str, str] | None = None,
+                 orchestrator_ami: str | None = None, factory_ami: str | None = None, dedicated: bool = False,
                  orchestrator_timeout: int = -1, factories_timeout: int = 1, volume_size: int = 100,
-                 setup_cmds: Optional[List[str]] = None, **options: Any) -> None:
+                 setup_cmds: list[str] | None = None, **options: Any) -> None:
         self._configure(dict(
             provider=self.PROVIDER, name=name, factories_num=factories_num, factories_type=factories_type,
             orchestrator_type=orchestrator_type, key_name=key_name, security_group=security_group,
@@ -661,7 +662,7 @@ class GCPCluster(Cluster):
 
     PROVIDER = "gcp"
 
-    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: Optional[List[str]] = None,
+    def __init__(self, name: str, factories_num: int, key: str, username: str, setup_cmds: list[str] | None = None,
                  **options: Any) -> None:
         self._configure(dict(provider=self.PROVIDER, name=name, factories_num=factories_num, key=key,
                              username=username, setup_cmds=setup_cmds, **options), None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import shlex
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from attrs import field, frozen
 
@@ -88,7 +88,7 @@ class CommandResult:
             text += " (no stderr output)"
         return text
 
-    def check(self) -> "CommandResult":
+    def check(self) -> CommandResult:
         """Return self if the command succeeded, else raise :class:`RemoteCommandError`."""
         if not self.ok:
             raise RemoteCommandError([self])

@@ -11,8 +11,9 @@ problem at once, each naming the field, what was expected and what was given.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pluggy
 import yaml

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from . import hostfiles
 from .errors import UsageError

@@ -19,8 +19,9 @@ import math
 import os
 import re
 import shlex
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import paramiko
@@ -122,7 +123,7 @@ def to_str_tuple(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def matching(pattern: "re.Pattern[str]", expected: str) -> Callable[[object], str]:
+def matching(pattern: re.Pattern[str], expected: str) -> Callable[[object], str]:
     """Converter factory: a string ``pattern`` matches whole (no trailing newline slips through)."""
 
     def convert(value: object) -> str:

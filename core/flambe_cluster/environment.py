@@ -25,17 +25,17 @@ import logging
 import posixpath
 import shlex
 import tempfile
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
 
 from . import bytecode, hostfiles, wheelhouse
 from .errors import ClusterError, HostError, UsageError
-from .records import Instance, Resources
 from .paths import SENT_CONTENT
+from .records import Instance, Resources
 from .session import ENVIRONMENT_MARKER, HostSession
 from .stash import StashKey
 from .wheelhouse import HostPlatform
@@ -126,7 +126,7 @@ def check_pythons(session: HostSession, reports: dict[Instance, HostReport]) -> 
         raise ClusterError(
             "the hosts need Python " + wanted + " or later for the cluster's environment: "
             + "; ".join(f"{session.config.python} on {host.label} is {version}" for host, version in old)
-            + f". Set `python:` to a newer interpreter of those hosts (e.g. python3.11), or install one with "
+            + ". Set `python:` to a newer interpreter of those hosts (e.g. python3.11), or install one with "
               "setup_cmds, then run `flambe-cluster up` again.")
 
 

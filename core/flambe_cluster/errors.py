@@ -9,7 +9,7 @@ cloud).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 class FlambeClusterError(Exception):
@@ -106,7 +106,7 @@ class RemoteCommandError(FlambeClusterError):
     failures.
     """
 
-    def __init__(self, failures: str | Iterable["object"]) -> None:
+    def __init__(self, failures: str | Iterable[object]) -> None:
         if isinstance(failures, str):  # Flambé's form: one message, shown as given
             self.failures = []
             super().__init__(failures)

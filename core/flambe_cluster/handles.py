@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from . import environment, hostfiles, jobs, raycluster
 from .errors import ClusterError
@@ -29,7 +30,7 @@ REPORT_SITE = "report-site"
 class InstanceHandle:
     """One host of the cluster: its record plus the seed's per-host methods."""
 
-    def __init__(self, record: Instance, session: Optional[HostSession]) -> None:
+    def __init__(self, record: Instance, session: HostSession | None) -> None:
         self.record = record
         self._session = session
 
@@ -97,12 +98,12 @@ class InstanceHandle:
     def _relative(self, path: str, what: str) -> str:
         return relative_to_home(path, self.get_home_path(), what)
 
-    def run_cmds(self, setup_cmds: List[str]) -> None:
+    def run_cmds(self, setup_cmds: list[str]) -> None:
         """Run the shell command lines in order; raises RemoteCommandError at the first that fails."""
         for command in setup_cmds:
             self.session.pool.run(self.record, command)
 
-    def send_rsync(self, host_path: str, remote_path: str, params: Optional[List[str]] = None) -> None:
+    def send_rsync(self, host_path: str, remote_path: str, params: list[str] | None = None) -> None:
         """Send a local file or folder (its contents) to ``remote_path`` on this host with rsync.
 
         ``params`` are extra rsync options (``["--exclude=*.tmp"]``).
@@ -118,7 +119,7 @@ class InstanceHandle:
         """Whether ``$HOME/_dir`` exists on this host."""
         return hostfiles.existing_dir(self.session, self._relative(_dir, "existing_dir path"), [self.record])
 
-    def create_dirs(self, relative_dirs: List[str]) -> None:
+    def create_dirs(self, relative_dirs: list[str]) -> None:
         """Create folders (relative to the home) on this host; existing ones are kept."""
         hostfiles.create_dirs_on(self.session, [self.record], [self._relative(d, "folder") for d in relative_dirs])
 
@@ -204,7 +205,7 @@ class OrchestratorInstance(InstanceHandle):
         if self._has_environment():
             self._service("report_site", REPORT_SITE, "stop")
 
-    def service_addresses(self) -> Dict[str, str]:
+    def service_addresses(self) -> dict[str, str]:
         """``{"tensorboard": URL, "report_site": URL}`` for those of the two that run (none without the environment)."""
         if not self._has_environment():
             return {}
@@ -215,11 +216,11 @@ class OrchestratorInstance(InstanceHandle):
                 found[name] = f"http://{self.host}:{state['port']}/"
         return found
 
-    def worker_nodes(self) -> List[str]:
+    def worker_nodes(self) -> list[str]:
         """The private addresses of the alive Ray workers (none while the head is slow to answer)."""
         return sorted(raycluster.alive_workers(raycluster.nodes_unless_slow(self.session)))
 
-    def rsync_folder(self, _from: str, _to: str, exclude: Optional[Sequence[str]] = None) -> None:
+    def rsync_folder(self, _from: str, _to: str, exclude: Sequence[str] | None = None) -> None:
         """rsync, run on the orchestrator, from ``_from`` to ``_to`` (either may be ``user@host:path`` of a cluster host).
 
         Uses the cluster key and the hosts' pinned keys; adds and updates,
@@ -234,14 +235,14 @@ class OrchestratorInstance(InstanceHandle):
         return hostfiles.has_environment(self.session, [self.record])[self.record]
 
 
-def handle(record: Optional[Instance], session: Optional[HostSession]) -> Optional[InstanceHandle]:
+def handle(record: Instance | None, session: HostSession | None) -> InstanceHandle | None:
     """The handle of ``record`` (``None`` for ``None``)."""
     if record is None:
         return None
     return (OrchestratorInstance if record.role.value == "orchestrator" else FactoryInstance)(record, session)
 
 
-def record_of(host: "Instance | InstanceHandle") -> Instance:
+def record_of(host: Instance | InstanceHandle) -> Instance:
     """The record behind ``host`` (a record or a handle)."""
     return host.record if isinstance(host, InstanceHandle) else host
 

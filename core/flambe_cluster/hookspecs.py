@@ -19,7 +19,8 @@ message names what failed and what to do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -67,7 +68,7 @@ def flambe_cluster_config_defaults(raw: dict) -> dict | None:
 
 
 @hookspec
-def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
+def flambe_cluster_validate(config: ClusterConfig) -> list[str]:
     """Return the problems that stop this cluster from running (may be empty).
 
     The seed's ``parse``.  Called after the options were built, before
@@ -81,8 +82,8 @@ def flambe_cluster_validate(config: "ClusterConfig") -> list[str]:
 
 @hookspec(firstresult=True)
 def flambe_cluster_load_instances(
-    config: "ClusterConfig", journal: "RunJournal", progress: "Progress"
-) -> "ClusterInstances":
+    config: ClusterConfig, journal: RunJournal, progress: Progress
+) -> ClusterInstances:
     """Find or create the orchestrator and ``config.factories_num`` factories.
 
     The seed's ``load_all_instances``.  Idempotent: instances that already
@@ -105,7 +106,7 @@ def flambe_cluster_load_instances(
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_find_instances(config: "ClusterConfig") -> "ClusterInstances | None":
+def flambe_cluster_find_instances(config: ClusterConfig) -> ClusterInstances | None:
     """Return the cluster's existing instances without creating anything.
 
     Used by ``status``, ``exec``, ``down`` and re-runs.  Returns ``None`` when
@@ -116,7 +117,7 @@ def flambe_cluster_find_instances(config: "ClusterConfig") -> "ClusterInstances 
 
 @hookspec
 def flambe_cluster_rollback(
-    config: "ClusterConfig", created: "list[CreatedResource]"
+    config: ClusterConfig, created: list[CreatedResource]
 ) -> None:
     """Destroy the resources one run created (the seed's ``rollback_env``).
 
@@ -128,7 +129,7 @@ def flambe_cluster_rollback(
 
 
 @hookspec
-def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstances | None") -> None:
+def flambe_cluster_terminate(config: ClusterConfig, instances: ClusterInstances | None) -> None:
     """Release the cluster's machines for ``down``.
 
     Cloud providers terminate the instances and anything attached to the
@@ -143,7 +144,7 @@ def flambe_cluster_terminate(config: "ClusterConfig", instances: "ClusterInstanc
 
 
 @hookspec
-def flambe_cluster_release_instances(config: "ClusterConfig", instances: "list[Instance]") -> None:
+def flambe_cluster_release_instances(config: ClusterConfig, instances: list[Instance]) -> None:
     """Release factories that a resize removed from the cluster (``factories_num`` lowered, an address dropped).
 
     ``instances`` were factories of the cluster at its last ``up`` and are
@@ -159,7 +160,7 @@ def flambe_cluster_release_instances(config: "ClusterConfig", instances: "list[I
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_idle_removed(config: "ClusterConfig", instances: "list[Instance]") -> "list[Instance] | None":
+def flambe_cluster_idle_removed(config: ClusterConfig, instances: list[Instance]) -> list[Instance] | None:
     """Of ``instances`` (factories the provider no longer lists, or that no longer answer), return those that the
     cluster's own idle policy released (an idle alarm, an on-host watchdog).
 
@@ -171,10 +172,10 @@ def flambe_cluster_idle_removed(config: "ClusterConfig", instances: "list[Instan
 
 @hookspec
 def flambe_cluster_configure_idle_shutdown(
-    config: "ClusterConfig",
-    instances: "ClusterInstances",
-    journal: "RunJournal",
-    run: Callable[["Instance", str], str],
+    config: ClusterConfig,
+    instances: ClusterInstances,
+    journal: RunJournal,
+    run: Callable[[Instance, str], str],
     map: Callable[..., dict],
 ) -> None:
     """Arrange for idle machines to be released when the client is gone (cloud providers).
@@ -193,7 +194,7 @@ def flambe_cluster_configure_idle_shutdown(
 
 @hookspec(firstresult=True)
 def flambe_cluster_detect_gpus(
-    config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]
+    config: ClusterConfig, instance: Instance, run: Callable[[str], str]
 ) -> int | None:
     """Return how many GPUs ``instance`` can use, or ``None`` to let the next impl answer.
 
@@ -207,7 +208,7 @@ def flambe_cluster_detect_gpus(
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_promised_gpus(config: "ClusterConfig", instance: "Instance") -> int | None:
+def flambe_cluster_promised_gpus(config: ClusterConfig, instance: Instance) -> int | None:
     """Return how many GPUs ``instance``'s type promises, or ``None`` when the provider cannot tell.
 
     Cloud providers answer from the instance type or accelerator
@@ -220,7 +221,7 @@ def flambe_cluster_promised_gpus(config: "ClusterConfig", instance: "Instance") 
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_place(config: "ClusterConfig") -> "dict[str, str] | None":
+def flambe_cluster_place(config: ClusterConfig) -> dict[str, str] | None:
     """Return where the cluster lives beyond its name: the values that tell two clusters of one name apart.
 
     For example ``{"region": ..., "creator": ...}`` (AWS), ``{"project": ...,
@@ -234,7 +235,7 @@ def flambe_cluster_place(config: "ClusterConfig") -> "dict[str, str] | None":
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> list[str] | None:
+def flambe_cluster_host_keys(config: ClusterConfig, instance: Instance) -> list[str] | None:
     """Return the host keys the provider vouches for, or ``None`` if it knows none.
 
     Each item is an OpenSSH public key line (``"ssh-ed25519 AAAA..."``), for
@@ -244,7 +245,7 @@ def flambe_cluster_host_keys(config: "ClusterConfig", instance: "Instance") -> l
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_sweep(where: "dict[str, str]") -> "list[TaggedCluster] | None":
+def flambe_cluster_sweep(where: dict[str, str]) -> list[TaggedCluster] | None:
     """Return every cluster with live machines carrying this provider's tags, for ``list --provider``.
 
     Needs no cluster file: ``where`` says where to look, from the command
@@ -259,7 +260,7 @@ def flambe_cluster_sweep(where: "dict[str, str]") -> "list[TaggedCluster] | None
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_plan(config: "ClusterConfig") -> "list[PlannedChange] | None":
+def flambe_cluster_plan(config: ClusterConfig) -> list[PlannedChange] | None:
     """Return the changes to paid machines that ``up`` with ``config`` would make now, without making any.
 
     One :class:`~flambe_cluster.records.PlannedChange` per role and action:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import configparser
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import secrets
 from .errors import UsageError

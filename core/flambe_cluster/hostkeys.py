@@ -15,8 +15,8 @@ import base64
 import hashlib
 import shlex
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import paramiko
 

@@ -30,7 +30,7 @@ import logging
 import os
 import shlex
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from . import environment
 from .commands import CommandResult

@@ -17,8 +17,8 @@ import json
 import posixpath
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from attrs import frozen
 

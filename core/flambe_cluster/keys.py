@@ -14,7 +14,7 @@ machine handed back cannot log in to the others.
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from collections.abc import Sequence
 
 from .hostkeys import key_line
 from .paths import home_path

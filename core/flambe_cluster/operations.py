@@ -14,8 +14,9 @@ from __future__ import annotations
 import configparser
 import os
 import posixpath
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from . import environment, hostfiles, jobs, keys, raycluster
 from .commands import CommandResult
@@ -34,18 +35,18 @@ class ClusterOperations:
 
     # --- commands, folders, files
 
-    def run_cmds(self, setup_cmds: List[str]) -> None:
+    def run_cmds(self, setup_cmds: list[str]) -> None:
         """Run each setup command on every host at once, in order; raises RemoteCommandError naming each failing host."""
         hosts = self.session.hosts()
         for index, command in enumerate(setup_cmds, 1):
             self.session.on_step(f"setup command {index}/{len(setup_cmds)} on {len(hosts)} hosts: {command}")
             self.session.run_all(hosts, command, states=(f"running setup command {index}", f"setup command {index} done"))
 
-    def execute_on(self, hosts: List[Instance], command: str, check: bool = True) -> Dict[Instance, CommandResult]:
+    def execute_on(self, hosts: list[Instance], command: str, check: bool = True) -> dict[Instance, CommandResult]:
         """Run a shell command line on ``hosts`` at once; returns results per host."""
         return self.session.run_all(hosts, command, check=check)
 
-    def create_dirs(self, relative_dirs: List[str]) -> None:
+    def create_dirs(self, relative_dirs: list[str]) -> None:
         """Create folders (relative to each host's home) on every host; existing ones are kept."""
         hostfiles.create_dirs_on(self.session, self.session.hosts(), [self.session.relative(d, "folder") for d in relative_dirs])
 
@@ -70,7 +71,7 @@ class ClusterOperations:
         """Install the per-cluster key pair on every host and authorise it everywhere (see :mod:`keys`)."""
         keys.distribute(self.session)
 
-    def send_local_content(self, content: Dict[str, str], dest: str, all_hosts: bool = False) -> Dict[str, str]:
+    def send_local_content(self, content: dict[str, str], dest: str, all_hosts: bool = False) -> dict[str, str]:
         """Send local files or folders to ``$HOME/<dest>/<key>/`` (see :mod:`flambe_cluster.content`)."""
         return _send_local_content(self.session, content, dest, all_hosts)
 
@@ -82,7 +83,7 @@ class ClusterOperations:
         """What a job on the orchestrator needs to know about the cluster (private addresses)."""
         return self.session.remote_environment(user_provider())
 
-    def send_secrets(self, whitelist: Optional[List[str]] = None) -> str:
+    def send_secrets(self, whitelist: list[str] | None = None) -> str:
         """Send the secrets (``whitelist`` sections only; none or empty: all) to the orchestrator, mode 0600.
 
         The secrets are those :meth:`inject_secrets` read, else the
@@ -128,20 +129,20 @@ class ClusterOperations:
         """Whether any factory has a GPU."""
         return any(r.gpu > 0 for r in environment.factory_resources(self.session).values())
 
-    def get_max_resources(self) -> Dict[str, int]:
+    def get_max_resources(self) -> dict[str, int]:
         """The CPUs and GPUs every factory has at least: ``{"cpu": N, "gpu": M}``."""
         resources = list(environment.factory_resources(self.session).values())
         return {"cpu": min(r.cpu for r in resources), "gpu": min(r.gpu for r in resources)} if resources else {"cpu": 0, "gpu": 0}
 
-    def install_extensions(self, extensions: Dict[str, str]) -> None:
+    def install_extensions(self, extensions: dict[str, str]) -> None:
         """Install extensions on every host at once (one wheelhouse, shipped once)."""
         environment.install_extensions(self.session, self.session.hosts(), extensions)
 
-    def install_extensions_in_orchestrator(self, extensions: Dict[str, str]) -> None:
+    def install_extensions_in_orchestrator(self, extensions: dict[str, str]) -> None:
         """Install extensions (local project folders or pip requirements) in the orchestrator's environment."""
         environment.install_extensions(self.session, [self.session.require_orchestrator()], extensions)
 
-    def install_extensions_in_factories(self, extensions: Dict[str, str]) -> None:
+    def install_extensions_in_factories(self, extensions: dict[str, str]) -> None:
         """Install extensions (local project folders or pip requirements) in every factory's environment."""
         environment.install_extensions(self.session, self.session.factories, extensions)
 
@@ -161,7 +162,7 @@ class ClusterOperations:
         """Whether the head answers and every factory's worker is alive."""
         return raycluster.is_up(self.session)
 
-    def existing_ray_cluster(self) -> List[Instance]:
+    def existing_ray_cluster(self) -> list[Instance]:
         """The hosts of this cluster the Ray head reports as alive nodes."""
         return raycluster.alive_hosts(self.session)
 
@@ -172,7 +173,7 @@ class ClusterOperations:
 
     # --- jobs
 
-    def existing_flambe_execution(self) -> List[Instance]:
+    def existing_flambe_execution(self) -> list[Instance]:
         """The hosts running a job of this cluster (the orchestrator, or none)."""
         orchestrator = self.session.require_orchestrator()
         return [orchestrator] if jobs.status(self.session).state == "running" else []
@@ -182,8 +183,8 @@ class ClusterOperations:
         self.session.require_orchestrator()
         jobs.stop(self.session)
 
-    def execute(self, cluster_runnable: Any, extensions: Dict[str, str], new_secrets: Optional[str], force: bool,
-                *, args: Sequence[str] = ()) -> "jobs.JobStatus":
+    def execute(self, cluster_runnable: Any, extensions: dict[str, str], new_secrets: str | None, force: bool,
+                *, args: Sequence[str] = ()) -> jobs.JobStatus:
         """Run a job on the orchestrator, detached, after installing ``extensions`` on every host.
 
         ``cluster_runnable`` is a local file or folder (run as ``flambe-cluster

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-
 from pathlib import Path
 
 from .errors import UsageError

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 #: Where a :class:`Display` also logs each step it shows (the command line's run log keeps them; stderr does not
@@ -40,11 +40,11 @@ PLAIN_INTERVAL = 5.0
 class Progress(Protocol):
     """The progress callable: ``progress(subject, state, *, done=None, total=None)`` (see the module's text)."""
 
-    def __call__(self, subject: str, state: str, *, done: Optional[int] = None, total: Optional[int] = None) -> None:
+    def __call__(self, subject: str, state: str, *, done: int | None = None, total: int | None = None) -> None:
         ...  # pragma: no cover - a protocol
 
 
-def log_progress(subject: str, state: str, *, done: Optional[int] = None, total: Optional[int] = None) -> None:
+def log_progress(subject: str, state: str, *, done: int | None = None, total: int | None = None) -> None:
     """The default progress callable (the Python API, no display): the project's debug log."""
     if done is not None and total:
         logger.debug("%s: %s (%s of %s)", subject, state, _amount(done), _amount(total))
@@ -75,7 +75,7 @@ class Display:
     quiet console (``-q``) shows nothing.
     """
 
-    def __init__(self, console: Any, rich: Optional[bool] = None) -> None:
+    def __init__(self, console: Any, rich: bool | None = None) -> None:
         self.console = console
         self.started = time.monotonic()
         self.rich = on_terminal(console) if rich is None else rich
@@ -108,7 +108,7 @@ class Display:
 
     # --- events
 
-    def event(self, subject: str, state: str, *, done: Optional[int] = None, total: Optional[int] = None) -> None:
+    def event(self, subject: str, state: str, *, done: int | None = None, total: int | None = None) -> None:
         """The progress callable (thread-safe, never raises)."""
         if self.console.quiet:
             return
@@ -118,10 +118,10 @@ class Display:
                     self._row(subject, state, done, total)
                 else:
                     self._plain(subject, state, done, total)
-        except Exception:  # noqa: BLE001 - a display must never break the work it shows
+        except Exception:
             logger.debug("progress display failed", exc_info=True)
 
-    def _plain(self, subject: str, state: str, done: Optional[int], total: Optional[int]) -> None:
+    def _plain(self, subject: str, state: str, done: int | None, total: int | None) -> None:
         """A line when the subject's state changes; within a transfer, at most every PLAIN_INTERVAL s, and its end."""
         now = time.monotonic()
         finished = done is not None and total is not None and done >= total
@@ -136,7 +136,7 @@ class Display:
     def _line(self, text: str) -> None:
         self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False)
 
-    def _row(self, subject: str, state: str, done: Optional[int], total: Optional[int]) -> None:
+    def _row(self, subject: str, state: str, done: int | None, total: int | None) -> None:
         if self._live is None:
             self._live = _rich_progress(self.console)
             self._live.start()
@@ -172,8 +172,8 @@ class Display:
 
 def _rich_progress(console: Any) -> Any:
     """A rich Progress: spinner, subject, state, and for transfers a bar, bytes and speed (rich imported here, lazily)."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress, ProgressColumn, SpinnerColumn,
-                               TextColumn, TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, ProgressColumn, SpinnerColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import Progress as RichProgress
     from rich.text import Text
 
     class WithTotal(ProgressColumn):

@@ -24,7 +24,6 @@ hooks themselves are documented in :mod:`flambe_cluster.hookspecs`.
 """
 
 from . import localhosts
-from .costs import listed_price, warn_never_idle
 from .converters import (
     SAFE_NAME,
     config_class,
@@ -39,6 +38,7 @@ from .converters import (
     to_str,
     to_str_tuple,
 )
+from .costs import listed_price, warn_never_idle
 from .errors import (
     ClusterConfigurationError,
     ClusterError,
@@ -52,7 +52,16 @@ from .errors import (
 from .hookspecs import hookimpl
 from .progress import Progress
 from .records import (
-    ClusterInstances, CreatedResource, Endpoint, Instance, Offer, PlannedChange, Resources, Role, TaggedCluster, host_name,
+    ClusterInstances,
+    CreatedResource,
+    Endpoint,
+    Instance,
+    Offer,
+    PlannedChange,
+    Resources,
+    Role,
+    TaggedCluster,
+    host_name,
 )
 from .settings import ClusterConfig
 from .sshroute import Resolver
@@ -72,6 +81,8 @@ __all__ = [
     "HostUnreachableError",
     "Instance",
     "KeyPair",
+    "Offer",
+    "PlannedChange",
     "Progress",
     "ProviderError",
     "RemoteCommandError",
@@ -79,15 +90,13 @@ __all__ = [
     "Role",
     "RunJournal",
     "TaggedCluster",
-    "Offer",
-    "PlannedChange",
     "UsageError",
     "config_class",
     "describe_value",
     "hookimpl",
+    "host_name",
     "listed_price",
     "localhosts",
-    "host_name",
     "matching",
     "one_of",
     "public_key_line",

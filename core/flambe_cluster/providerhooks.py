@@ -11,7 +11,8 @@ optional hooks a provider does not implement answer as documented there
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import pluggy
 from attrs import frozen
@@ -41,47 +42,47 @@ class ProviderHooks:
     def config_defaults(self, raw: Mapping) -> dict:
         return self.manager.hook.flambe_cluster_config_defaults(raw=dict(raw)) or {}
 
-    def validate(self, config: "ClusterConfig") -> list[str]:
+    def validate(self, config: ClusterConfig) -> list[str]:
         """Every problem the provider finds (may ask the cloud)."""
         return [p for result in self.manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
 
-    def load_instances(self, config: "ClusterConfig", journal: "RunJournal", progress: "Progress") -> "ClusterInstances":
+    def load_instances(self, config: ClusterConfig, journal: RunJournal, progress: Progress) -> ClusterInstances:
         return self.manager.hook.flambe_cluster_load_instances(config=config, journal=journal, progress=progress)
 
-    def find_instances(self, config: "ClusterConfig") -> "ClusterInstances | None":
+    def find_instances(self, config: ClusterConfig) -> ClusterInstances | None:
         return self.manager.hook.flambe_cluster_find_instances(config=config)
 
-    def rollback(self, config: "ClusterConfig", created: "list[CreatedResource]") -> None:
+    def rollback(self, config: ClusterConfig, created: list[CreatedResource]) -> None:
         self.manager.hook.flambe_cluster_rollback(config=config, created=created)
 
-    def terminate(self, config: "ClusterConfig", instances: "ClusterInstances | None") -> None:
+    def terminate(self, config: ClusterConfig, instances: ClusterInstances | None) -> None:
         self.manager.hook.flambe_cluster_terminate(config=config, instances=instances)
 
-    def release_instances(self, config: "ClusterConfig", instances: "list[Instance]") -> None:
+    def release_instances(self, config: ClusterConfig, instances: list[Instance]) -> None:
         self.manager.hook.flambe_cluster_release_instances(config=config, instances=instances)
 
-    def idle_removed(self, config: "ClusterConfig", instances: "list[Instance]") -> "list[Instance] | None":
+    def idle_removed(self, config: ClusterConfig, instances: list[Instance]) -> list[Instance] | None:
         return self.manager.hook.flambe_cluster_idle_removed(config=config, instances=instances)
 
-    def configure_idle_shutdown(self, config: "ClusterConfig", instances: "ClusterInstances", journal: "RunJournal",
-                                run: Callable[["Instance", str], str], map: Callable) -> None:  # noqa: A002 - the hook's name
+    def configure_idle_shutdown(self, config: ClusterConfig, instances: ClusterInstances, journal: RunJournal,
+                                run: Callable[[Instance, str], str], map: Callable) -> None:
         self.manager.hook.flambe_cluster_configure_idle_shutdown(config=config, instances=instances, journal=journal,
                                                                  run=run, map=map)
 
-    def detect_gpus(self, config: "ClusterConfig", instance: "Instance", run: Callable[[str], str]) -> int | None:
+    def detect_gpus(self, config: ClusterConfig, instance: Instance, run: Callable[[str], str]) -> int | None:
         return self.manager.hook.flambe_cluster_detect_gpus(config=config, instance=instance, run=run)
 
-    def promised_gpus(self, config: "ClusterConfig", instance: "Instance") -> int | None:
+    def promised_gpus(self, config: ClusterConfig, instance: Instance) -> int | None:
         return self.manager.hook.flambe_cluster_promised_gpus(config=config, instance=instance)
 
-    def place(self, config: "ClusterConfig") -> "dict[str, str] | None":
+    def place(self, config: ClusterConfig) -> dict[str, str] | None:
         return self.manager.hook.flambe_cluster_place(config=config)
 
-    def host_keys(self, config: "ClusterConfig", instance: "Instance") -> list[str] | None:
+    def host_keys(self, config: ClusterConfig, instance: Instance) -> list[str] | None:
         return self.manager.hook.flambe_cluster_host_keys(config=config, instance=instance)
 
-    def sweep(self, where: "dict[str, str]") -> "list[TaggedCluster] | None":
+    def sweep(self, where: dict[str, str]) -> list[TaggedCluster] | None:
         return self.manager.hook.flambe_cluster_sweep(where=where)
 
-    def plan(self, config: "ClusterConfig") -> "list[PlannedChange]":
+    def plan(self, config: ClusterConfig) -> list[PlannedChange]:
         return list(self.manager.hook.flambe_cluster_plan(config=config) or [])

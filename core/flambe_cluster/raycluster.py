@@ -15,8 +15,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Collection, Mapping, Sequence
 
 from . import hostfiles
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError, RayHeadSlowError

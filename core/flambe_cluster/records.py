@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 from attrs import field, frozen
@@ -56,7 +56,7 @@ class Endpoint:
     port: int = field(default=22, validator=_check_port)
 
     @classmethod
-    def parse(cls, value: object) -> "Endpoint":
+    def parse(cls, value: object) -> Endpoint:
         """Parse ``host``, ``host:port`` or ``[v6]:port``; raises ValueError naming the value."""
         if isinstance(value, Endpoint):
             return value
@@ -116,7 +116,7 @@ class Instance:
 
     @classmethod
     def at(cls, role: Role, name: str, ip: str, private_ip: str | None = None, use_public: bool = True,
-           gpus: int | None = 0) -> "Instance":
+           gpus: int | None = 0) -> Instance:
         """The record of the host at ``ip`` (``host[:port]``); ``private_ip`` defaults to ``ip``."""
         public = Endpoint.parse(ip)
         private = Endpoint.parse(private_ip) if private_ip else public
@@ -159,11 +159,11 @@ class ClusterInstances:
     def named(
         cls,
         cluster: str,
-        endpoints: "Sequence[tuple[Endpoint, Endpoint]]",
+        endpoints: Sequence[tuple[Endpoint, Endpoint]],
         *,
         use_public: bool = True,
-        instance_ids: "Sequence[str | None] | None" = None,
-    ) -> "ClusterInstances":
+        instance_ids: Sequence[str | None] | None = None,
+    ) -> ClusterInstances:
         """Instances with the seed's names, from ``(public, private)`` endpoints, the orchestrator's first.
 
         The orchestrator is ``<cluster>_orchestrator``, factory ``i`` is

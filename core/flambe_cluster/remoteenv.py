@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import attrs
 from attrs import field, frozen

@@ -43,7 +43,7 @@ import json
 import logging
 import shlex
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import environment, raycluster, resize
 from .errors import ClusterBusyError, FlambeClusterError
@@ -152,7 +152,7 @@ class Watch:
         for known in (self.silent_since, self.waiting, self.idle):
             for key in [k for k in known if k not in now]:
                 known.pop(key) if isinstance(known, dict) else known.discard(key)
-        self.act("followed", f"the cluster changed (another command): its factories are now "
+        self.act("followed", "the cluster changed (another command): its factories are now "
                              + (", ".join(f.label for f in session.factories) or "none"),
                  factories=[f.label for f in session.factories])
 
@@ -286,12 +286,12 @@ class Watch:
                     and len(self.watched()) + len(self.idle) >= session.config.factories_num):
                 complaint = None  # the cluster is short exactly what its idle policy released
         said: list[tuple[str, dict]] = []  # (line, details) said under the lock, once the look still holds
-        lost: dict[Instance, str] = {f: "the provider says it is gone" for f in gone}
+        lost: dict[Instance, str] = dict.fromkeys(gone, "the provider says it is gone")
         if complaint is not None:
             if not silent:
                 said.append((f"the provider says the cluster is incomplete ({complaint}); repairing",
                              {"complaint": complaint}))
-            lost.update({f: "the provider says the cluster is incomplete and it does not answer" for f in silent})
+            lost.update(dict.fromkeys(silent, "the provider says the cluster is incomplete and it does not answer"))
         long_silent = [f for f in silent if f not in lost
                        and now - self.silent_since.get(resize.identity(f), now) >= self.lost_after]
         unreachable: set[Instance] = set()
@@ -319,7 +319,7 @@ class Watch:
                              "head does not list its worker")
             release.append(factory)
         if complaint is None and not gone and len(answering) == len(self.watched()):
-            lost.update({f: "its Ray worker is not alive" for f in self.without_worker(answering)})
+            lost.update(dict.fromkeys(self.without_worker(answering), "its Ray worker is not alive"))
         if not lost and complaint is None:
             return
         for factory, why in lost.items():
@@ -437,7 +437,7 @@ def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], in
             except ClusterTakenDown:
                 session.on_step(f"cluster {session.name!r} was taken down (flambe-cluster down); stopped watching")
                 return
-            except Exception as exc:  # noqa: BLE001 - a look that failed (the cloud's API, a host) is tried again
+            except Exception as exc:
                 logger.debug("watch round failed", exc_info=True)
                 session.on_step(f"could not look at cluster {session.name!r} ({exc}); looking again in {interval:g}s")
             done += 1

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import hostfiles, jobs, keys, raycluster
 from .errors import FlambeClusterError, UsageError

@@ -8,8 +8,8 @@ from __future__ import annotations
 import configparser
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import UsageError
 

@@ -14,22 +14,22 @@ from __future__ import annotations
 import logging
 import posixpath
 import shlex
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 from attrs import define, evolve, field
 
 from . import sync, tree
 from .commands import CommandResult, shell_join
-from .errors import ClusterError, RemoteCommandError, UsageError
+from .errors import ClusterError, RemoteCommandError
 from .paths import check_relative_path, home_path, relative_to_home
 from .progress import Progress, log_progress
 from .providerhooks import ProviderHooks
 from .records import ClusterInstances, Endpoint, Instance, Role
 from .remoteenv import RemoteEnvironment
 from .settings import ClusterConfig
-from .stash import Stash
 from .ssh import SSHPool, openssh_options, openssh_route_options
+from .stash import Stash
 from .state import ClusterState, RunJournal
 
 logger = logging.getLogger(__name__)

@@ -23,15 +23,24 @@ import select
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import paramiko
 from attrs import define, field, validators
 
-from .errors import (ConnectionLostError, FlambeClusterError, HostError, HostKeyError, HostsFailedError,
-                     HostUnreachableError, RemoteCommandError, UsageError)
 from .commands import CommandResult, OutputTail, shown
+from .errors import (
+    ConnectionLostError,
+    FlambeClusterError,
+    HostError,
+    HostKeyError,
+    HostsFailedError,
+    HostUnreachableError,
+    RemoteCommandError,
+    UsageError,
+)
 from .hostkeys import KnownHosts, fingerprint
 from .records import Endpoint, Instance
 from .sshconnect import Login, changed_key_error, open_route, stop_remote

@@ -17,7 +17,7 @@ import shlex
 import socket
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import paramiko
 from attrs import frozen

@@ -76,7 +76,7 @@ class Route:
         return self.hops[-1]
 
     @property
-    def via(self) -> "Route | None":
+    def via(self) -> Route | None:
         """The route to the last jump host (``None`` when the host is reached without one)."""
         return Route(self.hops[:-1], self.proxy_command) if len(self.hops) > 1 else None
 

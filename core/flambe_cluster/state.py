@@ -20,8 +20,8 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from attrs import define, frozen
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -119,7 +119,7 @@ class Journal:
 
     path: Path
 
-    def start_run(self) -> "RunJournal":
+    def start_run(self) -> RunJournal:
         """A journal handle for a new run, with a fresh unique ``run_id``."""
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         return RunJournal(self, f"{stamp}-{uuid.uuid4().hex[:8]}")
@@ -254,12 +254,12 @@ class ClusterState:
     root: Path
 
     @classmethod
-    def for_cluster(cls, name: str, state_dir: Path | None = None) -> "ClusterState":
+    def for_cluster(cls, name: str, state_dir: Path | None = None) -> ClusterState:
         base = state_dir if state_dir is not None else state_home() / "clusters"
         return cls(base / name)
 
     @classmethod
-    def every_cluster(cls) -> "list[ClusterState]":
+    def every_cluster(cls) -> list[ClusterState]:
         """The state folders of the state home (``state_home()/clusters``), sorted by name.
 
         Clusters whose configuration sets ``state_dir`` keep their state
@@ -281,7 +281,7 @@ class ClusterState:
         except FileNotFoundError:
             return None
 
-    def ensure(self) -> "ClusterState":
+    def ensure(self) -> ClusterState:
         """Create the folder (and parents) if missing; returns self."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)

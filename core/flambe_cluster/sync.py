@@ -20,8 +20,8 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import FlambeClusterError, HostError, UsageError
 from .records import Endpoint

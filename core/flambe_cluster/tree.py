@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .commands import CommandResult
 from .errors import FlambeClusterError, HostError, HostsFailedError, RemoteCommandError

@@ -21,9 +21,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
 
 from attrs import frozen
 from packaging.requirements import Requirement

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import click
 
@@ -62,7 +63,7 @@ def _stop_on_signals() -> None:
         signal.signal(each, stop)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script; exits with 0, 1 or 2 (or the job's code, or 128 + a signal)."""
     _stop_on_signals()
     configure_logging()
@@ -82,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _failed(exc: BaseException, code: int, log: Optional[Path]) -> None:
+def _failed(exc: BaseException, code: int, log: Path | None) -> None:
     """Print the error and where this run's whole log is (its traceback included), then exit with ``code``."""
     logger.debug("exit %d", code, exc_info=True)
     err.print(f"error: {exc}", markup=False)
@@ -91,7 +92,7 @@ def _failed(exc: BaseException, code: int, log: Optional[Path]) -> None:
     sys.exit(code)
 
 
-def _interrupted(cause: Optional[BaseException], log: Optional[Path]) -> None:
+def _interrupted(cause: BaseException | None, log: Path | None) -> None:
     """Exit 128 + the signal's number (130 for Ctrl-C), saying so and where the run's log is;
     what the run started was already undone."""
     signum = cause.signum if isinstance(cause, Interrupted) else signal.SIGINT

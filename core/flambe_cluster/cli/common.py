@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import click
 from rich.console import Console
@@ -37,7 +38,7 @@ _VERBOSITY = "flambe_cluster.verbosity"
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
-def project_loggers() -> List[str]:
+def project_loggers() -> list[str]:
     """The loggers verbosity applies to: the core's and each installed provider's package (found without importing)."""
     return sorted({"flambe_cluster", *(p.target.split(":")[0].split(".")[0] for p in plugins.installed_providers())})
 
@@ -176,7 +177,7 @@ class NeverUp(NamedTuple):
                 f"({self.state} is absent); create it with `flambe-cluster up CONFIG`")
 
 
-def never_brought_up(config_path: str) -> Optional[NeverUp]:
+def never_brought_up(config_path: str) -> NeverUp | None:
     """The cluster a file names when only its state folder could show it exists and that folder is absent;
     None otherwise (the cluster is then loaded as usual, and its file's problems said as usual).
 
@@ -238,7 +239,7 @@ class VerbatimTail(click.Command):
         super().__init__(*args, **kwargs)
         self.word, self.inclusive = word, inclusive
 
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         takes_value = {name for p in self.params if isinstance(p, click.Option) and not (p.is_flag or p.count)
                        for name in p.opts}
         seen, index = 0, 0

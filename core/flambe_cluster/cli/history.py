@@ -7,11 +7,10 @@ import datetime
 import json
 from typing import Any
 
+import attrs
 import click
 from rich.markup import escape
 from rich.table import Table
-
-import attrs
 
 from .. import costs
 from ..config import read_config_file

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Optional
 
 import click
 from rich.markup import escape
@@ -51,7 +50,7 @@ def providers() -> int:
               help="Do not ask before launching or terminating paid machines, nor before removing factories while a "
                    "job runs.")
 @click.option("--dry-run", is_flag=True, help="Print what up would launch and terminate, with prices; change nothing.")
-def up(config: str, force: bool, lock_wait: float, watch: Optional[float], lost_after: Optional[float],
+def up(config: str, force: bool, lock_wait: float, watch: float | None, lost_after: float | None,
        yes: bool, dry_run: bool) -> int:
     """Create or reuse the cluster's hosts, distribute keys, run the setup commands, install the software and
     start Ray (idempotent).
@@ -119,7 +118,7 @@ def print_plan(cluster: Cluster, changes: list, dry_run: bool = False) -> bool:
     return True
 
 
-def print_hosts(cluster: Cluster, reachable: Optional[dict] = None, bought: Optional[dict] = None) -> None:
+def print_hosts(cluster: Cluster, reachable: dict | None = None, bought: dict | None = None) -> None:
     """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut.  Hosts ``bought``
     names (:func:`flambe_cluster.costs.bought`: cloud instances) show their type, market, age and price per hour."""
     bought = bought or {}
@@ -141,7 +140,7 @@ def print_hosts(cluster: Cluster, reachable: Optional[dict] = None, bought: Opti
     out.print(table)
 
 
-def bought_json(machine: Optional[costs.Bought]) -> Optional[dict]:
+def bought_json(machine: costs.Bought | None) -> dict | None:
     """What the journal records of a host bought in a cloud (type, market, USD/h, since), for ``--json``."""
     return None if machine is None else {**machine.offer.details(), "since": machine.since}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 import click
 from rich.markup import escape
@@ -23,7 +23,7 @@ from .lifecycle import probe_all, ray_and_job
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--provider", metavar="NAME", help="Sweep this provider's cloud for clusters no state folder knows.")
 @click.option("--region", metavar="REGION", help="With --provider: where to look (default: the provider's own).")
-def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
+def list_(as_json: bool, provider: str | None, region: str | None) -> int:
     """List every cluster of the state folder: provider, hosts, Ray, job, and cost (per hour now, so far).
 
     Each cluster is read from the configuration file its last `up` used (a
@@ -56,7 +56,7 @@ def list_(as_json: bool, provider: Optional[str], region: Optional[str]) -> int:
     return EXIT_OK
 
 
-def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
+def sweep(provider: str, region: str | None) -> list[TaggedCluster]:
     """The provider's tagged clusters whose name no state folder of the state home holds."""
     found = ProviderHooks(plugins.make_plugin_manager(provider)).sweep({"region": region} if region else {})
     if found is None:
@@ -66,7 +66,7 @@ def sweep(provider: str, region: Optional[str]) -> List[TaggedCluster]:
     return [cluster for cluster in found if not any(is_known(cluster, name, place) for name, place in known)]
 
 
-def is_known(cluster: TaggedCluster, name: str, place: Optional[dict]) -> bool:
+def is_known(cluster: TaggedCluster, name: str, place: dict | None) -> bool:
     """Whether a swept cluster is the state folder's cluster ``name`` recorded at ``place``: the same name, and
     each value of its place the same, unless the recorded one is unknown (None, or in parentheses: left to the
     environment, such as GCP's "(the credentials' project)"). In doubt a cluster is known: never listed as a leak."""
@@ -76,7 +76,7 @@ def is_known(cluster: TaggedCluster, name: str, place: Optional[dict]) -> bool:
     return name == cluster.name and all(same(k, v) for k, v in cluster.place.items())
 
 
-def _known_places() -> Iterator[tuple[str, Optional[dict]]]:
+def _known_places() -> Iterator[tuple[str, dict | None]]:
     """(name, place) of every cluster of the state home: the place recorded by its `up`, else the one its
     remembered file names, else None (known by name alone)."""
     for state in ClusterState.every_cluster():

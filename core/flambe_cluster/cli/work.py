@@ -5,15 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import click
 
 from .. import hostfiles, jobs
 from ..commands import shell_join
-from .labelled import LabelledLines
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
+from .labelled import LabelledLines
 
 
 @cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True,
@@ -70,7 +70,7 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
 @click.option("--secret", "secret_sections", multiple=True, metavar="SECTION",
               help="Send only this section of the secrets file (repeatable; default: all sections).")
 @LOCK_WAIT
-def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Optional[str], excludes: Sequence[str],
+def submit(config: str, path: str, args: Sequence[str], force: bool, entry: str | None, excludes: Sequence[str],
            extensions: Sequence[str], secret_sections: Sequence[str], lock_wait: float) -> int:
     """Ship a file or folder to the orchestrator and run it there, detached.
 
@@ -98,7 +98,7 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: Opti
               help="Keep printing until the job ends; exit with its code (128 + N when signal N ended it).")
 @click.option("--tail", "-n", type=click.IntRange(min=0), default=None, metavar="N",
               help="Only the last N lines (then, with --follow, what comes).")
-def logs(config: str, follow: bool, tail: Optional[int]) -> int:
+def logs(config: str, follow: bool, tail: int | None) -> int:
     """Print the job's output (everything since it started, or its last N lines)."""
     with opened(config, looks_only=True) as cluster:
         stream = sys.stdout.buffer
@@ -162,7 +162,7 @@ def attach(config: str, target: str, command: Sequence[str]) -> int:
               help="orchestrator, or a factory by name (factory0, or the full name) or address.")
 @click.option("--local", "local_port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="The port on this machine (default: PORT).")
-def forward(config: str, port: int, target: str, local_port: Optional[int]) -> int:
+def forward(config: str, port: int, target: str, local_port: int | None) -> int:
     """Reach PORT of a host (TensorBoard, the report site) at http://127.0.0.1:LOCAL on this machine, until Ctrl-C.
 
     OpenSSH local forwarding through the cluster's route (bastion, proxy)

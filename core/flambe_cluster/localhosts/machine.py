@@ -19,7 +19,7 @@ import random
 import shutil
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import LocalHostsError
 from . import system

@@ -54,8 +54,16 @@ from typing import ClassVar
 from attrs import define, field
 
 from ..errors import LocalHostsError
-from .machine import (choose_subnet, delete_link, delete_netns, ensure_user, link_names, machine_lock,
-                      netns_names, require_root_namespaces)
+from .machine import (
+    choose_subnet,
+    delete_link,
+    delete_netns,
+    ensure_user,
+    link_names,
+    machine_lock,
+    netns_names,
+    require_root_namespaces,
+)
 from .nshost import NamespaceHost, write_sshd_config
 from .system import generate_host_key, parent_pid, process_is, run
 
@@ -365,7 +373,7 @@ class NamespaceNetwork:
         self._closed = True
         return record
 
-    def __enter__(self) -> "NamespaceNetwork":
+    def __enter__(self) -> NamespaceNetwork:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -26,9 +26,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 RECORD = "process.json"

@@ -32,8 +32,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 

@@ -212,7 +212,7 @@ def render(settings: dict, host: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     settings: dict = {}
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path == "/":
             self._send(HTTPStatus.OK, render(self.settings, self._host()).encode(), "text/html; charset=utf-8")

@@ -32,8 +32,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from attrs import define, field, frozen
 
@@ -44,7 +45,7 @@ from ..localhosts.namespaces import NamespaceNetwork
 from ..localhosts.nshost import NamespaceHost
 from ..localhosts.system import generate_host_key, run
 
-__all__ = ["require_root_namespaces", "TestHost", "TestHostNetwork", "LoopbackTestHost", "LoopbackTestNetwork"]
+__all__ = ["LoopbackTestHost", "LoopbackTestNetwork", "TestHost", "TestHostNetwork", "require_root_namespaces"]
 
 
 @define(eq=False)
@@ -94,7 +95,7 @@ class TestHost(NamespaceHost):
         )
 
 
-_LIVE: list["TestHostNetwork | LoopbackTestNetwork"] = []
+_LIVE: list[TestHostNetwork | LoopbackTestNetwork] = []
 #: Called before any network is built (the pytest plugin adds its check that the running test is marked ``hosts``).
 BUILD_CHECKS: list[Callable[[], None]] = []
 

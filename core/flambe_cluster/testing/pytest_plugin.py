@@ -22,8 +22,9 @@ hosts otherwise without the marker fails, saying to mark it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from attrs import frozen

@@ -51,8 +51,15 @@ import shlex
 from pathlib import Path
 
 from attrs import field, frozen
-
-from flambe_cluster.provider import ClusterConfigurationError, ClusterInstances, Endpoint, config_class, hookimpl, to_bool, to_str
+from flambe_cluster.provider import (
+    ClusterConfigurationError,
+    ClusterInstances,
+    Endpoint,
+    config_class,
+    hookimpl,
+    to_bool,
+    to_str,
+)
 
 __all__ = ["Inventory", "InventoryError", "InventoryGroup", "InventoryHost", "InventoryOptions", "read_inventory"]
 
@@ -121,7 +128,7 @@ class Inventory:
         return f"{self.path}" if line is None else f"{self.path} line {line}"
 
     @classmethod
-    def parse(cls, text: str, path: Path) -> "Inventory":
+    def parse(cls, text: str, path: Path) -> Inventory:
         """Parse ``text`` read from ``path``; raises :class:`InventoryError` listing every bad line."""
         problems: list[str] = []
         groups: dict[str, tuple[int, list[InventoryHost]]] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flambe_cluster.testing.conformance import ProviderConformance
 
 pytestmark = pytest.mark.hosts

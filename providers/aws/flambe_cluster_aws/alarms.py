@@ -31,7 +31,7 @@ ever made), and ``down`` finds them all by prefix.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 from flambe_cluster.provider import CreatedResource, Instance
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from flambe_cluster import ClusterError
 
-__all__ = ["AWSError", "USER_AGENT", "client", "error_code", "has_credentials", "step"]
+__all__ = ["USER_AGENT", "AWSError", "client", "error_code", "has_credentials", "step"]
 
 USER_AGENT = "flambe-cluster-aws"
 #: Environment variables that change what a client talks to, as whom, or how it retries.

@@ -19,12 +19,19 @@ import datetime
 import logging
 import re
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from attrs import frozen
-
 from flambe_cluster.provider import (
-    ClusterError, ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, TaggedCluster, host_name,
+    ClusterError,
+    ClusterInstances,
+    CreatedResource,
+    Endpoint,
+    Instance,
+    Progress,
+    Role,
+    TaggedCluster,
+    host_name,
 )
 
 from . import api, pricing, validation
@@ -67,7 +74,7 @@ class Machine:
     creator: str | None = None
 
     @classmethod
-    def parse(cls, item: dict) -> "Machine":
+    def parse(cls, item: dict) -> Machine:
         tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
         launched = item.get("LaunchTime")
         return cls(

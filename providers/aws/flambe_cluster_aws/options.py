@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import getpass
 import re
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Mapping
 
 import boto3  # the [aws] extra: without it the provider fails to import, and the core names the extra
 from attrs import field
-
 from flambe_cluster.provider import config_class, describe_value, matching, one_of, to_bool, to_int, to_seconds, to_str
 
-__all__ = ["AWSOptions", "DEFAULT_REGION", "MAX_TIMEOUT_HOURS", "default_region"]
+__all__ = ["DEFAULT_REGION", "MAX_TIMEOUT_HOURS", "AWSOptions", "default_region"]
 
 DEFAULT_REGION = "us-east-1"
 #: CloudWatch evaluates an alarm over at most 7 days (periods of one hour).
@@ -86,7 +85,7 @@ def to_max_price(value: object) -> str | None:
     return format(price.normalize(), "f")
 
 
-def _spot_only(options: "AWSOptions", attribute, value: str | None) -> None:
+def _spot_only(options: AWSOptions, attribute, value: str | None) -> None:
     """Validator: a maximum spot price only makes sense for spot factories."""
     if value is not None and not options.factories_spot:
         raise ValueError(f"a maximum spot price ({value}) was given without factories_spot: true; "

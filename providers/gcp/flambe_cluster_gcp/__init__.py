@@ -78,7 +78,7 @@ from . import idle, planning, pricing, provision, validation
 from .api import GCPError, connect
 from .options import GCPOptions
 
-__all__ = ["GCPOptions", "GCPError"]
+__all__ = ["GCPError", "GCPOptions"]
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,15 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from attrs import define, field
+from flambe_cluster import ClusterError
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.cloud import compute_v1
-
-from flambe_cluster import ClusterError
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Compute:
         while True:
             try:
                 return function(*args, timeout=timeout, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
+            except Exception as exc:
                 retryable = is_transient(exc) or (retry_if is not None and retry_if(exc))
                 if not retryable or time.monotonic() + delay > deadline:
                     raise

@@ -21,8 +21,8 @@ import json
 import logging
 import posixpath
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from flambe_cluster.provider import ClusterInstances, FlambeClusterError, Instance, Role
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import getpass
 import math
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import attrs
 from attrs import field, frozen
-
 from flambe_cluster.provider import Role, config_class, describe_value, to_bool, to_int, to_seconds, to_str
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")

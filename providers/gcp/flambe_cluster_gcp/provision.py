@@ -34,16 +34,22 @@ import hashlib
 import logging
 import time
 import uuid
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from attrs import frozen
 import requests
+from attrs import frozen
+from flambe_cluster.provider import (
+    ClusterInstances,
+    CreatedResource,
+    Endpoint,
+    Instance,
+    Progress,
+    Role,
+    host_name,
+    public_key_line,
+)
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
-
-from flambe_cluster.provider import (
-    ClusterInstances, CreatedResource, Endpoint, Instance, Progress, Role, host_name, public_key_line,
-)
 
 from . import pricing
 from .api import WATCHDOG_SCOPES, Compute, GCPError, describe, error_reasons
@@ -98,7 +104,7 @@ class Found:
     run: str | None = None
 
     @classmethod
-    def from_api(cls, instance: compute_v1.Instance) -> "Found":
+    def from_api(cls, instance: compute_v1.Instance) -> Found:
         labels = dict(instance.labels)
         index = labels.get(LABEL_INDEX)
         nic = instance.network_interfaces[0] if instance.network_interfaces else None
@@ -172,7 +178,7 @@ def list_cluster(compute: Compute, config) -> list[Found]:
 
     try:
         return compute.call(f"listing the instances of cluster {cluster!r}", fetch)
-    except Exception as exc:  # noqa: BLE001 - turned into a message naming the step
+    except Exception as exc:
         raise GCPError(
             f"cluster {cluster!r}: listing its instances in zone {compute.zone} of project {compute.project} failed: "
             f"{describe(exc)}. Check the project and your access (roles/compute.instanceAdmin.v1), then try again."
@@ -312,7 +318,7 @@ def gpu_image_family(compute: Compute) -> str:
 
     try:
         images = compute.call(what, fetch)
-    except Exception as exc:  # noqa: BLE001 - turned into a message naming the step
+    except Exception as exc:
         raise GCPError(f"{what} failed: {describe(exc)}; set factories_image") from exc
     usable = [i for i in images if not (i.deprecated and i.deprecated.state)]
     if not usable:
@@ -352,7 +358,7 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
         spec = image_spec(compute, options, role)
         try:
             images[role] = resolve_image(compute, spec).self_link
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise GCPError(f"cluster {config.name!r}: resolving {parse_image(spec)} failed: {describe(exc)}. "
                            "Fix the image in the cluster file, then run `up` again.") from exc
     operations: dict[str, tuple[Role, int, str]] = {}
@@ -375,7 +381,7 @@ def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]
             logger.warning("%s: it exists already (another client is creating the same cluster); using it", what)
             operations[name] = (role, index, "")
             continue
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise GCPError(
                 f"cluster {config.name!r}: {what} in zone {compute.zone} failed: {describe(exc)}. "
                 "What this run created is rolled back; fix the cause (quota, type, image) and run `up` again."
@@ -449,7 +455,7 @@ def wait_running(config, compute: Compute, journal, wanted: Sequence[str], deadl
                 try:
                     compute.call(f"starting {name}", compute.instances.start_unary, project=compute.project,
                                  zone=compute.zone, instance=name)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise GCPError(f"cluster {config.name!r}: starting the stopped instance {name} failed: "
                                    f"{describe(exc)}") from exc
                 started.add(name)

@@ -33,9 +33,8 @@ import shlex
 from types import SimpleNamespace
 
 from attrs import frozen
-from google.cloud import compute_v1
-
 from flambe_cluster.provider import TaggedCluster, UsageError
+from google.cloud import compute_v1
 
 from .api import Compute, CredentialsMissing, GCPError, connect, describe
 from .provision import LABEL_CLUSTER, LABEL_CREATOR, LABEL_ROLE
@@ -61,7 +60,7 @@ class Labelled:
     role: str | None
 
     @classmethod
-    def from_api(cls, instance: compute_v1.Instance, zone: str) -> "Labelled":
+    def from_api(cls, instance: compute_v1.Instance, zone: str) -> Labelled:
         labels = dict(instance.labels)
         return cls(instance.name, zone, instance.status, labels.get(LABEL_CLUSTER, ""), labels.get(LABEL_CREATOR),
                    labels.get(LABEL_ROLE))
@@ -128,7 +127,7 @@ def list_labelled(compute: Compute, zone: str | None, region: str | None) -> lis
 
     try:
         found, zones = compute.call(f"listing flambe-cluster's instances in {where}", fetch)
-    except Exception as exc:  # noqa: BLE001 - turned into a message naming the step
+    except Exception as exc:
         raise GCPError(
             f"looking for flambe-cluster's instances in {where} of project {compute.project} failed: {describe(exc)}. "
             "Check the project (GOOGLE_CLOUD_PROJECT), the zone or region, and your access "

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
+from flambe_cluster.provider import Role, public_key_line
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from flambe_cluster.provider import Role
-
 from .api import Compute, CredentialsMissing, GCPError, connect, describe
 from .options import GCPOptions, parse_image
-from flambe_cluster.provider import public_key_line
-
 from .provision import instance_name
 
 #: The longest cluster name whose instance names stay within GCP's 63 characters.

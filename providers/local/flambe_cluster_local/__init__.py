@@ -33,10 +33,23 @@ import os
 from pathlib import Path
 
 from attrs import field
-
 from flambe_cluster.provider import (
-    SAFE_NAME, ClusterError, ClusterInstances, ClusterState, CreatedResource, Endpoint, KeyPair, config_class,
-    Role, describe_value, hookimpl, host_name, localhosts, one_of, public_key_line, to_optional_path,
+    SAFE_NAME,
+    ClusterError,
+    ClusterInstances,
+    ClusterState,
+    CreatedResource,
+    Endpoint,
+    KeyPair,
+    Role,
+    config_class,
+    describe_value,
+    hookimpl,
+    host_name,
+    localhosts,
+    one_of,
+    public_key_line,
+    to_optional_path,
 )
 
 NAMESPACE_USER = "flambe"

@@ -18,7 +18,6 @@ host given by one address alone then has the alias's ``HostName`` and
 from __future__ import annotations
 
 from attrs import field, frozen
-
 from flambe_cluster.provider import ClusterInstances, Endpoint, config_class, hookimpl, resolved_endpoint, to_bool
 
 __all__ = ["HostAddresses", "SSHOptions"]
@@ -32,7 +31,7 @@ class HostAddresses:
     private: Endpoint
 
     @classmethod
-    def parse(cls, value: object) -> "HostAddresses":
+    def parse(cls, value: object) -> HostAddresses:
         """``"ip"``, ``"ip:port"`` or ``[public, private]``; raises ValueError naming the value."""
         if isinstance(value, HostAddresses):
             return value
