@@ -74,10 +74,12 @@ class CallCounter:
 
 
 def make_world(endpoint: str) -> dict:
-    kwargs = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    kwargs = {"endpoint_url": endpoint, "region_name": REGION, "aws_access_key_id": "testing",
+              "aws_secret_access_key": "testing"}
     ec2 = boto3.client("ec2", **kwargs)
     vpc = ec2.create_vpc(CidrBlock="10.200.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.200.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.200.0.0/20",
+                               AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName="bench", Description="bench", VpcId=vpc)["GroupId"]
     ec2.import_key_pair(KeyName="bench", PublicKeyMaterial=PUBLIC_KEY.encode())
     return {"ec2": ec2, "subnet": subnet, "group": group}
@@ -102,7 +104,8 @@ def run(factories: int, world: dict, key: Path, counter: CallCounter) -> dict:
         started = time.perf_counter()
         result = action()
         figures[label] = {"seconds": time.perf_counter() - started, "actions": dict(counter.actions),
-                          "by_role": dict(counter.run_instances_by_role), "looks": counter.looks, "pages": counter.pages}
+                          "by_role": dict(counter.run_instances_by_role), "looks": counter.looks,
+                          "pages": counter.pages}
         return result
 
     state = ClusterState.for_cluster(name).ensure()
@@ -125,7 +128,8 @@ def run(factories: int, world: dict, key: Path, counter: CallCounter) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--factories", type=int, action="append", help="factories per cluster (repeatable; default 100)")
+    parser.add_argument("--factories", type=int, action="append",
+                        help="factories per cluster (repeatable; default 100)")
     args = parser.parse_args()
     sizes = args.factories or [100]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -175,7 +179,8 @@ def main() -> int:
                       f"{ref['seconds']:.2f}s; filtered on the cluster's tags {filtered['calls']} call "
                       f"{filtered['seconds']:.2f}s")
                 first = figures["first up"]
-                print(f"{'1+' + str(factories):>10}  RunInstances: orchestrator {first['by_role'].get('orchestrator', 0)}, "
+                print(f"{'1+' + str(factories):>10}  RunInstances: "
+                      f"orchestrator {first['by_role'].get('orchestrator', 0)}, "
                       f"factories {first['by_role'].get('factory', 0)}; DescribeInstances per poll: "
                       f"{first['pages'] / first['looks']:.1f} (pages of 1000 instances)\n")
     except KeyboardInterrupt:

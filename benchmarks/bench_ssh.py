@@ -224,7 +224,8 @@ def bench_fanout(instances: list[Instance], key: Path, known_hosts: Path, repeat
         # The same fan-out with a command that waits instead of computing: what the fan-out itself costs
         # when the hosts do not compete with the client (and each other) for this machine's CPUs.
         latency_repeat = max(5, repeat // 10)
-        wait_one = Sample("run_all(1 host, 'sleep 0.1')", timed(lambda: pool.run_all(one, "sleep 0.1"), latency_repeat, 2))
+        wait_one = Sample("run_all(1 host, 'sleep 0.1')",
+                          timed(lambda: pool.run_all(one, "sleep 0.1"), latency_repeat, 2))
         wait_many = Sample(f"run_all({len(many)} hosts, 'sleep 0.1')",
                            timed(lambda: pool.run_all(many, "sleep 0.1"), latency_repeat, 2))
     finally:
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 up_api, up_cli = bench_second_up(network.hosts, client.path, workdir, args.up_repeat, notes)
-            except Exception as exc:  # report figures 1-2 anyway
+            except Exception as exc:  # noqa: BLE001 - report figures 1-2 anyway
                 notes.append(f"figure 3 FAILED: {type(exc).__name__}: {exc}")
 
     total_s = time.perf_counter() - started

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 busy1, total1 = machine_cpu()
                 client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 client = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
-                growth.append((factories, wall, (busy1 - busy0) / (total1 - total0), busy1 - busy0, client, fresh.steps))
+                growth.append((factories, wall, (busy1 - busy0) / (total1 - total0), busy1 - busy0, client,
+                               fresh.steps))
                 if factories == 2:
                     fresh_up = wall
                     fresh.cli("down")
@@ -148,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"2. fresh 1+2 up {fresh_up:.2f} s; ray start by hand (head, then 2 workers) median {by_hand:.2f} s "
           f"(runs {', '.join(f'{x:.2f}' for x in manual)}); ratio {fresh_up / by_hand:.2f}x")
     fresh_cpu = next(cpu for factories, _wall, _busy, cpu, _client, _steps in growth if factories == 2)
-    print(f"   machine CPU used (all hosts share this machine's {os.cpu_count()} CPUs): fresh 1+2 up {fresh_cpu:.1f} s, "
-          f"ray start by hand median {statistics.median(manual_cpu):.1f} s; ratio {fresh_cpu / statistics.median(manual_cpu):.2f}x")
+    print(f"   machine CPU used (all hosts share this machine's {os.cpu_count()} CPUs): "
+          f"fresh 1+2 up {fresh_cpu:.1f} s, "
+          f"ray start by hand median {statistics.median(manual_cpu):.1f} s; "
+          f"ratio {fresh_cpu / statistics.median(manual_cpu):.2f}x")
     print(f"3. {'hosts':<6} {'fresh up':>9} {'machine CPU busy':>17} {'CPU seconds':>12} {'client CPU':>11}")
     for factories, wall, busy, cpu, client, _steps in growth:
         print(f"   1+{factories:<4} {wall:>8.2f}s {busy * 100:>16.0f}% {cpu:>11.1f}s {client:>10.2f}s")
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target: fresh 1+2 up <= {TARGET_UP_RATIO:g}x ray start by hand: measured {fresh_up / by_hand:.2f}x -> "
           f"{'met' if fresh_up / by_hand <= TARGET_UP_RATIO else 'NOT met'}")
     for factories, _wall, _busy, _cpu, _client, steps in growth:
-        print(f"note: steps of the fresh 1+{factories} up:\n" + "\n".join(f"      {line}" for line in steps.splitlines()))
+        print(f"note: steps of the fresh 1+{factories} up:\n"
+              + "\n".join(f"      {line}" for line in steps.splitlines()))
     return 0
 
 

@@ -113,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 
     a, b, c = statistics.median(manual), statistics.median(ups), statistics.median(seconds)
     print(f"{'figure':<58} {'median':>8}  runs")
-    print(f"{'A  ray start by hand over SSH (head, then 2 workers)':<58} {a:>7.2f}s  {', '.join(f'{x:.2f}' for x in manual)}")
-    print(f"{'B  flambe-cluster up, software in place, no Ray running':<58} {b:>7.2f}s  {', '.join(f'{x:.2f}' for x in ups)}")
+    print(f"{'A  ray start by hand over SSH (head, then 2 workers)':<58} {a:>7.2f}s  "
+          f"{', '.join(f'{x:.2f}' for x in manual)}")
+    print(f"{'B  flambe-cluster up, software in place, no Ray running':<58} {b:>7.2f}s  "
+          f"{', '.join(f'{x:.2f}' for x in ups)}")
     print(f"{'C  flambe-cluster up on the healthy cluster':<58} {c:>7.2f}s  {', '.join(f'{x:.2f}' for x in seconds)}")
     print(f"target: B <= {TARGET_RATIO} x A: measured {b / a:.2f}x -> {'met' if b / a <= TARGET_RATIO else 'NOT met'}")
-    print(f"target: C < {TARGET_SECOND_UP_S:g} s: measured {c:.2f} s -> {'met' if c < TARGET_SECOND_UP_S else 'NOT met'}")
+    print(f"target: C < {TARGET_SECOND_UP_S:g} s: measured {c:.2f} s -> "
+          f"{'met' if c < TARGET_SECOND_UP_S else 'NOT met'}")
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
     return 0
 

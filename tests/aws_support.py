@@ -170,7 +170,8 @@ class FaultyMotoServer(ThreadedMotoServer):
 
     def count(self, action: str, provider_only: bool = True, when: Callable[[Call], bool] = lambda c: True) -> int:
         with self._lock:
-            return sum(1 for c in self.calls if c.action == action and (c.from_provider or not provider_only) and when(c))
+            return sum(1 for c in self.calls
+                       if c.action == action and (c.from_provider or not provider_only) and when(c))
 
     def calls_of(self, action: str) -> list[Call]:
         with self._lock:
@@ -200,7 +201,8 @@ class FaultyMotoServer(ThreadedMotoServer):
             f"<Code>{fault.code}</Code><Message>{fault.message}</Message>"
             "</Error></Errors><RequestID>injected-fault</RequestID></Response>"
         ).encode()
-        reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(fault.status, "Error")
+        reason = {400: "Bad Request", 500: "Internal Server Error",
+                  503: "Service Unavailable"}.get(fault.status, "Error")
         start_response(f"{fault.status} {reason}", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -293,7 +295,8 @@ def launched(payload: bytes) -> list[tuple[str, str]]:
 
 
 class MotoCloud:
-    """A moto server with a VPC, subnet, security group and key pair — and, with ``hosts``, hosts that follow instances."""
+    """A moto server with a VPC, subnet, security group and key pair — and, with ``hosts``, hosts that follow
+    instances."""
 
     def __init__(self, client_key, make_network: Callable[..., Any] | None = None) -> None:
         self.client_key = client_key
@@ -320,8 +323,8 @@ class MotoCloud:
                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
                 "AWS_EC2_METADATA_DISABLED": "true",
             }
-            kwargs = dict(endpoint_url=self.endpoint, region_name=REGION,
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+            kwargs = {"endpoint_url": self.endpoint, "region_name": REGION,
+                      "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
             self.ec2 = boto3.client("ec2", **kwargs)
             self.cloudwatch = boto3.client("cloudwatch", **kwargs)
             self.subnet_cidr = self._make_network(make_network) if make_network else "10.213.40.0/24"
@@ -505,7 +508,8 @@ class MotoCloud:
         env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
         return {**env, **self.env, "FLAMBE_CLUSTER_HOME": str(home), "COLUMNS": "200"}
 
-    def cli(self, *args: str, home: Path, timeout: float = 300, check: int | None = None) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, home: Path, timeout: float = 300,
+            check: int | None = None) -> subprocess.CompletedProcess:
         return run_cli(*args, state_home=home, timeout=timeout, check=check, env=self.cli_env(home))
 
     def popen(self, *args: str, home: Path) -> subprocess.Popen:

@@ -86,7 +86,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 BASE = "https://www.googleapis.com/compute/v1/"
@@ -127,7 +127,8 @@ METHOD_NAMES = (
     "zones.get", "zones.list", "machineTypes.get", "machineTypes.list", "machineTypes.aggregatedList",
     "acceleratorTypes.get", "acceleratorTypes.aggregatedList", "diskTypes.get", "images.getFromFamily",
     "images.get", "networks.get", "subnetworks.get", "instances.insert", "instances.get", "instances.list",
-    "instances.aggregatedList", "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes", "zoneOperations.get", "zoneOperations.wait", "metadata",
+    "instances.aggregatedList", "instances.delete", "instances.start", "instances.stop", "instances.getGuestAttributes",
+    "zoneOperations.get", "zoneOperations.wait", "metadata",
 )
 
 
@@ -369,7 +370,8 @@ class FakeComputeEngine:
     def _machine_type_json(self, zone: str, name: str) -> dict:
         cpus, memory = MACHINE_TYPES[name]
         data = {"kind": "compute#machineType", "id": str(abs(hash(name)) % 10**6), "name": name, "guestCpus": cpus,
-                "memoryMb": memory, "zone": zone, "selfLink": f"{BASE}projects/{self.project}/zones/{zone}/machineTypes/{name}"}
+                "memoryMb": memory, "zone": zone,
+                "selfLink": f"{BASE}projects/{self.project}/zones/{zone}/machineTypes/{name}"}
         if name in BUNDLED_ACCELERATORS:
             kind, count = BUNDLED_ACCELERATORS[name]
             data["accelerators"] = [{"guestAcceleratorType": kind, "guestAcceleratorCount": count}]
@@ -402,7 +404,7 @@ class FakeComputeEngine:
 
     # --- requests
 
-    ROUTES = [
+    ROUTES: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones$", "zones.list"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)$", "zones.get"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/machineTypes$", "machineTypes.list"),
@@ -433,7 +435,8 @@ class FakeComputeEngine:
          "instances.start"),
         ("POST", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/stop$",
          "instances.stop"),
-        ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/getGuestAttributes$",
+        ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)"
+                r"/getGuestAttributes$",
          "instances.getGuestAttributes"),
         ("GET", r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/operations/(?P<name>[^/]+)$",
          "zoneOperations.get"),
@@ -446,7 +449,7 @@ class FakeComputeEngine:
         """Answer one request: ``(status, JSON or text)``; raises :class:`_Lost` to drop the connection."""
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        for route_verb, pattern, method in self.ROUTES:
+        for route_verb, pattern, method in self.ROUTES:  # noqa: B007 - method is the route matched, used after the loop
             match = re.match(pattern, parts.path)
             if route_verb == verb and match:
                 break
@@ -458,7 +461,8 @@ class FakeComputeEngine:
         fault = self._take_fault(method)
         if fault is not None and fault["kind"] == "fail":
             return fault["code"], ApiError(fault["code"], fault["message"], fault["reason"] or {
-                503: "backendError", 429: "rateLimitExceeded", 500: "backendError"}.get(fault["code"], "invalid")).body()
+                503: "backendError", 429: "rateLimitExceeded", 500: "backendError"}.get(fault["code"], "invalid")
+            ).body()
         try:
             if method == "zoneOperations.wait":
                 result = self._wait_operation(**match.groupdict())
@@ -483,18 +487,18 @@ class FakeComputeEngine:
         self._zone(project, zone)
         return self._zone_json(zone)
 
-    def _machineTypes_get(self, project, zone, name, **_):
+    def _machineTypes_get(self, project, zone, name, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         if name not in MACHINE_TYPES:
             raise _not_found(f"projects/{project}/zones/{zone}/machineTypes/{name}")
         return self._machine_type_json(zone, name)
 
-    def _machineTypes_list(self, project, zone, query, **_):
+    def _machineTypes_list(self, project, zone, query, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         items = [self._machine_type_json(zone, n) for n in MACHINE_TYPES]
         return {"kind": "compute#machineTypeList", "items": _filtered(items, query.get("filter"))}
 
-    def _machineTypes_aggregatedList(self, project, query, **_):
+    def _machineTypes_aggregatedList(self, project, query, **_):  # noqa: N802 - the API method name, looked up by route
         self._project(project)
         items = {}
         for zone in self.zones:
@@ -502,29 +506,30 @@ class FakeComputeEngine:
             items[f"zones/{zone}"] = {"machineTypes": found} if found else {"warning": {"code": "NO_RESULTS_ON_PAGE"}}
         return {"kind": "compute#machineTypeAggregatedList", "items": items}
 
-    def _acceleratorTypes_get(self, project, zone, name, **_):
+    def _acceleratorTypes_get(self, project, zone, name, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         if name not in ACCELERATOR_TYPES or zone not in ACCELERATOR_TYPES[name][1]:
             raise _not_found(f"projects/{project}/zones/{zone}/acceleratorTypes/{name}")
         return self._accelerator_json(zone, name)
 
-    def _acceleratorTypes_aggregatedList(self, project, query, **_):
+    def _acceleratorTypes_aggregatedList(self, project, query, **_):  # noqa: N802 - the API method name, looked up by route
         self._project(project)
         items = {}
         for zone in self.zones:
             found = _filtered([self._accelerator_json(zone, n) for n, (_, zones) in ACCELERATOR_TYPES.items()
                                if zone in zones], query.get("filter"))
-            items[f"zones/{zone}"] = {"acceleratorTypes": found} if found else {"warning": {"code": "NO_RESULTS_ON_PAGE"}}
+            items[f"zones/{zone}"] = ({"acceleratorTypes": found} if found
+                                      else {"warning": {"code": "NO_RESULTS_ON_PAGE"}})
         return {"kind": "compute#acceleratorTypeAggregatedList", "items": items}
 
-    def _diskTypes_get(self, project, zone, name, **_):
+    def _diskTypes_get(self, project, zone, name, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         if name not in DISK_TYPES:
             raise _not_found(f"projects/{project}/zones/{zone}/diskTypes/{name}")
         return {"kind": "compute#diskType", "name": name, "zone": zone,
                 "selfLink": f"{BASE}projects/{project}/zones/{zone}/diskTypes/{name}"}
 
-    def _images_getFromFamily(self, project, family, **_):
+    def _images_getFromFamily(self, project, family, **_):  # noqa: N802 - the API method name, looked up by route
         return _public_image(self._image(project, family=family))
 
     def _images_get(self, project, name, **_):
@@ -550,7 +555,8 @@ class FakeComputeEngine:
         self._project(project)
         for network_name, network in self.networks.items():
             if name in network["subnetworks"].get(region, ()):
-                return {"kind": "compute#subnetwork", "name": name, "region": f"{BASE}projects/{project}/regions/{region}",
+                return {"kind": "compute#subnetwork", "name": name,
+                        "region": f"{BASE}projects/{project}/regions/{region}",
                         "network": f"{BASE}projects/{project}/global/networks/{network_name}",
                         "selfLink": f"{BASE}projects/{project}/regions/{region}/subnetworks/{name}"}
         raise _not_found(f"projects/{project}/regions/{region}/subnetworks/{name}")
@@ -563,12 +569,13 @@ class FakeComputeEngine:
         items = _filtered(items, query.get("filter"))
         start = int(query.get("pageToken") or 0)
         size = int(query.get("maxResults") or 500)
-        page = {"kind": "compute#instanceList", "id": f"projects/{project}/zones/{zone}/instances", "items": items[start:start + size]}
+        page = {"kind": "compute#instanceList", "id": f"projects/{project}/zones/{zone}/instances",
+                "items": items[start:start + size]}
         if start + size < len(items):
             page["nextPageToken"] = str(start + size)
         return page
 
-    def _instances_aggregatedList(self, project, query, **_):
+    def _instances_aggregatedList(self, project, query, **_):  # noqa: N802 - the API method name, looked up by route
         self._project(project)
         found = [(z, item) for z in self.zones for item in _filtered(
             [self._public(i) for (iz, _), i in sorted(self.instances.items()) if iz == z], query.get("filter"))]
@@ -601,7 +608,8 @@ class FakeComputeEngine:
             try:
                 uuid.UUID(request_id)
             except ValueError:
-                raise ApiError(400, f"Invalid value for field 'requestId': '{request_id}'. The request ID must be a valid UUID.")
+                raise ApiError(400, f"Invalid value for field 'requestId': '{request_id}'. "
+                                    "The request ID must be a valid UUID.") from None
             if request_id in self.request_ids:
                 return self._public_operation(self.operations[self.request_ids[request_id]])
         body = body or {}
@@ -619,7 +627,8 @@ class FakeComputeEngine:
         disks = body.get("disks") or []
         boot = [d for d in disks if d.get("boot")]
         if len(boot) != 1 or not (boot[0].get("initializeParams") or {}).get("sourceImage"):
-            raise ApiError(400, "Invalid value for field 'resource.disks': exactly one boot disk with a source image is needed.")
+            raise ApiError(400, "Invalid value for field 'resource.disks': "
+                                "exactly one boot disk with a source image is needed.")
         params = boot[0]["initializeParams"]
         image = self._image_from_url(params["sourceImage"])
         size = int(params.get("diskSizeGb") or image["diskSizeGb"])
@@ -627,15 +636,18 @@ class FakeComputeEngine:
             raise ApiError(400, f"Invalid value for field 'resource.disks[0].initializeParams.diskSizeGb': '{size}'. "
                                 f"Requested disk size cannot be smaller than the image size ({image['diskSizeGb']} GB)")
         if params.get("diskType") and _tail(params["diskType"]) not in DISK_TYPES:
-            raise ApiError(400, f"Invalid value for field 'resource.disks[0].initializeParams.diskType': '{params['diskType']}'.")
+            raise ApiError(400, "Invalid value for field 'resource.disks[0].initializeParams.diskType': "
+                                f"'{params['diskType']}'.")
         interfaces = body.get("networkInterfaces") or [{}]
         network = _tail(interfaces[0].get("network") or "default")
         if network not in self.networks:
-            raise ApiError(400, f"Invalid value for field 'resource.networkInterfaces[0].network': '{network}'. The referenced network resource cannot be found.")
+            raise ApiError(400, f"Invalid value for field 'resource.networkInterfaces[0].network': '{network}'. "
+                                "The referenced network resource cannot be found.")
         for accelerator in body.get("guestAccelerators") or []:
             kind = _tail(accelerator.get("acceleratorType", ""))
             if kind not in ACCELERATOR_TYPES or zone not in ACCELERATOR_TYPES[kind][1]:
-                raise ApiError(400, f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': '{kind}'.")
+                raise ApiError(400, "Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
+                                    f"'{kind}'.")
             if int(accelerator.get("acceleratorCount", 0)) > ACCELERATOR_TYPES[kind][0]:
                 raise ApiError(400, "Invalid value for field 'resource.guestAccelerators[0].acceleratorCount'.")
             if (body.get("scheduling") or {}).get("onHostMaintenance") != "TERMINATE":
@@ -723,7 +735,7 @@ class FakeComputeEngine:
             instance.update(status="STOPPING", _stage="stopping", _stop_op=operation["name"])
         return self._public_operation(operation)
 
-    def _instances_getGuestAttributes(self, project, zone, name, query, **_):
+    def _instances_getGuestAttributes(self, project, zone, name, query, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         instance = self.instances.get((zone, name))
         if instance is None:
@@ -768,7 +780,7 @@ class FakeComputeEngine:
             return fault
         return None
 
-    def _zoneOperations_get(self, project, zone, name, **_):
+    def _zoneOperations_get(self, project, zone, name, **_):  # noqa: N802 - the API method name, looked up by route
         self._zone(project, zone)
         operation = self.operations.get(name)
         if operation is None or operation["_zone"] != zone:

@@ -63,7 +63,7 @@ def env(aws_cloud, tmp_path_factory):
 
 
 def test_two_ups_at_once_make_one_cluster_with_its_tags_and_ray(env):
-    for code, stdout, stderr in env.ups:
+    for code, _stdout, stderr in env.ups:
         assert code == 0, f"exit {code}\n{stderr}"
     # the default idle policy keeps the orchestrator (its results), and says that it costs until `down`
     assert any("its orchestrator (t3.micro) never shuts itself down when idle" in stderr for _, _, stderr in env.ups)
@@ -79,7 +79,8 @@ def test_two_ups_at_once_make_one_cluster_with_its_tags_and_ray(env):
     launches = cloud.server.count("RunInstances", when=lambda c: c.tags.get("flambe-cluster:cluster") == NAME)
     assert launches == 2, "one RunInstances per role, none by the second `up`"
     for instance in instances:
-        assert "setup on " + instance["PrivateIpAddress"] in (cloud.host_of(instance["InstanceId"]).home / "aws-setup").read_text()
+        assert ("setup on " + instance["PrivateIpAddress"]
+                in (cloud.host_of(instance["InstanceId"]).home / "aws-setup").read_text())
     status = env.status()
     assert sorted(h["instance_id"] for h in status["hosts"]) == env.ids()
     ray = status["ray"]
@@ -157,7 +158,8 @@ def test_a_gpu_factory_whose_nvidia_smi_sees_none_fails_up_naming_it(env, tmp_pa
     try:
         done = env.cloud.cli("up", str(config), home=env.home, timeout=900)
         assert done.returncode == 1, dump(done)
-        assert f"{name}_factory0" in done.stderr and "promises 1 GPU but nvidia-smi sees none" in done.stderr, dump(done)
+        assert f"{name}_factory0" in done.stderr and "promises 1 GPU but nvidia-smi sees none" in done.stderr, \
+            dump(done)
         assert "Use an image that carries the driver" in done.stderr
     finally:
         env.cloud.factory_gpus = None

@@ -25,7 +25,8 @@ def bystanders(aws_cloud):
     """Instances that exist before any run: untagged, and another cluster's orchestrator."""
     untagged = aws_cloud.make_instance()
     other = aws_cloud.make_instance({"flambe-cluster:cluster": "other", "flambe-cluster:creator": "root",
-                                     "flambe-cluster:role": "orchestrator", "flambe-cluster:launch": "old-orchestrator"})
+                                     "flambe-cluster:role": "orchestrator",
+                                     "flambe-cluster:launch": "old-orchestrator"})
     return untagged + other
 
 
@@ -53,7 +54,8 @@ def ours(name):
 
 
 def test_creating_the_orchestrator_fails(cloud, tmp_path):
-    cloud.fault("RunInstances", "InstanceLimitExceeded", message="You have requested more instances than your current limit.",
+    cloud.fault("RunInstances", "InstanceLimitExceeded",
+                message="You have requested more instances than your current limit.",
                 when=lambda call: call.role == "orchestrator")
     done = cloud.cli("up", str(cloud.write_config(tmp_path / "c.yaml", "fault-orchestrator")), home=tmp_path, check=1)
     assert "AWS, creating the orchestrator (t3.micro): InstanceLimitExceeded" in done.stderr, dump(done)
@@ -75,9 +77,11 @@ def test_capacity_error_for_the_factories_after_the_orchestrator_was_created(clo
 
 def test_capacity_error_leaves_the_orchestrator_that_existed_before(cloud, tmp_path):
     [orchestrator] = cloud.make_instance({"flambe-cluster:cluster": "fault-kept", "flambe-cluster:creator": "root",
-                                          "flambe-cluster:role": "orchestrator", "flambe-cluster:launch": "earlier-orchestrator"})
+                                          "flambe-cluster:role": "orchestrator",
+                                          "flambe-cluster:launch": "earlier-orchestrator"})
     cloud.fault("RunInstances", "InsufficientInstanceCapacity", status=500, when=lambda call: call.role == "factory")
-    done = cloud.cli("up", str(cloud.write_config(tmp_path / "c.yaml", "fault-kept", creator="root")), home=tmp_path, check=1)
+    done = cloud.cli("up", str(cloud.write_config(tmp_path / "c.yaml", "fault-kept", creator="root")),
+                     home=tmp_path, check=1)
     assert "creating factories (2 x t3.micro): InsufficientInstanceCapacity" in done.stderr, dump(done)
     assert cloud.state_of(orchestrator) == "running", "reused, not created by this run: not rolled back"
     assert cloud.host_of(orchestrator).is_running()
@@ -98,7 +102,8 @@ def test_throttling_beyond_the_retries_while_waiting_for_instances_to_run(cloud,
 def test_an_instance_that_never_answers_ssh(cloud, tmp_path):
     name = "fault-silent"
     cloud.unanswering["factory"] = 1  # the first factory launched is cut off the network
-    done = cloud.cli("up", str(cloud.write_config(tmp_path / "c.yaml", name, connect_timeout=4)), home=tmp_path, check=1)
+    done = cloud.cli("up", str(cloud.write_config(tmp_path / "c.yaml", name, connect_timeout=4)),
+                     home=tmp_path, check=1)
     [silent] = [i for i in created_by(cloud, name)
                 if {"Key": "flambe-cluster:role", "Value": "factory"} in i["Tags"] and i["AmiLaunchIndex"] == 0]
     assert "connecting to 3 hosts" in done.stderr, dump(done)
@@ -129,7 +134,7 @@ def test_a_signal_while_waiting_for_ssh_rolls_back_once_and_exits(cloud, tmp_pat
         time.sleep(1.0)
         process.send_signal(signum)
         sent = time.monotonic()
-        stdout, stderr = process.communicate(timeout=60)
+        _stdout, stderr = process.communicate(timeout=60)
         waited = time.monotonic() - sent
     finally:
         if process.poll() is None:
@@ -161,7 +166,7 @@ def test_a_signal_while_launching_rolls_back_what_the_launch_made(cloud, tmp_pat
         assert len(cloud.instances(name)) == 3, "EC2 launched them; the answer is on its way"
         process.send_signal(signum)
         sent = time.monotonic()
-        stdout, stderr = process.communicate(timeout=60)
+        _stdout, stderr = process.communicate(timeout=60)
         waited = time.monotonic() - sent
     finally:
         barrier.abort()
@@ -190,8 +195,10 @@ def test_a_signal_while_launching_rolls_back_what_the_launch_made(cloud, tmp_pat
 def test_down_of_a_stopped_cluster_terminates_it(cloud, tmp_path):
     name = "fault-stopped-down"
     tags = {"flambe-cluster:cluster": name, "flambe-cluster:creator": "root"}
-    ids = cloud.make_instance({**tags, "flambe-cluster:role": "orchestrator", "flambe-cluster:launch": "a-orchestrator"})
-    ids += cloud.make_instance({**tags, "flambe-cluster:role": "factory", "flambe-cluster:launch": "a-factory"}, count=2)
+    ids = cloud.make_instance({**tags, "flambe-cluster:role": "orchestrator",
+                               "flambe-cluster:launch": "a-orchestrator"})
+    ids += cloud.make_instance({**tags, "flambe-cluster:role": "factory", "flambe-cluster:launch": "a-factory"},
+                               count=2)
     cloud.ec2.stop_instances(InstanceIds=ids)
     try:
         done = cloud.cli("down", str(cloud.write_config(tmp_path / "c.yaml", name, creator="root", connect_timeout=2)),

@@ -92,7 +92,8 @@ def test_cost_adds_up_lifetimes_times_prices_and_max_cost_refuses(moto_cloud, tm
     born, machines, died = {}, {}, {}
     for entry in entries:
         if entry["event"] == "created" and entry["kind"] == "launch":
-            assert entry["details"]["count"] == len(entry["details"]["instance_ids"] or [None] * entry["details"]["count"])
+            assert entry["details"]["count"] == len(entry["details"]["instance_ids"]
+                                                    or [None] * entry["details"]["count"])
             born.setdefault(entry["id"], entry["time"])
             machines[entry["id"]] = (len(entry["details"]["instance_ids"]), entry["details"]["usd_per_hour"])
         elif entry["event"] == "destroyed":

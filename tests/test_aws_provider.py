@@ -34,7 +34,9 @@ from flambe_cluster_aws import (
 from flambe_cluster_aws.options import AWSOptions
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-ECDSA_BLOB = base64.b64encode(b"\x00\x00\x00\x13ecdsa-sha2-nistp256" + b"\x00\x00\x00\x08nistp256" + b"\x00" * 20).decode()
+ECDSA_BLOB = base64.b64encode(
+    b"\x00\x00\x00\x13ecdsa-sha2-nistp256" + b"\x00\x00\x00\x08nistp256" + b"\x00" * 20
+).decode()
 CONSOLE = f"""\
 [   12.3] cloud-init[1050]: Generating public/private ed25519 key pair.
 ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
@@ -74,7 +76,8 @@ def test_seed_tag_and_defaults(moto_cloud, tmp_path, monkeypatch):
     options = build(AWSOptions, minimal, problems)
     assert problems == []
     assert options.region_name == "eu-west-3", "the default region is boto3's configured one"
-    assert (options.volume_type, options.volume_size, options.use_public, options.dedicated) == ("gp2", 100, True, False)
+    assert (options.volume_type, options.volume_size, options.use_public, options.dedicated) == (
+        "gp2", 100, True, False)
     assert (options.orchestrator_timeout, options.factories_timeout) == (-1, 1)
     assert options.orchestrator_ami is None and options.factory_ami is None, "images are looked up, not hard-coded"
     monkeypatch.delenv("AWS_DEFAULT_REGION")
@@ -91,7 +94,8 @@ def test_bad_values_are_reported_together():
         "region_name": "Mars",
     }, problems)
     fields = sorted(p.split(":")[0] for p in problems)
-    assert fields == ["factories_timeout", "orchestrator_type", "region_name", "subnet_id", "tags", "volume_type"], problems
+    assert fields == ["factories_timeout", "orchestrator_type", "region_name", "subnet_id", "tags",
+                      "volume_type"], problems
     assert any("expected one of 'gp2', 'gp3', 'io1', got 'io2'" in p for p in problems)
 
 
@@ -103,9 +107,11 @@ def test_wrong_type_missing_key_pair_and_missing_subnet_are_reported_together(mo
                                    key_name="no-such-key", subnet_id="subnet-0123456789abcdef0")
     done = moto_cloud.cli("up", str(path), home=tmp_path / "state", check=2)
     assert "problems with the cluster configuration" in done.stderr, dump(done)
-    assert "factories_type: expected an EC2 instance type, but 't3.mircro' does not exist; did you mean 't3.micro'?" in done.stderr
+    assert ("factories_type: expected an EC2 instance type, but 't3.mircro' does not exist; "
+            "did you mean 't3.micro'?") in done.stderr
     assert "key_name: expected an EC2 key pair of region us-east-1, but 'no-such-key' does not exist" in done.stderr
-    assert "subnet_id: expected a subnet of region us-east-1, but subnet-0123456789abcdef0 does not exist" in done.stderr
+    assert ("subnet_id: expected a subnet of region us-east-1, but subnet-0123456789abcdef0 does not exist"
+            in done.stderr)
     assert moto_cloud.server.count("RunInstances") == 0
     assert moto_cloud.instances("bad-validation") == []
 
@@ -119,9 +125,11 @@ def test_security_group_of_another_vpc_and_image_of_another_architecture(moto_cl
         parse_config(moto_cloud.config("mismatch", security_group=group, factories_type="m6g.large", factory_ami=amd64))
     problems = caught.value.problems
     assert any(p.startswith(f"security_group: {group} belongs to {other_vpc}") for p in problems), problems
-    assert any(p.startswith(f"factory_ami: image {amd64} is built for x86_64, but m6g.large runs arm64") for p in problems), problems
+    assert any(p.startswith(f"factory_ami: image {amd64} is built for x86_64, but m6g.large runs arm64")
+               for p in problems), problems
     # a group named in the subnet's VPC is found by name
-    assert parse_config(moto_cloud.config("by-name", security_group="flambe-test")).options.security_group == "flambe-test"
+    assert parse_config(moto_cloud.config("by-name", security_group="flambe-test")).options.security_group == (
+        "flambe-test")
 
 
 def test_the_key_must_be_the_key_pairs_private_key(moto_cloud, tmp_path):
@@ -141,12 +149,14 @@ def test_the_key_must_be_the_key_pairs_private_key(moto_cloud, tmp_path):
     assert parse_config(moto_cloud.config("right-key", key_name="other-key", key=str(other.path)))
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     rsa_path = tmp_path / "rsa.pem"
-    rsa_path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+    rsa_path.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.TraditionalOpenSSL,
                                                serialization.NoEncryption()))
     rsa_path.chmod(0o600)
     public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     moto_cloud.ec2.import_key_pair(KeyName="rsa-key", PublicKeyMaterial=public)
-    assert parse_config(moto_cloud.config("rsa-key", key_name="rsa-key", key=str(rsa_path))), "MD5 of the DER public key"
+    assert parse_config(moto_cloud.config("rsa-key", key_name="rsa-key", key=str(rsa_path))), \
+        "MD5 of the DER public key"
     blob = base64.b64decode(other.public_line.split()[1])
     aws_style = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode()
     assert validation.key_matches(other.path, aws_style) and validation.key_matches(other.path, aws_style[7:] + "=")
@@ -158,7 +168,8 @@ def test_missing_credentials_are_a_problem_of_their_own(moto_cloud, monkeypatch)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(ClusterConfigurationError) as caught:
         parse_config(moto_cloud.config("no-credentials"))
-    assert len(caught.value.problems) == 1 and caught.value.problems[0].startswith("credentials: no AWS credentials found")
+    assert len(caught.value.problems) == 1 and caught.value.problems[0].startswith(
+        "credentials: no AWS credentials found")
 
 
 def test_aws_failing_during_validation_names_the_step_and_exits_1(moto_cloud, tmp_path):
@@ -179,7 +190,8 @@ def test_aws_failing_during_validation_names_the_step_and_exits_1(moto_cloud, tm
 def test_promised_gpus_come_from_the_instance_type_without_ssh(moto_cloud):
     config = parse_config(moto_cloud.config("gpus", factories_type="g4dn.12xlarge"))
     factory = Instance("gpus_factory0", Role.FACTORY, Endpoint("10.0.0.9"), Endpoint("10.0.0.9"), instance_id="i-1")
-    orchestrator = Instance("gpus_orchestrator", Role.ORCHESTRATOR, Endpoint("10.0.0.8"), Endpoint("10.0.0.8"), instance_id="i-2")
+    orchestrator = Instance("gpus_orchestrator", Role.ORCHESTRATOR, Endpoint("10.0.0.8"), Endpoint("10.0.0.8"),
+                            instance_id="i-2")
     assert flambe_cluster_promised_gpus(config=config, instance=factory) == 4
     assert flambe_cluster_promised_gpus(config=config, instance=orchestrator) == 0
 
@@ -220,15 +232,16 @@ def test_host_keys_hook_asks_the_console_pinned_or_not(moto_cloud, flambe_state_
     hostkeys._cache.clear()
     moto_cloud.server.consoles[instance_id] = CONSOLE
     try:
-        assert flambe_cluster_host_keys(config=config, instance=instance) == [f"ecdsa-sha2-nistp256 {ECDSA_BLOB}", ED25519]
+        assert flambe_cluster_host_keys(config=config, instance=instance) == [
+            f"ecdsa-sha2-nistp256 {ECDSA_BLOB}", ED25519]
     finally:
         del moto_cloud.server.consoles[instance_id]
     assert moto_cloud.server.count("GetConsoleOutput") == before + 2
 
 
 def test_launch_parameters_carry_tags_volume_network_and_tenancy(moto_cloud):
-    config = parse_config(moto_cloud.config("params", volume_type="io1", volume_size=40, dedicated=True, use_public=True,
-                                            tags={"project": "x", "cost": 7}))
+    config = parse_config(moto_cloud.config("params", volume_type="io1", volume_size=40, dedicated=True,
+                                            use_public=True, tags={"project": "x", "cost": 7}))
     problems, plan = validation.resolve(config.options)
     assert problems == []
     params = instances.launch_parameters(config, plan, "factory", 100, "run-factory")
@@ -237,7 +250,8 @@ def test_launch_parameters_carry_tags_volume_network_and_tenancy(moto_cloud):
     assert tags == {"project": "x", "cost": "7", "Name": "params_factory", "flambe-cluster:cluster": "params",
                     "flambe-cluster:creator": config.options.creator, "flambe-cluster:role": "factory",
                     "flambe-cluster:launch": "run-factory"}
-    assert params["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 40, "VolumeType": "io1", "Iops": 2000, "DeleteOnTermination": True}
+    assert params["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 40, "VolumeType": "io1", "Iops": 2000,
+                                                       "DeleteOnTermination": True}
     assert params["Placement"] == {"Tenancy": "dedicated"}
     assert params["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is True and "SubnetId" not in params
 
@@ -258,7 +272,8 @@ def machine(instance_id, role, launch="r1-x", index=0, launched=100.0, state="ru
 
 def test_selection_is_stable_and_the_later_concurrent_launch_gives_way():
     found = [machine("i-b", "factory", index=1), machine("i-a", "factory", index=0), machine("i-o", "orchestrator"),
-             machine("i-x", "factory", launch="r0-x", index=5, state="stopped"), machine("i-t", "factory", state="terminated")]
+             machine("i-x", "factory", launch="r0-x", index=5, state="stopped"),
+             machine("i-t", "factory", state="terminated")]
     chosen = instances.select(found, 2, known={"i-a", "i-b", "i-o", "i-x"})
     assert [m.instance_id for m in chosen.factories] == ["i-x", "i-a"], "older launches first, then launch index"
     assert [m.instance_id for m in chosen.surplus] == ["i-b"] and chosen.others == ()
@@ -326,7 +341,8 @@ def test_a_retried_run_instances_never_launches_twice(moto_cloud, flambe_state_h
 
 def test_a_launch_whose_answer_never_came_is_rolled_back_through_its_tag(moto_cloud, flambe_state_home):
     """The journal entry is written before RunInstances: even ids EC2 never told us are found and terminated."""
-    [bystander] = moto_cloud.make_instance({"flambe-cluster:cluster": "lost-answer", "flambe-cluster:creator": "someone-else",
+    [bystander] = moto_cloud.make_instance({"flambe-cluster:cluster": "lost-answer",
+                                            "flambe-cluster:creator": "someone-else",
                                             "flambe-cluster:role": "factory"})
     config = parse_config(moto_cloud.config("lost-answer"))
     journal = journal_for("lost-answer")
@@ -338,7 +354,7 @@ def test_a_launch_whose_answer_never_came_is_rolled_back_through_its_tag(moto_cl
     finally:
         moto_cloud.clear_faults()
     created = journal.created()
-    factory_launch = [r for r in created if r.details["role"] == "factory"][0]
+    factory_launch = next(r for r in created if r.details["role"] == "factory")
     assert factory_launch.details["instance_ids"] == [], "EC2's answer never arrived"
     assert len(live(moto_cloud, "lost-answer")) == 4, "yet moto launched them (plus the bystander)"
     flambe_cluster_rollback(config=config, created=created)
@@ -357,7 +373,7 @@ def test_a_lost_launch_is_looked_up_until_ec2_lists_its_instances(moto_cloud, fl
             instances.load(config, journal)
     finally:
         moto_cloud.clear_faults()
-    token = [r for r in journal.created() if r.details["role"] == "factory"][0].resource_id
+    token = next(r for r in journal.created() if r.details["role"] == "factory").resource_id
     real_describe = instances.describe
     looks = []
 
@@ -406,7 +422,8 @@ def test_more_instances_than_asked_are_reported_not_deleted(moto_cloud, flambe_s
     assert live(moto_cloud, "surplus") == [], "down terminates the surplus with the rest"
 
 
-def test_stopped_instances_are_started_not_duplicated_and_a_rollback_stops_them_again(moto_cloud, flambe_state_home, caplog):
+def test_stopped_instances_are_started_not_duplicated_and_a_rollback_stops_them_again(moto_cloud, flambe_state_home,
+                                                                                      caplog):
     config = parse_config(moto_cloud.config("stopped"))
     made = instances.load(config, journal_for("stopped"))
     stopped = made.factories[1].instance_id
@@ -418,7 +435,8 @@ def test_stopped_instances_are_started_not_duplicated_and_a_rollback_stops_them_
         again = instances.load(config, journal)
     assert again == made and moto_cloud.state_of(stopped) == "running"
     assert f"starting 1 stopped instance(s): {stopped}" in caplog.text
-    assert moto_cloud.server.count("RunInstances", when=lambda c: c.tags.get("flambe-cluster:cluster") == "stopped") == 2
+    assert moto_cloud.server.count("RunInstances",
+                                   when=lambda c: c.tags.get("flambe-cluster:cluster") == "stopped") == 2
     flambe_cluster_rollback(config=config, created=journal.created())
     assert moto_cloud.state_of(stopped) == "stopped", "the rollback puts it back as it was"
     assert moto_cloud.state_of(made.orchestrator.instance_id) == "running"
@@ -503,8 +521,8 @@ def test_one_run_instances_per_role_and_one_describe_per_poll(moto_cloud, flambe
 def test_rollback_of_nothing_and_of_gone_instances_does_not_raise(moto_cloud, flambe_state_home):
     config = parse_config(moto_cloud.config("gone"))
     flambe_cluster_rollback(config=config, created=[])
-    flambe_cluster_rollback(config=config, created=[CreatedResource("launch", "never-launched", {"region": "us-east-1",
-                                                                                                  "instance_ids": ["i-0123456789abcdef0"]})])
+    flambe_cluster_rollback(config=config, created=[CreatedResource("launch", "never-launched", {
+        "region": "us-east-1", "instance_ids": ["i-0123456789abcdef0"]})])
 
 
 def test_booting_instances_report_their_state_through_the_progress_callable(moto_cloud, flambe_state_home):

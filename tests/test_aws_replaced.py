@@ -34,7 +34,8 @@ def public_key(host) -> str:
 def test_a_replaced_instance_is_repinned_only_from_its_console_keys(aws_cloud, tmp_path):
     cloud = aws_cloud
     tags = {"flambe-cluster:cluster": NAME, "flambe-cluster:creator": "root"}
-    ids = cloud.make_instance({**tags, "flambe-cluster:role": "orchestrator", "flambe-cluster:launch": "a-orchestrator"})
+    ids = cloud.make_instance({**tags, "flambe-cluster:role": "orchestrator",
+                               "flambe-cluster:launch": "a-orchestrator"})
     ids += cloud.make_instance({**tags, "flambe-cluster:role": "factory", "flambe-cluster:launch": "a-factory"})
     config = str(cloud.write_config(tmp_path / "c.yaml", NAME, creator="root", factories_num=1, connect_timeout=20))
     known = tmp_path / "clusters" / NAME / "known_hosts"
@@ -61,7 +62,8 @@ def test_a_replaced_instance_is_repinned_only_from_its_console_keys(aws_cloud, t
 
         refused = cloud.cli("exec", config, "--", "true", home=tmp_path)  # the console shows no keys (moto's)
         assert refused.returncode == 1, dump(refused)
-        assert "HOST KEY CHANGED" in refused.stderr and f"{NAME}_factory0 ({host.address})" in refused.stderr, dump(refused)
+        assert "HOST KEY CHANGED" in refused.stderr and f"{NAME}_factory0 ({host.address})" in refused.stderr, \
+            dump(refused)
         assert old in known.read_text() and new not in known.read_text(), "the refusal changes no pin"
 
         cloud.server.consoles[replacement["InstanceId"]] = console_with(public_key(cloud.host_of(ids[0])))

@@ -40,7 +40,8 @@ def test_spot_options_are_parsed_and_checked_together():
     problems: list[str] = []
     options = build(AWSOptions, {**REQUIRED, "factories_spot": True, "factories_spot_max_price": "0.350"}, problems)
     assert problems == [] and options.factories_spot_max_price == "0.35"
-    assert build(AWSOptions, {**REQUIRED, "factories_spot": True, "factories_spot_max_price": 2}, []).factories_spot_max_price == "2"
+    assert build(AWSOptions, {**REQUIRED, "factories_spot": True, "factories_spot_max_price": 2},
+                 []).factories_spot_max_price == "2"
     assert build(AWSOptions, REQUIRED, []).factories_spot is False, "on-demand unless asked"
     problems = []
     build(AWSOptions, {**REQUIRED, "factories_spot": "yes", "factories_spot_max_price": -1}, problems)
@@ -64,7 +65,8 @@ def test_spot_factories_are_one_time_spot_requests_and_the_orchestrator_is_on_de
     assert not any(k.startswith("InstanceMarketOptions") for k in calls["orchestrator"].params), "always on-demand"
     # EC2 interrupting a spot factory terminates it: the cluster is then incomplete, as with any lost factory
     moto_cloud.ec2.terminate_instances(InstanceIds=[made.factories[1].instance_id])
-    with pytest.raises(ClusterError, match=r"incomplete: it has an orchestrator and 1 of 2 factories.*interrupted spot"):
+    with pytest.raises(ClusterError,
+                       match=r"incomplete: it has an orchestrator and 1 of 2 factories.*interrupted spot"):
         instances.find(config)
     flambe_cluster_terminate(config=config, instances=None)
 
@@ -74,7 +76,8 @@ def test_without_a_max_price_ec2_caps_spot_at_the_on_demand_price(moto_cloud, fl
     problems, plan = validation.resolve(config.options)
     assert problems == []
     assert instances.launch_parameters(config, plan, "factory", 1, "t")["InstanceMarketOptions"] == {
-        "MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        "MarketType": "spot",
+        "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
 
 
 # --- GPU images
@@ -107,15 +110,17 @@ def test_the_gpu_image_follows_the_ubuntu_version_asked_for_then_the_newest(moto
 
 
 def test_no_gpu_image_is_a_problem_naming_the_field(moto_cloud):
-    seeded = moto_cloud.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["*Nvidia Driver*"]}])
+    seeded = moto_cloud.ec2.describe_images(Owners=["amazon"],
+                                            Filters=[{"Name": "name", "Values": ["*Nvidia Driver*"]}])
     for image in seeded["Images"]:
         moto_cloud.ec2.deregister_image(ImageId=image["ImageId"])
     try:
         with pytest.raises(ClusterConfigurationError) as caught:
             parse_config(moto_cloud.config("no-gpu-image", factories_type="g4dn.xlarge"))
-        assert any(p.startswith("factory_ami: no default image with the NVIDIA driver") for p in caught.value.problems), \
-            caught.value.problems
-        given = parse_config(moto_cloud.config("gpu-given", factories_type="g4dn.xlarge", factory_ami=moto_cloud.image_id()))
+        assert any(p.startswith("factory_ami: no default image with the NVIDIA driver")
+                   for p in caught.value.problems), caught.value.problems
+        given = parse_config(moto_cloud.config("gpu-given", factories_type="g4dn.xlarge",
+                                               factory_ami=moto_cloud.image_id()))
         assert given.options.factory_ami == moto_cloud.image_id(), "an image given is used as it is"
     finally:
         moto_cloud.gpu_image_id = moto_cloud.amazon_image(DLAMI_NAME)

@@ -68,7 +68,8 @@ def test_a_host_unpacks_only_pycache_files_of_sources_it_installed(tmp_path):
     assert done.returncode == 0, done.stderr
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pyc") if "wheelhouse" not in p.parts)
     assert written == [str((site / "pkg" / "__pycache__" / f"mod.{TAG}.pyc").relative_to(tmp_path))]
-    assert (site / "pkg" / "__pycache__" / f"mod.{TAG}.pyc").read_bytes() == f"bytes of pkg/__pycache__/mod.{TAG}.pyc".encode()
+    assert (site / "pkg" / "__pycache__" / f"mod.{TAG}.pyc").read_bytes() == (
+        f"bytes of pkg/__pycache__/mod.{TAG}.pyc".encode())
     assert not Path(f"/tmp/__pycache__/abs.{TAG}.pyc").exists()
 
 

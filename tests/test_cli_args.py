@@ -25,7 +25,8 @@ def parsed(command, words):
 def test_every_word_after_the_job_path_goes_to_the_job(job):
     params = parsed(submit, ["c.yaml", job, "--epochs", "3", "--force", "--entry", "x", "--secret", "s", "--ext", "e"])
     assert params["args"] == ("--epochs", "3", "--force", "--entry", "x", "--secret", "s", "--ext", "e")
-    assert not params["force"] and params["entry"] is None and params["secret_sections"] == () and params["extensions"] == ()
+    assert (not params["force"] and params["entry"] is None and params["secret_sections"] == ()
+            and params["extensions"] == ())
 
 
 def test_options_of_submit_go_before_the_job_path(job):

@@ -105,7 +105,8 @@ def test_list_json_shows_clusters_of_two_providers(three_hosts, flambe_client_ke
     by_name = {c["name"]: c for c in listed}
     ssh, aws = by_name["onhosts"], by_name["cloudy"]
     assert (ssh["provider"], ssh["exists"], ssh["error"]) == ("ssh", True, None)
-    assert [(h["role"], h["ssh"]) for h in ssh["hosts"]] == [("orchestrator", "ok"), ("factory", "ok"), ("factory", "ok")]
+    assert [(h["role"], h["ssh"]) for h in ssh["hosts"]] == [
+        ("orchestrator", "ok"), ("factory", "ok"), ("factory", "ok")]
     assert ssh["ray"]["alive_workers"] == 2 and ssh["job"]["state"] == "none"
     assert ssh["config"] == str(config.resolve())
     assert (aws["provider"], aws["exists"], aws["ray"]) == ("aws", True, None)
@@ -139,8 +140,8 @@ def test_the_aws_sweep_tells_two_users_clusters_of_one_name_apart(moto_cloud, ho
     for role in ("orchestrator", "factory"):
         moto_cloud.make_instance({"flambe-cluster:cluster": "exp1", "flambe-cluster:creator": "bob",
                                   "flambe-cluster:role": role, "Name": f"exp1_{role}"})
-    mine = set(i["InstanceId"] for i in moto_cloud.instances("exp1", states=("pending", "running"))
-               if {"Key": "flambe-cluster:creator", "Value": CREATOR} in i.get("Tags", []))
+    mine = {i["InstanceId"] for i in moto_cloud.instances("exp1", states=("pending", "running"))
+            if {"Key": "flambe-cluster:creator", "Value": CREATOR} in i.get("Tags", [])}
     swept = json.loads(moto_cloud.cli("list", "--provider", "aws", "--region", "us-east-1", "--json",
                                       home=home, check=0).stdout)["untracked"]
     swept = [c for c in swept if c["name"] == "exp1"]  # the module's other tests leave clusters of their own

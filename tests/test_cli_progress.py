@@ -83,8 +83,9 @@ def test_up_through_a_pipe_prints_timestamped_lines_per_host(three_hosts, flambe
         orchestrator, factories = "piped_orchestrator", ["piped_factory0", "piped_factory1"]
         for host in [orchestrator, *factories]:
             states = host_lines(done.stderr, host)
-            assert states[:3] == [f"given at {three_hosts.hosts[0 if host == orchestrator else int(host[-1]) + 1].address}",
-                                  "connecting over SSH", "connected"], states
+            assert states[:3] == [
+                f"given at {three_hosts.hosts[0 if host == orchestrator else int(host[-1]) + 1].address}",
+                "connecting over SSH", "connected"], states
             assert states.index("installing flambe-cluster and ray") < states.index("installed"), states
         shipped = host_lines(done.stderr, orchestrator)
         receiving = [s for s in shipped if s.startswith("receiving the wheelhouse (")]
@@ -156,5 +157,6 @@ def test_up_on_a_terminal_shows_rich_rows_per_host(three_hosts, flambe_client_ke
     assert re.search(r"tty_orchestrator +receiving the wheelhouse .*[\d.]+/[\d.]+ MiB", plain), plain[-4000:]
     assert re.search(r"tty_orchestrator +(starting the Ray head|Ray head running)", plain), plain[-4000:]
     for factory in ("tty_factory0", "tty_factory1"):
-        assert re.search(rf"{factory} +(starting a Ray worker|Ray worker started|Ray worker alive)", plain), plain[-4000:]
+        assert re.search(rf"{factory} +(starting a Ray worker|Ray worker started|Ray worker alive)", plain), \
+            plain[-4000:]
     assert "cluster 'tty' is up" in plain

@@ -66,7 +66,8 @@ def test_up_through_the_cli_then_exec_status_down(three_hosts, flambe_client_key
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert [(h["role"], h["address"], h["ssh"]) for h in status["hosts"]] == [
-        ("orchestrator", hosts[0].address, "ok"), ("factory", hosts[1].address, "ok"), ("factory", hosts[2].address, "ok")
+        ("orchestrator", hosts[0].address, "ok"), ("factory", hosts[1].address, "ok"),
+        ("factory", hosts[2].address, "ok")
     ]
 
     done = cli("down", str(config), env_home=flambe_state_home)
@@ -160,7 +161,8 @@ def test_unreachable_host_fails_within_the_deadline(flambe_test_hosts, flambe_cl
     network.close()
 
 
-def test_failing_setup_command_names_host_command_code_and_stderr(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+def test_failing_setup_command_names_host_command_code_and_stderr(three_hosts, flambe_client_key, flambe_state_home,
+                                                                  tmp_path):
     hosts = three_hosts.hosts
     (hosts[2].home / "fail-here").write_text("")
     command = 'if [ -e "$HOME"/fail-here ]; then echo "disk full on purpose" >&2; exit 3; fi'
@@ -178,7 +180,8 @@ def test_failing_setup_command_names_host_command_code_and_stderr(three_hosts, f
     assert not any((h.home / "after-failure").exists() for h in hosts), "later setup commands must not run"
 
 
-def test_a_second_up_waits_or_refuses_while_one_holds_the_lock(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
+def test_a_second_up_waits_or_refuses_while_one_holds_the_lock(three_hosts, flambe_client_key, flambe_state_home,
+                                                               tmp_path):
     config = ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, E2E)
     with ClusterState.for_cluster(E2E).lock():
         done = cli("up", str(config), env_home=flambe_state_home)
@@ -199,7 +202,8 @@ def test_a_second_up_waits_or_refuses_while_one_holds_the_lock(three_hosts, flam
     assert time.monotonic() - started >= 2.0, "the second up waited for the lock"
 
 
-HOSTILE = ["a;b", "it's", 'say "hi"', "$(touch pwned-subst)", "`touch pwned-tick`", "two\nlines", "  spaced  ", "*", "-n"]
+HOSTILE = ["a;b", "it's", 'say "hi"', "$(touch pwned-subst)", "`touch pwned-tick`", "two\nlines", "  spaced  ", "*",
+           "-n"]
 
 
 def test_hostile_exec_arguments_are_data(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
@@ -267,7 +271,8 @@ def test_twenty_megabytes_of_output_arrive_intact(three_hosts, flambe_client_key
 
 
 def test_command_timeout_is_reported(three_hosts, flambe_client_key, flambe_state_home, tmp_path):
-    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path, "slow"))
+    cluster = Cluster.from_yaml(ssh_cluster_yaml(tmp_path / "c.yaml", three_hosts.hosts, flambe_client_key.path,
+                                                 "slow"))
     with cluster:
         cluster.find_instances()
         result = cluster.pool.run(cluster.orchestrator, "sleep 30", timeout=0.5, check=False)

@@ -85,13 +85,15 @@ def test_misspelt_common_field_is_suggested(key_file):
 
 
 def test_factories_num_must_match_the_list(key_file):
-    with pytest.raises(ClusterConfigurationError, match=r"factories_num: expected 2 \(the number of factories listed\), got 3"):
+    with pytest.raises(ClusterConfigurationError,
+                       match=r"factories_num: expected 2 \(the number of factories listed\), got 3"):
         parse_config({"provider": "ssh", "name": "c", "key": str(key_file), "username": "u", "factories_num": 3,
                       "orchestrator_ip": "10.0.0.1", "factories_ips": ["10.0.0.2", "10.0.0.3"]})
 
 
 def test_a_host_listed_twice_is_refused(key_file):
-    with pytest.raises(ClusterConfigurationError, match=r"factories_ips\[1\]: 10.0.0.2 is already listed as factories_ips\[0\]"):
+    with pytest.raises(ClusterConfigurationError,
+                       match=r"factories_ips\[1\]: 10.0.0.2 is already listed as factories_ips\[0\]"):
         parse_config({"provider": "ssh", "name": "c", "key": str(key_file), "username": "u",
                       "orchestrator_ip": "10.0.0.1", "factories_ips": ["10.0.0.2", "10.0.0.2"]})
 

@@ -9,7 +9,8 @@ OFFER = {"instance_type": "n1-standard-4", "market": "spot", "usd_per_hour": 2.0
 
 
 def created(at, resource, **details):
-    return {"event": "created", "run": "r1", "kind": "instance", "id": resource, "time": at, "details": {**OFFER, **details}}
+    return {"event": "created", "run": "r1", "kind": "instance", "id": resource, "time": at,
+            "details": {**OFFER, **details}}
 
 
 def test_a_machine_made_again_under_its_name_is_a_new_machine():

@@ -51,7 +51,8 @@ def measured_exec(config: Path, home: Path, command: str, stdout, *options: str)
     with open(errors, "wb") as stderr:
         began = time.monotonic()
         process = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report),
-                                    sys.executable, "-m", "flambe_cluster", "exec", str(config), *options, "--", command],
+                                    sys.executable, "-m", "flambe_cluster", "exec", str(config), *options, "--",
+                                    command],
                                    stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=environment,
                                    start_new_session=True)
         try:
@@ -95,7 +96,8 @@ def test_twenty_megabytes_print_in_under_ten_seconds(cluster, tmp_path):
     with open(printed, "wb") as stdout:
         code, elapsed, rss, stderr = measured_exec(config, home, f"seq 1 {count}", stdout, "--on", "orchestrator")
     size = printed.stat().st_size
-    print(f"seq 1 {count}: exit {code} after {elapsed:.2f} s (`exec true`: {quick:.2f} s), {size / 1e6:.1f} MB printed, "
+    print(f"seq 1 {count}: exit {code} after {elapsed:.2f} s (`exec true`: {quick:.2f} s), "
+          f"{size / 1e6:.1f} MB printed, "
           f"peak RSS {rss / 2**20:.0f} MiB")
     assert code == 0, stderr
     expected = "".join(f"[output_orchestrator] {i}\n" for i in range(1, count + 1))

@@ -127,10 +127,12 @@ def replay(cluster, tmp_path: Path, test_hosts) -> None:
         orchestrator_host, factory_hosts = test_hosts(cluster)
     assert cluster.error is None, repr(cluster.error)
     for factory in factory_hosts:
-        assert (factory.home / EXPERIMENT / OUTPUT / "_resources" / "vocab" / "vocab.txt").read_text() == "the resource file\n"
+        assert (factory.home / EXPERIMENT / OUTPUT / "_resources" / "vocab" / "vocab.txt").read_text() == (
+            "the resource file\n")
     result = json.loads((orchestrator_host.home / EXPERIMENT / OUTPUT / "result.json").read_text())
     assert {a["node"] for a in result["answers"]} == {f.address for f in factory_hosts}, result
-    assert {a["greeting"] for a in result["answers"]} == {"hello from flowext"} and result["job_greeting"] == "hello from flowext"
+    assert ({a["greeting"] for a in result["answers"]} == {"hello from flowext"}
+            and result["job_greeting"] == "hello from flowext")
     assert all(a["sklearn"] and a["resource"] == "the resource file\n" for a in result["answers"])
     assert result["secrets_have_token"]
 

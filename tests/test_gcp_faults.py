@@ -163,7 +163,8 @@ class Injected(FlambeClusterError):
 def test_a_fault_at_a_later_step(fake, raw, monkeypatch, step):
     """The software install is skipped (it is the slow step; test_a_failing_install covers it): `up` then starts
     Ray as it does once every host is ready."""
-    monkeypatch.setattr(Cluster, "_prepare_software", lambda self, start_ray: self.launch_ray_cluster() if start_ray else None)
+    monkeypatch.setattr(Cluster, "_prepare_software",
+                        lambda self, start_ray: self.launch_ray_cluster() if start_ray else None)
     overrides = {}
     if step == "idle":
         monkeypatch.setattr(Cluster, "launch_ray_cluster", lambda self: None)

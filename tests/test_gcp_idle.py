@@ -209,7 +209,8 @@ def test_an_idle_factory_deletes_itself_on_a_real_host(flambe_test_hosts, flambe
                 instances = ClusterInstances(cluster.orchestrator, cluster.factories)
 
                 def configure():
-                    return idle.configure(config, instances, lambda host, command: cluster.pool.run(host, command).stdout,
+                    return idle.configure(config, instances,
+                                          lambda host, command: cluster.pool.run(host, command).stdout,
                                           cluster.pool.map)
 
                 first = configure()

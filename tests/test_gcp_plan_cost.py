@@ -77,7 +77,8 @@ def test_cost_counts_each_instance_from_its_record_and_max_cost_refuses(fake, ra
     died = {e["id"]: e["time"] for e in entries if e["event"] == "destroyed"}
     assert len(born) == 3 and set(born) == set(died), entries
     expected = sum((died[name] - at) / 3600 * price for name, (at, price) in born.items())
-    shown = json.loads(run_cli("cost", str(write(tmp_path, raw)), "--json", state_home=tmp_path / "state", check=0).stdout)
+    shown = json.loads(run_cli("cost", str(write(tmp_path, raw)), "--json", state_home=tmp_path / "state",
+                               check=0).stdout)
     assert shown["usd"] == pytest.approx(expected, rel=1e-6) and shown["running"] == 0, (shown, expected)
     refused = run_cli("up", str(write(tmp_path, raw, max_cost=expected / 3)), state_home=tmp_path / "state", check=2)
     assert "which reaches its max_cost" in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr

@@ -94,7 +94,8 @@ def test_types_not_offered_in_the_zone_name_the_zones_that_offer_them(raw):
     assert "network: there is no network 'nope' in project 'flambe-test'" in text
     with pytest.raises(ClusterConfigurationError, match="at most 4 nvidia-tesla-t4 per instance, got 9"):
         parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4", "factories_gpu_count": 9})
-    with pytest.raises(ClusterConfigurationError, match="factories_gpu_count: 2 GPUs asked for without factories_gpu_type"):
+    with pytest.raises(ClusterConfigurationError,
+                       match="factories_gpu_count: 2 GPUs asked for without factories_gpu_type"):
         parse_config({**raw, "factories_gpu_count": 2})
 
 
@@ -254,7 +255,8 @@ def test_find_says_none_exist_and_explains_a_partial_cluster(fake, raw):
     cluster = cluster_of(raw)
     assert cluster.find_instances() is False
     cluster_of(raw, factories_num=1).load_all_instances()
-    with pytest.raises(ClusterError, match=r"lacks factory 1 .*`flambe-cluster up` to complete it.*gcloud compute instances delete"):
+    with pytest.raises(ClusterError,
+                       match=r"lacks factory 1 .*`flambe-cluster up` to complete it.*gcloud compute instances delete"):
         cluster.find_instances()
 
 
@@ -330,7 +332,7 @@ def test_gpu_factories_default_to_the_newest_deep_learning_family_with_the_drive
     assert provision.image_spec(compute, options, Role.FACTORY) == "ubuntu-os-cloud/ubuntu-2204-lts", "no GPU: plain"
     given = parse_config({**raw, "factories_gpu_type": "nvidia-tesla-t4", "factories_image": "debian-cloud/debian-12"})
     assert provision.image_spec(compute, given.options, Role.FACTORY) == "debian-cloud/debian-12"
-    for (project, name), image in list(fake.images.items()):
+    for (project, name), _image in list(fake.images.items()):
         if project == "deeplearning-platform-release":
             del fake.images[(project, name)]
     with pytest.raises(ClusterConfigurationError, match=r"factories_image: no image of a family matching"):
@@ -401,7 +403,8 @@ def test_two_clients_with_two_state_folders_end_with_one_cluster(fake, raw, tmp_
         folder = tmp_path / f"state{index}"
         folder.mkdir()
         try:
-            results[index] = flambe_cluster_load_instances(config=config, journal=Journal(folder / "journal").start_run(),
+            results[index] = flambe_cluster_load_instances(config=config,
+                                                           journal=Journal(folder / "journal").start_run(),
                                                            progress=log_progress)
         except BaseException as exc:  # noqa: BLE001 - reported below
             results[index] = exc
@@ -438,7 +441,8 @@ def test_instances_get_a_service_account_only_for_the_idle_watchdog_and_only_the
     assert bodies["factory"]["serviceAccounts"] == [
         {"email": "default", "scopes": ["https://www.googleapis.com/auth/compute"]}]
     cluster_of(raw, name="calm", factories_timeout=-1).load_all_instances()
-    assert all("serviceAccounts" not in c["body"] for c in inserts(fake) if c["body"]["labels"]["flambe-cluster"] == "calm")
+    assert all("serviceAccounts" not in c["body"] for c in inserts(fake)
+               if c["body"]["labels"]["flambe-cluster"] == "calm")
 
 
 def test_rollback_stops_again_the_stopped_instances_this_run_started(fake, raw):

@@ -130,7 +130,8 @@ def test_the_gcp_sweep_says_what_failed_in_one_line(fake, make, flambe_state_hom
 
 
 def test_the_gcp_sweep_refuses_an_unknown_project_region_or_value_and_needs_a_project(fake, monkeypatch):
-    """In-process, through the provider's hook: errors are GCPError (exit 1), a malformed --region UsageError (exit 2)."""
+    """In-process, through the provider's hook: errors are GCPError (exit 1), a malformed --region UsageError
+    (exit 2)."""
     hook = plugins.make_plugin_manager("gcp").hook
     monkeypatch.setenv("FLAMBE_GCP_API_ENDPOINT", fake.url)
     for name in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT"):

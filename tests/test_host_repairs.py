@@ -25,7 +25,8 @@ def test_a_half_built_environment_is_rebuilt_and_down_still_works(two_hosts, fla
     config = str(ssh_cluster_yaml(tmp_path / "c.yaml", two_hosts, flambe_client_key.path, "halfbuilt"))
     env = f"/home/{factory.username}/.flambe-cluster/halfbuilt/env"
     # what `python -m venv` killed before it installed pip leaves behind: bin/python, no pip
-    made = factory.run_in_namespace(["runuser", "-u", factory.username, "--", "python3", "-m", "venv", "--without-pip", env])
+    made = factory.run_in_namespace(["runuser", "-u", factory.username, "--", "python3", "-m", "venv", "--without-pip",
+                                     env])
     assert made.returncode == 0, made.stderr
 
     run_cli("down", config, state_home=flambe_state_home, check=0)  # no helper runs in a half-built environment

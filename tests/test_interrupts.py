@@ -112,7 +112,8 @@ def test_a_signal_stops_up_promptly_and_the_next_up_completes(flambe_test_hosts,
         marker = f"flambe-interrupt-{os.getpid()}-{tmp_path.name}"
         extra: dict = {}
         when = {"connecting": "connecting to 3 hosts", "setup": "setup command 1/1",
-                "installing": "installing flambe-cluster and ray offline", "starting Ray": "starting the Ray head"}[point]
+                "installing": "installing flambe-cluster and ray offline",
+                "starting Ray": "starting the Ray head"}[point]
         if point == "connecting":
             hosts[2].partition()
             extra["connect_timeout"] = 60

@@ -109,7 +109,8 @@ def test_other_groups_and_private_addresses(configure):
         use_public=False,
         factories_num=1,
     )
-    cluster = inventory_provider.flambe_cluster_load_instances(config=config, journal=None, progress=lambda subject, state, **_: None)
+    cluster = inventory_provider.flambe_cluster_load_instances(config=config, journal=None,
+                                                               progress=lambda subject, state, **_: None)
     assert [str(i.endpoint) for i in cluster] == ["10.1.0.5", "10.1.0.6"]
 
 
@@ -141,7 +142,8 @@ def test_a_bad_line_names_the_file_the_line_and_what_was_expected(configure):
 @pytest.mark.parametrize(
     "line, expected",
     [
-        ("10.0.0.6 ansible_user=ubuntu", "unknown host variable 'ansible_user'; the user name is the cluster file's username"),
+        ("10.0.0.6 ansible_user=ubuntu",
+         "unknown host variable 'ansible_user'; the user name is the cluster file's username"),
         ("10.0.0.6 ansible_prot=22", "unknown host variable 'ansible_prot'; did you mean 'ansible_port'?"),
         ("10.0.0.6 private", "expected key=value after the host '10.0.0.6', got 'private'"),
         ("node[01:10]", "host ranges like 'node[01:10]' are not supported"),
@@ -216,22 +218,27 @@ def test_validation_reports_missing_groups_and_duplicates_together(configure):
         )
     problems = caught.value.problems
     assert len(problems) == 3, problems
-    assert "line 5: host 10.0.0.5 in [factories] has the same address (10.0.0.5) as n1 at line 2 in [orchestrator]" in problems[0]
+    assert ("line 5: host 10.0.0.5 in [factories] has the same address (10.0.0.5) as n1 at line 2 in [orchestrator]"
+            in problems[0])
     assert "line 6: host n1 in [factories] is already listed at line 2 in [orchestrator]" in problems[1]
-    assert "line 7: host 10.0.0.6:22 in [factories] has the same address (10.0.0.6) as 10.0.0.6 at line 4" in problems[2]
+    assert ("line 7: host 10.0.0.6:22 in [factories] has the same address (10.0.0.6) as 10.0.0.6 at line 4"
+            in problems[2])
 
     with pytest.raises(ClusterConfigurationError) as caught:
         configure("[orchestrator]\n[web]\n10.0.0.5\n")
     missing, empty = caught.value.problems
-    assert "has no [factories] group (named by factories_group)" in missing and "groups found: [orchestrator], [web]" in missing
+    assert ("has no [factories] group (named by factories_group)" in missing
+            and "groups found: [orchestrator], [web]" in missing)
     assert "hosts.ini line 1: group [orchestrator] lists no host" in empty
 
-    with pytest.raises(ClusterConfigurationError, match="factories_group: expected a group other than orchestrator_group"):
+    with pytest.raises(ClusterConfigurationError,
+                       match="factories_group: expected a group other than orchestrator_group"):
         configure("[orchestrator]\n10.0.0.5\n", factories_group="orchestrator")
 
 
 def test_factories_num_must_match_the_factories_group(configure):
-    with pytest.raises(ClusterConfigurationError, match=r"factories_num: expected 1 \(the number of factories listed\), got 3"):
+    with pytest.raises(ClusterConfigurationError,
+                       match=r"factories_num: expected 1 \(the number of factories listed\), got 3"):
         configure("[orchestrator]\n10.0.0.5\n[factories]\n10.0.0.6\n", factories_num=3)
 
 
@@ -240,12 +247,14 @@ def test_a_missing_or_unreadable_inventory(configure, tmp_path, key):
     with pytest.raises(ClusterConfigurationError) as caught:
         parse_config({**raw, "inventory": str(tmp_path / "nope.ini")})
     assert caught.value.problems == [
-        f"inventory: expected the path of an Ansible-style INI inventory file, but {str(tmp_path / 'nope.ini')!r} does not exist"
+        f"inventory: expected the path of an Ansible-style INI inventory file, "
+        f"but {str(tmp_path / 'nope.ini')!r} does not exist"
     ]
-    with pytest.raises(ClusterConfigurationError, match="inventory: required, expected the path of an Ansible-style INI"):
+    with pytest.raises(ClusterConfigurationError,
+                       match="inventory: required, expected the path of an Ansible-style INI"):
         parse_config(raw)
     (tmp_path / "binary.ini").write_bytes(b"[orchestrator]\n\xff\xfe\n")
-    with pytest.raises(ClusterConfigurationError, match="binary.ini: expected a UTF-8 text inventory"):
+    with pytest.raises(ClusterConfigurationError, match=r"binary.ini: expected a UTF-8 text inventory"):
         parse_config({**raw, "inventory": str(tmp_path / "binary.ini")})
 
 

@@ -62,7 +62,8 @@ def contract(name: str) -> configparser.SectionProxy:
 
 
 def test_the_face_contract_forbids_every_core_module_but_the_face():
-    forbidden = {m.removeprefix("flambe_cluster.") for m in contract("providers-use-the-face")["forbidden_modules"].split()}
+    forbidden = {m.removeprefix("flambe_cluster.")
+                 for m in contract("providers-use-the-face")["forbidden_modules"].split()}
     assert forbidden == core_modules() - {"provider"}, "a new core module must be forbidden to providers too"
 
 
@@ -78,7 +79,8 @@ def test_every_core_module_has_its_layer_and_a_line_in_the_readme_layout():
 def test_the_session_holds_hosts_connections_layout_and_transfers_only():
     from flambe_cluster.session import HostSession
 
-    public = [n for n, v in vars(HostSession).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))]
+    public = [n for n, v in vars(HostSession).items()
+              if not n.startswith("_") and (callable(v) or isinstance(v, property))]
     assert len(public) <= 25, f"HostSession grew to {len(public)} public methods: put a step's work in its module"
     source = (ROOT / "core" / "flambe_cluster" / "session.py").read_text()
     assert not re.findall(r"ray_node_hosts|early_ray_nodes|resources|sent_content", source), \

@@ -44,7 +44,8 @@ def test_a_taken_subnet_is_a_one_line_error_with_exit_code_1(taken_subnet, tmp_p
 
     assert "Traceback" not in done.stderr, done.stderr
     error, log = done.stderr.strip().splitlines()[-2:]
-    assert error == (f"error: subnet {taken_subnet} overlaps networks already on this machine: {taken_subnet}"), done.stderr
+    assert error == (f"error: subnet {taken_subnet} overlaps networks already on this machine: "
+                     f"{taken_subnet}"), done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [error]
     assert log.startswith("the whole log of this run: "), done.stderr
     # nothing of the failed cluster is left: no address, no record, no host folders

@@ -54,12 +54,14 @@ echo ready && exec sleep infinity
 
 
 def listing(namespace, folder="/tmp"):
-    done = subprocess.run([*namespace, "--", "find", folder, "-mindepth", "1"], capture_output=True, text=True, check=True)
+    done = subprocess.run([*namespace, "--", "find", folder, "-mindepth", "1"], capture_output=True, text=True,
+                          check=True)
     return sorted(done.stdout.split())
 
 
 def as_user(namespace, argv, *, env, cwd, timeout=900):
-    return subprocess.run([*namespace, f"--wd={cwd}", "--", "setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--", *argv],
+    return subprocess.run([*namespace, f"--wd={cwd}", "--", "setpriv", f"--reuid={USER}", f"--regid={USER}",
+                           "--init-groups", "--", *argv],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -98,7 +100,8 @@ def build_wheel(source: Path, dist: Path) -> Path:
     return wheel
 
 
-def install_for_user(work: Path, namespace: list[str], env: dict, *requirements: str, find_links: tuple[Path, ...] = ()):
+def install_for_user(work: Path, namespace: list[str], env: dict, *requirements: str,
+                     find_links: tuple[Path, ...] = ()):
     """Make ``work/venv`` with Debian's python3 as the user and install ``requirements`` into it offline.
 
     flambe-cluster's dependencies come from the wheelhouse cache this machine
@@ -118,7 +121,8 @@ def install_for_user(work: Path, namespace: list[str], env: dict, *requirements:
 
 
 def user_env(work: Path, user) -> dict:
-    """The environment of the user's commands: its home, a state folder and a cache in ``work``, no pip configuration."""
+    """The environment of the user's commands: its home, a state folder and a cache in ``work``,
+    no pip configuration."""
     return {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "COLUMNS": "200",
             "FLAMBE_CLUSTER_HOME": str(work / "state"), "XDG_CACHE_HOME": str(work / "cache"),
             "PIP_CONFIG_FILE": "/dev/null"}
@@ -184,7 +188,8 @@ def test_conformance_suite_as_an_unprivileged_user(user_work):
         else:
             skipped.append(skip.get("message", ""))
     for suite_class in ("TestInventoryConformance", "TestLocalProviderConformance"):
-        for test in ("test_load_gives_one_orchestrator_and_the_factories", "test_up_reaches_every_host_with_the_cluster_key",
+        for test in ("test_load_gives_one_orchestrator_and_the_factories",
+                     "test_up_reaches_every_host_with_the_cluster_key",
                      "test_down_leaves_nothing_the_provider_made", "test_load_reports_progress_for_every_host"):
             assert (suite_class, test) in passed, (suite_class, test, sorted(passed), skipped)
     assert ("TestLocalProviderConformance", "test_two_loads_at_once_make_one_cluster") in passed

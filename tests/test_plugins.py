@@ -129,7 +129,8 @@ def test_missing_extra_names_module_and_install_command(fake_dist):
 
 def test_a_provider_missing_its_extra_is_refused_in_one_line_without_importing_it(fake_dist):
     fake_dist("acme", {"cloud": "raise RuntimeError('imported')\n", "plain": COMPLETE_PROVIDER},
-              requires=('acme-sdk-that-is-not-installed>=2; extra == "cloud"', "pluggy>=1", 'nothing-else; extra == "other"'))
+              requires=('acme-sdk-that-is-not-installed>=2; extra == "cloud"', "pluggy>=1",
+                        'nothing-else; extra == "other"'))
     (cloud,) = [i for i in plugins.installed_providers() if i.name == "cloud"]
     (plain,) = [i for i in plugins.installed_providers() if i.name == "plain"]
     assert plugins.missing_requirements(cloud) == ["acme-sdk-that-is-not-installed"]
@@ -167,7 +168,8 @@ def test_a_cluster_from_yaml_builds_exactly_one_plugin_manager(tmp_path, monkeyp
     key.write_text("not read here\n")
     key.chmod(0o600)
     path = tmp_path / "c.yaml"
-    path.write_text(f"!SSHCluster\nname: one\nkey: {key}\nusername: u\norchestrator_ip: 10.0.0.1\nfactories_ips: [10.0.0.2]\n")
+    path.write_text(f"!SSHCluster\nname: one\nkey: {key}\nusername: u\norchestrator_ip: 10.0.0.1\n"
+                    "factories_ips: [10.0.0.2]\n")
     cluster = Cluster.from_yaml(path)
     assert made == ["ssh"]
     assert cluster.hooks.options_class() is cluster.config.options.__class__

@@ -25,7 +25,8 @@ def test_quickstart_prints_the_results_table(tmp_path):
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "trial       C     gamma  accuracy  factory" in done.stdout
     assert "trials ran on: factory0, factory1" in done.stdout
-    rows = list(csv.DictReader(open(results / "results.csv")))
+    with open(results / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 9 and {r["factory"] for r in rows} == {"factory0", "factory1"}
     assert len(list(results.glob("trial-*.json"))) == 9, "each factory's trial files are gathered"
     assert "cluster 'quickstart' is down" in done.stderr

@@ -30,7 +30,7 @@ def test_a_worker_the_head_lists_but_whose_node_is_gone_is_not_alive_and_said():
 
 def test_a_node_the_head_does_not_list_is_said_and_an_unreached_factory_counts_for_nothing():
     session = session_of_two()
-    f0, f1 = session.factories
+    f0, _f1 = session.factories
     confirmed, said = raycluster.confirmed_workers(session, head_lists("10.0.0.3"), {f0: True})
     assert confirmed == {}, "factory1 was not reached: its worker is not confirmed"
     assert said == ["c_factory0 (10.0.0.2): a Ray node of this cluster runs there, but the Ray head does not list "

@@ -90,7 +90,8 @@ print(json.dumps(census))
 
 
 def test_hosts_run_a_ray_node_on_bytecode_compiled_once_on_the_client(env):
-    python = env.hosts[0].run_in_namespace(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout
+    python = env.hosts[0].run_in_namespace(["python3", "-c",
+                                            "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout
     same_python = python.strip() == "%d.%d" % sys.version_info[:2]
     for host in env.hosts:
         interpreter = f"/home/{host.username}/.flambe-cluster/{NAME}/env/bin/python"  # the path on the host
@@ -126,8 +127,10 @@ def test_gpu_factory_from_nvidia_smi(env, monkeypatch):
 
 
 def test_second_up_installs_nothing_and_restarts_nothing(env):
-    markers = lambda: {h.address: json.loads((h.home / ".flambe-cluster/ray" / f"{h.address}.json").read_text())["pgid"]
-                       for h in env.hosts}
+    def markers():
+        return {h.address: json.loads((h.home / ".flambe-cluster/ray" / f"{h.address}.json").read_text())["pgid"]
+                for h in env.hosts}
+
     before = markers()
     reference = timed(lambda: env.cli("status", str(env.config), "--json", check=0))
     started = time.monotonic()

@@ -125,7 +125,8 @@ def fake_session(tmp_path, ids):
     instances = ClusterInstances.named("c", ends, instance_ids=ids)
     lines: list[str] = []
     session = SimpleNamespace(
-        name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3", factories_num=2), pool=FakePool(), lines=lines,
+        name="c", config=SimpleNamespace(connect_timeout=60.0, python="python3", factories_num=2), pool=FakePool(),
+        lines=lines,
         orchestrator=instances.orchestrator, factories=list(instances.factories), on_step=lines.append,
         require_orchestrator=lambda: instances.orchestrator,
         state=ClusterState(tmp_path / "state"), run_journal=None, released=[],
@@ -157,11 +158,13 @@ def test_a_silent_machine_the_user_brought_is_waited_for_then_rejoins(tmp_path, 
     watch.round(lambda before: repairs.append(before() or 1))
     watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [] and session.released == [], "a machine the user brought is not replaced by the watch"
-    assert len(session.lines) == 1 and "waiting for a machine to answer at its address" in session.lines[0], session.lines
+    assert len(session.lines) == 1 and "waiting for a machine to answer at its address" in session.lines[0], \
+        session.lines
     session.pool.down.clear()  # a machine answers at the address again, without a Ray worker
     watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [1]
-    assert [line.split(":")[0] for line in session.lines[1:]] == ["c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
+    assert [line.split(":")[0] for line in session.lines[1:]] == [
+        "c_factory1 (10.0.0.3) is lost", "c_factory1 (10.0.0.3) rejoined Ray (2 workers alive)"], session.lines
     assert watch_actions(session) == ["lost", "lost", "rejoined"], "one journal entry per line"
 
 
@@ -572,7 +575,8 @@ def test_ssh_a_slow_ray_head_is_waited_for_not_restarted_and_the_job_survives(ss
     head = pids(orchestrator, "gcs_server")
     answer: dict = {}
     nft = ["nft", "-f", "-"]
-    rules = "table inet fcslow {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 6379 tcp flags syn drop\n }\n}\n"
+    rules = ("table inet fcslow {\n chain input {\n  type filter hook input priority 0;\n"
+             "  tcp dport 6379 tcp flags syn drop\n }\n}\n")
     made = orchestrator.run_in_namespace(nft, input=rules)
     assert made.returncode == 0, made.stderr
     try:

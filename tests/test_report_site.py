@@ -107,13 +107,15 @@ def job_dir(tmp_path, started):
 def chromium() -> str:
     browser = shutil.which("chromium")
     if browser is None:
-        pytest.skip("headless Chromium is missing: Debian package `chromium` (scripts/setup.sh --dev installs it as root)")
+        pytest.skip("headless Chromium is missing: Debian package `chromium` "
+                    "(scripts/setup.sh --dev installs it as root)")
     return browser
 
 
 def chromium_dom(browser: str, url: str, profile: Path) -> str:
-    browser_run = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                                    "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    browser_run = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                    f"--user-data-dir={profile}", "--dump-dom", url],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
     try:
         dom, errors = browser_run.communicate(timeout=120)
@@ -193,7 +195,8 @@ def test_tensorboard_answers_and_stops(tmp_path, started):
     logs, folder, port = tmp_path / "logs", tmp_path / "tensorboard", free_port()
     logs.mkdir()
     started.append(folder)
-    launched = json.loads(helper("tensorboard", "launch", str(folder), "--logdir", str(logs), "--port", str(port)).stdout)
+    launched = json.loads(helper("tensorboard", "launch", str(folder), "--logdir", str(logs),
+                                 "--port", str(port)).stdout)
     assert http_get(f"http://127.0.0.1:{port}/")[0] == 200
     status = json.loads(helper("tensorboard", "status", str(folder)).stdout)
     assert status == {"state": "running", "pgid": launched["pgid"], "port": port}

@@ -67,7 +67,8 @@ def test_members_are_recorded_by_identity_and_dropped(tmp_path):
 
     state = ClusterState(tmp_path)
     assert resize.members(state) is None, "no record: nothing to shrink"
-    hosts = list(ClusterInstances.named("c", [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}")) for i in (1, 2, 3)]))
+    hosts = list(ClusterInstances.named("c", [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}"))
+                                              for i in (1, 2, 3)]))
     resize.write_members(state, hosts)
     assert [resize.identity(h) for h in resize.members(state)] == [resize.identity(h) for h in hosts]
     resize.drop_members(state, hosts[2:])
@@ -146,8 +147,8 @@ def test_grow_then_shrink_under_a_running_job(env):
     # 1+2 -> 1+4: two workers join the running head; nothing else restarts, the job goes on
     env.write(4)
     grow = env.cli("up", check=0)
-    assert "adding 2 factories to the cluster" in grow.stderr and grow.stderr.count("starting the Ray worker on ") == 2, \
-        grow.stderr
+    assert ("adding 2 factories to the cluster" in grow.stderr
+            and grow.stderr.count("starting the Ray worker on ") == 2), grow.stderr
     status = env.status()
     assert status["ray"]["alive_workers"] == 4 and status["job"]["state"] == "running", status
     counts = env.wait_for_count(4)
@@ -235,7 +236,7 @@ def test_a_shrink_drains_the_removed_factory_its_task_finishes(small_env):
     env.write(1)
     shrink = env.cli("up", "-y", check=0)
     assert f"draining resize_factory1 ({leaving.address})" in shrink.stderr, shrink.stderr
-    line = next(l for l in shrink.stderr.splitlines() if "drained, its tasks done after" in l)
+    line = next(text for text in shrink.stderr.splitlines() if "drained, its tasks done after" in text)
     assert float(line.rsplit(" ", 1)[1].rstrip("s")) >= 3, f"the drain did not wait for the task: {line}"
     logs = env.cli("logs", check=0).stdout
     assert f"finished {leaving.address}" in logs, f"the task was not let finish:\n{logs}"
@@ -301,8 +302,8 @@ def test_aws_grow_then_shrink_terminates_the_removed_factories(aws_env):
 
     env.write(4)
     grow = env.cli("up", check=0)
-    assert "adding 2 factories to the cluster" in grow.stderr and grow.stderr.count("starting the Ray worker on ") == 2, \
-        grow.stderr
+    assert ("adding 2 factories to the cluster" in grow.stderr
+            and grow.stderr.count("starting the Ray worker on ") == 2), grow.stderr
     factories = env.roles()["factory"]
     assert factories[:2] == first and len(factories) == 4, factories
     status = env.status()

@@ -50,7 +50,8 @@ def test_history_shows_what_each_run_created_and_destroyed(tmp_path):
     assert not (home / "clusters" / "told").exists(), "reading the history creates no state"
     journal = ClusterState.for_cluster("told", home / "clusters").ensure().journal
     first, second = journal.start_run(), journal.start_run()
-    first.record(CreatedResource("launch", "t-orchestrator", {"role": "orchestrator", "count": 1, "instance_ids": ["i-1"]}))
+    first.record(CreatedResource("launch", "t-orchestrator", {"role": "orchestrator", "count": 1,
+                                                              "instance_ids": ["i-1"]}))
     first.record(CreatedResource("launch", "t-factory", {"role": "factory", "count": 2, "instance_ids": ["i-2", "i-3"],
                                                         "region": "us-east-1"}))
     journal.note(second.run_id, "factory lost", {"instance_id": "i-3"})

@@ -24,7 +24,8 @@ GATHER_JOB = Path(__file__).parent / "jobs" / "gather_outputs.py"
 
 def test_remote_command_is_the_seed_s_named_pair():
     done = RemoteCommand(False, "exit 1: no such file")
-    assert (done.success, done.msg) == (False, "exit 1: no such file") and tuple(done) == (False, "exit 1: no such file")
+    assert ((done.success, done.msg) == (False, "exit 1: no such file")
+            and tuple(done) == (False, "exit 1: no such file"))
 
 
 def test_remote_environment_is_built_and_read_as_flambe_does():
@@ -95,7 +96,8 @@ def test_a_seed_class_cluster_as_flambe_drives_it(flambe_test_hosts, flambe_clie
         lines = dict(line.split(" ", 1) for line in seen["log"].splitlines() if " " in line)
         assert "gathered" in lines, seen["log"]
         env = json.loads(lines["env"])
-        assert env == {"orchestrator_ip": orchestrator_host.address, "factories_ips": [h.address for h in factory_hosts],
+        assert env == {"orchestrator_ip": orchestrator_host.address,
+                       "factories_ips": [h.address for h in factory_hosts],
                        "user": orchestrator_host.username, "local_user": __import__("getpass").getuser()}
         assert lines["ray"].endswith(":12345")
         assert json.loads(lines["secrets"]) == ["GITHUB"]
@@ -108,7 +110,8 @@ def test_a_seed_class_cluster_as_flambe_drives_it(flambe_test_hosts, flambe_clie
         refused = run_cli("up", str(as_file), state_home=flambe_state_home, check=1)
         assert "its Ray head was started on port 12345, but this configuration says ray_port 6379" in refused.stderr, \
             refused.stderr
-        assert orchestrator_host.run_in_namespace(["pgrep", "-f", "gcs_server"]).stdout == head, "the head was restarted"
+        assert orchestrator_host.run_in_namespace(["pgrep", "-f", "gcs_server"]).stdout == head, \
+            "the head was restarted"
     finally:
         try:
             with cluster:

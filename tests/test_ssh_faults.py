@@ -52,7 +52,7 @@ def start_slow_command(pool: SSHPool, instance: Instance) -> tuple[threading.Thr
     def work() -> None:
         try:
             outcome["result"] = pool.run(instance, SLOW, on_stdout=lambda chunk: started.set(), check=False)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the test looks at whatever the command raised
             outcome["error"] = exc
         finally:
             outcome["ended"] = time.monotonic()
@@ -66,7 +66,8 @@ def start_slow_command(pool: SSHPool, instance: Instance) -> tuple[threading.Thr
 
 
 def wait_for_loss(fault, thread: threading.Thread, limit: float) -> tuple[float, float]:
-    """Cause ``fault()``, wait for the command's thread to end; returns (seconds, client CPU seconds) from the fault on."""
+    """Cause ``fault()``, wait for the command's thread to end; returns (seconds, client CPU seconds) from the
+    fault on."""
     began, cpu = time.monotonic(), time.process_time()
     fault()
     thread.join(limit)
@@ -166,7 +167,8 @@ def test_openssh_subprocesses_get_the_same_keepalives(network, flambe_client_key
         pool.run(instance_of(host), "true")  # pins the host key for OpenSSH
     finally:
         pool.close()
-    options = openssh_options(flambe_client_key.path, tmp_path / "known_hosts", 5, keepalive_interval=7, keepalive_count=4)
+    options = openssh_options(flambe_client_key.path, tmp_path / "known_hosts", 5, keepalive_interval=7,
+                              keepalive_count=4)
     assert "ServerAliveInterval=7" in options and "ServerAliveCountMax=4" in options
     defaults = openssh_options(flambe_client_key.path, tmp_path / "known_hosts", 5)
     assert "ServerAliveInterval=15" in defaults and "ServerAliveCountMax=3" in defaults
@@ -208,7 +210,7 @@ def test_a_command_left_behind_ends_on_the_host_too(network, flambe_client_key, 
     command = f"bash -c 'sleep 297 & sleep 298; wait' {word}"  # $0 is the word: it shows in ps
     try:
         if how == "close":
-            thread, _ = start_slow_command(pool, instance_of(host))  # a channel of its own, also ended
+            _slow, _ = start_slow_command(pool, instance_of(host))  # a channel of its own, also ended
             worker = threading.Thread(target=run_ignoring_loss, args=(pool, instance_of(host), command), daemon=True)
             worker.start()
             deadline = time.monotonic() + 20
@@ -238,7 +240,8 @@ INTERRUPTED_MAP = textwrap.dedent("""
     endpoint = Endpoint(address, int(port))
     pool = SSHPool(username=user, key_path=Path(key), known_hosts=Path(known), command_timeout=30)
     report = lambda chunk: (sys.stdout.buffer.write(chunk), sys.stdout.flush())
-    pool.map([Instance("h", Role.FACTORY, endpoint, endpoint)], lambda i: pool.run(i, "echo started; sleep 60", on_stdout=report))
+    pool.map([Instance("h", Role.FACTORY, endpoint, endpoint)],
+             lambda i: pool.run(i, "echo started; sleep 60", on_stdout=report))
 """)
 
 

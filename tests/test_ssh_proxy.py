@@ -90,7 +90,8 @@ def test_the_private_hosts_have_no_route_from_here(env):
 def test_up_exec_submit_pull_through_the_bastion(env, jump_config, tmp_path):
     assert env.first_up.returncode == 0, env.first_up.stderr
     done = env.cli("exec", str(jump_config), "--", "hostname -I", check=0)
-    assert sorted(line.split("] ")[1].strip() for line in done.stdout.splitlines()) == sorted(h.address for h in env.hosts)
+    assert sorted(line.split("] ")[1].strip() for line in done.stdout.splitlines()) == sorted(
+        h.address for h in env.hosts)
     env.cli("submit", str(jump_config), str(WHERE_JOB), check=0)
     logs = env.cli("logs", str(jump_config), "--follow", check=0)
     assert f"tasks ran on {env.hosts[1].address} {env.hosts[2].address}" in logs.stdout
@@ -120,7 +121,8 @@ def test_aliases_of_an_ssh_config_reach_the_same_hosts(env, jump_config):
     up = env.cli("up", str(config), check=0)
     assert "Ray already up: 2 workers alive" in up.stderr, "the aliases' private addresses are the hosts' own"
     done = env.cli("exec", str(config), "--", "hostname -I", check=0)
-    assert sorted(line.split("] ")[1].strip() for line in done.stdout.splitlines()) == sorted(h.address for h in env.hosts)
+    assert sorted(line.split("] ")[1].strip() for line in done.stdout.splitlines()) == sorted(
+        h.address for h in env.hosts)
     env.cli("submit", str(config), str(WHERE_JOB), check=0)  # rsync (OpenSSH) through the same aliases
     env.cli("logs", str(config), "--follow", check=0)
 
@@ -151,7 +153,8 @@ def agent(tmp_path):
     """A real ssh-agent (stopped by its PID at the end) holding a passphrase-protected key: (environment, key)."""
     key = make_encrypted_key(tmp_path)
     sock = tmp_path / "agent.sock"
-    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:

@@ -49,13 +49,15 @@ def test_openssh_gets_the_route_spelled_out_with_the_same_pins(tmp_path):
     assert options[:4] == ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     assert options[options.index("-F") + 1] == "/dev/null"
     outer = shlex.split(options[5].removeprefix("ProxyCommand=").replace("%%", "%"))
-    assert outer[-3:] == ["-W", "10.0.0.5:22", "gate2"] and outer[outer.index("-l"):outer.index("-l") + 2] == ["-l", "b"]
+    assert (outer[-3:] == ["-W", "10.0.0.5:22", "gate2"]
+            and outer[outer.index("-l"):outer.index("-l") + 2] == ["-l", "b"])
     assert "IdentitiesOnly=no" in outer, "gate2 uses the agent's keys"
     assert f"UserKnownHostsFile={tmp_path / 'known'}" in outer and "StrictHostKeyChecking=yes" in outer
     inner = shlex.split(next(o for o in outer if o.startswith("ProxyCommand=")).removeprefix("ProxyCommand="))
     assert inner[-3:] == ["-W", "gate2:22", "gate1"] and "2222" in inner
     assert next(o for o in inner if o.startswith("ProxyCommand=")) == "ProxyCommand=none"
-    direct = openssh_route_options(Route((Hop("h", 22, "u", ()),), "nc %h 22"), tmp_path / "k", 5, config_file=Path("/c"))
+    direct = openssh_route_options(Route((Hop("h", 22, "u", ()),), "nc %h 22"), tmp_path / "k", 5,
+                                   config_file=Path("/c"))
     assert "ProxyCommand=nc %%h 22" in direct and direct[direct.index("-F") + 1] == "/c"
 
 

@@ -50,8 +50,9 @@ def test_a_run_leaves_nothing_in_tmp():
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "1 passed" in run.stdout, run.stdout
-        left = subprocess.run([*inside, "find", "/tmp", "-mindepth", "1", *(["-path", str(keep), "-prune", "-o", "-print"]
-                               if keep else [])], capture_output=True, text=True, check=True)
+        left = subprocess.run([*inside, "find", "/tmp", "-mindepth", "1",
+                               *(["-path", str(keep), "-prune", "-o", "-print"] if keep else [])],
+                              capture_output=True, text=True, check=True)
         carried = {str(folder) for folder in keep.parents} if keep else set()  # made to carry the checkout in
         found = [path for path in left.stdout.split() if path not in carried]
         assert found == [], "the run left in /tmp:\n" + "\n".join(found)

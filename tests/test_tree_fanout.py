@@ -92,8 +92,8 @@ def test_a_factory_that_dies_mid_tree_is_named_and_its_subtree_still_served(
         message = str(raised.value)
         named = message.splitlines()[1]
         # tried from its parent, then once more from the orchestrator: the failure names the last path
-        assert named.startswith(f"{NAME}_factory1 ({victim.address}") and f"reached from {NAME}_orchestrator" in named, \
-            message
+        assert (named.startswith(f"{NAME}_factory1 ({victim.address}")
+                and f"reached from {NAME}_orchestrator" in named), message
         assert message.startswith("a remote command failed:"), "one failure: the other factories got the content"
         for other in hosts[3:]:
             assert other.address not in message, message
@@ -163,7 +163,8 @@ def test_spread_plans_a_binary_tree_and_reroutes_around_failures():
     served = {taker for _giver, taker in copies if taker != "f0"}
     assert served == {"f1", "f2", "f3", "f4", "f5"}, "every subtree is served by another host"
     assert ("o", "f1") in copies and ("o", "f2") in copies, "the failed factory's children come from its parent"
-    assert ("f1", "f3") in copies and ("o", "f3") in copies, "a broken giver's children go to its nearest working ancestor"
+    assert ("f1", "f3") in copies and ("o", "f3") in copies, \
+        "a broken giver's children go to its nearest working ancestor"
 
 
 def test_a_copy_that_failed_from_a_factory_is_tried_again_from_the_source():

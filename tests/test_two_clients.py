@@ -88,8 +88,8 @@ def gcp_twins(network, flambe_client_key, tmp_path):
 
 
 @pytest.mark.hosts
-def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_nothing(flambe_test_hosts, flambe_client_key,
-                                                                                     tmp_path):
+def test_two_gcp_ups_from_two_state_folders_create_one_cluster_and_roll_back_nothing(flambe_test_hosts,
+                                                                                     flambe_client_key, tmp_path):
     """The case seen on GCP: both clients insert the same instances (one of each pair answers 409 and adopts the
     other's), then meet at the orchestrator's lock: one cluster, both exit 0, nothing deleted."""
     network = flambe_test_hosts(3)
@@ -135,9 +135,8 @@ def test_a_client_refused_by_the_orchestrator_s_lock_destroys_nothing_it_created
         assert len(alice.journal.created()) == 3
         with bob:
             bob.load_all_instances()  # bob adopts them
-            with hostlock.held(bob.session):
-                with alice:  # the seed's context manager keeps the error in alice.error
-                    alice.up()  # the same run, refused at the orchestrator's lock
+            with hostlock.held(bob.session), alice:  # the seed's context manager keeps the error in alice.error
+                alice.up()  # the same run, refused at the orchestrator's lock
         assert bob.error is None, bob.error
         assert isinstance(alice.error, ClusterBusyError), alice.error
         assert "is preparing its hosts" in str(alice.error)

@@ -91,7 +91,7 @@ def test_up_fails_promptly_naming_the_lost_host_and_a_re_up_completes(two_hosts,
     home = tmp_path / "state"
     name = f"lost-{fault}"
     marker = f".fc-lost-{os.getpid()}-{fault}"
-    timings = dict(keepalive_interval=INTERVAL, keepalive_count=COUNT, connect_timeout=10, command_timeout=600)
+    timings = {"keepalive_interval": INTERVAL, "keepalive_count": COUNT, "connect_timeout": 10, "command_timeout": 600}
     config = ssh_cluster_yaml(tmp_path / "c.yaml", two_hosts, flambe_client_key.path, name,
                               setup_cmds=[f"touch ~/{marker}; sleep 300"], **timings)
     make, undo = {"killed": (factory.stop, factory.start), "blackholed": (factory.partition, factory.heal)}[fault]

@@ -12,6 +12,8 @@ verified, keyed, set up, and running Ray.  The public API:
 - :class:`RemoteEnvironment`, what a job knows about its cluster (``RemoteEnvironment.from_env()``).
 """
 
+from typing import Any
+
 from .errors import (
     ClusterBusyError,
     ClusterConfigurationError,
@@ -67,7 +69,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # The clusters import paramiko; providers import only `hookimpl` and the errors, so load them lazily.
     if name in _LAZY:
         import importlib

@@ -89,7 +89,8 @@ def archive_path(wheelhouse: Path) -> Path:
 
 
 def compile_for(wheelhouse: Path, python: str, on_compile: Callable[[], None] = lambda: None) -> Path | None:
-    """The bytecode archive for the wheels in ``wheelhouse``, made once; None when hosts of Python ``python`` ("3.11") cannot use it.
+    """The bytecode archive for the wheels in ``wheelhouse``, made once; None when hosts of Python ``python``
+    ("3.11") cannot use it.
 
     Cached beside the wheels: a wheelhouse's content never changes once
     gathered, and neither does its bytecode.  ``on_compile()`` is called
@@ -137,8 +138,8 @@ def _loaded_sources(entries: tuple[str, ...]) -> set[str]:
     with tempfile.TemporaryDirectory(prefix="flambe-cluster-bytecode-") as scratch:
         listing = Path(scratch) / "sources.json"
         try:
-            subprocess.run([sys.executable, "-c", _LOADED_SOURCES, str(listing), *entries], capture_output=True, check=False,
-                           stdin=subprocess.DEVNULL, timeout=120, cwd=scratch,
+            subprocess.run([sys.executable, "-c", _LOADED_SOURCES, str(listing), *entries], capture_output=True,
+                           check=False, stdin=subprocess.DEVNULL, timeout=120, cwd=scratch,
                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
             return set(json.loads(listing.read_text()))
         except (OSError, ValueError, subprocess.TimeoutExpired):

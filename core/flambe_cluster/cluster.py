@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pluggy
@@ -64,7 +64,7 @@ class Cluster(ClusterOperations):
     UPLOAD_WARN_LIMIT_MB = UPLOAD_WARN_LIMIT_MB
     #: The provider a seed subclass (``SSHCluster``, ...) stands for; YAML files naming it load as that class.
     PROVIDER: str | None = None
-    _classes: dict[str, type] = {}
+    _classes: ClassVar[dict[str, type[Cluster]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,7 +101,8 @@ class Cluster(ClusterOperations):
 
     def _adopt(self, config: ClusterConfig, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
-        self.session = HostSession(config, ProviderHooks(plugin_manager), ClusterState.for_cluster(config.name, config.state_dir))
+        self.session = HostSession(config, ProviderHooks(plugin_manager),
+                                   ClusterState.for_cluster(config.name, config.state_dir))
         self.error: BaseException | None = None
         self._rolled_back_for: BaseException | None = None  # the error a rollback already answered
         self._held: contextlib.ExitStack | None = None  # locks taken on the hosts by the running step
@@ -115,7 +116,8 @@ class Cluster(ClusterOperations):
     # --- what Flambé's runner calls on a Runnable
 
     def inject_secrets(self, secrets: str) -> None:
-        """Read the secrets file ``secrets`` (an INI file) into :attr:`secrets`; :meth:`send_secrets` then sends them."""
+        """Read the secrets file ``secrets`` (an INI file) into :attr:`secrets`; :meth:`send_secrets` then sends
+        them."""
         self.secrets.read(secrets)
 
     def inject_content(self, content: str) -> None:
@@ -194,7 +196,8 @@ class Cluster(ClusterOperations):
 
     @property
     def on_progress(self) -> Progress:
-        """Receives what happens inside a step, per host (see :mod:`flambe_cluster.progress`; default: the debug log)."""
+        """Receives what happens inside a step, per host (see :mod:`flambe_cluster.progress`; default: the debug
+        log)."""
         return self.session.on_progress
 
     @on_progress.setter
@@ -328,7 +331,8 @@ class Cluster(ClusterOperations):
         return planned
 
     def cost_so_far(self) -> float:
-        """USD the cluster's machines have cost since its last ``down``, by its journal (see :mod:`flambe_cluster.costs`)."""
+        """USD the cluster's machines have cost since its last ``down``, by its journal (see
+        :mod:`flambe_cluster.costs`)."""
         return costs.total_usd(costs.since_last_down(self.state.journal.entries()))
 
     def reconcile_record(self) -> None:
@@ -362,7 +366,8 @@ class Cluster(ClusterOperations):
             return None
         self.reconcile_record()
         entries = costs.since_last_down(self.state.journal.entries())
-        unpriced = sorted({m.offer.instance_type for m in costs.bought(entries).values() if m.offer.usd_per_hour is None})
+        unpriced = sorted({m.offer.instance_type for m in costs.bought(entries).values()
+                           if m.offer.usd_per_hour is None})
         if unpriced:
             logger.warning("cluster %r: max_cost counts only machines of known price; %s has none: add it to "
                            "prices: in the cluster file (USD per hour; 'TYPE spot' for spot)", self.name,
@@ -370,7 +375,8 @@ class Cluster(ClusterOperations):
         spent = costs.total_usd(entries)
         if spent < limit:
             return None
-        return f"cluster {self.name!r} has cost ${spent:.2f} since it was brought up, by its record, which reaches its max_cost of ${limit:.2f}"
+        return (f"cluster {self.name!r} has cost ${spent:.2f} since it was brought up, by its record, which reaches "
+                f"its max_cost of ${limit:.2f}")
 
     def refuse_past_max_cost(self) -> None:
         """Raise UsageError when the file sets ``max_cost`` and the recorded cost has reached it."""
@@ -397,7 +403,8 @@ class Cluster(ClusterOperations):
                 self.down()
             return reason is not None
 
-        find = (lambda: self.session.instances() if self.find_instances() else None) if self.lists_its_machines() else None
+        find = ((lambda: self.session.instances() if self.find_instances() else None)
+                if self.lists_its_machines() else None)
         repair.watch(self.session, locked_repair, interval, lost_after, rounds, since, self._rereader(), find,
                      down_past_max_cost)
 
@@ -419,7 +426,8 @@ class Cluster(ClusterOperations):
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
-        """Hold the cluster's lock for the block, waiting up to ``wait`` seconds for another process's (and saying so)."""
+        """Hold the cluster's lock for the block, waiting up to ``wait`` seconds for another process's (and saying
+        so)."""
         with self.state.lock(wait=wait, on_wait=self._waiting_for("", wait)):
             yield
 
@@ -557,8 +565,8 @@ class Cluster(ClusterOperations):
             return True
 
     def _stop_everything(self) -> None:
-        """Stop the job, remove the secrets it was sent, stop Ray, revoke the cluster key; best effort (with a short connect deadline)
-        on machines about to be terminated."""
+        """Stop the job, remove the secrets it was sent, stop Ray, revoke the cluster key; best effort (with a short
+        connect deadline) on machines about to be terminated."""
         self.on_step("stopping the job and Ray")
 
         def stop() -> None:

@@ -79,7 +79,8 @@ class CommandResult:
         Bounded whatever the output: the command is cut after
         ``COMMAND_SHOWN`` characters, stderr to :meth:`stderr_tail`.
         """
-        status = f"timed out after {self.timeout:g} s" if self.exit_code is None else f"exited with code {self.exit_code}"
+        status = (f"timed out after {self.timeout:g} s" if self.exit_code is None
+                  else f"exited with code {self.exit_code}")
         text = f"{self.host}: command {shown(self.command)!r} {status}"
         tail = self.stderr_tail()
         if tail:
@@ -96,7 +97,8 @@ class CommandResult:
 
 
 class OutputTail:
-    """One output stream of a command: each chunk goes to ``on_chunk`` as it arrives; the last ``limit`` bytes are kept."""
+    """One output stream of a command: each chunk goes to ``on_chunk`` as it arrives; the last ``limit`` bytes are
+    kept."""
 
     def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None) -> None:
         self.limit = limit

@@ -35,7 +35,8 @@ def provider_of(raw: Mapping[str, Any], source: str | None = None) -> str:
     if not isinstance(name, str) or not name:
         tags = ", ".join(YAML_TAGS)
         raise ClusterConfigurationError(
-            [f"provider: required, expected a provider name (see `flambe-cluster providers`) or a YAML tag ({tags}), got {name!r}"],
+            [f"provider: required, expected a provider name (see `flambe-cluster providers`) or a YAML tag ({tags}), "
+             f"got {name!r}"],
             source,
         )
     return name
@@ -72,9 +73,11 @@ def parse_config(
         common["factories_num"] = implied
     elif "factories_num" not in common and options is None:
         common["factories_num"] = 0  # the options' own problems say what is wrong; they may have implied it
-    config = build(ClusterConfig, {**common, "options": options, "source": source}, problems)
+    config: ClusterConfig | None = build(ClusterConfig, {**common, "options": options, "source": source}, problems)
     if config is not None and implied is not None and implied != config.factories_num:
-        problems.append(f"factories_num: expected {implied} (the number of factories listed), got {config.factories_num}")
+        problems.append(
+            f"factories_num: expected {implied} (the number of factories listed), got {config.factories_num}"
+        )
     if problems or config is None or options is None:
         raise ClusterConfigurationError(problems, source)
     if validate:
@@ -88,14 +91,15 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML loader that also understands the seed's cluster tags."""
 
 
-def _tagged(provider: str) -> Callable[[yaml.SafeLoader, yaml.Node], dict]:
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict:
+def _tagged(provider: str) -> Callable[[yaml.SafeLoader, yaml.Node], dict[Any, Any]]:
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict[Any, Any]:
         if not isinstance(node, yaml.MappingNode):
             raise yaml.constructor.ConstructorError(None, None, f"expected a mapping after {node.tag}", node.start_mark)
         mapping = loader.construct_mapping(node, deep=True)
         if "provider" in mapping and mapping["provider"] != provider:
             raise yaml.constructor.ConstructorError(
-                None, None, f"tag {node.tag} means provider {provider!r}, but provider: {mapping['provider']!r} is set", node.start_mark
+                None, None, f"tag {node.tag} means provider {provider!r}, but provider: {mapping['provider']!r} is set",
+                node.start_mark
             )
         return {"provider": provider, **mapping}
 
@@ -106,7 +110,7 @@ for _tag, _provider in YAML_TAGS.items():
     _Loader.add_constructor(_tag, _tagged(_provider))
 
 
-def read_config_file(path: str | os.PathLike[str]) -> dict:
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML cluster file into a mapping; syntax errors name line and column."""
     path = Path(path)
     try:
@@ -123,7 +127,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict:
         detail = f"{problem} ({context})" if context else problem
         raise ClusterConfigurationError([f"invalid YAML{where}: {detail}"], str(path)) from exc
     if not isinstance(data, dict):
-        raise ClusterConfigurationError([f"expected a mapping of cluster fields at the top, got {describe_value(data)}"], str(path))
+        raise ClusterConfigurationError(
+            [f"expected a mapping of cluster fields at the top, got {describe_value(data)}"], str(path)
+        )
     return data
 
 

@@ -15,7 +15,8 @@ from .sync import UPLOAD_WARN_LIMIT_MB, warn_if_large
 __all__ = ["UPLOAD_WARN_LIMIT_MB", "send_local_content"]
 
 
-def send_local_content(session: HostSession, content: Mapping[str, str], dest: str, all_hosts: bool = False) -> dict[str, str]:
+def send_local_content(session: HostSession, content: Mapping[str, str], dest: str,
+                       all_hosts: bool = False) -> dict[str, str]:
     """Send the local files and folders among ``content``'s values to ``<dest>/<key>/`` on the orchestrator.
 
     ``dest`` is relative to the home folder, or absolute inside it (Flambé

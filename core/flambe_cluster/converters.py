@@ -21,7 +21,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import paramiko
@@ -228,7 +228,9 @@ def to_ssh_config(value: object) -> Path | None:
         if not path.is_file():
             raise ValueError(f"expected an OpenSSH client configuration file, but {str(path)!r} does not exist")
         return path
-    raise ValueError(f"expected true, false or the path of an OpenSSH client configuration, got {describe_value(value)}")
+    raise ValueError(
+        f"expected true, false or the path of an OpenSSH client configuration, got {describe_value(value)}"
+    )
 
 
 JUMP_HOP = re.compile(r"(?:(?P<user>[^@\s,:]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@\s,:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
@@ -244,7 +246,8 @@ def parse_jump(hop: str) -> tuple[str | None, str, int | None]:
 
 
 def to_proxy_jump(value: object) -> str | None:
-    """Converter: ``None`` or OpenSSH's ProxyJump: ``[user@]host[:port]``, several separated by commas (first reached first)."""
+    """Converter: ``None`` or OpenSSH's ProxyJump: ``[user@]host[:port]``, several separated by commas
+    (first reached first)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
@@ -274,7 +277,7 @@ def one_of(*choices: str) -> Callable[[object], str]:
     def convert(value: object) -> str:
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value  # type: ignore[return-value]
+        return value
 
     return convert
 
@@ -315,8 +318,10 @@ def _reporting() -> Iterator[_Report]:
         _report.reset(token)
 
 
-def _reporting_converter(attribute: attrs.Attribute) -> Callable[[object], object]:
-    convert, expected = attribute.converter, attribute.metadata.get("help", "a value")
+def _reporting_converter(attribute: attrs.Attribute[Any]) -> Callable[[object], object]:
+    # attrs' stubs say a Converter, but a field's converter is the callable it was given
+    convert = cast("Callable[[object], object] | None", attribute.converter)
+    expected = attribute.metadata.get("help", "a value")
 
     def run(value: object) -> object:
         report = _report.get()
@@ -338,8 +343,10 @@ def _reporting_converter(attribute: attrs.Attribute) -> Callable[[object], objec
     return run
 
 
-def _reporting_validator(validator: Callable[[Any, attrs.Attribute, Any], None]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _reporting_validator(
+    validator: Callable[[Any, attrs.Attribute[Any], Any], None],
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         report = _report.get()
         if report is None:
             validator(instance, attribute, value)
@@ -352,7 +359,7 @@ def _reporting_validator(validator: Callable[[Any, attrs.Attribute, Any], None])
     return check
 
 
-def _transform(cls: type, attributes: list[attrs.Attribute]) -> list[attrs.Attribute]:
+def _transform(cls: type, attributes: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
     return [
         a.evolve(
             converter=_reporting_converter(a),
@@ -371,7 +378,7 @@ def config_class(cls: C) -> C:
     directly (``Options(...)``) the class behaves like any frozen attrs class.
     """
     built = attrs.frozen(cls, field_transformer=_transform)
-    built.__flambe_config_class__ = True
+    cast(Any, built).__flambe_config_class__ = True  # a mark of its own, which no type declares
     return built
 
 
@@ -380,12 +387,13 @@ def is_config_class(cls: object) -> bool:
     return getattr(cls, "__flambe_config_class__", False) is True
 
 
-def init_fields(cls: type) -> dict[str, attrs.Attribute]:
+def init_fields(cls: type) -> dict[str, attrs.Attribute[Any]]:
     """The fields a user may set, by name."""
     return {a.name: a for a in attrs.fields(cls) if a.init}
 
 
-def unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any], also_known: frozenset[str] = frozenset()) -> list[str]:
+def unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any],
+                 also_known: frozenset[str] = frozenset()) -> list[str]:
     """A problem per key of ``data`` that is no field, with the closest field name as a hint."""
     problems = []
     for key in data:

@@ -30,7 +30,8 @@ _warned_never_idle: set[str] = set()
 
 
 def listed_price(prices: dict[str, float], instance_type: str, market: str) -> float | None:
-    """The ``prices:`` entry of ``instance_type`` on ``market`` (``"TYPE spot"``; ``"TYPE"`` or ``"TYPE on-demand"``)."""
+    """The ``prices:`` entry of ``instance_type`` on ``market`` (``"TYPE spot"``; ``"TYPE"`` or
+    ``"TYPE on-demand"``)."""
     if market == "spot":
         return prices.get(f"{instance_type} spot")
     return prices.get(f"{instance_type} on-demand", prices.get(instance_type))
@@ -88,9 +89,9 @@ def run_costs(entries: Iterable[dict[str, Any]], now: float | None = None) -> li
     """The cost of each run that created machines, oldest first, from the journal's ``entries`` (see the module)."""
     now = time.time() if now is None else now
     runs: dict[str, RunCost] = {}
-    live: dict[tuple[str, str], tuple[RunCost, float, int, Offer]] = {}
+    live: dict[tuple[str | None, str | None], tuple[RunCost, float, int, Offer]] = {}  # by (kind, id)
 
-    def close(key: tuple[str, str], until: float) -> None:
+    def close(key: tuple[str | None, str | None], until: float) -> None:
         cost, since, machines, offer = live.pop(key)
         hours = max(0.0, until - since) / 3600 * machines
         cost.machine_hours += hours
@@ -153,7 +154,7 @@ def bought(entries: Iterable[dict[str, Any]]) -> dict[str, Bought]:
     """Each machine still recorded alive, by instance id (a launch's ``instance_ids``, or the entry's own id):
     its offer and the time of the first record that named it."""
     machines: dict[str, Bought] = {}
-    named: dict[tuple[str, str], list[str]] = {}  # each resource's instance ids, by its latest record
+    named: dict[tuple[str | None, str | None], list[str]] = {}  # each resource's instance ids, by its latest record
     for entry in entries:
         key, details = (entry.get("kind"), entry.get("id")), entry.get("details") or {}
         offer = offer_of(details) if entry.get("event") == "created" else None

@@ -5,17 +5,24 @@ They answer only when the provider does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from .hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .records import Instance
+    from .settings import ClusterConfig
 
 
 @hookimpl(trylast=True)
-def flambe_cluster_place(config):
+def flambe_cluster_place(config: ClusterConfig) -> dict[str, str]:
     """No place beyond the provider's name."""
     return {}
 
 
 @hookimpl(trylast=True)
-def flambe_cluster_host_keys(config, instance):
+def flambe_cluster_host_keys(config: ClusterConfig, instance: Instance) -> None:
     """No provider-vouched host keys: the host-key policy alone decides."""
     return None
 
@@ -28,6 +35,7 @@ NVIDIA_SMI = (
 
 
 @hookimpl(trylast=True)
-def flambe_cluster_detect_gpus(config, instance, run):
+def flambe_cluster_detect_gpus(config: ClusterConfig, instance: Instance, run: Callable[[str], str]) -> int:
     """Count the GPUs ``nvidia-smi`` lists on the host (0 when it is not installed)."""
-    return len([line for line in run(NVIDIA_SMI).splitlines() if line.strip().isdigit()])  # profile chatter is not a GPU
+    # profile chatter is not a GPU
+    return len([line for line in run(NVIDIA_SMI).splitlines() if line.strip().isdigit()])

@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
 from packaging.requirements import InvalidRequirement, Requirement
@@ -101,10 +102,11 @@ class HostReport:
 
     platform: HostPlatform
     cpus: int
-    installed: dict | None  # {"flambe-cluster": v, "ray": v, "build": digest} or None without env
-    ray_nodes: tuple = ()  # ({"cluster": name, "ip": address}, ...) of live Ray nodes started by flambe-cluster
+    installed: dict[str, Any] | None  # {"flambe-cluster": v, "ray": v, "build": digest} or None without env
+    # ({"cluster": name, "ip": address}, ...) of live Ray nodes started by flambe-cluster
+    ray_nodes: tuple[dict[str, Any], ...] = ()
 
-    def matches(self, wanted: dict) -> bool:
+    def matches(self, wanted: dict[str, str]) -> bool:
         return self.installed is not None and all(self.installed.get(k) == v for k, v in wanted.items())
 
     def runs_node_of(self, cluster: str) -> bool:
@@ -130,7 +132,7 @@ def check_pythons(session: HostSession, reports: dict[Instance, HostReport]) -> 
               "setup_cmds, then run `flambe-cluster up` again.")
 
 
-def wanted_versions() -> dict:
+def wanted_versions() -> dict[str, str]:
     """The versions every host must end with: the client's own."""
     return {"flambe-cluster": metadata.version("flambe-cluster"), "ray": metadata.version("ray"),
             "build": wheelhouse.source_digest()}
@@ -138,7 +140,8 @@ def wanted_versions() -> dict:
 
 def probe(session: HostSession, hosts: Sequence[Instance]) -> dict[Instance, HostReport]:
     """One round trip per host (all at once): platform, CPUs and the environment's versions."""
-    command = shell_python(session) + " -c " + shlex.quote(PROBE) + " " + session.remote_path("env/bin/python") + " " + session.remote_path(ENVIRONMENT_MARKER)
+    command = (shell_python(session) + " -c " + shlex.quote(PROBE) + " " + session.remote_path("env/bin/python")
+               + " " + session.remote_path(ENVIRONMENT_MARKER))
     results = session.pool.run_all(hosts, command)
     reports = {}
     for host, result in results.items():
@@ -189,8 +192,9 @@ def refuse_other_clusters(session: HostSession, reports: dict[Instance, HostRepo
         raise ClusterError("; ".join(busy) + ". Take that cluster down first (flambe-cluster down) or use other hosts.")
 
 
-def stale_hosts(reports: dict[Instance, HostReport], wanted: dict | None = None) -> list[Instance]:
-    """The hosts whose environment does not hold ``wanted`` (default: :func:`wanted_versions`): :func:`prepare` installs on them."""
+def stale_hosts(reports: dict[Instance, HostReport], wanted: dict[str, str] | None = None) -> list[Instance]:
+    """The hosts whose environment does not hold ``wanted`` (default: :func:`wanted_versions`): :func:`prepare`
+    installs on them."""
     wanted = wanted or wanted_versions()
     return [host for host, report in reports.items() if not report.matches(wanted)]
 
@@ -216,7 +220,8 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
         if host not in stale:
             ready(host)
     if not stale:
-        session.on_step(f"software already prepared on {len(reports)} hosts (flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
+        session.on_step(f"software already prepared on {len(reports)} hosts "
+                        f"(flambe-cluster {wanted['flambe-cluster']}, ray {wanted['ray']})")
         return []
     platforms = {reports[host].platform for host in stale}
     if len(platforms) > 1:
@@ -245,7 +250,8 @@ def prepare(session: HostSession, reports: dict[Instance, HostReport],
             session.run_all([host], install, states=("installing flambe-cluster and ray", "installed"))
             ready(host)
 
-    session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts, each as the wheelhouse reaches it")
+    session.on_step(f"installing flambe-cluster and ray offline on {len(stale)} hosts, "
+                    "each as the wheelhouse reaches it")
     ship_wheels(session, [deps, self_wheel.parent], folder, stale, arrived)
     return stale
 
@@ -257,7 +263,8 @@ def gather_software(platform: HostPlatform, on_line: Callable[[str], None] | Non
     say = on_line or (lambda line: None)
     self_wheel = wheelhouse.build_self_wheel(wheelhouse.cache_home() / "self")
     deps = wheelhouse.gather(platform, wheelhouse.runtime_requirements(), on_line=on_line)
-    bytecode.compile_for(deps, platform.python, on_compile=lambda: say("compiling a Ray node's bytecode once for the hosts"))
+    bytecode.compile_for(deps, platform.python,
+                         on_compile=lambda: say("compiling a Ray node's bytecode once for the hosts"))
     return deps, self_wheel
 
 
@@ -277,7 +284,8 @@ def _installer(session: HostSession, folder: str, verb: str) -> str:
 
 def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, hosts: Sequence[Instance],
                 on_arrival: Callable[[Instance], None]) -> None:
-    """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on the orchestrator, then on to the factories among ``hosts``.
+    """Send the wheels in ``sources`` to ``<remote root>/<folder>`` on the orchestrator, then on to the factories
+    among ``hosts``.
 
     The folder there holds exactly ``sources``' files and their manifest of
     SHA-256 digests (:func:`flambe_cluster.wheelhouse.manifest`), which each
@@ -288,13 +296,13 @@ def ship_wheels(session: HostSession, sources: Sequence[Path], folder: str, host
     soon as the wheels are there.
     """
     relative = posixpath.join(session.remote_root, folder)
-    orchestrator = session.orchestrator
+    orchestrator = session.require_orchestrator()
     size = _size(sources)
     session.on_step(f"shipping the wheelhouse to the orchestrator ({size / 2**20:.0f} MB)")
     hostfiles.create_dirs_on(session, [orchestrator], [relative])
     with tempfile.TemporaryDirectory(prefix="flambe-cluster-manifest-") as listing:
         (Path(listing) / wheelhouse.MANIFEST).write_text(wheelhouse.manifest(sources))
-        session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in [*sources, listing]], relative + "/",
+        session.upload(orchestrator, [f"{Path(s).absolute()}/" for s in [*sources, Path(listing)]], relative + "/",
                        delete=True, shown=("receiving the wheelhouse", size))
     factories = [h for h in hosts if h != orchestrator]
     if factories:
@@ -312,7 +320,8 @@ def _size(sources: Sequence[Path]) -> int:
     return sum(p.stat().st_size for s in sources for p in Path(s).rglob("*") if p.is_file())
 
 
-def factory_resources(session: HostSession, reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
+def factory_resources(session: HostSession,
+                      reports: dict[Instance, HostReport] | None = None) -> dict[Instance, Resources]:
     """CPUs (from the probe) and GPUs (through the detect_gpus hook: ``nvidia-smi``) of every factory.
 
     Remembered in the session; ``reports`` from a probe just made saves
@@ -337,7 +346,8 @@ def usable_gpus(session: HostSession, host: Instance) -> int:
     Promised GPUs that are not seen at all raise :class:`HostError` saying
     to install the NVIDIA driver; fewer than promised are used, with a warning.
     """
-    seen = int(session.hooks.detect_gpus(session.config, host, lambda command: session.pool.run(host, command).stdout) or 0)
+    seen = int(session.hooks.detect_gpus(session.config, host,
+                                         lambda command: session.pool.run(host, command).stdout) or 0)
     promised = session.hooks.promised_gpus(session.config, host) or 0
     if promised and not seen:
         raise HostError(host.label, (
@@ -372,9 +382,11 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
         try:
             Requirement(location)
         except InvalidRequirement:
-            raise UsageError(f"extension {name!r}: {location!r} is neither a local folder nor a pip requirement") from None
+            raise UsageError(
+                f"extension {name!r}: {location!r} is neither a local folder nor a pip requirement") from None
         requirements.append(location)
-    platform = probe(session, [session.orchestrator])[session.orchestrator].platform
+    orchestrator = session.require_orchestrator()
+    platform = probe(session, [orchestrator])[orchestrator].platform
     session.on_step(f"gathering wheels for extensions {', '.join(extensions)}")
     folder = wheelhouse.gather(platform, requirements, local_wheels, on_line=_on_this_machine(session))
     names = [shlex.quote(r) for r in requirements] + [
@@ -383,12 +395,16 @@ def install_extensions(session: HostSession, hosts: Sequence[Instance], extensio
     install = " && ".join([_INSTALLER_DEFINED, _installer(session, "extensions-wheelhouse", "verify"),
                            f"{_installer(session, 'extensions-wheelhouse', 'install')} {' '.join(names)}"])
     session.on_step(f"installing extensions on {len(hosts)} hosts")
-    ship_wheels(session, [folder], "extensions-wheelhouse", hosts,
-                lambda host: session.run_all([host], install, states=("installing extensions", "extensions installed"))
-                if host in hosts else None)
+
+    def arrived(host: Instance) -> None:
+        if host in hosts:
+            session.run_all([host], install, states=("installing extensions", "extensions installed"))
+
+    ship_wheels(session, [folder], "extensions-wheelhouse", hosts, arrived)
 
 
-def ensure_installed(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str], module: str) -> None:
+def ensure_installed(session: HostSession, hosts: Sequence[Instance], extensions: dict[str, str],
+                     module: str) -> None:
     """Install ``extensions`` (see :func:`install_extensions`) on those ``hosts`` whose environment lacks ``module``."""
     probe_line = f"{session.remote_path('env/bin/python')} -c {shlex.quote(f'import {module}')}"
     results = session.run_all(hosts, probe_line, check=False)

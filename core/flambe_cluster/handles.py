@@ -15,7 +15,7 @@ import json
 import posixpath
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import environment, hostfiles, jobs, raycluster
 from .errors import ClusterError
@@ -50,11 +50,11 @@ class InstanceHandle:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.record.label})"
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         """A runnable may carry a handle: it pickles as its record, without the cluster's live connections."""
         return {"record": self.record}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.record = state["record"]
         self._session = None
 
@@ -162,11 +162,11 @@ class OrchestratorInstance(InstanceHandle):
     def is_flambe_running(self) -> bool:
         return jobs.status(self.session).state == "running"
 
-    def _service(self, module: str, folder: str, verb: str, *options: str) -> dict:
+    def _service(self, module: str, folder: str, verb: str, *options: str) -> dict[str, Any]:
         """Run ``verb`` (launch, status, stop) of the remote helper ``module`` whose state lives in ``folder``."""
         state = posixpath.join(self.session.remote_root, folder)
         result = self.session.pool.run(self.record, self.session.helper(module, verb, state, *options))
-        return json.loads(result.stdout or "{}")
+        return cast("dict[str, Any]", json.loads(result.stdout or "{}"))
 
     def launch_tensorboard(self, logs_dir: str, tensorboard_port: int) -> None:
         """Run TensorBoard on ``logs_dir`` (relative to the home) at ``tensorboard_port``, detached.
@@ -189,7 +189,8 @@ class OrchestratorInstance(InstanceHandle):
 
     def launch_report_site(self, progress_file: str, port: int, output_log: str, output_dir: str,
                            tensorboard_port: int) -> None:
-        """Serve the read-only report page at ``port``: the job's state, its log, the output files, a TensorBoard link."""
+        """Serve the read-only report page at ``port``: the job's state, its log, the output files, a TensorBoard
+        link."""
         job_dir = posixpath.join(self.session.remote_root, jobs.JOB)
         self._service(
             "report_site", REPORT_SITE, "launch", "--port", str(int(port)), "--job-dir", job_dir,
@@ -221,7 +222,8 @@ class OrchestratorInstance(InstanceHandle):
         return sorted(raycluster.alive_workers(raycluster.nodes_unless_slow(self.session)))
 
     def rsync_folder(self, _from: str, _to: str, exclude: Sequence[str] | None = None) -> None:
-        """rsync, run on the orchestrator, from ``_from`` to ``_to`` (either may be ``user@host:path`` of a cluster host).
+        """rsync, run on the orchestrator, from ``_from`` to ``_to`` (either may be ``user@host:path`` of a cluster
+        host).
 
         Uses the cluster key and the hosts' pinned keys; adds and updates,
         deletes nothing.
@@ -229,7 +231,8 @@ class OrchestratorInstance(InstanceHandle):
         ports = {host.private.host: host.private.port for host in self.session.hosts()}
         remote = next((spec for spec in (_from, _to) if ":" in spec.split("/")[0]), "")
         port = ports.get(remote.split("@")[-1].split(":")[0], 22)
-        self.session.rsync_on(self.session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port, exclude=exclude or (), check=True)
+        self.session.rsync_on(self.session.require_orchestrator(), _from.rstrip("/") + "/", _to, port=port,
+                              exclude=exclude or (), check=True)
 
     def _has_environment(self) -> bool:
         return hostfiles.has_environment(self.session, [self.record])[self.record]

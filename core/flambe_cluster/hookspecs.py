@@ -20,7 +20,7 @@ message names what failed and what to do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -54,10 +54,11 @@ def flambe_cluster_options_class() -> type:
     ``None``), it is used when the user gave no ``factories_num``.
     Required.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec(firstresult=True)
-def flambe_cluster_config_defaults(raw: dict) -> dict | None:
+def flambe_cluster_config_defaults(raw: dict[str, Any]) -> dict[str, Any] | None:
     """Return defaults for common fields the user may leave out (``key``, ``username``).
 
     Called with the user's raw mapping before it is validated; values the
@@ -78,6 +79,7 @@ def flambe_cluster_validate(config: ClusterConfig) -> list[str]:
     core raises one ``ClusterConfigurationError`` listing all of them.
     Required.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec(firstresult=True)
@@ -103,6 +105,7 @@ def flambe_cluster_load_instances(
     it, never print.  An implementation that does not list ``progress``
     among its parameters is not given it (older providers keep working).
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec(firstresult=True)
@@ -176,7 +179,7 @@ def flambe_cluster_configure_idle_shutdown(
     instances: ClusterInstances,
     journal: RunJournal,
     run: Callable[[Instance, str], str],
-    map: Callable[..., dict],
+    map: Callable[..., dict[Instance, Any]],
 ) -> None:
     """Arrange for idle machines to be released when the client is gone (cloud providers).
 

@@ -106,7 +106,7 @@ def known_hosts_damage(text: str) -> str | None:
             continue
         try:
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), number)
-        except Exception:  # paramiko raises several kinds for a malformed key
+        except Exception:  # noqa: BLE001 - paramiko raises several kinds for a malformed key
             entry = None
         if entry is None:
             return f"line {number} is not a host key entry"

@@ -1,4 +1,5 @@
-"""The cluster's lock on its orchestrator: two clients (two state folders, two laptops) never prepare one cluster at once.
+"""The cluster's lock on its orchestrator: two clients (two state folders, two laptops) never prepare one
+cluster at once.
 
 The local lock (:meth:`flambe_cluster.state.ClusterState.lock`) serializes
 the processes that share one state folder.  Clients with state folders of

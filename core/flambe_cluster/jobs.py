@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from attrs import frozen
 
@@ -65,13 +66,15 @@ def status(session: HostSession) -> JobStatus:
 
 def stop(session: HostSession) -> JobStatus:
     """Stop the running job (its whole process group); idempotent."""
-    if not hostfiles.has_environment(session, [session.orchestrator])[session.orchestrator]:
+    orchestrator = session.require_orchestrator()
+    if not hostfiles.has_environment(session, [orchestrator])[orchestrator]:
         return JobStatus("none")
-    session.pool.run(session.orchestrator, session.helper("job", "stop", _job_dir(session)))
+    session.pool.run(orchestrator, session.helper("job", "stop", _job_dir(session)))
     return status(session)
 
 
-def command_for(session: HostSession, path: Path, args: Sequence[str], entry: str | None, home: str) -> tuple[list[str], str]:
+def command_for(session: HostSession, path: Path, args: Sequence[str], entry: str | None,
+                home: str) -> tuple[list[str], str]:
     """The argv and working folder (absolute, on the orchestrator) of a job shipped from ``path``.
 
     A ``.py`` file runs with the cluster environment's Python, a ``.sh`` file
@@ -123,7 +126,8 @@ def submit(
     return _launch(session, path, argv, workdir, secrets, filters)
 
 
-def submit_runnable(session: HostSession, runnable: object, *, force: bool = False, secrets: str | None = None) -> JobStatus:
+def submit_runnable(session: HostSession, runnable: object, *, force: bool = False,
+                    secrets: str | None = None) -> JobStatus:
     """Ship any object with a ``run()`` method to the orchestrator, pickled, and call ``run()`` there, detached.
 
     Flambé's way (``cluster.execute(runnable, ...)``).  The object is pickled
@@ -149,16 +153,20 @@ def submit_runnable(session: HostSession, runnable: object, *, force: bool = Fal
 def _pickled(runnable: object) -> bytes:
     from ray import cloudpickle  # Ray brings cloudpickle; imported only when an object is shipped
 
+    # Ray's cloudpickle is untyped: its functions, as used here
+    register: Callable[[ModuleType], None] = cloudpickle.register_pickle_by_value
+    unregister: Callable[[ModuleType], None] = cloudpickle.unregister_pickle_by_value
+    dumps: Callable[[object], bytes] = cloudpickle.dumps
     module = sys.modules.get(type(runnable).__module__)
-    by_value = module is not None and module.__name__ not in ("__main__", "builtins") \
-        and not module.__name__.startswith("flambe_cluster")
-    if by_value:
-        cloudpickle.register_pickle_by_value(module)
+    by_value = module if module is not None and module.__name__ not in ("__main__", "builtins") \
+        and not module.__name__.startswith("flambe_cluster") else None
+    if by_value is not None:
+        register(by_value)
     try:
-        return cloudpickle.dumps(runnable)
+        return dumps(runnable)
     finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(module)
+        if by_value is not None:
+            unregister(by_value)
 
 
 def _make_room(session: HostSession, force: bool) -> None:
@@ -208,13 +216,15 @@ def logs(session: HostSession, write: Callable[[bytes], None], follow: bool = Fa
     current = status(session)
     if current.state == "none":
         raise UsageError(f"no job was submitted to cluster {session.name!r}; submit one with `flambe-cluster submit`")
+    orchestrator = session.require_orchestrator()  # status() required it
     log = session.remote_path(JOB + "/output.log")
     start = "-c +1" if tail is None else f"-n {int(tail)}"
     if follow and current.state == "running":
+        assert current.pgid is not None  # a running job has its process group
         command = f"tail {start} -f --pid={int(current.pgid)} {log}"
-        session.pool.run(session.orchestrator, command, timeout=FOLLOW_TIMEOUT, on_stdout=write)
+        session.pool.run(orchestrator, command, timeout=FOLLOW_TIMEOUT, on_stdout=write)
         return status(session)
-    session.pool.run(session.orchestrator, f"tail {start} {log}", on_stdout=write)
+    session.pool.run(orchestrator, f"tail {start} {log}", on_stdout=write)
     return current
 
 
@@ -228,5 +238,5 @@ def pull(session: HostSession, remote: str, local: Path) -> None:
         session.gather(remote, sources)
     session.on_step(f"copying {remote} from the orchestrator to {local}")
     Path(local).mkdir(parents=True, exist_ok=True)
-    session.download(session.orchestrator, remote + "/", Path(local))
+    session.download(session.require_orchestrator(), remote + "/", Path(local))
 

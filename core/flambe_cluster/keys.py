@@ -41,7 +41,8 @@ def _replace_cluster_lines(comment: str, keep: str) -> str:
     """Shell: drop this cluster's ``authorized_keys`` lines other than ``keep`` ('' drops them all), through a
     temporary file moved over the original only when complete (an interrupted edit leaves the file as it was);
     the file is not rewritten when there is nothing to drop."""
-    test = f"awk -v c={shlex.quote(comment)} -v k={shlex.quote(keep)} '$NF == c && $0 != k {{found = 1}} END {{exit !found}}'"
+    test = (f"awk -v c={shlex.quote(comment)} -v k={shlex.quote(keep)} "
+            "'$NF == c && $0 != k {found = 1} END {exit !found}'")
     return (f"if [ -f {_KEYS} ] && {test} {_KEYS}; then "
             f"awk -v c={shlex.quote(comment)} -v k={shlex.quote(keep)} {_STALE} {_KEYS} > {_KEYS}.fc-tmp && "
             f"chmod 600 {_KEYS}.fc-tmp && mv -f {_KEYS}.fc-tmp {_KEYS}; fi")

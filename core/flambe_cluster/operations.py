@@ -36,11 +36,13 @@ class ClusterOperations:
     # --- commands, folders, files
 
     def run_cmds(self, setup_cmds: list[str]) -> None:
-        """Run each setup command on every host at once, in order; raises RemoteCommandError naming each failing host."""
+        """Run each setup command on every host at once, in order; raises RemoteCommandError naming each failing
+        host."""
         hosts = self.session.hosts()
         for index, command in enumerate(setup_cmds, 1):
             self.session.on_step(f"setup command {index}/{len(setup_cmds)} on {len(hosts)} hosts: {command}")
-            self.session.run_all(hosts, command, states=(f"running setup command {index}", f"setup command {index} done"))
+            self.session.run_all(hosts, command,
+                                 states=(f"running setup command {index}", f"setup command {index} done"))
 
     def execute_on(self, hosts: list[Instance], command: str, check: bool = True) -> dict[Instance, CommandResult]:
         """Run a shell command line on ``hosts`` at once; returns results per host."""
@@ -48,7 +50,8 @@ class ClusterOperations:
 
     def create_dirs(self, relative_dirs: list[str]) -> None:
         """Create folders (relative to each host's home) on every host; existing ones are kept."""
-        hostfiles.create_dirs_on(self.session, self.session.hosts(), [self.session.relative(d, "folder") for d in relative_dirs])
+        hostfiles.create_dirs_on(self.session, self.session.hosts(),
+                                 [self.session.relative(d, "folder") for d in relative_dirs])
 
     def existing_dir(self, _dir: str) -> bool:
         """Whether the folder ``$HOME/_dir`` exists on at least one host."""
@@ -107,7 +110,8 @@ class ClusterOperations:
         self._prepare_software(start_ray=False)
 
     def _prepare_software(self, start_ray: bool) -> None:
-        """:meth:`prepare_all_instances`; with ``start_ray`` also the Ray cluster, each node as soon as its host is ready."""
+        """:meth:`prepare_all_instances`; with ``start_ray`` also the Ray cluster, each node as soon as its host is
+        ready."""
         reports = environment.probe(self.session, self.session.hosts())
         running = {host for host, report in reports.items() if report.runs_node_of(self.session.name)}
         resources = environment.factory_resources(self.session, {f: reports[f] for f in self.session.factories})
@@ -132,7 +136,8 @@ class ClusterOperations:
     def get_max_resources(self) -> dict[str, int]:
         """The CPUs and GPUs every factory has at least: ``{"cpu": N, "gpu": M}``."""
         resources = list(environment.factory_resources(self.session).values())
-        return {"cpu": min(r.cpu for r in resources), "gpu": min(r.gpu for r in resources)} if resources else {"cpu": 0, "gpu": 0}
+        return ({"cpu": min(r.cpu for r in resources), "gpu": min(r.gpu for r in resources)} if resources
+                else {"cpu": 0, "gpu": 0})
 
     def install_extensions(self, extensions: dict[str, str]) -> None:
         """Install extensions on every host at once (one wheelhouse, shipped once)."""

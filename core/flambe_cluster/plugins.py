@@ -143,7 +143,7 @@ def load_provider(name: str) -> ModuleType | object:
         raise ProviderError(f"provider {name!r} needs {', '.join(missing)}, which is not installed; "
                             f"to fix it, {install_hint(info, missing)}.")
     try:
-        provider = entry_point.load()
+        provider: ModuleType | object = entry_point.load()
     except ImportError as exc:
         raise ProviderError(
             f"provider {name!r} ({info.target}, from {info.distribution}) cannot be imported: {exc}. "

@@ -53,7 +53,8 @@ def log_progress(subject: str, state: str, *, done: int | None = None, total: in
 
 
 def _amount(count: int) -> str:
-    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{count / 2**10:.0f} kB" if count >= 2**10 else f"{count} B"
+    return (f"{count / 2**20:.1f} MB" if count >= 2**20
+            else f"{count / 2**10:.0f} kB" if count >= 2**10 else f"{count} B")
 
 
 def on_terminal(console: Any) -> bool:
@@ -83,7 +84,7 @@ class Display:
         self._live: Any = None  # rich.progress.Progress while a step's rows show
         self._tasks: dict[str, Any] = {}
         self._shown: dict[str, tuple[str, float]] = {}  # plain lines: subject -> (state, when printed)
-        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     # --- steps
 
@@ -126,9 +127,9 @@ class Display:
         now = time.monotonic()
         finished = done is not None and total is not None and done >= total
         shown = self._shown.get(subject)
-        if shown is not None and shown[0] == state:
-            if done is None or shown[1] < 0 or (not finished and now - shown[1] < PLAIN_INTERVAL):
-                return
+        if shown is not None and shown[0] == state and (
+                done is None or shown[1] < 0 or (not finished and now - shown[1] < PLAIN_INTERVAL)):
+            return
         amount = f" ({_amount(done)} of {_amount(total)})" if done is not None and total else ""
         self._line(f"{subject}: {state}{amount}")
         self._shown[subject] = (state, -1.0 if finished else now)
@@ -171,7 +172,8 @@ class Display:
 
 
 def _rich_progress(console: Any) -> Any:
-    """A rich Progress: spinner, subject, state, and for transfers a bar, bytes and speed (rich imported here, lazily)."""
+    """A rich Progress: spinner, subject, state, and for transfers a bar, bytes and speed (rich imported here,
+    lazily)."""
     from rich.progress import BarColumn, DownloadColumn, ProgressColumn, SpinnerColumn, TextColumn, TransferSpeedColumn
     from rich.progress import Progress as RichProgress
     from rich.text import Text

@@ -12,7 +12,7 @@ optional hooks a provider does not implement answer as documented there
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from attrs import frozen
@@ -34,23 +34,25 @@ class ProviderHooks:
 
     def implements(self, hook: str) -> bool:
         """Whether the provider itself (not the core's defaults) implements ``hook`` (``"flambe_cluster_sweep"``)."""
-        return any(impl.plugin_name.startswith("provider:") for impl in getattr(self.manager.hook, hook).get_hookimpls())
+        return any(impl.plugin_name.startswith("provider:")
+                   for impl in getattr(self.manager.hook, hook).get_hookimpls())
 
     def options_class(self) -> type:
-        return self.manager.hook.flambe_cluster_options_class()
+        return cast(type, self.manager.hook.flambe_cluster_options_class())
 
-    def config_defaults(self, raw: Mapping) -> dict:
-        return self.manager.hook.flambe_cluster_config_defaults(raw=dict(raw)) or {}
+    def config_defaults(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.manager.hook.flambe_cluster_config_defaults(raw=dict(raw)) or {})
 
     def validate(self, config: ClusterConfig) -> list[str]:
         """Every problem the provider finds (may ask the cloud)."""
         return [p for result in self.manager.hook.flambe_cluster_validate(config=config) for p in result or ()]
 
     def load_instances(self, config: ClusterConfig, journal: RunJournal, progress: Progress) -> ClusterInstances:
-        return self.manager.hook.flambe_cluster_load_instances(config=config, journal=journal, progress=progress)
+        return cast("ClusterInstances",
+                    self.manager.hook.flambe_cluster_load_instances(config=config, journal=journal, progress=progress))
 
     def find_instances(self, config: ClusterConfig) -> ClusterInstances | None:
-        return self.manager.hook.flambe_cluster_find_instances(config=config)
+        return cast("ClusterInstances | None", self.manager.hook.flambe_cluster_find_instances(config=config))
 
     def rollback(self, config: ClusterConfig, created: list[CreatedResource]) -> None:
         self.manager.hook.flambe_cluster_rollback(config=config, created=created)
@@ -62,27 +64,29 @@ class ProviderHooks:
         self.manager.hook.flambe_cluster_release_instances(config=config, instances=instances)
 
     def idle_removed(self, config: ClusterConfig, instances: list[Instance]) -> list[Instance] | None:
-        return self.manager.hook.flambe_cluster_idle_removed(config=config, instances=instances)
+        return cast("list[Instance] | None",
+                    self.manager.hook.flambe_cluster_idle_removed(config=config, instances=instances))
 
     def configure_idle_shutdown(self, config: ClusterConfig, instances: ClusterInstances, journal: RunJournal,
-                                run: Callable[[Instance, str], str], map: Callable) -> None:
+                                run: Callable[[Instance, str], str], map: Callable[..., dict[Instance, Any]]) -> None:
         self.manager.hook.flambe_cluster_configure_idle_shutdown(config=config, instances=instances, journal=journal,
                                                                  run=run, map=map)
 
     def detect_gpus(self, config: ClusterConfig, instance: Instance, run: Callable[[str], str]) -> int | None:
-        return self.manager.hook.flambe_cluster_detect_gpus(config=config, instance=instance, run=run)
+        return cast("int | None",
+                    self.manager.hook.flambe_cluster_detect_gpus(config=config, instance=instance, run=run))
 
     def promised_gpus(self, config: ClusterConfig, instance: Instance) -> int | None:
-        return self.manager.hook.flambe_cluster_promised_gpus(config=config, instance=instance)
+        return cast("int | None", self.manager.hook.flambe_cluster_promised_gpus(config=config, instance=instance))
 
     def place(self, config: ClusterConfig) -> dict[str, str] | None:
-        return self.manager.hook.flambe_cluster_place(config=config)
+        return cast("dict[str, str] | None", self.manager.hook.flambe_cluster_place(config=config))
 
     def host_keys(self, config: ClusterConfig, instance: Instance) -> list[str] | None:
-        return self.manager.hook.flambe_cluster_host_keys(config=config, instance=instance)
+        return cast("list[str] | None", self.manager.hook.flambe_cluster_host_keys(config=config, instance=instance))
 
     def sweep(self, where: dict[str, str]) -> list[TaggedCluster] | None:
-        return self.manager.hook.flambe_cluster_sweep(where=where)
+        return cast("list[TaggedCluster] | None", self.manager.hook.flambe_cluster_sweep(where=where))
 
     def plan(self, config: ClusterConfig) -> list[PlannedChange]:
         return list(self.manager.hook.flambe_cluster_plan(config=config) or [])

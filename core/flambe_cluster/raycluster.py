@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any, cast
 
 from . import hostfiles
 from .errors import ClusterError, FlambeClusterError, HostError, HostsFailedError, RayHeadSlowError
@@ -25,7 +26,7 @@ from .session import HostSession
 from .stash import StashKey
 
 #: The head's nodes, asked while the hosts were checked (see :func:`ask_head_early`), kept on the session.
-EARLY_NODES = StashKey[Future]()
+EARLY_NODES = StashKey[Future[list[dict[str, Any]] | None]]()
 #: The hosts where this cluster's Ray node ran at the last probe, kept on the session until :func:`launch`.
 NODE_HOSTS = StashKey[set[Instance]]()
 
@@ -38,7 +39,7 @@ HEAD_SLOW = 5
 HEAD_ERROR = 6
 
 
-def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict] | None:
+def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[dict[str, Any]] | None:
     """The nodes the head knows, or ``None`` when no head runs (nothing listens at its address).
 
     Raises :class:`~flambe_cluster.errors.RayHeadSlowError` when the head
@@ -54,24 +55,26 @@ def nodes(session: HostSession, waiting_for: Sequence[Instance] = ()) -> list[di
     if waiting_for:
         within = session.config.ray_timeout
         args += [f"{within:g}", *(f.private.host for f in waiting_for)]
-    return _ask_head(session, args, timeout=within + 60)
+    return cast("list[dict[str, Any]] | None", _ask_head(session, args, timeout=within + 60))
 
 
-def _ask_head(session: HostSession, args: Sequence[str], timeout: float) -> list[dict] | dict | None:
+def _ask_head(session: HostSession, args: Sequence[str],
+              timeout: float) -> list[dict[str, Any]] | dict[str, Any] | None:
     """Run ``raynode ARGS`` on the orchestrator and read its JSON answer; None when no head runs (see :func:`nodes`)."""
-    result = session.pool.run(session.require_orchestrator(), session.helper("raynode", *args),
+    orchestrator = session.require_orchestrator()
+    result = session.pool.run(orchestrator, session.helper("raynode", *args),
                               check=False, timeout=timeout)
     if result.exit_code == HEAD_DOWN:
         return None
     if result.exit_code == HEAD_SLOW:
-        raise RayHeadSlowError(f"{session.orchestrator.label}: {result.stderr.strip()}")
+        raise RayHeadSlowError(f"{orchestrator.label}: {result.stderr.strip()}")
     if result.exit_code == HEAD_ERROR:
-        raise ClusterError(f"{session.orchestrator.label}: {result.stderr.strip()}; Ray was left as it is")
+        raise ClusterError(f"{orchestrator.label}: {result.stderr.strip()}; Ray was left as it is")
     result.check()
-    return json.loads(result.stdout)
+    return cast("list[dict[str, Any]] | dict[str, Any]", json.loads(result.stdout))
 
 
-def drain(session: HostSession, factories: Sequence[Instance], within: float) -> dict[Instance, dict]:
+def drain(session: HostSession, factories: Sequence[Instance], within: float) -> dict[Instance, dict[str, Any]]:
     """Drain the Ray workers of ``factories`` at the head; wait up to ``within`` seconds for each to end.
 
     Ray then schedules nothing new on them; the tasks running there go on
@@ -81,7 +84,7 @@ def drain(session: HostSession, factories: Sequence[Instance], within: float) ->
     Raises as :func:`nodes` does when the head cannot be asked; no head: every one is absent.
     """
     args = ["drain", session.ray_head_address, f"{within:g}", *(f.private.host for f in factories)]
-    answer = _ask_head(session, args, timeout=within + 60) or {}
+    answer = cast("dict[str, dict[str, Any]]", _ask_head(session, args, timeout=within + 60) or {})
     return {f: answer.get(f.private.host, {"state": "absent"}) for f in factories}
 
 
@@ -95,12 +98,12 @@ def ask_head_early(session: HostSession, waiting_for: Sequence[Instance] = ()) -
     workers start.  :func:`forget_early_answer` discards it when a step may
     have changed what the head would say.
     """
-    future: Future = Future()
+    future: Future[list[dict[str, Any]] | None] = Future()
 
     def ask() -> None:
         try:
             future.set_result(nodes(session, waiting_for))
-        except BaseException as exc:  # handed to launch, which then asks again
+        except BaseException as exc:  # noqa: BLE001 - handed to launch, which then asks again
             future.set_exception(exc)
 
     threading.Thread(target=ask, name="flambe ray nodes", daemon=True).start()
@@ -112,7 +115,7 @@ def forget_early_answer(session: HostSession) -> None:
     session.stash.pop(EARLY_NODES, None)
 
 
-def _current_nodes(session: HostSession) -> list[dict] | None:
+def _current_nodes(session: HostSession) -> list[dict[str, Any]] | None:
     """The early answer if there is one and it came through, else the head's answer now."""
     early = session.stash.pop(EARLY_NODES, None)
     if early is not None:
@@ -123,7 +126,7 @@ def _current_nodes(session: HostSession) -> list[dict] | None:
     return nodes(session)
 
 
-def _nodes_waiting_while_slow(session: HostSession) -> list[dict] | None:
+def _nodes_waiting_while_slow(session: HostSession) -> list[dict[str, Any]] | None:
     """:func:`_current_nodes`, asked again while the head is slow (said once), for at most ``ray_timeout``.
 
     A head that listens but does not answer (busy, paused) may carry a
@@ -148,14 +151,14 @@ def _nodes_waiting_while_slow(session: HostSession) -> list[dict] | None:
             time.sleep(1.0)
 
 
-def alive_workers(known: Sequence[dict] | None) -> dict[str, dict]:
+def alive_workers(known: Sequence[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """Alive worker nodes by address; a draining one (a factory removed while it could not be reached, see
     :func:`drain`) is out: Ray gives it no work and it ends once idle."""
     return {n["ip"]: n for n in known or () if n["alive"] and not n["head"] and not n.get("draining")}
 
 
-def confirmed_workers(session: HostSession, known: Sequence[dict] | None,
-                      running: Mapping[Instance, bool | None]) -> tuple[dict[str, dict], list[str]]:
+def confirmed_workers(session: HostSession, known: Sequence[dict[str, Any]] | None,
+                      running: Mapping[Instance, bool | None]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The factories' workers alive by both accounts, by address, and a line for each factory where they disagree.
 
     A worker counts as alive only when the head lists it alive (``known``,
@@ -167,7 +170,7 @@ def confirmed_workers(session: HostSession, known: Sequence[dict] | None,
     account stands alone.
     """
     listed = alive_workers(known)
-    confirmed: dict[str, dict] = {}
+    confirmed: dict[str, dict[str, Any]] = {}
     disagreements = []
     for factory in session.factories:
         address, runs = factory.private.host, running.get(factory)
@@ -250,7 +253,8 @@ class Launch:
         self._errors: list[FlambeClusterError] = []
         self._guard = threading.Lock()
         self._head_checked = threading.Event()
-        self._alive: dict[str, dict] | None = None  # workers alive once the head is up; None before or if it failed
+        # workers alive once the head is up; None before or if it failed
+        self._alive: dict[str, dict[str, Any]] | None = None
         self._abandoned = False
         self._started = 0
 
@@ -267,7 +271,7 @@ class Launch:
         """Ready every host, wait for their nodes and then for every worker to be alive (see the class)."""
         for host in self.session.hosts():
             self.ready(host)
-        self._threads[self.session.orchestrator].join()
+        self._threads[self.session.require_orchestrator()].join()
         self._raise_errors()  # a head that failed: workers waiting for its GCS end when the caller closes the pool
         for thread in list(self._threads.values()):
             thread.join()
@@ -295,7 +299,7 @@ class Launch:
                 self._start_head()
             else:
                 self._start_worker(host)
-        except Exception as exc:  # handed to finish()
+        except Exception as exc:  # noqa: BLE001 - handed to finish()
             with self._guard:
                 self._errors.append(exc if isinstance(exc, FlambeClusterError) else HostError(host.label, repr(exc)))
                 if host == self.session.orchestrator:
@@ -310,6 +314,7 @@ class Launch:
 
     def _start_head(self) -> None:
         session = self.session
+        orchestrator = session.require_orchestrator()  # _start_node runs this for the orchestrator only
         started_on = session.state.recorded_ray_port()
         if started_on not in (None, session.config.ray_port) and (
                 self.running is None or session.orchestrator in self.running):
@@ -328,8 +333,8 @@ class Launch:
             shutdown(session, None if self.running is None else list(self.running))
             self._alive = {}
             self._head_checked.set()  # workers start alongside the head: each waits for its GCS (see _start)
-            _start(session, session.orchestrator, [
-                "--head", f"--node-ip-address={session.orchestrator.private.host}", f"--port={session.config.ray_port}",
+            _start(session, orchestrator, [
+                "--head", f"--node-ip-address={orchestrator.private.host}", f"--port={session.config.ray_port}",
                 "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
                 *_worker_ports_beside(session.config.ray_port),
             ], ("starting the Ray head", "Ray head running"))
@@ -386,13 +391,15 @@ def wait_for_workers(session: HostSession) -> None:
                 joined.add(factory)
                 session.on_progress(factory.name, "Ray worker alive")
         if not missing and len(alive) == session.config.factories_num:
-            session.on_step(f"Ray cluster up: head on {session.orchestrator.private.host}, {len(alive)} workers alive")
+            session.on_step(f"Ray cluster up: head on {session.require_orchestrator().private.host}, "
+                            f"{len(alive)} workers alive")
             return
         if time.monotonic() > deadline:
             names = ", ".join(f.label for f in missing) or "none"
             extra = sorted(set(alive) - {f.private.host for f in session.factories})
             raise ClusterError(
-                f"the Ray head reports {len(alive)} alive workers, expected {session.config.factories_num}; missing: {names}"
+                f"the Ray head reports {len(alive)} alive workers, expected {session.config.factories_num}; "
+                f"missing: {names}"
                 + (f"; unexpected workers at {', '.join(extra)}" if extra else "")
                 + f". Look at ~/{MARKERS}/<address>.log on those hosts (its first line names the node's Ray logs)."
             )
@@ -400,16 +407,18 @@ def wait_for_workers(session: HostSession) -> None:
 
 
 def shutdown(session: HostSession, hosts: Sequence[Instance] | None = None) -> None:
-    """Stop this cluster's Ray node on ``hosts`` (default: every host) that have the environment (factories, then the head); idempotent."""
+    """Stop this cluster's Ray node on ``hosts`` (default: every host) that have the environment (factories, then
+    the head); idempotent."""
     hosts = session.hosts() if hosts is None else hosts
     ready = hostfiles.has_environment(session, hosts) if hosts else {}
     session.pool.map([f for f in session.factories if ready.get(f)], lambda host: stop_node(session, host))
-    if ready.get(session.orchestrator):
-        stop_node(session, session.orchestrator)
+    orchestrator = session.orchestrator
+    if orchestrator is not None and ready.get(orchestrator):
+        stop_node(session, orchestrator)
         session.state.forget_ray_port()
 
 
-def nodes_unless_slow(session: HostSession) -> list[dict] | None:
+def nodes_unless_slow(session: HostSession) -> list[dict[str, Any]] | None:
     """:func:`nodes`, with a slow head counted as no answer (for the questions that return a bool or a list)."""
     try:
         return nodes(session)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 from attrs import field, frozen
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class Role(enum.Enum):
@@ -38,7 +40,7 @@ def _parse_host(value: object) -> str:
     raise ValueError(f"expected an IP address or host name, got {value!r}")
 
 
-def _check_port(_instance: object, _attribute: attrs.Attribute, value: int) -> None:
+def _check_port(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise ValueError(f"expected a TCP port between 1 and 65535, got {value!r}")
 
@@ -148,12 +150,24 @@ def host_name(cluster: str, role: Role, index: int) -> str:
     return orchestrator_name(cluster) if role is Role.ORCHESTRATOR else factory_name(cluster, index)
 
 
+def _instances(value: Iterable[Instance]) -> tuple[Instance, ...]:
+    return tuple(value)
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _place(value: Mapping[str, str]) -> dict[str, str]:
+    return dict(value)
+
+
 @frozen
 class ClusterInstances:
     """The orchestrator and the factories, as a provider found or made them."""
 
     orchestrator: Instance
-    factories: tuple[Instance, ...] = field(converter=tuple)
+    factories: tuple[Instance, ...] = field(converter=_instances)
 
     @classmethod
     def named(
@@ -214,7 +228,7 @@ class CreatedResource:
 
     kind: str
     resource_id: str
-    details: dict = field(factory=dict)
+    details: dict[str, Any] = field(factory=dict)
 
 
 @frozen
@@ -229,9 +243,9 @@ class TaggedCluster:
     """
 
     name: str
-    machines: tuple[str, ...] = field(converter=tuple)
+    machines: tuple[str, ...] = field(converter=_strings)
     remove: str
-    place: dict = field(factory=dict, converter=dict, hash=False)
+    place: dict[str, str] = field(factory=dict, converter=_place, hash=False)
 
 
 #: The markets a machine is bought on.
@@ -253,7 +267,7 @@ class Offer:
     market: str = field(validator=attrs.validators.in_(MARKETS))
     usd_per_hour: float | None = None
 
-    def details(self) -> dict:
+    def details(self) -> dict[str, Any]:
         """The journal details of a created machine bought on this offer."""
         return {"instance_type": self.instance_type, "market": self.market, "usd_per_hour": self.usd_per_hour}
 
@@ -275,7 +289,7 @@ class PlannedChange:
     role: Role
     count: int
     offer: Offer | None = None
-    names: tuple[str, ...] = field(default=(), converter=tuple)
+    names: tuple[str, ...] = field(default=(), converter=_strings)
 
     def line(self) -> str:
         """One line of the plan, e.g. ``launch 2 × g4dn.xlarge spot at $0.1578/h each (factories)``."""

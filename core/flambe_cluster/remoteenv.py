@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import attrs
 from attrs import field, frozen
@@ -21,6 +22,14 @@ from .sync import IO_TIMEOUT, RSYNC_FLAGS, remote_spec
 
 def _optional_tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
 
 
 @frozen
@@ -41,13 +50,13 @@ class RemoteEnvironment:
 
     key: str
     orchestrator_ip: str
-    factories_ips: tuple[str, ...] = field(converter=tuple)
+    factories_ips: tuple[str, ...] = field(converter=_str_tuple)
     user: str
     local_user: str
     public_orchestrator_ip: str | None = None
     public_factories_ips: tuple[str, ...] | None = field(default=None, converter=_optional_tuple)
-    factories_ports: tuple[int, ...] = field(default=(), converter=tuple)
-    ssh_options: tuple[str, ...] = field(default=(), converter=tuple)
+    factories_ports: tuple[int, ...] = field(default=(), converter=_int_tuple)
+    ssh_options: tuple[str, ...] = field(default=(), converter=_str_tuple)
 
     #: The environment variable a job finds the cluster's RemoteEnvironment in, as JSON (see :meth:`as_dict`).
     VARIABLE = "FLAMBE_REMOTE_ENV"
@@ -57,7 +66,7 @@ class RemoteEnvironment:
         """The earlier name of :attr:`public_orchestrator_ip` (read only)."""
         return self.public_orchestrator_ip
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields, and the earlier name of ``public_orchestrator_ip`` (jobs that read the JSON by it)."""
         return {**attrs.asdict(self), "orchestrator_public_ip": self.public_orchestrator_ip}
 

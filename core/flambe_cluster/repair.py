@@ -39,11 +39,13 @@ interrupted ``up``, and propagates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
 import time
 from collections.abc import Callable
+from typing import cast
 
 from . import environment, raycluster, resize
 from .errors import ClusterBusyError, FlambeClusterError
@@ -95,9 +97,9 @@ class Watch:
         self.say = session.on_step  # the watch's own lines; a repair's steps are logged instead
         self.lost_after = lost_after
         self.reread = reread  # the cluster file again, when it changed (else None) or when asked (reread(True))
-        self.silent_since: dict[tuple, float] = {}
-        self.waiting: set[tuple] = set()  # user-brought factories already announced as lost
-        self.idle: set[tuple] = set()  # factories their idle policy released: left alone
+        self.silent_since: dict[tuple[str, str], float] = {}
+        self.waiting: set[tuple[str, str]] = set()  # user-brought factories already announced as lost
+        self.idle: set[tuple[str, str]] = set()  # factories their idle policy released: left alone
         self.said_wait: str | None = None  # the reason the watch last said it waits, until things change
         self.started = time.time() if since is None else since  # a `down` after this ends the watch
         self.run_id = session.state.ensure().journal.start_run().run_id
@@ -144,10 +146,8 @@ class Watch:
         session.orchestrator = next((h for h in recorded if h.role is Role.ORCHESTRATOR), session.orchestrator)
         session.factories = [h for h in recorded if h.role is Role.FACTORY]
         if self.reread is not None:  # the command that changed them applied the file as it is now
-            try:
+            with contextlib.suppress(FlambeClusterError):  # said above, when it was first read
                 session.config = self.reread(True) or session.config
-            except FlambeClusterError:
-                pass  # said above, when it was first read
         now = {resize.identity(f) for f in session.factories}
         for known in (self.silent_since, self.waiting, self.idle):
             for key in [k for k in known if k not in now]:
@@ -156,7 +156,7 @@ class Watch:
                              + (", ".join(f.label for f in session.factories) or "none"),
                  factories=[f.label for f in session.factories])
 
-    def members_now(self) -> list[tuple]:
+    def members_now(self) -> list[tuple[str, str]]:
         """What identifies the cluster's hosts as the watch sees them (to tell whether they changed meanwhile)."""
         return [resize.identity(h) for h in self.session.hosts()]
 
@@ -201,7 +201,7 @@ class Watch:
 
         with self.session.pool.connect_within(PROBE_TIMEOUT):
             found = self.session.pool.map(self.watched(), probe)
-        return {h: runs for h, runs in found.items() if runs is not unreached}
+        return {h: cast("bool | None", runs) for h, runs in found.items() if runs is not unreached}
 
     def without_worker(self, answering: dict[Instance, bool | None]) -> list[Instance]:
         """Answering factories without a worker alive by both accounts: the head lists it alive and its node runs
@@ -225,7 +225,8 @@ class Watch:
         names = ", ".join(f.label for f in silent)
         orchestrator = session.require_orchestrator()
         targets = [f"{f.private.host}:{f.private.port}" for f in silent]
-        command = f"{environment.shell_python(session)} -c {shlex.quote(_REACHES)} " + " ".join(map(shlex.quote, targets))
+        command = (f"{environment.shell_python(session)} -c {shlex.quote(_REACHES)} "
+                   + " ".join(map(shlex.quote, targets)))
         try:
             with session.pool.connect_within(PROBE_TIMEOUT):
                 answer = session.pool.run(orchestrator, command, timeout=PROBE_TIMEOUT + 10)
@@ -285,7 +286,7 @@ class Watch:
             if (complaint is not None and self.idle and not silent
                     and len(self.watched()) + len(self.idle) >= session.config.factories_num):
                 complaint = None  # the cluster is short exactly what its idle policy released
-        said: list[tuple[str, dict]] = []  # (line, details) said under the lock, once the look still holds
+        said: list[tuple[str, dict[str, object]]] = []  # (line, details) said under the lock, once the look still holds
         lost: dict[Instance, str] = dict.fromkeys(gone, "the provider says it is gone")
         if complaint is not None:
             if not silent:
@@ -311,9 +312,9 @@ class Watch:
             if factory.instance_id is None:  # a machine the user brought: wait for it (same address, same host key)
                 if key not in self.waiting:
                     self.waiting.add(key)
-                    self.act("lost", f"{factory.label} has not answered for {silence:.0f}s: lost; waiting for a machine "
-                                     "to answer at its address with the host key pinned for it", host=factory.name,
-                             address=str(factory.private))
+                    self.act("lost", f"{factory.label} has not answered for {silence:.0f}s: lost; waiting for a "
+                                     "machine to answer at its address with the host key pinned for it",
+                             host=factory.name, address=str(factory.private))
                 continue
             lost[factory] = (f"it has not answered for {silence:.0f}s, the orchestrator cannot reach it and the Ray "
                              "head does not list its worker")
@@ -354,7 +355,8 @@ class Watch:
 
     def repair(self, repair: Callable[[Callable[[], None]], None], lost: list[Instance],
                before: Callable[[], None]) -> None:
-        """Run ``repair(before)`` (``up`` under the lock), its steps logged; then say what became of each lost factory."""
+        """Run ``repair(before)`` (``up`` under the lock), its steps logged; then say what became of each lost
+        factory."""
         session = self.session
         before_factories = list(session.factories)
         session.run_journal = None  # a new run: a failed repair rolls back only what it created
@@ -403,8 +405,8 @@ def watch(session: HostSession, repair: Callable[[Callable[[], None]], None], in
 
     ``repair(before)`` runs ``before`` and then brings the cluster up again
     (``Cluster.up``), both under the cluster's lock; ``reread(always=False)`` returns the
-    cluster file's configuration when the file changed or ``always`` (else None); ``find()`` the instances that exist (default:
-    the provider's ``find_instances``); ``spent()``, asked before each
+    cluster file's configuration when the file changed or ``always`` (else None); ``find()`` the instances that exist
+    (default: the provider's ``find_instances``); ``spent()``, asked before each
     round, takes the cluster down and returns True when it may cost no more
     (its ``max_cost``), which ends the watch; ``lost_after``
     (default: the configuration's ``connect_timeout``) is how long a

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import hostfiles, jobs, keys, raycluster
 from .errors import FlambeClusterError, UsageError
@@ -51,19 +52,19 @@ DRAIN_CONNECT_TIMEOUT = 15.0
 DRAIN_TIMEOUT = 60.0
 
 
-def identity(host: Instance) -> tuple:
+def identity(host: Instance) -> tuple[str, str]:
     """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its private address
     (the one the hosts and Ray know it by: the same machine reached through another name, such as an
     ``~/.ssh/config`` alias or a bastion, is still the same)."""
     return ("id", host.instance_id) if host.instance_id else ("at", str(host.private))
 
 
-def _to_json(host: Instance) -> dict:
+def _to_json(host: Instance) -> dict[str, Any]:
     return {"name": host.name, "role": host.role.value, "public": str(host.public), "private": str(host.private),
             "use_public": host.use_public, "instance_id": host.instance_id}
 
 
-def _from_json(item: dict) -> Instance:
+def _from_json(item: dict[str, Any]) -> Instance:
     return Instance(name=item["name"], role=Role(item["role"]), public=Endpoint.parse(item["public"]),
                     private=Endpoint.parse(item["private"]), use_public=item["use_public"],
                     instance_id=item["instance_id"], gpus=None)
@@ -115,8 +116,8 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
     :func:`flambe_cluster.keys.rotate`).
 
     A removed factory that does not answer (lost, already terminated) is
-    released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members, before anything is
-    started on the new ones: a later ``up`` drains them too if the file
+    released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members,
+    before anything is started on the new ones: a later ``up`` drains them too if the file
     changes back after a failure (a rollback drops the instances it
     destroys, :func:`drop_members`).
     """
@@ -189,7 +190,8 @@ def drain(session: HostSession, hosts: Sequence[Instance]) -> None:
             logger.warning("could not stop the Ray node on %s (%s); releasing it anyway", host.label, exc)
             drained = outcome[host]["state"] in ("drained", "busy")
             session.on_step(f"{host.label} did not answer; releasing it without stopping its Ray node"
-                            + ("; the head drained it, so Ray gives it no work and ends it once idle" if drained else ""))
+                            + ("; the head drained it, so Ray gives it no work and ends it once idle"
+                               if drained else ""))
             return
         try:
             keys.revoke(session, [host])

@@ -52,10 +52,10 @@ class HostSession:
     """One cluster's hosts and everything needed to work on them.
 
     ``hooks`` is the provider's typed face (the chosen provider plus the
-    core's defaults, :class:`~flambe_cluster.providerhooks.ProviderHooks`); ``on_step`` receives one line per step of a long
-    operation, ``on_progress`` what happens inside a step, per host
-    (:class:`~flambe_cluster.progress.Progress`: states, bytes shipped).  Instances are loaded by :meth:`set_instances`; methods that
-    need them raise :class:`ClusterError` before.  Connections open lazily
+    core's defaults, :class:`~flambe_cluster.providerhooks.ProviderHooks`); ``on_step`` receives one line per step
+    of a long operation, ``on_progress`` what happens inside a step, per host
+    (:class:`~flambe_cluster.progress.Progress`: states, bytes shipped).  Instances are loaded by
+    :meth:`set_instances`; methods that need them raise :class:`ClusterError` before.  Connections open lazily
     and stay open until :meth:`close`.
     """
 
@@ -108,7 +108,8 @@ class HostSession:
     def set_instances(self, instances: ClusterInstances) -> None:
         """Adopt what the provider returned; raises :class:`ClusterError` on wrong roles or count."""
         provider = self.config.provider
-        if instances.orchestrator.role is not Role.ORCHESTRATOR or any(f.role is not Role.FACTORY for f in instances.factories):
+        if instances.orchestrator.role is not Role.ORCHESTRATOR or any(
+                f.role is not Role.FACTORY for f in instances.factories):
             raise ClusterError(f"provider {provider!r} returned instances with the wrong roles")
         if len(instances.factories) != self.config.factories_num:
             raise ClusterError(
@@ -205,8 +206,10 @@ class HostSession:
         return self._homes[host]
 
     def relative(self, path: str, what: str = "path") -> str:
-        """``path`` relative to the home: relative already, or absolute inside the orchestrator's home (Flambé's way)."""
-        return relative_to_home(path, self.home(self.require_orchestrator()), what) if path.startswith("/") else check_relative_path(path, what)
+        """``path`` relative to the home: relative already, or absolute inside the orchestrator's home (Flambé's
+        way)."""
+        return (relative_to_home(path, self.home(self.require_orchestrator()), what) if path.startswith("/")
+                else check_relative_path(path, what))
 
     def remote_environment(self, local_user: str) -> RemoteEnvironment:
         """What a job on the orchestrator needs to know about the cluster (private addresses)."""
@@ -228,14 +231,16 @@ class HostSession:
     # --- folders and files
 
     def ssh_options(self, host: Instance) -> list[str]:
-        """OpenSSH options for subprocesses (rsync) reaching ``host`` as the pool does: same route, key, pinned host keys."""
+        """OpenSSH options for subprocesses (rsync) reaching ``host`` as the pool does: same route, key, pinned host
+        keys."""
         config = self.config
         return openssh_route_options(self.pool.route(host), self.state.known_hosts, config.connect_timeout,
                                      config.keepalive_interval, config.keepalive_count, config.ssh_config)
 
     def _openssh_options(self, key: Path | str, known_hosts: Path | str) -> list[str]:
         config = self.config
-        return openssh_options(key, known_hosts, config.connect_timeout, config.keepalive_interval, config.keepalive_count)
+        return openssh_options(key, known_hosts, config.connect_timeout, config.keepalive_interval,
+                               config.keepalive_count)
 
     def upload(self, host: Instance, sources: Sequence[Path | str], relative_dest: str, delete: bool = False,
                extra: Sequence[str] = (), shown: tuple[str, int] | None = None) -> None:
@@ -312,7 +317,8 @@ class HostSession:
                     return result
                 # hard links, not copies: the passing copy costs no second disk (rsync replaces a file, never
                 # writes into it, so a later pass leaves the merged file as it is)
-                return self.pool.run(taker, f"mkdir -p {home_path(folder)} && rsync -a --link-dest={home_path(passing)} "
+                return self.pool.run(taker, f"mkdir -p {home_path(folder)} && rsync -a "
+                                            f"--link-dest={home_path(passing)} "
                                             f"{home_path(passing + '/')} {home_path(folder + '/')}", check=False)
 
             result = self._shown(taker, (f"receiving from {giver.name}", "received"), copy)

@@ -37,6 +37,12 @@ from .converters import (
 HOST_KEY_POLICIES = ("accept-new", "strict")
 
 
+def _one_proxy(config: ClusterConfig, _attribute: Any, value: str | None) -> None:
+    """The validator of ``proxy_command``."""
+    if value is not None and config.proxy_jump is not None:
+        raise ValueError("set either proxy_jump or proxy_command, not both (OpenSSH too uses only one)")
+
+
 @config_class
 class ClusterConfig:
     """A validated cluster description.
@@ -52,10 +58,11 @@ class ClusterConfig:
     options: Any = field(default=None)
     key: Path | None = field(default=None, converter=to_optional_private_key_path)
     """The SSH private key for all hosts; ``None``: the keys of ssh-agent (``SSH_AUTH_SOCK``)."""
-    ssh_config: Path | None = field(default=True, converter=to_ssh_config)
+    # attrs' stubs type a default as the field, but this one goes through the converter
+    ssh_config: Path | None = field(default=True, converter=to_ssh_config)  # type: ignore[assignment]
     """The OpenSSH client configuration honoured for every host reached (``None``: none)."""
     proxy_jump: str | None = field(default=None, converter=to_proxy_jump)
-    proxy_command: str | None = field(default=None, converter=to_optional_str)
+    proxy_command: str | None = field(default=None, converter=to_optional_str, validator=_one_proxy)
     setup_cmds: tuple[str, ...] = field(default=(), converter=to_str_tuple)
     host_key_policy: str = field(default="accept-new", converter=one_of(*HOST_KEY_POLICIES))
     connect_timeout: float = field(default=60.0, converter=to_seconds)
@@ -72,11 +79,6 @@ class ClusterConfig:
     max_cost: float | None = field(default=None, converter=to_optional_usd)
     """USD: ``up`` refuses once the cluster's recorded cost reaches it, and ``up --watch`` takes the cluster down."""
     source: str | None = field(default=None)
-
-    @proxy_command.validator
-    def _one_proxy(self, _attribute: Any, value: str | None) -> None:
-        if value is not None and self.proxy_jump is not None:
-            raise ValueError("set either proxy_jump or proxy_command, not both (OpenSSH too uses only one)")
 
 
 #: The keys of a configuration that belong to the cluster, not to the provider's options.

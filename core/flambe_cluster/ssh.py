@@ -68,11 +68,13 @@ class Connection:
         init=False, factory=lambda: threading.BoundedSemaphore(MAX_CHANNELS_PER_CONNECTION)
     )
     _closed_here: bool = field(init=False, default=False)  # set by close(): commands then say why they stopped
-    _running: set = field(init=False, factory=set)  # channels whose command has not ended yet
+    _running: set[paramiko.Channel] = field(init=False, factory=set)  # channels whose command has not ended yet
 
     @property
     def host_key(self) -> paramiko.PKey:
-        return self.client.get_transport().get_remote_server_key()
+        transport = self.client.get_transport()
+        assert transport is not None, "the connection is closed"  # host_key is read only of an open connection
+        return transport.get_remote_server_key()
 
     def is_active(self) -> bool:
         transport = self.client.get_transport()
@@ -115,6 +117,8 @@ class Connection:
         deadline = time.monotonic() + timeout
         transport = self.client.get_transport()
         try:
+            if transport is None:  # close() ran: as before, a broken connection
+                raise AttributeError("'NoneType' object has no attribute 'open_session'")
             channel = transport.open_session(timeout=min(timeout, 30))
         except (paramiko.SSHException, OSError, AttributeError) as exc:
             raise ConnectionLostError(self.instance.label, f"connection lost: the SSH connection is broken ({exc}); "
@@ -339,7 +343,7 @@ class SSHPool:
         def work(instance: Instance) -> None:
             try:
                 outcome: tuple[T | None, BaseException | None] = (action(instance), None)
-            except BaseException as exc:  # handed to the calling thread below
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread below
                 outcome = (None, exc)
             with finished:
                 outcomes[instance] = outcome
@@ -348,7 +352,8 @@ class SSHPool:
         def lost() -> ConnectionLostError | None:
             return next((e for _, e in outcomes.values() if isinstance(e, ConnectionLostError)), None)
 
-        threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True) for i in instances]
+        threads = [threading.Thread(target=work, args=(i,), name=f"flambe-ssh {i.name}", daemon=True)
+                   for i in instances]
         for thread in threads:
             thread.start()
         with finished:
@@ -366,7 +371,8 @@ class SSHPool:
             elif isinstance(error, FlambeClusterError):
                 errors.append(error)
             elif isinstance(error, (paramiko.SSHException, OSError, EOFError)):
-                errors.append(ConnectionLostError(instance.label, f"connection lost: the SSH connection broke ({error!r})"))
+                errors.append(ConnectionLostError(instance.label,
+                                                  f"connection lost: the SSH connection broke ({error!r})"))
             else:
                 raise error
         if errors:
@@ -374,7 +380,8 @@ class SSHPool:
         return results
 
     def connect_all(self, instances: Iterable[Instance], progress: Callable[[str, str], None] | None = None) -> None:
-        """Open connections to all instances at once, with one shared deadline; ``progress(name, state)`` follows each."""
+        """Open connections to all instances at once, with one shared deadline; ``progress(name, state)``
+        follows each."""
         deadline = time.monotonic() + self.connect_timeout
         report = progress or (lambda _name, _state: None)
 
@@ -398,7 +405,8 @@ class SSHPool:
         keep: int | None = None,
         until: threading.Event | None = None,
     ) -> CommandResult:
-        """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure if ``check``."""
+        """Run ``command`` on one host (see :meth:`Connection.run`); raises :class:`RemoteCommandError` on failure
+        if ``check``."""
         result = self.connection(instance).run(
             command, timeout=timeout, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, keep=keep, until=until
         )

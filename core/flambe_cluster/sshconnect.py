@@ -12,12 +12,14 @@ ssh-agent (``SSH_AUTH_SOCK``, when set).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import paramiko
 from attrs import frozen
@@ -27,6 +29,7 @@ from .hostkeys import KnownHosts, VerifyNewHostKey, fingerprint
 from .sshroute import Hop, Route
 
 logger = logging.getLogger(__name__)
+Sock: TypeAlias = socket.socket | paramiko.Channel | paramiko.ProxyCommand  # what a hop's login runs over
 
 
 @frozen
@@ -40,7 +43,8 @@ class Login:
 
 
 def open_socket(host: str, port: int, timeout: float, dead_after: float) -> socket.socket:
-    """A TCP connection to ``host:port`` that the kernel drops when data it sent stays unacknowledged for ``dead_after`` s.
+    """A TCP connection to ``host:port`` that the kernel drops when data it sent stays unacknowledged for
+    ``dead_after`` s.
 
     With keepalives sent after every ``keepalive_interval`` of silence there
     is always such data when the peer is gone, so a silent partition breaks
@@ -78,6 +82,7 @@ def open_route(route: Route, label: str, login: Login,
     """
     opened: list[paramiko.SSHClient] = []
     first = route.hops[0]
+    sock: Sock
     if route.proxy_command:
         sock = paramiko.ProxyCommand(shlex.join(["/bin/sh", "-c", f"exec {route.proxy_command}"]))
     else:
@@ -89,7 +94,9 @@ def open_route(route: Route, label: str, login: Login,
                 opened.append(_login(hop, sock, jump_label, login, lambda: None))
             except paramiko.BadHostKeyException as exc:
                 raise changed_key_error(jump_label, login.known, hop.known_hosts_name, exc, "the jump host") from exc
-            sock = opened[-1].get_transport().open_channel(
+            transport = opened[-1].get_transport()
+            assert transport is not None  # the client has just logged in
+            sock = transport.open_channel(
                 "direct-tcpip", (following.host, following.port), ("127.0.0.1", 0), timeout=login.timeout
             )
         return _login(route.target, sock, label, login, vouched), opened
@@ -100,7 +107,8 @@ def open_route(route: Route, label: str, login: Login,
         raise
 
 
-def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Sequence[str] | None]) -> paramiko.SSHClient:
+def _login(hop: Hop, sock: Sock, label: str, login: Login,
+           vouched: Callable[[], Sequence[str] | None]) -> paramiko.SSHClient:
     """A client logged in to ``hop`` over ``sock`` (a socket or channel), its host key verified; closed on failure."""
     client = paramiko.SSHClient()
     try:
@@ -110,7 +118,7 @@ def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Seque
             hop.host,
             port=hop.port,
             username=hop.user,
-            key_filename=[str(path) for path in hop.identities] or None,
+            key_filename=[str(path) for path in hop.identities] or None,  # type: ignore[arg-type]  # a list is allowed
             sock=sock,
             timeout=login.timeout,
             banner_timeout=login.timeout,
@@ -118,7 +126,9 @@ def _login(hop: Hop, sock, label: str, login: Login, vouched: Callable[[], Seque
             allow_agent=True,
             look_for_keys=False,
         )
-        start_watchdog(client.get_transport(), login.keepalive_interval, login.dead_after)
+        transport = client.get_transport()
+        assert transport is not None  # connect() has just opened it
+        start_watchdog(transport, login.keepalive_interval, login.dead_after)
     except BaseException:
         client.close()
         raise
@@ -174,7 +184,5 @@ def stop_remote(channel: paramiko.Channel) -> None:
     message.add_string("signal")
     message.add_boolean(False)
     message.add_string("TERM")
-    try:
-        transport._send_user_message(message)
-    except (paramiko.SSHException, OSError, EOFError):
-        pass
+    with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+        transport._send_user_message(message)  # type: ignore[attr-defined]  # paramiko's own, absent from its stubs

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from attrs import define, frozen
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -124,7 +125,7 @@ class Journal:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         return RunJournal(self, f"{stamp}-{uuid.uuid4().hex[:8]}")
 
-    def _append(self, entry: dict) -> None:
+    def _append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True) + "\n"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -136,7 +137,7 @@ class Journal:
         finally:
             os.close(fd)
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         """Every entry, oldest first (an empty list when nothing was recorded).
 
         A damaged line (cut short by a crash) is skipped and logged as a
@@ -188,7 +189,7 @@ class Journal:
         one launch) is written again, by the same run, with the others only —
         or marked destroyed when none is left.
         """
-        live: dict[tuple[str, str], dict] = {}
+        live: dict[tuple[str, str], dict[str, Any]] = {}
         for entry in self.entries():
             key = (entry["kind"], entry["id"])
             if entry["event"] == "created":
@@ -204,7 +205,7 @@ class Journal:
             elif len(left) < len(several):
                 self.record_created(entry["run"], CreatedResource(kind, resource_id, {**details, "instance_ids": left}))
 
-    def note(self, run_id: str, action: str, details: dict) -> None:
+    def note(self, run_id: str, action: str, details: dict[str, Any]) -> None:
         """Record an action that created nothing by itself (a watch's: a factory lost, replaced, ...)."""
         self._append({"event": "watch", "run": run_id, "kind": "watch", "id": action, "action": action,
                       "details": details, "time": time.time()})
@@ -343,7 +344,7 @@ class ClusterState:
         """
         recorded = self.recorded_place()
         if recorded is not None and recorded != place and in_use:
-            def spelled(where: dict) -> str:
+            def spelled(where: dict[str, str]) -> str:
                 return ", ".join(f"{k} {v}" for k, v in sorted(where.items()))
 
             raise UsageError(
@@ -437,7 +438,8 @@ def public_key_line(key_path: Path | None) -> str:
         except (ValueError, TypeError, UnsupportedAlgorithm):
             continue
     if key is not None:
-        return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+        return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                             serialization.PublicFormat.OpenSSH).decode()
     public = key_path.with_name(key_path.name + ".pub")
     if public.is_file():
         fields = public.read_text().split()

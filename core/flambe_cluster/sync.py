@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import re
@@ -191,7 +192,8 @@ def _run_rsync(host_label: str, argv: list[str], timeout: float, on_bytes: Calla
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         except FileNotFoundError as exc:
-            raise FlambeClusterError("rsync is not installed on this machine; install it (apt-get install rsync)") from exc
+            raise FlambeClusterError(
+                "rsync is not installed on this machine; install it (apt-get install rsync)") from exc
         expired = threading.Event()
 
         def kill() -> None:
@@ -207,7 +209,7 @@ def _run_rsync(host_label: str, argv: list[str], timeout: float, on_bytes: Calla
         timer.start()
         try:
             pending = b""
-            assert process.stdout is not None
+            assert isinstance(process.stdout, io.BufferedReader)  # a pipe, buffered (bufsize left at -1)
             while chunk := process.stdout.read1(65536):
                 *lines, pending = re.split(rb"[\r\n]", pending + chunk)
                 for line in lines:

@@ -52,7 +52,8 @@ class _Spread:
                  on_arrival: Callable[[Instance], None] | None) -> None:
         self.source, self.send, self.on_arrival = source, send, on_arrival
         self.todo = {source: collections.deque(targets[:1])}
-        self.todo.update({host: collections.deque(targets[FAN * i + 1:FAN * i + 1 + FAN]) for i, host in enumerate(targets)})
+        self.todo.update({host: collections.deque(targets[FAN * i + 1:FAN * i + 1 + FAN])
+                          for i, host in enumerate(targets)})
         self.parent: dict[Instance, Instance] = {}
         self.retried: set[Instance] = set()  # targets whose copy from a factory failed, tried again from the source
         self.sending: set[Instance] = set()
@@ -100,21 +101,22 @@ class _Spread:
 
     def _arrival(self, host: Instance) -> None:
         try:
-            self.on_arrival(host)  # type: ignore[misc]
-        except BaseException as exc:  # handed to the calling thread by run()
+            assert self.on_arrival is not None  # started only when there is one
+            self.on_arrival(host)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread by run()
             with self.changed:
                 self.errors.append(exc)
 
     def _copy(self, giver: Instance, taker: Instance) -> None:
         try:
             result, error = self.send(giver, taker), None
-        except BaseException as exc:  # the giver broke; handed to the calling thread by run()
+        except BaseException as exc:  # noqa: BLE001 - the giver broke; handed to the calling thread by run()
             result, error = None, exc
         with self.changed:
             self.sending.discard(giver)
             if error is not None:
                 self._giver_broke(giver, taker, error)
-            elif result.ok:
+            elif result is not None and result.ok:  # no error: send() returned a result
                 self.parent[taker] = giver
                 self._arrived(taker)
                 self._serve(giver)

@@ -73,7 +73,8 @@ def client_platform() -> HostPlatform:
     import platform
 
     libc, version = platform.libc_ver()
-    return HostPlatform(f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine(), version if libc == "glibc" else None)
+    return HostPlatform(f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine(),
+                        version if libc == "glibc" else None)
 
 
 def source_digest() -> str:
@@ -135,7 +136,8 @@ def build_self_wheel(out_dir: Path) -> Path:
             source = origin["url"][len("file://"):]
             # without the build backend installed here, pip fetches it into an isolated build environment
             isolation = ["--no-build-isolation"] if _importable("hatchling") else []
-            _run_pip(["wheel", "--no-deps", *isolation, "-q", "-w", scratch, source], "building the flambe-cluster wheel")
+            _run_pip(["wheel", "--no-deps", *isolation, "-q", "-w", scratch, source],
+                     "building the flambe-cluster wheel")
             (built,) = Path(scratch).glob("flambe_cluster-*.whl")
         else:
             built = _repackage(dist, Path(scratch))
@@ -159,7 +161,7 @@ def _repackage(dist: metadata.Distribution, out_dir: Path) -> Path:
             text = str(file)
             if text.startswith("..") or "__pycache__" in text or text.endswith(skip):
                 continue
-            data = file.locate().read_bytes()
+            data = Path(file.locate()).read_bytes()
             archive.writestr(text, data)
             digest = hashlib.sha256(data).digest()
             records.append(f"{text},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},{len(data)}")

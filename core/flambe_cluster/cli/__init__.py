@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -30,7 +29,8 @@ from .work import attach, exec_, forward, logs, pull, stop, submit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attach", "cli", "cost", "down", "exec_", "forward", "history", "list_", "logs", "main", "providers", "pull", "status", "stop", "submit", "up"]
+__all__ = ["attach", "cli", "cost", "down", "exec_", "forward", "history", "list_", "logs", "main", "providers", "pull",
+           "status", "stop", "submit", "up"]
 
 #: Signals that stop a command the way Ctrl-C does: work stops, what the run created is rolled back, exit 128 + signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     words = list(argv) if argv is not None else sys.argv[1:]
     log = start_run_log(next((w for w in words if not w.startswith("-")), "flambe-cluster"))
     try:
-        code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster", standalone_mode=False)
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="flambe-cluster",
+                        standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc, log)
     except click.ClickException as exc:

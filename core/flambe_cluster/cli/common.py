@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, overload
 
 import click
 from rich.console import Console
@@ -36,6 +36,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _VERBOSITY = "flambe_cluster.verbosity"
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+_Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def project_loggers() -> list[str]:
@@ -118,7 +119,7 @@ def _count_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> 
         set_verbosity(meta[_VERBOSITY])
 
 
-def verbosity_options(function: Any) -> Any:
+def verbosity_options(function: _Function) -> _Function:
     """``-v/--verbose`` (count) and ``-q/--quiet``, accepted by the group and by every command."""
     function = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_count_verbosity,
                             help="Print only errors (and what the command exists to show).")(function)
@@ -129,9 +130,16 @@ def verbosity_options(function: Any) -> Any:
 class Group(click.Group):
     """The command group: every command it registers takes ``-v`` and ``-q`` too."""
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def command(self, __func: Callable[..., Any]) -> click.Command: ...
+
+    @overload
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]: ...
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command] | click.Command:
         if args and callable(args[0]):  # used bare: @cli.command
-            return self.command(*args[1:], **kwargs)(args[0])
+            decorate: Callable[[Callable[..., Any]], click.Command] = self.command(*args[1:], **kwargs)
+            return decorate(args[0])
         register = super().command(*args, **kwargs)
         return lambda function: register(verbosity_options(function))
 

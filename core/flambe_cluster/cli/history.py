@@ -56,7 +56,8 @@ def recorded(config: str) -> Record:
     """The cluster a file names, read from the file alone: no provider is loaded (so nothing is created, not
     even a provider's default key), no host or cloud asked."""
     raw = read_config_file(config)
-    problems, fields = [], {}
+    problems: list[str] = []
+    fields: dict[str, Any] = {}
     for field, convert in (("name", to_safe_name), ("state_dir", to_optional_path), ("max_cost", to_optional_usd)):
         try:
             fields[field] = convert(raw.get(field))
@@ -92,7 +93,8 @@ def history(config: str, as_json: bool) -> int:
     out.print(table)
     outstanding = record.state.journal.outstanding()
     out.print(f"{len(outstanding)} recorded as still existing"
-              + (f": {', '.join(f'{r.kind} {r.resource_id}' for r in outstanding)}" if outstanding else ""), markup=False)
+              + (f": {', '.join(f'{r.kind} {r.resource_id}' for r in outstanding)}" if outstanding else ""),
+              markup=False)
     return EXIT_OK
 
 
@@ -125,7 +127,8 @@ def cost(config: str, as_json: bool) -> int:
                                     f"{run.machine_hours:.3f}", f"{run.usd:.4f}")))
     out.print(table)
     unpriced = sum(r.unpriced_hours for r in runs)
-    out.print(f"total ${total:.4f} so far; ${now:.4f} per hour now ({sum(r.running for r in runs)} machines recorded running)"
+    out.print(f"total ${total:.4f} so far; ${now:.4f} per hour now "
+              f"({sum(r.running for r in runs)} machines recorded running)"
               + (f"; max_cost ${record.max_cost:.2f}" if record.max_cost is not None else "")
               + (f"; {unpriced:.3f} machine-hours of unknown price not included" if unpriced else ""), markup=False)
     return EXIT_OK

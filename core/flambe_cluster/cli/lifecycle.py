@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -13,7 +14,8 @@ from rich.table import Table
 from .. import costs, environment, hostfiles, jobs, plugins, raycluster
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, RayHeadSlowError, UsageError
-from ..records import Instance
+from ..progress import Display
+from ..records import Instance, PlannedChange
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, cli, close, err, load, never_brought_up, note, opened, out
 
 #: Seconds between two looks of `up --watch` given without a value.
@@ -42,8 +44,9 @@ def providers() -> int:
 @click.option("--force", is_flag=True, help="Stop a running job.")
 @LOCK_WAIT
 @click.option("--watch", type=click.FloatRange(min=0.5), is_flag=False, flag_value=WATCH_INTERVAL, default=None,
-              metavar="[SECONDS]", help=f"Then keep the cluster whole, looking every SECONDS (default {WATCH_INTERVAL:g}): "
-                                        "replace lost factories and join them to Ray, until Ctrl-C.")
+              metavar="[SECONDS]",
+              help=f"Then keep the cluster whole, looking every SECONDS (default {WATCH_INTERVAL:g}): "
+                   "replace lost factories and join them to Ray, until Ctrl-C.")
 @click.option("--lost-after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --watch: a factory that does not answer this long is lost (default: connect_timeout).")
 @click.option("-y", "--yes", is_flag=True,
@@ -87,8 +90,10 @@ def up(config: str, force: bool, lock_wait: float, watch: float | None, lost_aft
                        not asks or click.confirm("Go ahead?", default=False, err=True)))
     finally:
         close(cluster)
+    display = cluster.on_step
+    assert isinstance(display, Display)  # `load` made it
     note.print(f"cluster {cluster.name!r} is up: 1 orchestrator, {len(cluster.factories)} factories "
-               f"({time.monotonic() - cluster.on_step.started:.1f}s)")
+               f"({time.monotonic() - display.started:.1f}s)")
     if not note.quiet:
         print_hosts(cluster, bought=costs.bought(cluster.state.journal.entries()))
     if watch is not None:
@@ -99,7 +104,7 @@ def up(config: str, force: bool, lock_wait: float, watch: float | None, lost_aft
     return EXIT_OK
 
 
-def print_plan(cluster: Cluster, changes: list, dry_run: bool = False) -> bool:
+def print_plan(cluster: Cluster, changes: list[PlannedChange], dry_run: bool = False) -> bool:
     """Print the changes to paid machines ``up`` will (``dry_run``: would) make, one line each with its price per
     hour, and their sum; returns True.  Without changes only ``--dry-run`` says so."""
     if not changes:
@@ -118,7 +123,8 @@ def print_plan(cluster: Cluster, changes: list, dry_run: bool = False) -> bool:
     return True
 
 
-def print_hosts(cluster: Cluster, reachable: dict | None = None, bought: dict | None = None) -> None:
+def print_hosts(cluster: Cluster, reachable: dict[Instance, str] | None = None,
+                bought: dict[str, costs.Bought] | None = None) -> None:
     """The hosts' table; on a narrow terminal every cell is folded onto more lines, never cut.  Hosts ``bought``
     names (:func:`flambe_cluster.costs.bought`: cloud instances) show their type, market, age and price per hour."""
     bought = bought or {}
@@ -140,12 +146,12 @@ def print_hosts(cluster: Cluster, reachable: dict | None = None, bought: dict | 
     out.print(table)
 
 
-def bought_json(machine: costs.Bought | None) -> dict | None:
+def bought_json(machine: costs.Bought | None) -> dict[str, Any] | None:
     """What the journal records of a host bought in a cloud (type, market, USD/h, since), for ``--json``."""
     return None if machine is None else {**machine.offer.details(), "since": machine.since}
 
 
-def probe(cluster: Cluster, instance: Instance, running: dict) -> str:
+def probe(cluster: Cluster, instance: Instance, running: dict[Instance, bool | None]) -> str:
     """``"ok"`` when ``instance`` runs a command over SSH, else ``"error: ..."``; records in ``running`` whether
     this cluster's Ray node runs there (None: the host could not tell)."""
     try:
@@ -155,15 +161,15 @@ def probe(cluster: Cluster, instance: Instance, running: dict) -> str:
         return f"error: {exc}"
 
 
-def probe_all(cluster: Cluster) -> tuple[dict, dict]:
+def probe_all(cluster: Cluster) -> tuple[dict[Instance, str], dict[Instance, bool | None]]:
     """``({instance: probe}, {instance: runs its Ray node})`` for every host of a found cluster, each connection
     given at most 10 s (see :func:`probe`)."""
-    running: dict = {}
+    running: dict[Instance, bool | None] = {}
     with cluster.pool.connect_within(10.0):
         return cluster.pool.map(cluster.all_hosts(), lambda h: probe(cluster, h, running)), running
 
 
-def ray_and_job(cluster: Cluster, running: dict) -> dict:
+def ray_and_job(cluster: Cluster, running: dict[Instance, bool | None]) -> dict[str, Any]:
     """Ray nodes and job state, when the orchestrator has the cluster's environment.
 
     A worker counts as alive only when the head lists it alive and its node
@@ -184,8 +190,10 @@ def ray_and_job(cluster: Cluster, running: dict) -> dict:
         confirmed, disagreements = raycluster.confirmed_workers(cluster.session, known, running)
         ray = {"head": cluster.session.ray_head_address, "alive_workers": len(confirmed),
                "disagreements": [slow] if slow else disagreements, "nodes": known}
+    handle = cluster.orchestrator
+    assert handle is not None  # required above
     return {"ray": ray, "job": {"state": job.state, "exit_code": job.exit_code},
-            "services": cluster.orchestrator.service_addresses()}
+            "services": handle.service_addresses()}
 
 
 @cli.command(short_help="Show the hosts, the Ray nodes alive and the job.")
@@ -214,7 +222,7 @@ def status(config: str, as_json: bool) -> int:
         exists = cluster.find_instances()
         hosts = cluster.all_hosts() if exists else []
         reachable, running = probe_all(cluster) if hosts else ({}, {})
-        reached = hosts and reachable[cluster.session.orchestrator] == "ok"
+        reached = hosts and reachable[cluster.session.require_orchestrator()] == "ok"  # set: `hosts` has it first
         extra = ray_and_job(cluster, running) if reached else {"ray": None, "job": None, "services": {}}
         if as_json:
             bought = costs.bought(cluster.state.journal.entries())

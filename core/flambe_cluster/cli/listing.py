@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -66,7 +67,7 @@ def sweep(provider: str, region: str | None) -> list[TaggedCluster]:
     return [cluster for cluster in found if not any(is_known(cluster, name, place) for name, place in known)]
 
 
-def is_known(cluster: TaggedCluster, name: str, place: dict | None) -> bool:
+def is_known(cluster: TaggedCluster, name: str, place: dict[str, str] | None) -> bool:
     """Whether a swept cluster is the state folder's cluster ``name`` recorded at ``place``: the same name, and
     each value of its place the same, unless the recorded one is unknown (None, or in parentheses: left to the
     environment, such as GCP's "(the credentials' project)"). In doubt a cluster is known: never listed as a leak."""
@@ -76,7 +77,7 @@ def is_known(cluster: TaggedCluster, name: str, place: dict | None) -> bool:
     return name == cluster.name and all(same(k, v) for k, v in cluster.place.items())
 
 
-def _known_places() -> Iterator[tuple[str, dict | None]]:
+def _known_places() -> Iterator[tuple[str, dict[str, str] | None]]:
     """(name, place) of every cluster of the state home: the place recorded by its `up`, else the one its
     remembered file names, else None (known by name alone)."""
     for state in ClusterState.every_cluster():
@@ -96,13 +97,15 @@ def _known_places() -> Iterator[tuple[str, dict | None]]:
         yield state.root.name, place
 
 
-def describe(state: ClusterState) -> dict:
-    """One cluster of the state folder: its file, provider, hosts (with SSH), Ray and job; ``error`` says what is unknown."""
+def describe(state: ClusterState) -> dict[str, Any]:
+    """One cluster of the state folder: its file, provider, hosts (with SSH), Ray and job; ``error`` says what is
+    unknown."""
     path = state.config_path
     runs = costs.run_costs(state.journal.entries())
-    entry: dict = {"name": state.root.name, "config": str(path) if path else None, "provider": None, "exists": None,
-                   "hosts": [], "ray": None, "job": None, "error": None,
-                   "usd": sum(r.usd for r in runs), "usd_per_hour_now": sum(r.usd_per_hour_now for r in runs)}
+    entry: dict[str, Any] = {"name": state.root.name, "config": str(path) if path else None, "provider": None,
+                             "exists": None, "hosts": [], "ray": None, "job": None, "error": None,
+                             "usd": sum(r.usd for r in runs),
+                             "usd_per_hour_now": sum(r.usd_per_hour_now for r in runs)}
     if path is None:
         entry["error"] = "no configuration file remembered; run `flambe-cluster up CONFIG` once to record it"
         return entry
@@ -118,7 +121,7 @@ def describe(state: ClusterState) -> dict:
             reachable, running = probe_all(cluster)
             entry["hosts"] = [{"name": h.name, "role": h.role.value, "address": str(h.endpoint),
                                "instance_id": h.instance_id, "ssh": reachable[h]} for h in cluster.all_hosts()]
-            if reachable[cluster.session.orchestrator] == "ok":
+            if reachable[cluster.session.require_orchestrator()] == "ok":  # loaded: `all_hosts` above has it
                 extra = ray_and_job(cluster, running)
                 ray = extra["ray"]
                 entry["ray"] = None if ray is None else {"head": ray["head"], "alive_workers": ray["alive_workers"]}
@@ -130,7 +133,7 @@ def describe(state: ClusterState) -> dict:
     return entry
 
 
-def _print_clusters(clusters: list) -> None:
+def _print_clusters(clusters: list[dict[str, Any]]) -> None:
     if not clusters:
         out.print("no clusters in this state folder")
         return

@@ -1,4 +1,5 @@
-"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``stop``, ``attach``, ``forward``, ``pull``."""
+"""The commands that use a running cluster: ``exec``, ``submit``, ``logs``, ``stop``, ``attach``, ``forward``,
+``pull``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO, cast
 
 import click
 
 from .. import hostfiles, jobs
-from ..commands import shell_join
+from ..commands import CommandResult, shell_join
+from ..records import Instance
+from ..session import HostSession
 from .common import CONFIG, EXIT_FAILED, EXIT_OK, LOCK_WAIT, VerbatimTail, cli, err, note, opened, out
 from .labelled import LabelledLines
 
@@ -19,7 +23,8 @@ from .labelled import LabelledLines
 @cli.command(name="exec", cls=VerbatimTail, word=2, inclusive=True,
              short_help="Run a command on the hosts, output labelled by host.")
 @CONFIG
-@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all", show_default=True,
+@click.option("--on", "target", type=click.Choice(["all", "orchestrator", "factories"]), default="all",
+              show_default=True,
               help="Where to run it: all (every host), orchestrator (that host alone) or factories (every factory).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(config: str, target: str, command: Sequence[str]) -> int:
@@ -34,13 +39,16 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
     line = command[0] if len(command) == 1 else shell_join(command)
     with opened(config) as cluster:
         session = cluster.session
-        hosts = {"all": session.hosts(), "orchestrator": [session.require_orchestrator()], "factories": session.factories}[target]
+        hosts = {"all": session.hosts(), "orchestrator": [session.require_orchestrator()],
+                 "factories": session.factories}[target]
         out.file.flush()
         err.file.flush()
         lock = threading.Lock()
 
-        def run(instance):  # output is printed as it arrives, never gathered: endless output costs no memory
-            lines = [LabelledLines(instance.name, console.file.buffer, lock) for console in (out, err)]
+        # output is printed as it arrives, never gathered: endless output costs no memory
+        def run(instance: Instance) -> CommandResult:
+            # the consoles write to sys.stdout and sys.stderr: text streams, each over its binary buffer
+            lines = [LabelledLines(instance.name, cast(TextIO, console.file).buffer, lock) for console in (out, err)]
             try:
                 return session.pool.run(instance, line, check=False, on_stdout=lines[0].add, on_stderr=lines[1].add,
                                         keep=1 << 16)
@@ -57,7 +65,8 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
         return EXIT_OK if all(r.ok for r in results.values()) else EXIT_FAILED
 
 
-@cli.command(cls=VerbatimTail, word=2, inclusive=False, short_help="Ship a file or folder and run it on the orchestrator.")
+@cli.command(cls=VerbatimTail, word=2, inclusive=False,
+             short_help="Ship a file or folder and run it on the orchestrator.")
 @CONFIG
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -66,7 +75,8 @@ def exec_(config: str, target: str, command: Sequence[str]) -> int:
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="Do not ship what matches this pattern (rsync's, as in .gitignore; repeatable).")
 @click.option("--ext", "extensions", multiple=True, metavar="SPEC",
-              help="Install an extension first on every host: a local project folder or a pip requirement (repeatable).")
+              help="Install an extension first on every host: a local project folder or a pip requirement "
+                   "(repeatable).")
 @click.option("--secret", "secret_sections", multiple=True, metavar="SECTION",
               help="Send only this section of the secrets file (repeatable; default: all sections).")
 @LOCK_WAIT
@@ -88,7 +98,8 @@ def submit(config: str, path: str, args: Sequence[str], force: bool, entry: str 
                        if cluster.config.secrets is not None else None)
             status = jobs.submit(cluster.session, Path(path), args, force=force, entry=entry, secrets=secrets,
                                  excludes=excludes)
-        note.print(f"job {status.describe()} on cluster {cluster.name!r}; follow it with: flambe-cluster logs {config} --follow")
+        note.print(f"job {status.describe()} on cluster {cluster.name!r}; "
+                   f"follow it with: flambe-cluster logs {config} --follow")
         return EXIT_OK
 
 
@@ -185,7 +196,7 @@ def forward(config: str, port: int, target: str, local_port: int | None) -> int:
         return EXIT_OK
 
 
-def _host_named(session, target: str):
+def _host_named(session: HostSession, target: str) -> Instance:
     """The host ``--on`` names: ``orchestrator``, a factory's name (or its short ``factoryN``), or an address."""
     for host in session.hosts():
         short = host.name.rsplit("_", 1)[-1]

@@ -21,6 +21,7 @@ removing what the failed start made.  Nothing here imports
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from . import loopback, namespaces
 from .machine import require_root_namespaces, subnet_problem
@@ -32,7 +33,7 @@ MODES = ("namespaces", "loopback")
 
 
 def start(mode: str, count: int, authorized_keys: list[str], workdir: Path, *,
-          username: str, subnet: str | None = None) -> dict:
+          username: str, subnet: str | None = None) -> dict[str, Any]:
     """Start ``count`` hosts of ``mode`` that accept ``authorized_keys``, their folders in ``workdir``.
 
     ``username`` is the user namespaced hosts log in as (loopback hosts run as
@@ -46,11 +47,11 @@ def start(mode: str, count: int, authorized_keys: list[str], workdir: Path, *,
     return loopback.LoopbackNetwork(count, authorized_keys, workdir).record()
 
 
-def alive(record: dict) -> bool:
+def alive(record: dict[str, Any]) -> bool:
     """Whether every host of a :func:`start` record still runs."""
     return (namespaces.detached_alive if record["mode"] == "namespaces" else loopback.alive)(record)
 
 
-def destroy(record: dict) -> None:
+def destroy(record: dict[str, Any]) -> None:
     """Stop every host of a :func:`start` record and remove what it made.  Idempotent."""
     (namespaces.destroy_detached if record["mode"] == "namespaces" else loopback.destroy)(record)

@@ -29,13 +29,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from attrs import define, field
 
 from ..errors import LocalHostsError
 from ..remote.processes import read_json, recorded_alive, stop_group
 from . import system
-from .system import generate_host_key, host_key_line, process_is, run, wait_for_sshd
+from .system import generate_host_key, host_key_line, key_list, process_is, run, wait_for_sshd
 
 _SSHD_CONFIG = """\
 # Written by flambe-cluster for local host {name}; listens on loopback only.
@@ -73,7 +74,8 @@ exec /bin/bash -l
 def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _pick_subnet() -> ipaddress.IPv4Network:
@@ -97,13 +99,14 @@ class LoopbackNetwork:
     """
 
     count: int
-    authorized_keys: list[str] = field(converter=list)
+    authorized_keys: list[str] = field(converter=key_list)
     workdir: Path = field(converter=Path)
-    hosts: list[dict] = field(factory=list, init=False)
+    hosts: list[dict[str, Any]] = field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not os.access(system.SSHD, os.X_OK):
-            raise LocalHostsError(f"{system.SSHD} is missing; install OpenSSH's server (apt-get install openssh-server)")
+            raise LocalHostsError(
+                f"{system.SSHD} is missing; install OpenSSH's server (apt-get install openssh-server)")
         subnet = _pick_subnet()
         try:
             for index in range(self.count):
@@ -136,12 +139,12 @@ class LoopbackNetwork:
         self.hosts.append(host)  # recorded at once: a failure from here on still stops it
         wait_for_sshd(process, address, port, f"local host {name}", log_path)
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         """A JSON-serialisable description: enough for :func:`alive` and :func:`destroy`."""
         return {"mode": "loopback", "workdir": str(self.workdir), "hosts": list(self.hosts)}
 
 
-def alive(record: dict) -> bool:
+def alive(record: dict[str, Any]) -> bool:
     """Whether every host of the record still runs its sshd."""
     return bool(record["hosts"]) and all(process_is(h["pid"], "sshd") for h in record["hosts"])
 
@@ -163,7 +166,7 @@ def _stop_recorded_groups(home: Path) -> None:
             stop_group(int(data["pgid"]), grace=2.0)
 
 
-def destroy(record: dict) -> None:
+def destroy(record: dict[str, Any]) -> None:
     """Stop every recorded host: what ran on it, then its sshd (verified by name); remove the folder. Idempotent."""
     for host in record["hosts"]:
         _stop_recorded_groups(Path(host["home"]))

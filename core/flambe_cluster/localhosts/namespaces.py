@@ -48,8 +48,9 @@ import signal
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from attrs import define, field
 
@@ -65,7 +66,7 @@ from .machine import (
     require_root_namespaces,
 )
 from .nshost import NamespaceHost, write_sshd_config
-from .system import generate_host_key, parent_pid, process_is, run
+from .system import generate_host_key, key_list, parent_pid, process_is, run
 
 _DISK_SIZE = "4g"  # a host's disk: a full one says "No space left on device" instead of taking the machine's memory
 
@@ -121,7 +122,7 @@ class NamespaceNetwork:
     count: int
     subnet: str | None = field(default=None, kw_only=True)
     username: str = field(default="flambe", kw_only=True)
-    authorized_keys: list[str] = field(default=(), kw_only=True, converter=list)
+    authorized_keys: list[str] = field(default=(), kw_only=True, converter=key_list)
     first_host_octet: int = field(default=10, kw_only=True)
     workdir: Path | None = field(default=None, kw_only=True)
     routed: bool = field(default=True, kw_only=True)
@@ -228,7 +229,8 @@ class NamespaceNetwork:
         hdir = self.workdir / name
         self._host_dirs.append(hdir)
         hdir.mkdir(mode=0o755)
-        run(["mount", "-t", "tmpfs", "-o", f"mode=0755,size={_DISK_SIZE}", f"flambe-host-{self._suffix}-{name}", str(hdir)])
+        run(["mount", "-t", "tmpfs", "-o", f"mode=0755,size={_DISK_SIZE}", f"flambe-host-{self._suffix}-{name}",
+             str(hdir)])
         home = hdir / "home"
         if os.path.isdir("/etc/skel"):
             shutil.copytree("/etc/skel", home, symlinks=True)
@@ -320,10 +322,10 @@ class NamespaceNetwork:
         self._closed = True
         errors: list[str] = []
 
-        def attempt(what: str, fn, *args) -> None:
+        def attempt(what: str, fn: Callable[..., object], *args: object) -> None:
             try:
                 fn(*args)
-            except Exception as exc:  # keep going; report at the end
+            except Exception as exc:  # noqa: BLE001 - keep going; report at the end
                 errors.append(f"{what}: {exc}")
 
         for host in self._all_hosts:
@@ -350,7 +352,7 @@ class NamespaceNetwork:
                 RuntimeWarning, stacklevel=2,
             )
 
-    def detach(self) -> dict:
+    def detach(self) -> dict[str, Any]:
         """Let the hosts outlive this object and this process; return their record.
 
         The network is no longer removed by :meth:`close`; :func:`destroy_detached`
@@ -380,7 +382,7 @@ class NamespaceNetwork:
         self.close()
 
 
-def detached_alive(record: dict) -> bool:
+def detached_alive(record: dict[str, Any]) -> bool:
     """Whether every host of a :meth:`NamespaceNetwork.detach` record still runs."""
     return bool(record["hosts"]) and all(
         h["pid"] and process_is(h["pid"], "unshare") and h["sshd_pid"] and process_is(h["sshd_pid"], "sshd")
@@ -388,7 +390,7 @@ def detached_alive(record: dict) -> bool:
     )
 
 
-def destroy_detached(record: dict) -> None:
+def destroy_detached(record: dict[str, Any]) -> None:
     """Remove a detached network: kill each host (only the recorded, verified processes), delete its links,
     namespaces and folders.  Idempotent."""
     for host in record["hosts"]:
@@ -417,6 +419,5 @@ def destroy_detached(record: dict) -> None:
 
 def _unmount(hdir: Path) -> None:
     """Unmount a host's tmpfs (its disk) if it is mounted; lazily when a process still holds it."""
-    if os.path.ismount(hdir):
-        if run(["umount", str(hdir)], check=False).returncode != 0:
-            run(["umount", "--lazy", str(hdir)])
+    if os.path.ismount(hdir) and run(["umount", str(hdir)], check=False).returncode != 0:
+        run(["umount", "--lazy", str(hdir)])

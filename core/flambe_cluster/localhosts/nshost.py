@@ -94,7 +94,7 @@ class NamespaceHost:
     """The host's ed25519 private host key (``.pub`` next to it)."""
     reachable: bool = field(default=True, kw_only=True)
     """Whether the root namespace reaches the host (False: :meth:`start` checks sshd from inside the host)."""
-    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _sshd_pid: int | None = field(default=None, init=False, repr=False)
 
     @property
@@ -112,7 +112,7 @@ class NamespaceHost:
     def pid(self) -> int | None:
         """PID (in the root PID namespace) of the process started for the host,
         which is also its process-group id; None when it is not running."""
-        return self._process.pid if self.is_running() else None
+        return self._process.pid if self._process is not None and self.is_running() else None
 
     @property
     def sshd_pid(self) -> int | None:
@@ -132,8 +132,8 @@ class NamespaceHost:
     def start(self) -> None:
         """Start sshd (same key, same home); a no-op when it is running. Returns once
         a TCP connection from the root namespace to ``address:port`` reads an SSH
-        banner (read inside the host when it is not :attr:`reachable`); otherwise stops what it started and raises LocalHostsError with
-        the last line of ``sshd.log``."""
+        banner (read inside the host when it is not :attr:`reachable`); otherwise stops what it started and
+        raises LocalHostsError with the last line of ``sshd.log``."""
         if self.is_running():
             return
         user_home = pwd.getpwnam(self.username).pw_dir

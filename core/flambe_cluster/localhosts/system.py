@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import LocalHostsError
@@ -31,7 +32,7 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def run(argv: list[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+def run(argv: list[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; when ``check`` and it fails, raise
     LocalHostsError naming the command, its exit status and its stderr."""
     try:
@@ -43,6 +44,11 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 30) -> subproce
             f"{' '.join(argv)} failed (exit {proc.returncode}): {one_line(proc.stderr or proc.stdout) or 'no output'}"
         )
     return proc
+
+
+def key_list(keys: Iterable[str]) -> list[str]:
+    """``keys`` as a list: the converter of the hosts' ``authorized_keys`` (typed, unlike ``list`` itself)."""
+    return list(keys)
 
 
 def generate_host_key(path: Path, comment: str) -> None:
@@ -123,7 +129,7 @@ def last_line(path: Path) -> str:
     return next((line for line in reversed(lines) if line), "empty")
 
 
-def wait_for_sshd(process: subprocess.Popen, address: str, port: int, what: str, log_path: Path,
+def wait_for_sshd(process: subprocess.Popen[bytes], address: str, port: int, what: str, log_path: Path,
                   netns: str | None = None) -> None:
     """Return once ``address:port`` sends an SSH banner (read from inside the network
     namespace ``netns`` when given); raise LocalHostsError when ``process`` exits

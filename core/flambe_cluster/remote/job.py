@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .processes import dispatch, launch_detached, print_json, read_json, recorded_state, stop_group, write_json
 
@@ -50,7 +51,7 @@ def launch(job_dir: Path) -> int:
     return print_json({"pgid": record["pgid"]})
 
 
-def status(job_dir: Path) -> dict:
+def status(job_dir: Path) -> dict[str, Any]:
     """``{"state": "none"|"running"|"finished"|"lost", "exit_code": int|None, "pgid": int|None}``."""
     state, process = recorded_state(job_dir)
     if process is None:

@@ -31,6 +31,8 @@ the manifest does not list fails it (exit 1, naming each); a file that
 differs is removed, so the next shipping sends it whole again.
 """
 
+from __future__ import annotations
+
 import glob
 import hashlib
 import importlib.util
@@ -41,7 +43,7 @@ import sys
 import zipfile
 
 
-def uv_binary(tools, wheelhouse):
+def uv_binary(tools: str, wheelhouse: str) -> str | None:
     """The path of a ``uv`` that runs here, unpacked from the wheelhouse if needed, or None."""
     path = os.path.join(tools, "uv")
     if not os.path.isfile(path):
@@ -65,7 +67,7 @@ def uv_binary(tools, wheelhouse):
     return path if works else None
 
 
-def unpack_bytecode(wheelhouse, env):
+def unpack_bytecode(wheelhouse: str, env: str) -> None:
     """Write the bytecode archive's files whose source ENV holds into ENV's site-packages."""
     archive_path = os.path.join(wheelhouse, "bytecode", sys.implementation.cache_tag + ".zip")
     if not os.path.isfile(archive_path):
@@ -91,14 +93,14 @@ def unpack_bytecode(wheelhouse, env):
 MANIFEST = "MANIFEST.sha256"
 
 
-def verify(wheelhouse):
+def verify(wheelhouse: str) -> list[str]:
     """The problems of WHEELHOUSE against its manifest (an empty list when every file matches)."""
-    listed = {}
+    listed: dict[str, str] = {}
     with open(os.path.join(wheelhouse, MANIFEST)) as manifest:
         for line in manifest:
             digest, _, name = line.rstrip("\n").partition("  ")
             listed[name] = digest
-    problems = []
+    problems: list[str] = []
     for name, digest in sorted(listed.items()):
         path = os.path.join(wheelhouse, name)
         try:
@@ -120,12 +122,12 @@ def verify(wheelhouse):
     return problems
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     verb, tools, wheelhouse, env, rest = argv[0], argv[1], argv[2], argv[3], argv[4:]
     if verb == "bytecode":  # an optimisation: the environment is complete without it
         try:
             unpack_bytecode(wheelhouse, env)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - only a warning: the environment is complete without it
             print("warning: the shipped bytecode was not unpacked (Python compiles as it imports): %s" % exc,
                   file=sys.stderr)
         return 0
@@ -137,7 +139,8 @@ def main(argv):
         for problem in problems:
             print("the wheelhouse does not match what the client sent: " + problem, file=sys.stderr)
         if problems:
-            print("nothing was installed; run `flambe-cluster up` again (it ships the wheelhouse anew)", file=sys.stderr)
+            print("nothing was installed; run `flambe-cluster up` again (it ships the wheelhouse anew)",
+                  file=sys.stderr)
         return 1 if problems else 0
     uv = uv_binary(tools, wheelhouse)
     python = os.path.join(env, "bin", "python")
@@ -152,8 +155,9 @@ def main(argv):
             command = [uv, "pip", "install", "--offline", "--quiet", "--python", python, "--no-index",
                        "--find-links", wheelhouse, *(["--no-deps", "--reinstall"] if again else []), *requirements]
         else:
-            command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--no-index",
-                       "--find-links", wheelhouse, *(["--no-deps", "--force-reinstall"] if again else []), *requirements]
+            command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
+                       "--no-index", "--find-links", wheelhouse,
+                       *(["--no-deps", "--force-reinstall"] if again else []), *requirements]
     return subprocess.run(command, stdin=subprocess.DEVNULL).returncode
 
 

@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeGuard, cast
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 RECORD = "process.json"
@@ -52,14 +53,16 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def group_record(pgid: int, **details: object) -> dict:
+def group_record(pgid: int, **details: object) -> dict[str, Any]:
     """What to write down about a process group we started: enough for :func:`recorded_alive`."""
     return {"pgid": pgid, "boot": boot_id(), "started": time.time(), **details}
 
 
-def recorded_alive(record: dict | None) -> bool:
+def recorded_alive(record: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     """Whether the group a :func:`group_record` describes still runs (same boot, group alive)."""
-    return bool(record) and record.get("boot") == boot_id() and group_alive(int(record["pgid"]))
+    if not record:
+        return False
+    return record.get("boot") == boot_id() and group_alive(int(record["pgid"]))
 
 
 def stop_group(pgid: int, grace: float = 5.0) -> None:
@@ -76,7 +79,7 @@ def stop_group(pgid: int, grace: float = 5.0) -> None:
             time.sleep(0.1)
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -84,9 +87,9 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return cast("dict[str, Any]", json.loads(path.read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -97,7 +100,7 @@ def state_dir(argument: str) -> Path:
     return path if path.is_absolute() else Path.home() / path
 
 
-def launch_detached(folder: Path, argv: list[str], *, output: Path | None = None, **details: object) -> dict:
+def launch_detached(folder: Path, argv: list[str], *, output: Path | None = None, **details: object) -> dict[str, Any]:
     """Start ``argv`` in a new session and record its process group in ``folder/process.json``.
 
     Its stdin is ``/dev/null``; stdout and stderr go to ``output`` (appended)
@@ -114,7 +117,7 @@ def launch_detached(folder: Path, argv: list[str], *, output: Path | None = None
     return record
 
 
-def recorded_state(folder: Path) -> tuple[str, dict | None]:
+def recorded_state(folder: Path) -> tuple[str, dict[str, Any] | None]:
     """``("none", None)`` without a record, else ``("running"|"lost", record)`` (see :func:`recorded_alive`)."""
     record = read_json(folder / RECORD)
     if record is None:
@@ -126,6 +129,7 @@ def stop_recorded(folder: Path, grace: float = 5.0) -> None:
     """Stop the group recorded in ``folder`` if it still runs (see :func:`stop_group`)."""
     state, record = recorded_state(folder)
     if state == "running":
+        assert record is not None  # "running" comes with its record
         stop_group(int(record["pgid"]), grace=grace)
 
 
@@ -140,7 +144,7 @@ def port_free(port: int) -> bool:
     return True
 
 
-def wait_listening(record: dict, port: int, timeout: float) -> bool:
+def wait_listening(record: dict[str, Any], port: int, timeout: float) -> bool:
     """Wait until ``port`` accepts connections on this host while the recorded group runs.
 
     False when the group ended first or ``timeout`` seconds passed.
@@ -170,6 +174,7 @@ def launch_service(folder: Path, argv: list[str], *, port: int, wait: float, wha
     """
     state, record = recorded_state(folder)
     if state == "running":
+        assert record is not None  # "running" comes with its record
         print(f"{what} already runs from {folder} (process group {record['pgid']}); stop it first", file=sys.stderr)
         return REFUSED
     if not port_free(port):
@@ -186,7 +191,7 @@ def launch_service(folder: Path, argv: list[str], *, port: int, wait: float, wha
     return print_json({"pgid": record["pgid"], "port": port})
 
 
-def service_status(folder: Path) -> dict:
+def service_status(folder: Path) -> dict[str, Any]:
     """``{"state": "none"|"running"|"lost", "pgid": int|None, "port": int|None}`` of a served helper."""
     state, record = recorded_state(folder)
     return {"state": state, "pgid": record and record["pgid"], "port": record and record.get("port")}
@@ -199,7 +204,7 @@ def stop_service(folder: Path) -> int:
     return print_json(service_status(folder))
 
 
-def print_json(data: dict) -> int:
+def print_json(data: dict[str, Any]) -> int:
     """Print ``data`` as the helper's one line of JSON output; 0, the exit code."""
     print(json.dumps(data))
     return 0

@@ -23,6 +23,7 @@ removed by ``stop``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,8 +33,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from .processes import group_record, read_json, recorded_alive, stop_group, write_json
 
@@ -77,8 +80,8 @@ def _remove_temp_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _live_markers(markers: Path) -> dict[str, dict]:
-    found = {}
+def _live_markers(markers: Path) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
     for path in markers.glob("*.json"):
         data = read_json(path)
         if recorded_alive(data):
@@ -96,7 +99,8 @@ def _raylets_on(node_ip: str) -> list[tuple[int, int]]:
         try:
             if (entry / "comm").read_text().strip() != "raylet" or entry.stat().st_uid != uid:
                 continue
-            if f"--node_ip_address={node_ip}" not in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0"):
+            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if f"--node_ip_address={node_ip}" not in arguments:
                 continue
             result.append((int(entry.name), os.getpgid(int(entry.name))))
         except (OSError, ProcessLookupError):
@@ -111,12 +115,12 @@ class _GiveUp:
 
     SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
-    def __init__(self, undo) -> None:
+    def __init__(self, undo: Callable[[], None]) -> None:
         self.undo = undo
         for number in self.SIGNALS:
             signal.signal(number, self._handle)
 
-    def _handle(self, number: int, _frame) -> None:
+    def _handle(self, number: int, _frame: FrameType | None) -> None:
         self.undo()
         os._exit(128 + number)
 
@@ -160,10 +164,8 @@ def start(markers: Path, cluster: str, node_ip: str, ray_args: list[str], replac
               "(`ray stop`) or use another host", file=sys.stderr)
         return REFUSED
     temp = temp_dir(cluster, node_ip)
-    try:
+    with contextlib.suppress(FileExistsError):  # a folder left by a node that died, or something else: checked next
         temp.mkdir(mode=0o700)
-    except FileExistsError:
-        pass  # a folder left by a node that died, or something else: checked next
     problem = _not_private(temp)
     if problem:
         print(f"cannot use {temp} as this node's private folder: {problem}; remove it or use another host",
@@ -258,7 +260,7 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     not_listening = _not_listening(address)
     if not_listening is not None:
         return not_listening
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # ray's _raylet.pyi lists only the ids
 
     deadline = time.monotonic() + within
     try:
@@ -285,11 +287,14 @@ def nodes(address: str, within: float = 0.0, workers: Sequence[str] = ()) -> int
     return 0
 
 
-def _draining(info) -> bool:
+def _draining(info: Any) -> bool:
     """Whether a node (``GcsNodeInfo``) is being drained: Ray gives it no new work and ends it once idle."""
     from ray.core.generated import gcs_pb2
 
-    return info.state == 0 and info.state_snapshot.state == gcs_pb2.NodeSnapshot.State.Value("DRAINING")
+    # gcs_pb2 makes its messages at import time, where mypy does not see them
+    draining: bool = (info.state == 0
+                      and info.state_snapshot.state == gcs_pb2.NodeSnapshot.State.Value("DRAINING"))  # type: ignore[attr-defined]
+    return draining
 
 
 def drain(address: str, within: float, node_ips: Sequence[str]) -> int:
@@ -307,12 +312,12 @@ def drain(address: str, within: float, node_ips: Sequence[str]) -> int:
     not_listening = _not_listening(address)
     if not_listening is not None:
         return not_listening
-    from ray._raylet import GcsClient
-    from ray.core.generated.autoscaler_pb2 import DrainNodeReason
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # ray's _raylet.pyi lists only the ids
+    from ray.core.generated.autoscaler_pb2 import DrainNodeReason  # type: ignore[attr-defined]  # protobuf: as in _draining
 
     started = time.monotonic()
     deadline_ms = int((time.time() + within) * 1000)
-    result: dict[str, dict] = {}
+    result: dict[str, dict[str, Any]] = {}
     try:
         client = GcsClient(address=address)
         alive = {info.node_manager_address: info.node_id.hex() for info in client.get_all_node_info(timeout=10).values()

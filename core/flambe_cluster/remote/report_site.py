@@ -50,6 +50,7 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 from . import job
 from .processes import (
@@ -83,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(options: argparse.Namespace) -> dict:
+def _resolve(options: argparse.Namespace) -> dict[str, Any]:
     """The options as absolute paths (see the module's docstring), ready for ``site.json``."""
     job_dir = state_dir(options.job_dir) if options.job_dir else None
     log = None
@@ -166,14 +167,14 @@ def _size(count: int) -> str:
     if count < 1024:
         return f"{count} B"
     scaled = float(count)
-    for unit in ("KiB", "MiB", "GiB"):
+    for unit in ("KiB", "MiB", "GiB"):  # noqa: B007 - the unit the loop stops at is the one shown
         scaled /= 1024
         if scaled < 1024:
             break
     return f"{scaled:.1f} {unit}"
 
 
-def render(settings: dict, host: str) -> str:
+def render(settings: dict[str, Any], host: str) -> str:
     """The page's HTML for the settings of ``site.json``; ``host`` is the name the browser reached us by."""
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='10'>",
@@ -188,7 +189,8 @@ def render(settings: dict, host: str) -> str:
         url = f"http://{host}:{settings['tensorboard_port']}/"
         parts.append(f"<p><a id='tensorboard' href='{esc(url)}'>TensorBoard</a></p>")
     if settings["progress_file"]:
-        parts.append(f"<h2>Progress</h2><pre id='progress'>{esc(_read_progress(Path(settings['progress_file'])))}</pre>")
+        progress = _read_progress(Path(settings["progress_file"]))
+        parts.append(f"<h2>Progress</h2><pre id='progress'>{esc(progress)}</pre>")
     if settings["output_dir"]:
         root = Path(settings["output_dir"])
         files = _output_files(root) if root.is_dir() else []
@@ -210,7 +212,7 @@ def render(settings: dict, host: str) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    settings: dict = {}
+    settings: ClassVar[dict[str, Any]] = {}
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -257,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(folder: Path) -> int:
     """Serve the page for ``folder/site.json`` until stopped (the process ``launch`` starts)."""
     settings = read_json(folder / OPTIONS)
+    assert settings is not None  # `launch` writes it before it starts this process
     handler = type("Handler", (_Handler,), {"settings": settings})
     with ThreadingHTTPServer(("0.0.0.0", settings["port"]), handler) as server:
         server.daemon_threads = True

@@ -30,8 +30,9 @@ from __future__ import annotations
 import collections.abc
 import itertools
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pytest
@@ -40,12 +41,29 @@ from .. import ClusterConfigurationError, FlambeClusterError, plugins
 from ..cluster import Cluster
 from ..config import parse_config
 from ..records import Instance, Role
-from .hosts import TestHost
+from .hosts import LoopbackTestNetwork, TestHostNetwork
+
+if TYPE_CHECKING:  # the plugin module registers a check when imported: only its type here
+    from .pytest_plugin import ClientKey
 
 _names = itertools.count()
 
 
-class HostsFoundLater(collections.abc.Sequence):
+class ConformanceHost(Protocol):
+    """What the suite reads of a test host: a :class:`~.hosts.TestHost`, a loopback one, or one a provider's
+    tests find."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def username(self) -> str: ...
+
+
+class HostsFoundLater(collections.abc.Sequence[Any]):
     """The test hosts of the cluster under test, looked up each time they are read.
 
     For providers that create their hosts during the test (their addresses
@@ -53,11 +71,11 @@ class HostsFoundLater(collections.abc.Sequence):
     instance from your ``conformance_hosts`` fixture.
     """
 
-    def found(self) -> list:
+    def found(self) -> list[Any]:
         """The hosts now behind the last cluster the suite described, orchestrator first."""
         raise NotImplementedError
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         return self.found()[index]
 
     def __len__(self) -> int:
@@ -74,7 +92,7 @@ class ProviderConformance:
     #: the provider creates machines (and so journals them and rolls them back)
     creates_instances: bool = False
 
-    def cluster_config(self, hosts: list[TestHost], name: str, key: Path) -> dict[str, Any]:
+    def cluster_config(self, hosts: Sequence[ConformanceHost], name: str, key: Path) -> dict[str, Any]:
         """The configuration mapping (without ``provider``) of a cluster on ``hosts``.
 
         ``hosts[0]`` must become the orchestrator, the rest the factories.
@@ -85,13 +103,16 @@ class ProviderConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_hosts(cls, flambe_ssh_hosts):
+    def conformance_hosts(
+            cls, flambe_ssh_hosts: Callable[[int], TestHostNetwork | LoopbackTestNetwork]
+    ) -> Iterator[Sequence[ConformanceHost]]:
         network = flambe_ssh_hosts(1 + cls.factories_num)
         yield network.hosts
         network.close()
 
     @pytest.fixture
-    def make_cluster(self, conformance_hosts, flambe_client_key, flambe_state_home):
+    def make_cluster(self, conformance_hosts: Sequence[ConformanceHost], flambe_client_key: ClientKey,
+                     flambe_state_home: Path) -> Iterator[Callable[..., Cluster]]:
         clusters: list[Cluster] = []
 
         def make(**overrides: Any) -> Cluster:
@@ -119,27 +140,31 @@ class ProviderConformance:
 
     # --- the contract
 
-    def test_registered_through_its_entry_point(self):
+    def test_registered_through_its_entry_point(self) -> None:
         assert self.provider in {p.name for p in plugins.installed_providers()}
         plugins.check_provider(self.provider, plugins.load_provider(self.provider))
 
-    def test_options_are_an_attrs_class_reporting_unknown_fields(self, conformance_hosts, flambe_client_key):
+    def test_options_are_an_attrs_class_reporting_unknown_fields(
+            self, conformance_hosts: Sequence[ConformanceHost], flambe_client_key: ClientKey) -> None:
         raw = self.cluster_config(conformance_hosts, "conformance-options", flambe_client_key.path)
         with pytest.raises(ClusterConfigurationError, match="no_such_option_zz: unknown field"):
             parse_config({"provider": self.provider, **raw, "no_such_option_zz": 1})
 
-    def test_load_gives_one_orchestrator_and_the_factories(self, make_cluster, conformance_hosts):
+    def test_load_gives_one_orchestrator_and_the_factories(self, make_cluster: Callable[..., Cluster],
+                                                           conformance_hosts: Sequence[ConformanceHost]) -> None:
         cluster = make_cluster()
         cluster.load_all_instances()
-        record = cluster.orchestrator.record  # the provider's frozen record, under the seed's instance object
+        orchestrator = cluster.orchestrator
+        assert orchestrator is not None  # loaded
+        record = orchestrator.record  # the provider's frozen record, under the seed's instance object
         assert isinstance(record, Instance) and attrs.has(type(record))
-        assert cluster.orchestrator.role is Role.ORCHESTRATOR
+        assert orchestrator.role is Role.ORCHESTRATOR
         assert [f.role for f in cluster.factories] == [Role.FACTORY] * self.factories_num
         endpoints = {h.endpoint for h in cluster.all_hosts()}
         assert len(endpoints) == 1 + self.factories_num
-        assert cluster.orchestrator.endpoint.host == conformance_hosts[0].address
+        assert orchestrator.endpoint.host == conformance_hosts[0].address
 
-    def test_load_is_idempotent_and_find_creates_nothing(self, make_cluster):
+    def test_load_is_idempotent_and_find_creates_nothing(self, make_cluster: Callable[..., Cluster]) -> None:
         cluster = make_cluster()
         cluster.load_all_instances()
         first = cluster.all_hosts()
@@ -152,7 +177,8 @@ class ProviderConformance:
         assert again.all_hosts() == first
         assert cluster.state.journal.entries() == entries
 
-    def test_up_reaches_every_host_with_the_cluster_key(self, make_cluster, conformance_hosts):
+    def test_up_reaches_every_host_with_the_cluster_key(self, make_cluster: Callable[..., Cluster],
+                                                        conformance_hosts: Sequence[ConformanceHost]) -> None:
         cluster = make_cluster(setup_cmds=["echo conformance > \"$HOME\"/conformance-setup"])
         with cluster:
             cluster.run()
@@ -161,12 +187,14 @@ class ProviderConformance:
             results = cluster.execute_on(cluster.all_hosts(), 'cat "$HOME"/conformance-id')
         assert cluster.error is None, cluster.error
         for index, (host, result) in enumerate(zip(conformance_hosts, results.values())):
-            assert result.stdout == f"host {index} at {host.address}\n", "the cluster's hosts, in order, are the given ones"
+            assert result.stdout == f"host {index} at {host.address}\n", \
+                "the cluster's hosts, in order, are the given ones"
             assert (host.home / "conformance-setup").read_text() == "conformance\n"
             public = cluster.state.key_pair(cluster.remote_key_name).public_line
             assert public in (host.home / ".ssh" / "authorized_keys").read_text()
 
-    def test_rollback_destroys_what_the_run_created_and_is_idempotent(self, make_cluster):
+    def test_rollback_destroys_what_the_run_created_and_is_idempotent(
+            self, make_cluster: Callable[..., Cluster]) -> None:
         if not self.creates_instances:
             pytest.skip(f"provider {self.provider!r} creates nothing, so there is nothing to roll back")
         cluster = make_cluster()
@@ -177,7 +205,7 @@ class ProviderConformance:
         assert cluster.journal.created() == []
         assert not cluster.find_instances()
 
-    def test_load_reports_progress_for_every_host(self, make_cluster):
+    def test_load_reports_progress_for_every_host(self, make_cluster: Callable[..., Cluster]) -> None:
         cluster = make_cluster()
         said: dict[str, list[str]] = {}
         cluster.on_progress = lambda subject, state, **_: said.setdefault(subject, []).append(state)
@@ -185,7 +213,8 @@ class ProviderConformance:
         missing = [h.name for h in cluster.all_hosts() if h.name not in said]
         assert not missing, f"no progress reported for {missing} (the provider's load reports each host's state)"
 
-    def test_down_leaves_nothing_the_provider_made(self, make_cluster, conformance_hosts):
+    def test_down_leaves_nothing_the_provider_made(self, make_cluster: Callable[..., Cluster],
+                                                   conformance_hosts: Sequence[ConformanceHost]) -> None:
         cluster = make_cluster()
         with cluster:
             cluster.run()
@@ -196,7 +225,7 @@ class ProviderConformance:
         if self.creates_instances:
             assert not again.find_instances(), "after down the provider finds none of the cluster's instances"
 
-    def test_two_loads_at_once_make_one_cluster(self, make_cluster):
+    def test_two_loads_at_once_make_one_cluster(self, make_cluster: Callable[..., Cluster]) -> None:
         if not self.creates_instances:
             pytest.skip(f"provider {self.provider!r} creates nothing: two loads list the same machines")
         first = make_cluster()
@@ -206,7 +235,7 @@ class ProviderConformance:
         def load(cluster: Cluster) -> None:
             try:
                 cluster.load_all_instances()
-            except BaseException as exc:  # handed to the test's thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
                 errors.append(exc)
 
         threads = [threading.Thread(target=load, args=(c,)) for c in (first, second)]
@@ -220,7 +249,7 @@ class ProviderConformance:
         assert len(found.all_hosts()) == 1 + self.factories_num, "one cluster, not two"
         assert {h.endpoint for h in found.all_hosts()} == {h.endpoint for h in first.all_hosts()}
 
-    def test_host_keys_are_those_the_hosts_present(self, make_cluster):
+    def test_host_keys_are_those_the_hosts_present(self, make_cluster: Callable[..., Cluster]) -> None:
         self.declared("flambe_cluster_host_keys")
         cluster = make_cluster()
         with cluster:
@@ -232,7 +261,7 @@ class ProviderConformance:
                     [" ".join(line.split()[:2]) for line in lines], host.label
         assert cluster.error is None, cluster.error
 
-    def test_promised_gpus_are_a_count_or_unknown(self, make_cluster):
+    def test_promised_gpus_are_a_count_or_unknown(self, make_cluster: Callable[..., Cluster]) -> None:
         self.declared("flambe_cluster_promised_gpus")
         cluster = make_cluster()
         cluster.load_all_instances()
@@ -240,14 +269,14 @@ class ProviderConformance:
             promised = cluster.hooks.promised_gpus(config=cluster.config, instance=host)
             assert promised is None or (isinstance(promised, int) and promised >= 0), (host.label, promised)
 
-    def test_place_is_stable_text_that_reads_no_api(self, make_cluster):
+    def test_place_is_stable_text_that_reads_no_api(self, make_cluster: Callable[..., Cluster]) -> None:
         self.declared("flambe_cluster_place")
         cluster = make_cluster()
         place = cluster.place()
         assert place == cluster.place() and all(isinstance(k, str) and isinstance(v, str) for k, v in place.items())
         assert place["provider"] == self.provider
 
-    def test_release_removes_exactly_the_given_factories(self, make_cluster):
+    def test_release_removes_exactly_the_given_factories(self, make_cluster: Callable[..., Cluster]) -> None:
         self.declared("flambe_cluster_release_instances")
         cluster = make_cluster()
         cluster.load_all_instances()

@@ -43,7 +43,7 @@ from ..localhosts import loopback
 from ..localhosts.machine import require_root_namespaces
 from ..localhosts.namespaces import NamespaceNetwork
 from ..localhosts.nshost import NamespaceHost
-from ..localhosts.system import generate_host_key, run
+from ..localhosts.system import generate_host_key, key_list, run
 
 __all__ = ["LoopbackTestHost", "LoopbackTestNetwork", "TestHost", "TestHostNetwork", "require_root_namespaces"]
 
@@ -75,7 +75,7 @@ class TestHost(NamespaceHost):
         generate_host_key(self.host_key_path, self.name)
         self.start()
 
-    def run_in_namespace(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    def run_in_namespace(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` as root inside the host's network, mount and PID namespaces
         (``nsenter --target <PID 1> -n -m -p``), e.g. ``ps -e`` to see the host's
         processes. Keyword arguments go to :func:`subprocess.run`; by default output
@@ -139,7 +139,7 @@ class TestHostNetwork(NamespaceNetwork):
         super().close()
         self._forget()
 
-    def detach(self) -> dict:
+    def detach(self) -> dict[str, Any]:
         record = super().detach()
         self._forget()
         return record
@@ -176,9 +176,9 @@ class LoopbackTestNetwork:
     __test__ = False  # not a pytest test class
 
     count: int
-    authorized_keys: list[str] = field(converter=list)
+    authorized_keys: list[str] = field(converter=key_list)
     hosts: list[LoopbackTestHost] = field(factory=list, init=False)
-    _record: dict | None = field(default=None, init=False, repr=False)
+    _record: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _owner_pid: int = field(factory=os.getpid, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -194,7 +194,8 @@ class LoopbackTestNetwork:
         (workdir / "network.json").write_text(json.dumps(self._record))  # for a clean-up by another process
         _LIVE.append(self)
         user = getpass.getuser()
-        self.hosts = [LoopbackTestHost(h["name"], h["address"], h["port"], Path(h["home"]), user) for h in network.hosts]
+        self.hosts = [LoopbackTestHost(h["name"], h["address"], h["port"], Path(h["home"]), user)
+                      for h in network.hosts]
 
     def close(self) -> None:
         """Stop every host and remove its folder. Idempotent."""

@@ -51,7 +51,8 @@ def make_client_key(folder: Path) -> ClientKey:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                              serialization.NoEncryption())
         )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     path.with_suffix(".pub").write_text(public + " flambe-cluster-tests\n")
@@ -72,10 +73,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{HOSTS_MARKER}: needs real test hosts (root, Linux namespaces, OpenSSH)")
 
 
+def builds_hosts(item: pytest.Item) -> bool:
+    """Whether ``item`` is a ``hosts`` test: marked so, or using a fixture that builds test hosts."""
+    return (item.get_closest_marker(HOSTS_MARKER) is not None
+            or bool({"flambe_test_hosts", "flambe_ssh_hosts"} & set(getattr(item, "fixturenames", ()))))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test whose fixtures build test hosts is a ``hosts`` test, whether or not it says so."""
     for item in items:
-        if {"flambe_test_hosts", "flambe_ssh_hosts"} & set(getattr(item, "fixturenames", ())):
+        if builds_hosts(item):
             item.add_marker(HOSTS_MARKER)
 
 
@@ -103,7 +110,7 @@ def flambe_test_hosts(flambe_client_key: ClientKey) -> Iterator[Callable[..., Te
     Skips the test when hosts cannot be built here.  Every network is closed
     at the end of the session; close one earlier with ``network.close()``.
     """
-    def build(count: int, **kwargs) -> TestHostNetwork:
+    def build(count: int, **kwargs: Any) -> TestHostNetwork:
         reason = require_root_namespaces()
         if reason:
             pytest.skip(f"needs real test hosts: {reason}")

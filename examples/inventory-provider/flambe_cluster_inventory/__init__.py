@@ -80,7 +80,9 @@ _ANSIBLE_HINTS = {
     "ansible_ssh_host": "did you mean 'ansible_host'? ",
     "ansible_ssh_port": "did you mean 'ansible_port'? ",
 }
-_ADDRESS_EXPECTED = "an address ('10.0.0.5', 'node1.lab', optionally ':port') or a name followed by ansible_host=ADDRESS"
+_ADDRESS_EXPECTED = (
+    "an address ('10.0.0.5', 'node1.lab', optionally ':port') or a name followed by ansible_host=ADDRESS"
+)
 
 
 class InventoryError(ValueError):
@@ -197,7 +199,8 @@ def _parse_host_line(line: str, number: int) -> InventoryHost:
     try:
         tokens = shlex.split(line, comments=True)
     except ValueError as exc:  # an unbalanced quote
-        raise ValueError(f"expected a host line ('address' or 'name key=value ...'), but it has {str(exc).lower()}") from None
+        raise ValueError(f"expected a host line ('address' or 'name key=value ...'), "
+                         f"but it has {str(exc).lower()}") from None
     if not tokens or not tokens[0]:
         raise ValueError(f"expected a host line ('address' or 'name key=value ...'), got {line!r}")
     first, *pairs = tokens
@@ -231,7 +234,8 @@ def _parse_host_line(line: str, number: int) -> InventoryHost:
 
     if "ansible_host" in variables:
         if not _HOST_NAME.match(first):
-            raise ValueError(f"expected a host name of letters, digits, '.', '-' and '_' before ansible_host=, got {first!r}")
+            raise ValueError(f"expected a host name of letters, digits, '.', '-' and '_' before ansible_host=, "
+                             f"got {first!r}")
         public = _host(variables["ansible_host"], "ansible_host", port or 22)
     else:
         try:
@@ -240,7 +244,8 @@ def _parse_host_line(line: str, number: int) -> InventoryHost:
             raise ValueError(f"expected {_ADDRESS_EXPECTED}, got {first!r}") from None
         explicit_port = first.count(":") == 1 or (first.startswith("[") and "]:" in first)
         if explicit_port and port is not None:
-            raise ValueError(f"the port is given twice for the host {first!r} (':port' and ansible_port=); expected one")
+            raise ValueError(f"the port is given twice for the host {first!r} (':port' and ansible_port=); "
+                             "expected one")
         if port is not None:
             public = Endpoint(public.host, port)
     private = _host(variables["private_ip"], "private_ip", public.port) if "private_ip" in variables else public
@@ -261,7 +266,8 @@ def read_inventory(value: object) -> Inventory:
     elif isinstance(value, str) and value.strip():
         path = Path(value).expanduser()
     else:
-        raise ValueError(f"expected the path of an Ansible-style INI inventory file, got {type(value).__name__} {value!r}")
+        raise ValueError(f"expected the path of an Ansible-style INI inventory file, "
+                         f"got {type(value).__name__} {value!r}")
     path = path.absolute()
     if not path.exists():
         raise ValueError(f"expected the path of an Ansible-style INI inventory file, but {str(path)!r} does not exist")
@@ -279,7 +285,8 @@ def read_inventory(value: object) -> Inventory:
 def _to_group_name(value: object) -> str:
     value = to_str(value)
     if not _GROUP_NAME.match(value):
-        raise ValueError(f"expected a group name of letters, digits, '_' and '-' (as in a [name] header), got {value!r}")
+        raise ValueError(f"expected a group name of letters, digits, '_' and '-' (as in a [name] header), "
+                         f"got {value!r}")
     return value
 
 
@@ -349,7 +356,8 @@ def flambe_cluster_validate(config) -> list[str]:
                 if first.name == host.name:
                     what = f"is already listed at line {first.line} in [{first_group}]"
                 else:
-                    what = f"has the same address ({host.public}) as {first.name} at line {first.line} in [{first_group}]"
+                    what = (f"has the same address ({host.public}) as {first.name} "
+                            f"at line {first.line} in [{first_group}]")
                 problems.append(
                     f"inventory: {inventory.where(host.line)}: host {host.name} in [{group.name}] {what}; "
                     "list each machine once"
@@ -365,7 +373,8 @@ def _instances(config) -> ClusterInstances:
     factories = options.inventory.group(options.factories_group)
     if orchestrators is None or factories is None or len(orchestrators.hosts) != 1:  # pragma: no cover - validated
         raise ClusterConfigurationError(
-            [f"inventory: {options.inventory.where()} was not validated; build the config with parse_config"], config.source
+            [f"inventory: {options.inventory.where()} was not validated; build the config with parse_config"],
+            config.source,
         )
 
     hosts = [*orchestrators.hosts, *factories.hosts]

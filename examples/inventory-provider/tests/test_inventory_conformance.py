@@ -28,13 +28,15 @@ class TestInventoryConformance(ProviderConformance):
         lines = [
             "# written by the conformance test",
             "[orchestrator]",
-            f"head ansible_host={orchestrator.address} ansible_port={orchestrator.port} private_ip={orchestrator.address}",
+            f"head ansible_host={orchestrator.address} ansible_port={orchestrator.port} "
+            f"private_ip={orchestrator.address}",
             "",
             "; the factories",
             "[factories]",
         ]
         for index, host in enumerate(factories):
-            lines.append(f"{host.address}:{host.port}" if index % 2 == 0 else f"{host.address} ansible_port={host.port}  # a comment")
+            lines.append(f"{host.address}:{host.port}" if index % 2 == 0
+                         else f"{host.address} ansible_port={host.port}  # a comment")
         path = self.folder / f"{name}.ini"
         path.write_text("\n".join(lines) + "\n")
         return {"name": name, "key": str(key), "username": orchestrator.username, "inventory": str(path)}

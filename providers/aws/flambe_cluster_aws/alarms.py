@@ -56,6 +56,7 @@ def alarm_name(config, instance_id: str) -> str:
 
 def alarm_settings(config, instance: Instance, timeout_hours: int) -> dict:
     """The PutMetricAlarm parameters for ``instance`` idle for ``timeout_hours`` (0: one shortest period)."""
+    assert instance.instance_id is not None  # configure() skips instances without an id
     region = config.options.region_name
     period, periods = (SHORTEST_PERIOD, 1) if timeout_hours == 0 else (HOUR, timeout_hours)
     idle = "5 minutes (timeout 0: when the job ends)" if timeout_hours == 0 else f"{timeout_hours} hour(s)"
@@ -90,7 +91,8 @@ def existing_alarms(config) -> dict[str, dict]:
     """The cluster's alarms by name (one paginated DescribeAlarms call)."""
     cloudwatch = api.client("cloudwatch", config.options.region_name)
     found: dict[str, dict] = {}
-    for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix(config), AlarmTypes=["MetricAlarm"]):
+    for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix(config),
+                                                                     AlarmTypes=["MetricAlarm"]):
         found.update({alarm["AlarmName"]: alarm for alarm in page["MetricAlarms"]})
     return found
 

@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from flambe_cluster import ClusterError
 
@@ -31,7 +31,10 @@ _CLIENT_ENV = (
     "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
 )
 
-_clients: dict[tuple, Any] = {}
+#: The AWS services the provider talks to.
+Service = Literal["ec2", "cloudwatch", "ssm", "pricing"]
+
+_clients: dict[tuple[str, str, tuple[str | None, ...]], Any] = {}
 _clients_lock = threading.Lock()
 
 ADVICE = {
@@ -39,15 +42,35 @@ ADVICE = {
         "EC2 has no capacity for this instance type in the subnet's availability zone right now; retry later, "
         "or choose another instance type or a subnet in another availability zone"
     ),
-    "InstanceLimitExceeded": "an account quota is reached; terminate unused instances or ask AWS for a higher quota (Service Quotas console)",
-    "VcpuLimitExceeded": "the account's vCPU quota is reached; terminate unused instances or ask AWS for a higher quota (Service Quotas console)",
-    "RequestLimitExceeded": "EC2 throttled this account's API requests beyond the retries; wait a minute and retry, or raise AWS_MAX_ATTEMPTS",
-    "Throttling": "AWS throttled this account's API requests beyond the retries; wait a minute and retry, or raise AWS_MAX_ATTEMPTS",
-    "ThrottlingException": "AWS throttled this account's API requests beyond the retries; wait a minute and retry, or raise AWS_MAX_ATTEMPTS",
-    "UnauthorizedOperation": "the credentials in use may not do this; grant the IAM permission, or use other credentials (AWS_PROFILE)",
-    "AccessDenied": "the credentials in use may not do this; grant the IAM permission, or use other credentials (AWS_PROFILE)",
+    "InstanceLimitExceeded": (
+        "an account quota is reached; terminate unused instances or ask AWS for a higher quota (Service Quotas console)"
+    ),
+    "VcpuLimitExceeded": (
+        "the account's vCPU quota is reached; terminate unused instances or ask AWS for a higher quota "
+        "(Service Quotas console)"
+    ),
+    "RequestLimitExceeded": (
+        "EC2 throttled this account's API requests beyond the retries; wait a minute and retry, "
+        "or raise AWS_MAX_ATTEMPTS"
+    ),
+    "Throttling": (
+        "AWS throttled this account's API requests beyond the retries; wait a minute and retry, "
+        "or raise AWS_MAX_ATTEMPTS"
+    ),
+    "ThrottlingException": (
+        "AWS throttled this account's API requests beyond the retries; wait a minute and retry, "
+        "or raise AWS_MAX_ATTEMPTS"
+    ),
+    "UnauthorizedOperation": (
+        "the credentials in use may not do this; grant the IAM permission, or use other credentials (AWS_PROFILE)"
+    ),
+    "AccessDenied": (
+        "the credentials in use may not do this; grant the IAM permission, or use other credentials (AWS_PROFILE)"
+    ),
     "AuthFailure": "AWS refused the credentials; check them (`aws sts get-caller-identity`) or set AWS_PROFILE",
-    "Unsupported": "this combination (instance type, tenancy, zone) is not supported here; choose another instance type or subnet",
+    "Unsupported": (
+        "this combination (instance type, tenancy, zone) is not supported here; choose another instance type or subnet"
+    ),
 }
 DEFAULT_ADVICE = "retry; if it keeps failing, check the account in the AWS console"
 
@@ -59,7 +82,8 @@ class AWSError(ClusterError):
     exception's name) and ``instance_ids`` the instances concerned.
     """
 
-    def __init__(self, step: str, code: str, detail: str, instance_ids: Iterable[str] = (), advice: str | None = None) -> None:
+    def __init__(self, step: str, code: str, detail: str, instance_ids: Iterable[str] = (),
+                 advice: str | None = None) -> None:
         self.step = step
         self.code = code
         self.instance_ids = tuple(instance_ids)
@@ -68,7 +92,7 @@ class AWSError(ClusterError):
         super().__init__(f"AWS, {step}{ids}: {code}: {detail.rstrip('.')}. What to do: {what}.")
 
 
-def client(service: str, region: str) -> Any:
+def client(service: Service, region: str) -> Any:
     """The boto3 client for ``service`` in ``region`` (one per configuration of the environment, thread-safe).
 
     Clients are cached: building one costs tens of milliseconds, and
@@ -81,7 +105,8 @@ def client(service: str, region: str) -> Any:
             import boto3
             from botocore.config import Config
 
-            found = boto3.session.Session().client(service, region_name=region, config=Config(user_agent_extra=USER_AGENT))
+            found = boto3.session.Session().client(service, region_name=region,
+                                                   config=Config(user_agent_extra=USER_AGENT))
             _clients[key] = found
         return found
 
@@ -110,7 +135,8 @@ def step(what: str, instance_ids: Iterable[str] = (), advice: str | None = None)
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        raise AWSError(what, error.get("Code", "Unknown"), error.get("Message", str(exc)), instance_ids, advice) from exc
+        raise AWSError(what, error.get("Code", "Unknown"), error.get("Message", str(exc)), instance_ids,
+                       advice) from exc
     except NoCredentialsError as exc:
         raise AWSError(what, "NoCredentials", str(exc), instance_ids,
                        "configure credentials (`aws configure`, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "

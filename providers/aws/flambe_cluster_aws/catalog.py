@@ -25,7 +25,8 @@ UBUNTU_SSM = (
 )
 UBUNTU_NAME = "ubuntu/images/hvm-ssd*/ubuntu-*-{arch}-server-*"
 AMAZON_OWNER = "amazon"
-#: The AWS Deep Learning Base AMIs with the OSS NVIDIA driver, by architecture (names as the DLAMI release notes give them).
+#: The AWS Deep Learning Base AMIs with the OSS NVIDIA driver, by architecture
+#: (names as the DLAMI release notes give them).
 DLAMI_NAME = {
     "x86_64": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu {version}) *",
     "arm64": "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu {version}) *",

@@ -26,7 +26,8 @@ logger = logging.getLogger("flambe_cluster_aws")
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
-_KEY = re.compile(r"((?:ssh-(?:ed25519|rsa|dss))|(?:ecdsa-sha2-nistp(?:256|384|521))|(?:sk-[a-z0-9@.-]+))\s+([A-Za-z0-9+/]+={0,3})")
+_KEY = re.compile(r"((?:ssh-(?:ed25519|rsa|dss))|(?:ecdsa-sha2-nistp(?:256|384|521))|(?:sk-[a-z0-9@.-]+))"
+                  r"\s+([A-Za-z0-9+/]+={0,3})")
 #: How long a console without keys is believed before asking again (it is written late in the boot).
 NEGATIVE_TTL = 15.0
 

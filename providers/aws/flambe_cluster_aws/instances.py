@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypedDict
 
 from attrs import frozen
 from flambe_cluster.provider import (
@@ -92,7 +93,8 @@ class Machine:
         )
 
     def describe(self) -> str:
-        return f"{self.instance_id} ({self.state}{': ' + self.reason if self.reason and self.state != 'running' else ''})"
+        return (f"{self.instance_id} ({self.state}"
+                f"{': ' + self.reason if self.reason and self.state != 'running' else ''})")
 
 
 @frozen
@@ -133,7 +135,8 @@ def select(machines: Iterable[Machine], factories_num: int, known: set[str]) -> 
     live = [m for m in machines if m.state in LIVE]
     orchestrators = sorted((m for m in live if m.role == Role.ORCHESTRATOR.value), key=key)
     factories = sorted((m for m in live if m.role == Role.FACTORY.value), key=key)
-    rest = orchestrators[1:] + factories[factories_num:] + [m for m in live if m.role not in ("orchestrator", "factory")]
+    rest = (orchestrators[1:] + factories[factories_num:]
+            + [m for m in live if m.role not in ("orchestrator", "factory")])
     return Selection(
         orchestrator=orchestrators[0] if orchestrators else None,
         factories=tuple(factories[:factories_num]),
@@ -216,7 +219,8 @@ def to_cluster_instances(config, selection: Selection) -> ClusterInstances:
     assert selection.orchestrator is not None
     return ClusterInstances(
         orchestrator=_record(config, selection.orchestrator, host_name(config.name, Role.ORCHESTRATOR, 0)),
-        factories=[_record(config, m, host_name(config.name, Role.FACTORY, i)) for i, m in enumerate(selection.factories)],
+        factories=[_record(config, m, host_name(config.name, Role.FACTORY, i))
+                   for i, m in enumerate(selection.factories)],
     )
 
 
@@ -227,7 +231,8 @@ def _warn_surplus(config, surplus: Sequence[Machine]) -> None:
             "factories_num was lowered are terminated by this `up`; others were likely leaked by an earlier run and "
             "are not used and not deleted: `flambe-cluster down` terminates them with the rest of the cluster, or "
             "terminate them yourself.",
-            config.name, len(surplus), ", ".join(f"{m.instance_id} ({m.role or 'no role'}, {m.state})" for m in surplus),
+            config.name, len(surplus),
+            ", ".join(f"{m.instance_id} ({m.role or 'no role'}, {m.state})" for m in surplus),
         )
 
 
@@ -265,7 +270,8 @@ def find(config) -> ClusterInstances | None:
 
 
 def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int, token: str) -> dict:
-    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy, spot factories)."""
+    """The RunInstances parameters of ``count`` instances of ``role`` (tags, volume, network, tenancy,
+    spot factories)."""
     options = config.options
     image = plan.images[role]
     tags = {
@@ -288,7 +294,8 @@ def launch_parameters(config, plan: validation.LaunchPlan, role: str, count: int
         "KeyName": options.key_name,
         "ClientToken": token,
         "BlockDeviceMappings": [{"DeviceName": image.root_device, "Ebs": ebs}],
-        "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list}, {"ResourceType": "volume", "Tags": tag_list}],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list},
+                              {"ResourceType": "volume", "Tags": tag_list}],
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
     }
     if options.use_public:
@@ -385,6 +392,7 @@ def load(config, journal, progress: Progress | None = None) -> ClusterInstances:
         new = [host_name(config.name, Role.ORCHESTRATOR, 0)] if selection.orchestrator is None else []
         new += [host_name(config.name, Role.FACTORY, i) for i in range(len(selection.factories), config.factories_num)]
         for name in new if progress is not None else ():
+            assert progress is not None  # the loop runs only with a progress
             progress(name, "launching")
         if selection.orchestrator is None:
             launched += _launch(config, journal, plan, "orchestrator", 1)
@@ -396,7 +404,8 @@ def load(config, journal, progress: Progress | None = None) -> ClusterInstances:
 
 
 def _ready(config, machine: Machine) -> bool:
-    return machine.state == "running" and machine.private_ip is not None and (machine.public_ip is not None or not config.options.use_public)
+    return (machine.state == "running" and machine.private_ip is not None
+            and (machine.public_ip is not None or not config.options.use_public))
 
 
 def _report(config, selection: Selection, progress: Progress | None) -> None:
@@ -440,19 +449,19 @@ def _wait_running(config, journal, known: set[str], launched: set[str], progress
                 what, "InstanceTerminated",
                 "EC2 terminated instances this run launched: " + "; ".join(m.describe() for m in failed),
                 [m.instance_id for m in failed],
-                "read the state reason above (capacity, quota, volume or image problems are the usual causes) and retry",
+                "read the state reason above (capacity, quota, volume or image problems are the usual causes) "
+                "and retry",
             )
         chosen = selection.chosen
         _report(config, selection, progress)
         invisible = sorted(i for i in launched - given_up if i not in seen)
-        if selection.orchestrator is None or len(selection.factories) < config.factories_num:
-            if not invisible:
-                raise api.AWSError(
-                    what, "InstanceLost",
-                    f"cluster {config.name!r} lost instances while waiting; it now has: "
-                    + (", ".join(m.describe() for m in machines if m.state in LIVE) or "none"),
-                    advice="run `flambe-cluster up` again to replace them",
-                )
+        if (selection.orchestrator is None or len(selection.factories) < config.factories_num) and not invisible:
+            raise api.AWSError(
+                what, "InstanceLost",
+                f"cluster {config.name!r} lost instances while waiting; it now has: "
+                + (", ".join(m.describe() for m in machines if m.state in LIVE) or "none"),
+                advice="run `flambe-cluster up` again to replace them",
+            )
         to_start = [m for m in chosen if m.state == "stopped" and m.instance_id not in started]
         if to_start:
             _start(config, journal, to_start)
@@ -475,7 +484,8 @@ def _wait_running(config, journal, known: set[str], launched: set[str], progress
                 f"not running after {options.launch_timeout:g} s: "
                 + ", ".join([m.describe() for m in waiting] + [f"{i} (not listed by EC2 yet)" for i in invisible]),
                 [m.instance_id for m in waiting] + invisible,
-                "look at the instances in the EC2 console (state reason, system log); raise `launch_timeout` if they are only slow",
+                "look at the instances in the EC2 console (state reason, system log); "
+                "raise `launch_timeout` if they are only slow",
             )
         time.sleep(min(next(delays, POLL_DELAYS[-1]), max(0.0, deadline - time.monotonic())))
 
@@ -545,7 +555,8 @@ NOT_FOUND_RETRIES = (1.0, 2.0)
 
 
 def _terminate(region: str, ids: list[str]) -> None:
-    """TerminateInstances; ids EC2 says do not exist are asked again briefly (new ones may not be visible yet), then taken as gone."""
+    """TerminateInstances; ids EC2 says do not exist are asked again briefly (new ones may not be visible yet),
+    then taken as gone."""
     from botocore.exceptions import ClientError
 
     ec2 = api.client("ec2", region)
@@ -589,6 +600,15 @@ def _wait_state(ids: Sequence[str], look: Callable[[], list[Machine]], states: t
         time.sleep(min(next(delays, POLL_DELAYS[-1]), max(0.0, deadline - time.monotonic())))
 
 
+class _RollbackBucket(TypedDict):
+    """What a rollback handles in one region: launch tokens, journaled ids, started ids, unanswered launches."""
+
+    tokens: list[str]
+    ids: list[str]
+    started: list[str]
+    unanswered: dict[str, int]
+
+
 def rollback(config, created: Sequence[CreatedResource]) -> None:
     """Terminate the instances these launches made, stop the instances this run started; wait for both.
 
@@ -598,7 +618,7 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
     instances are listed, a few seconds at most).  Idempotent: instances
     already gone are skipped.
     """
-    by_region: dict[str, dict[str, list]] = {}
+    by_region: dict[str, _RollbackBucket] = {}
     for resource in created:
         region = resource.details.get("region", config.options.region_name)
         bucket = by_region.setdefault(region, {"tokens": [], "ids": [], "started": [], "unanswered": {}})
@@ -621,7 +641,8 @@ def rollback(config, created: Sequence[CreatedResource]) -> None:
         made = set(bucket["ids"]) | {m.instance_id for m in machines if m.launch in tokens}
         # A journaled id EC2 does not list is either too new to be listed or long gone: _terminate tells them apart.
         ids = {i for i in made if i not in visible or visible[i].state != "terminated"}
-        to_stop = sorted(m.instance_id for m in machines if m.instance_id in started and m.state in ("pending", "running"))
+        to_stop = sorted(m.instance_id for m in machines
+                         if m.instance_id in started and m.state in ("pending", "running"))
         if to_stop:
             with api.step("rolling back: stopping the instances this run started", to_stop):
                 api.client("ec2", region).stop_instances(InstanceIds=to_stop)

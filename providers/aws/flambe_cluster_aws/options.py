@@ -34,7 +34,8 @@ _CREATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
 
 
 def default_region() -> str:
-    """The region boto3 is configured with (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``~/.aws/config``), else us-east-1."""
+    """The region boto3 is configured with (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``~/.aws/config``),
+    else us-east-1."""
     return boto3.session.Session().region_name or DEFAULT_REGION
 
 
@@ -65,7 +66,8 @@ def to_timeout_hours(value: object) -> int:
     """-1 (never), 0 (as soon as the host is idle, i.e. when the job ends) or N hours idle."""
     if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_TIMEOUT_HOURS:
         raise ValueError(
-            f"expected -1 (never), 0 (when the job ends) or a number of idle hours up to {MAX_TIMEOUT_HOURS}, got {describe_value(value)}"
+            f"expected -1 (never), 0 (when the job ends) or a number of idle hours up to {MAX_TIMEOUT_HOURS}, "
+            f"got {describe_value(value)}"
         )
     return value
 
@@ -123,10 +125,14 @@ class AWSOptions:
     key pair ``key_name``.
     """
 
-    factories_type: str = field(converter=to_instance_type, metadata={"help": "the factories' EC2 instance type (e.g. 'g4dn.xlarge')"})
-    orchestrator_type: str = field(converter=to_instance_type, metadata={"help": "the orchestrator's EC2 instance type (e.g. 'm5.large')"})
-    key_name: str = field(converter=to_str, metadata={"help": "the name of the EC2 key pair whose private key is `key`"})
-    security_group: str = field(converter=to_str, metadata={"help": "a security group id (sg-...) or name in the subnet's VPC"})
+    factories_type: str = field(converter=to_instance_type,
+                                metadata={"help": "the factories' EC2 instance type (e.g. 'g4dn.xlarge')"})
+    orchestrator_type: str = field(converter=to_instance_type,
+                                   metadata={"help": "the orchestrator's EC2 instance type (e.g. 'm5.large')"})
+    key_name: str = field(converter=to_str,
+                          metadata={"help": "the name of the EC2 key pair whose private key is `key`"})
+    security_group: str = field(converter=to_str,
+                                metadata={"help": "a security group id (sg-...) or name in the subnet's VPC"})
     subnet_id: str = field(converter=to_subnet_id, metadata={"help": "the subnet to launch into (subnet-...)"})
     creator: str = field(factory=default_creator, converter=to_creator)
     volume_type: str = field(default="gp2", converter=one_of("gp2", "gp3", "io1"))

@@ -23,5 +23,6 @@ def plan(config) -> list[PlannedChange]:
         changes.append(PlannedChange("launch", Role.FACTORY, missing, pricing.offer(config, "factory")))
     surplus = [m.instance_id for m in selection.surplus if m.role == Role.FACTORY.value]
     if surplus:
-        changes.append(PlannedChange("terminate", Role.FACTORY, len(surplus), pricing.offer(config, "factory"), surplus))
+        changes.append(PlannedChange("terminate", Role.FACTORY, len(surplus), pricing.offer(config, "factory"),
+                                     surplus))
     return changes

@@ -15,8 +15,13 @@ import difflib
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attrs import frozen
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+    from cryptography.hazmat.primitives.serialization import SSHPrivateKeyTypes
 
 from . import api, catalog
 from .options import AWSOptions
@@ -70,6 +75,7 @@ def key_fingerprints(path: Path) -> set[str] | None:
     """
     from cryptography.hazmat.primitives import serialization
 
+    private: SSHPrivateKeyTypes | PrivateKeyTypes
     try:
         data = path.read_bytes()
         try:
@@ -81,8 +87,12 @@ def key_fingerprints(path: Path) -> set[str] | None:
     public = private.public_key()
     forms = [
         public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
-        base64.b64decode(public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]),
-        private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        base64.b64decode(
+            public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]
+        ),
+        private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
     ]
     prints = set()
     for blob in forms:
@@ -116,7 +126,7 @@ def _resolve(options: AWSOptions, key: Path | None) -> tuple[list[str], LaunchPl
     images = _images(options, types, problems)
     if problems or subnet is None or group is None:
         return problems, None
-    return [], LaunchPlan(options.subnet_id, vpc_id, zone, group["GroupId"], images)
+    return [], LaunchPlan(options.subnet_id, subnet["VpcId"], subnet["AvailabilityZone"], group["GroupId"], images)
 
 
 def _subnet(ec2, options: AWSOptions, problems: list[str]) -> dict | None:
@@ -127,7 +137,8 @@ def _subnet(ec2, options: AWSOptions, problems: list[str]) -> dict | None:
     except ClientError as exc:
         if not _not_found(exc, "InvalidSubnetID"):
             raise
-    problems.append(f"subnet_id: expected a subnet of region {options.region_name}, but {options.subnet_id} does not exist there")
+    problems.append(f"subnet_id: expected a subnet of region {options.region_name}, "
+                    f"but {options.subnet_id} does not exist there")
     return None
 
 
@@ -150,7 +161,8 @@ def _security_group(ec2, options: AWSOptions, vpc_id: str | None, problems: list
         groups = []
     if not groups:
         where = f"VPC {vpc_id}" if vpc_id and not by_id else f"region {options.region_name}"
-        problems.append(f"security_group: expected an existing security group, but {options.security_group!r} does not exist in {where}")
+        problems.append(f"security_group: expected an existing security group, "
+                        f"but {options.security_group!r} does not exist in {where}")
         return None
     group = groups[0]
     if vpc_id and group.get("VpcId") != vpc_id:
@@ -186,7 +198,8 @@ FIELD_OF_TYPE = {"orchestrator": "orchestrator_type", "factory": "factories_type
 FIELD_OF_AMI = {"orchestrator": "orchestrator_ami", "factory": "factory_ami"}
 
 
-def _instance_types(ec2, options: AWSOptions, zone: str | None, problems: list[str]) -> dict[str, catalog.TypeInfo | None]:
+def _instance_types(ec2, options: AWSOptions, zone: str | None,
+                    problems: list[str]) -> dict[str, catalog.TypeInfo | None]:
     """Each role's instance type, which must exist and be offered in the subnet's zone (or the region)."""
     region = options.region_name
     names = {role: options.instance_type(role) for role in ROLES}
@@ -207,11 +220,13 @@ def _instance_types(ec2, options: AWSOptions, zone: str | None, problems: list[s
             problems.append(f"{FIELD_OF_TYPE[role]}: expected an EC2 instance type, but {name!r} does not exist{hint}")
         elif name not in offered:
             where = f"availability zone {zone} (subnet {options.subnet_id})" if zone else f"region {region}"
-            problems.append(f"{FIELD_OF_TYPE[role]}: {name!r} is not offered in {where}; choose another type or a subnet in another zone")
+            problems.append(f"{FIELD_OF_TYPE[role]}: {name!r} is not offered in {where}; "
+                            "choose another type or a subnet in another zone")
     return {role: known.get(name) for role, name in names.items()}
 
 
-def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None], problems: list[str]) -> dict[str, catalog.Image]:
+def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None],
+            problems: list[str]) -> dict[str, catalog.Image]:
     """Each role's image: the one given (it must exist) or the default for the type (see :func:`catalog.default_image`).
 
     A type with NVIDIA GPUs defaults to an image that carries the driver, of
@@ -240,7 +255,8 @@ def _images(options: AWSOptions, types: dict[str, catalog.TypeInfo | None], prob
                 defaults[key] = catalog.default_image(region, architectures[0], gpus, _ubuntu_of(defaults.values()))
             image = defaults[key]
             if image is None:
-                kind = "image with the NVIDIA driver (Deep Learning Base OSS Nvidia Driver GPU AMI)" if gpus else "Ubuntu image"
+                kind = ("image with the NVIDIA driver (Deep Learning Base OSS Nvidia Driver GPU AMI)" if gpus
+                        else "Ubuntu image")
                 problems.append(f"{FIELD_OF_AMI[role]}: no default {kind} found for {architectures[0]} in region "
                                 f"{region}; set it to an AMI id")
                 continue

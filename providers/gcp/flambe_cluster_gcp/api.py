@@ -72,7 +72,7 @@ def endpoint_for(options: Any) -> str | None:
 
 def is_test_endpoint(endpoint: str | None) -> bool:
     """Whether ``endpoint`` is a plain-HTTP test double (anonymous credentials, local metadata server)."""
-    return bool(endpoint) and endpoint.startswith("http://")
+    return endpoint is not None and endpoint.startswith("http://")
 
 
 def _credentials(endpoint: str | None) -> tuple[Any, str | None]:
@@ -157,7 +157,8 @@ class Compute:
     def operations(self) -> compute_v1.ZoneOperationsClient:
         return self.client("ZoneOperationsClient")
 
-    def call(self, what: str, function: Callable[..., T], *args: Any, retry_if: Callable[[BaseException], bool] | None = None,
+    def call(self, what: str, function: Callable[..., T], *args: Any,
+             retry_if: Callable[[BaseException], bool] | None = None,
              retry_for: float = RETRY_FOR, timeout: float = CALL_TIMEOUT, **kwargs: Any) -> T:
         """``function(*args, timeout=..., **kwargs)``, retrying transient failures for ``retry_for`` seconds.
 

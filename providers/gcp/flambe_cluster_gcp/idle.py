@@ -94,7 +94,8 @@ def configure(config, instances: ClusterInstances, run: Callable[[Instance, str]
 
     ``at_once(hosts, action)`` runs ``action`` on every host at once: the
     core's pool, which an interrupt leaves at once (an executor of our own
-    would wait for its threads before any rollback could start).  Raises :class:`GCPError` naming each host where installing failed.
+    would wait for its threads before any rollback could start).  Raises
+    :class:`GCPError` naming each host where installing failed.
     """
     def ensure(instance: Instance) -> str | FlambeClusterError:
         try:

@@ -100,7 +100,8 @@ def to_labels(value: object) -> dict[str, str]:
                 f"label key {key!r}: expected 1-63 lowercase letters, digits, '_' or '-', starting with a letter"
             )
         if key.startswith(RESERVED_LABEL_PREFIX):
-            raise ValueError(f"label key {key!r}: keys starting with {RESERVED_LABEL_PREFIX!r} are set by flambe-cluster")
+            raise ValueError(f"label key {key!r}: keys starting with {RESERVED_LABEL_PREFIX!r} "
+                             "are set by flambe-cluster")
         if not LABEL_VALUE.fullmatch(item):
             raise ValueError(f"label {key!r}: expected up to 63 lowercase letters, digits, '_' or '-', got {item!r}")
         labels[key] = item
@@ -131,7 +132,8 @@ def to_api_endpoint(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+/?", value.strip()):
-        raise ValueError(f"expected a URL like 'https://compute.example.com' or 'http://127.0.0.1:8080', got {describe_value(value)}")
+        raise ValueError("expected a URL like 'https://compute.example.com' or 'http://127.0.0.1:8080', "
+                         f"got {describe_value(value)}")
     return value.strip().rstrip("/")
 
 

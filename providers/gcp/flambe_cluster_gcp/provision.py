@@ -193,7 +193,8 @@ def select(found: Iterable[Found], factories_num: int) -> Selection:
     for item in usable:
         if item.role == "orchestrator" and orchestrator is None:
             orchestrator = item
-        elif item.role == "factory" and item.index is not None and item.index < factories_num and item.index not in factories:
+        elif (item.role == "factory" and item.index is not None and item.index < factories_num
+              and item.index not in factories):
             factories[item.index] = item
         else:
             surplus.append(item)
@@ -203,7 +204,8 @@ def select(found: Iterable[Found], factories_num: int) -> Selection:
 def to_instance(cluster: str, options: GCPOptions, found: Found, role: Role, index: int) -> Instance:
     """The core's record of one instance (addresses, GPUs from its accelerators, the GCP name as id)."""
     if not found.network_ip:
-        raise GCPError(f"instance {found.name} of cluster {cluster!r} has no internal address yet (status {found.status})")
+        raise GCPError(f"instance {found.name} of cluster {cluster!r} has no internal address yet "
+                       f"(status {found.status})")
     public = found.nat_ip if options.use_public and found.nat_ip else found.network_ip
     name = host_name(cluster, role, index)
     return Instance(name=name, role=role, public=Endpoint(public), private=Endpoint(found.network_ip),
@@ -231,11 +233,14 @@ def instance_body(config, compute: Compute, role: Role, index: int, name: str, i
               LABEL_RUN: run_label(run_id)}
     if role is Role.FACTORY:
         labels[LABEL_INDEX] = str(index)
-    network = options.network if "/" in options.network else f"projects/{compute.project}/global/networks/{options.network}"
+    network = (options.network if "/" in options.network
+               else f"projects/{compute.project}/global/networks/{options.network}")
     interface = compute_v1.NetworkInterface(network=network)
     if options.subnetwork:
-        interface.subnetwork = (options.subnetwork if "/" in options.subnetwork
-                                else f"projects/{compute.project}/regions/{compute.region}/subnetworks/{options.subnetwork}")
+        interface.subnetwork = (
+            options.subnetwork if "/" in options.subnetwork
+            else f"projects/{compute.project}/regions/{compute.region}/subnetworks/{options.subnetwork}"
+        )
     if options.use_public:
         interface.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
     accelerators = []
@@ -345,7 +350,8 @@ def _say(progress: Progress | None, config, role: Role | str | None, index: int 
 
 def create(config, compute: Compute, journal, missing: Sequence[tuple[Role, int]],
            progress: Progress | None = None) -> dict[str, tuple[Role, int, str]]:
-    """Insert the ``missing`` instances (each journaled before its insert); returns ``{name: (role, index, operation)}``.
+    """Insert the ``missing`` instances (each journaled before its insert);
+    returns ``{name: (role, index, operation)}``.
 
     Inserts go out one after the other (orchestrator first) without waiting
     for their operations; :func:`wait_operations` waits for all of them.
@@ -403,8 +409,8 @@ def wait_operations(config, compute: Compute, operations: dict[str, tuple[Role, 
                 failures.append(f"{name}: its insert operation {operation_name} was not done in time")
                 break
             try:
-                operation = compute.call(f"waiting for the insert of {name}", compute.operations.wait, project=compute.project,
-                                         zone=compute.zone, operation=operation_name,
+                operation = compute.call(f"waiting for the insert of {name}", compute.operations.wait,
+                                         project=compute.project, zone=compute.zone, operation=operation_name,
                                          timeout=min(remaining + 5, 150.0))
             except Exception as exc:  # noqa: BLE001
                 failures.append(f"{name}: waiting for its insert operation failed: {describe(exc)}")
@@ -561,7 +567,8 @@ def delete(compute: Compute, config, names: Sequence[str], what: str, deadline: 
 
 def _wait_until(compute: Compute, config, pending: Callable[[dict[str, Found]], list[str]], what: str,
                 deadline: float) -> None:
-    """Poll the cluster's list (one request each) until ``pending(instances by name)`` is empty; raise at the deadline."""
+    """Poll the cluster's list (one request each) until ``pending(instances by name)`` is empty;
+    raise at the deadline."""
     pauses = _pauses()
     while True:
         remaining = pending({f.name: f for f in list_cluster(compute, config)})

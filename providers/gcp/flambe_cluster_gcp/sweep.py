@@ -114,7 +114,8 @@ def list_labelled(compute: Compute, zone: str | None, region: str | None) -> lis
         if zone:
             request = compute_v1.ListInstancesRequest(project=compute.project, zone=zone, filter=LABELLED,
                                                       max_results=PAGE)
-            return [Labelled.from_api(i, zone) for i in compute.instances.list(request=request, timeout=timeout)], {zone}
+            return [Labelled.from_api(i, zone)
+                    for i in compute.instances.list(request=request, timeout=timeout)], {zone}
         request = compute_v1.AggregatedListInstancesRequest(project=compute.project, filter=LABELLED, max_results=PAGE)
         found, zones = [], set()
         for scope, scoped in compute.instances.aggregated_list(request=request, timeout=timeout):

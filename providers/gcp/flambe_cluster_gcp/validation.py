@@ -12,9 +12,11 @@ run concurrently.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from flambe_cluster.provider import Role, public_key_line
 from google.api_core import exceptions as gexc
@@ -79,13 +81,14 @@ def problems(config) -> list[str]:
     checks: list[Callable[[], list[str]]] = []
     if not zone_ok:
         close = difflib.get_close_matches(options.zone, zones, n=3)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; zones: {', '.join(sorted(zones)[:12])}"
+        hint = (f"; did you mean {' or '.join(map(repr, close))}?" if close
+                else f"; zones: {', '.join(sorted(zones)[:12])}")
         found.append(f"zone: {options.zone!r} is not a zone of project {compute.project!r}{hint}")
     machine_types: dict[str, list[str]] = {options.orchestrator_type: ["orchestrator_type"]}
     if config.factories_num:
         machine_types.setdefault(options.factories_type, []).append("factories_type")
     for machine_type, fields in machine_types.items():
-        checks.append(lambda t=machine_type, f=" and ".join(fields): _machine_type(compute, options, f, t, zone_ok))
+        checks.append(functools.partial(_machine_type, compute, options, " and ".join(fields), machine_type, zone_ok))
     if options.factories_gpu_type is not None and config.factories_num:
         checks.append(lambda: _accelerator(compute, options, zone_ok))
     checks.append(lambda: _images(compute, options))
@@ -114,19 +117,21 @@ def _elsewhere(compute: Compute, client: str, attribute: str, name: str) -> list
     return sorted(zones)
 
 
-def _offered(compute: Compute, client: str, attribute: str, name: str, zone_ok: bool) -> tuple[object, list[str]]:
+def _offered(compute: Compute, client: str, attribute: str, name: str, zone_ok: bool) -> tuple[Any, list[str]]:
     """``(the zone's resource or None, zones offering it)``; the aggregated list is asked only when not in the zone."""
     if zone_ok:
+        by_name: dict[str, Any] = {attribute[:-1]: name}
         try:
             item = compute.call(f"reading {name}", compute.client(client).get, project=compute.project,
-                                zone=compute.zone, **{attribute[:-1]: name})
+                                zone=compute.zone, **by_name)
             return item, [compute.zone]
         except gexc.NotFound:
             pass
     return None, _elsewhere(compute, client, attribute, name)
 
 
-def _machine_type(compute: Compute, options: GCPOptions, field_name: str, machine_type: str, zone_ok: bool) -> list[str]:
+def _machine_type(compute: Compute, options: GCPOptions, field_name: str, machine_type: str,
+                  zone_ok: bool) -> list[str]:
     try:
         here, zones = _offered(compute, "MachineTypesClient", "machine_types", machine_type, zone_ok)
     except Exception as exc:  # noqa: BLE001
@@ -142,6 +147,7 @@ def _machine_type(compute: Compute, options: GCPOptions, field_name: str, machin
 
 def _accelerator(compute: Compute, options: GCPOptions, zone_ok: bool) -> list[str]:
     kind = options.factories_gpu_type
+    assert kind is not None  # checked only when a GPU type is set
     try:
         accelerator, zones = _offered(compute, "AcceleratorTypesClient", "accelerator_types", kind, zone_ok)
     except Exception as exc:  # noqa: BLE001

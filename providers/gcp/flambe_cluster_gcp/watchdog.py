@@ -208,6 +208,7 @@ def ensure(encoded):
         print("unchanged", pid)
         return
     if running:
+        assert pid is not None  # running implies a pid
         os.kill(pid, signal.SIGTERM)
         for _ in range(50):
             if not _pid_alive(pid):
