@@ -53,18 +53,6 @@ def pytest_unconfigure(config):
 _RUN_TMP = pytest.StashKey[tuple]()
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the groups
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (``scripts/test.sh``) the tests that build hosts are one group, run one after another
-    on one worker, as without xdist: they share this machine's two cores with their hosts, sshd and Ray, and
-    their faults and timings are measured on a machine not also running another cluster. The others spread."""
-    from flambe_cluster.testing.pytest_plugin import builds_hosts  # imported by pytest_plugins first (rewritten)
-
-    for item in items:
-        if builds_hosts(item):
-            item.add_marker(pytest.mark.xdist_group("hosts"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def private_wheel_cache(tmp_path_factory):
     """The wheels hosts install from are gathered into a cache of this run, never the user's

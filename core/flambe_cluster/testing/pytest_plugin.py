@@ -73,16 +73,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{HOSTS_MARKER}: needs real test hosts (root, Linux namespaces, OpenSSH)")
 
 
-def builds_hosts(item: pytest.Item) -> bool:
-    """Whether ``item`` is a ``hosts`` test: marked so, or using a fixture that builds test hosts."""
-    return (item.get_closest_marker(HOSTS_MARKER) is not None
-            or bool({"flambe_test_hosts", "flambe_ssh_hosts"} & set(getattr(item, "fixturenames", ()))))
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test whose fixtures build test hosts is a ``hosts`` test, whether or not it says so."""
     for item in items:
-        if builds_hosts(item):
+        if {"flambe_test_hosts", "flambe_ssh_hosts"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(HOSTS_MARKER)
 
 
