@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from flambe_cluster import Cluster, resize
+from flambe_cluster import Cluster
 from flambe_cluster.config import parse_config
 from flambe_cluster.state import ClusterState
 from gcp_fake import FakeComputeEngine
@@ -54,12 +54,12 @@ def test_dry_run_prints_the_plan_and_creates_nothing(fake, raw, tmp_path):
 def test_a_lowered_factories_num_plans_the_member_factories_it_terminates(fake, raw, tmp_path):
     cluster = Cluster.from_config(parse_config(raw))
     cluster.load_all_instances()
-    resize.write_members(cluster.state, cluster.all_hosts())  # what an `up` records once its hosts are prepared
+    cluster.state.record_members(cluster.all_hosts())  # what an `up` records once its hosts are prepared
     last = cluster.factories[-1].instance_id
     smaller = Cluster.from_config(parse_config({**raw, "factories_num": 1}))
     (change,) = smaller.plan()
     assert change.line() == f"terminate {last} (n1-standard-4 spot at $0.04/h)"
-    resize.drop_members(cluster.state)
+    cluster.state.drop_members()
     assert smaller.plan() == [], "a factory up never recorded as a member is not one it terminates"
     cluster.rollback_env()
     cluster.close()

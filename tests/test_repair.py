@@ -266,15 +266,15 @@ def test_a_factory_its_idle_policy_released_is_left_alone_and_said_once(tmp_path
 
 
 def test_the_watch_follows_members_another_command_changed_and_acts_only_on_its_look(tmp_path, monkeypatch):
-    from flambe_cluster import raycluster, repair, resize
+    from flambe_cluster import raycluster, repair
 
     session = fake_session(tmp_path, None)
     monkeypatch.setattr(raycluster, "nodes", lambda s: [{"ip": "10.0.0.2", "alive": True, "head": False}])
-    resize.write_members(session.state, session.hosts())
+    session.state.record_members(session.hosts())
     watch = repair.Watch(session, lost_after=0)
     # another shell shrank the cluster to one factory: its Ray node stopped, the record says so
     session.pool.without_node.add("10.0.0.3")
-    resize.write_members(session.state, session.hosts()[:2])
+    session.state.record_members(session.hosts()[:2])
     repairs: list[int] = []
     watch.round(lambda before: repairs.append(before() or 1))
     assert repairs == [] and [f.label for f in session.factories] == ["c_factory0 (10.0.0.2)"]
@@ -283,7 +283,7 @@ def test_the_watch_follows_members_another_command_changed_and_acts_only_on_its_
     session.pool.without_node.add("10.0.0.2")
 
     def changed_meanwhile(before):
-        resize.write_members(session.state, session.hosts()[:1])
+        session.state.record_members(session.hosts()[:1])
         before()
         repairs.append(1)
 

@@ -61,22 +61,21 @@ def test_the_journal_forgets_released_instances_one_by_one(tmp_path):
 
 
 def test_members_are_recorded_by_identity_and_dropped(tmp_path):
-    from flambe_cluster import resize
-    from flambe_cluster.records import ClusterInstances, Endpoint
-    from flambe_cluster.state import ClusterState
+    from flambe_cluster.records import ClusterInstances, Endpoint, identity
+    from flambe_cluster.state import MEMBERS, ClusterState
 
     state = ClusterState(tmp_path)
-    assert resize.members(state) is None, "no record: nothing to shrink"
+    assert state.members() is None, "no record: nothing to shrink"
     hosts = list(ClusterInstances.named("c", [(Endpoint.parse(f"10.0.0.{i}"), Endpoint.parse(f"10.0.0.{i}"))
                                               for i in (1, 2, 3)]))
-    resize.write_members(state, hosts)
-    assert [resize.identity(h) for h in resize.members(state)] == [resize.identity(h) for h in hosts]
-    resize.drop_members(state, hosts[2:])
-    assert [h.name for h in resize.members(state)] == ["c_orchestrator", "c_factory0"]
-    (state.root / resize.MEMBERS).write_text("{damaged")
-    assert resize.members(state) is None
-    resize.drop_members(state)
-    assert not (state.root / resize.MEMBERS).exists()
+    state.record_members(hosts)
+    assert [identity(h) for h in state.members()] == [identity(h) for h in hosts]
+    state.drop_members(hosts[2:])
+    assert [h.name for h in state.members()] == ["c_orchestrator", "c_factory0"]
+    (state.root / MEMBERS).write_text("{damaged")
+    assert state.members() is None
+    state.drop_members()
+    assert not (state.root / MEMBERS).exists()
 
 
 class Env:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import attrs
 import pluggy
 
-from . import costs, hostfiles, hostlock, keys, plugins, raycluster, repair, resize, secrets
+from . import costs, hostfiles, hostlock, keys, plugins, raycluster, repair, resize, secrets, setupsteps
 from .config import load_config, parse_config, provider_of, read_config_file
 from .errors import ClusterBusyError, FlambeClusterError, UsageError
 from .handles import InstanceHandle, handle, record_of
@@ -143,8 +143,9 @@ class Cluster(ClusterOperations):
         ``validate=False`` skips the provider's (possibly online) validation:
         for commands on a cluster that already exists.
         """
-        manager = plugins.make_plugin_manager(provider_of(read_config_file(path), str(path)))
-        return cls.from_config(load_config(path, validate=validate, manager=manager), manager)
+        raw = read_config_file(path)  # read once: the provider's name and the configuration come from one text
+        manager = plugins.make_plugin_manager(provider_of(raw, str(path)))
+        return cls.from_config(parse_config(raw, source=str(path), validate=validate, manager=manager), manager)
 
     # --- the seed's fields, and what the session holds
 
@@ -270,7 +271,7 @@ class Cluster(ClusterOperations):
         one its state folder records (provider and ``flambe_cluster_place``) while that cluster is in use there
         (members recorded, or resources not destroyed); ``record`` remembers the place."""
         place = self.place()
-        in_use = resize.members(self.state) is not None or bool(self.state.journal.outstanding())
+        in_use = self.state.members() is not None or bool(self.state.journal.outstanding())
         self.state.check_place(place, record, in_use)
 
     def wait_until_accessible(self) -> None:
@@ -285,14 +286,17 @@ class Cluster(ClusterOperations):
         Ray is not started (Flambé starts it with :meth:`launch_ray_cluster`;
         :meth:`up` does everything).  Idempotent: on a cluster that is
         already prepared it reuses the instances, the key pair and the
-        environments, and only re-runs the (idempotent) setup commands.  With
+        environments, and runs on each host only the setup commands it has
+        not completed as they read now (:mod:`flambe_cluster.setupsteps`;
+        ``rerun_setup=True`` runs them all again).  With
         ``force`` (the seed's flag) a running job is stopped.  Holds the
         cluster's lock for its whole duration, a rollback after a failure
         included, so another process never reuses what is being rolled back.
         ``lock_wait`` (seconds) waits for another process's lock.
         """
         self.refuse_past_max_cost()
-        self._locked(lambda: self._prepare(lock_wait=float(kwargs.get("lock_wait", 0.0))), force, kwargs)
+        self._locked(lambda: self._prepare(lock_wait=float(kwargs.get("lock_wait", 0.0)),
+                                           rerun_setup=bool(kwargs.get("rerun_setup", False))), force, kwargs)
 
     def up(self, force: bool = False, confirm: Callable[[str], bool] | None = None,
            approve: Callable[[list[PlannedChange]], bool] | None = None, **kwargs: Any) -> None:
@@ -307,7 +311,8 @@ class Cluster(ClusterOperations):
         :class:`UsageError`, nothing changed.  Refused past ``max_cost``.
         """
         self.refuse_past_max_cost()
-        self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0)), approve), force, kwargs)
+        self._locked(lambda: self._up(confirm, float(kwargs.get("lock_wait", 0.0)), approve,
+                                      bool(kwargs.get("rerun_setup", False))), force, kwargs)
 
     def plan(self) -> list[PlannedChange]:
         """The changes to paid machines :meth:`up` would make now (launches, terminations, with their prices).
@@ -319,7 +324,7 @@ class Cluster(ClusterOperations):
         """
         self._check_place(record=False)
         changes = self.hooks.plan(self.config)
-        members = {h.instance_id for h in resize.members(self.state) or () if h.instance_id}
+        members = {h.instance_id for h in self.state.members() or () if h.instance_id}
         planned = []
         for change in changes:
             if change.action == "terminate":  # up removes only factories it recorded as members (resize.shrink)
@@ -470,10 +475,12 @@ class Cluster(ClusterOperations):
                 self._held = None
 
     def _prepare(self, start_ray: bool = False, confirm: Callable[[str], bool] | None = None,
-                 lock_wait: float = 0.0) -> None:
+                 lock_wait: float = 0.0, rerun_setup: bool = False) -> None:
         """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`);
         ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
-        up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`)."""
+        up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`).  Each host runs
+        the setup commands it has not completed (all of them with ``rerun_setup``; see
+        :mod:`flambe_cluster.setupsteps`)."""
         self.load_all_instances()
         self.wait_until_accessible()
         assert self._held is not None, "runs under _locked, which lets go of the lock after a rollback"
@@ -486,17 +493,17 @@ class Cluster(ClusterOperations):
         else:
             self.distribute_keys()
         self.create_dirs(list(REMOTE_DIRS))
-        self.run_cmds(self.setup_cmds)
+        setupsteps.run(self.session, self.setup_cmds, rerun=rerun_setup)
         self._prepare_software(start_ray)
 
     def _up(self, confirm: Callable[[str], bool] | None = None, lock_wait: float = 0.0,
-            approve: Callable[[list[PlannedChange]], bool] | None = None) -> None:
+            approve: Callable[[list[PlannedChange]], bool] | None = None, rerun_setup: bool = False) -> None:
         if approve is not None:
             changes = self.plan()  # under the cluster's lock: what is approved is what this up does
             if changes and not approve(changes):
                 raise UsageError(f"cluster {self.name!r} was left as it is: nothing was launched or terminated "
                                  "(`up -y` goes ahead without asking)")
-        self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait)
+        self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait, rerun_setup=rerun_setup)
         self.hooks.configure_idle_shutdown(self.config, self.session.instances(), self.journal,
                                            lambda host, command: self.pool.run(host, command).stdout, self.pool.map)
 
@@ -524,7 +531,7 @@ class Cluster(ClusterOperations):
         destroyed = {r.resource_id for r in created} | {i for r in created for i in r.details.get("instance_ids", ())}
         gone = [h for h in self._loaded() if h.instance_id in destroyed]
         self.session.forget_host_keys(gone)
-        resize.drop_members(self.state, gone)
+        self.state.drop_members(gone)
 
     def down(self, wait: float = 0.0) -> bool:
         """Stop the job and Ray on every host, then release the machines through the provider.
@@ -559,7 +566,7 @@ class Cluster(ClusterOperations):
             self.session.forget_host_keys([h for h in self._loaded() if h.instance_id is not None])
             journal = self.state.journal
             journal.record_destroyed(journal.outstanding())
-            resize.drop_members(self.state)
+            self.state.drop_members()
             self.state.forget_key_pair()  # a cluster made again gets a new one
             self.state.forget_place()
             return True

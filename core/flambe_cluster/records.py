@@ -134,6 +134,25 @@ class Instance:
         """Short human name for messages: ``name (address)``."""
         return f"{self.name} ({self.endpoint})"
 
+    def to_json(self) -> dict[str, Any]:
+        """The host as the state folder's member record holds it (all but ``gpus``)."""
+        return {"name": self.name, "role": self.role.value, "public": str(self.public), "private": str(self.private),
+                "use_public": self.use_public, "instance_id": self.instance_id}
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> Instance:
+        """The host :meth:`to_json` wrote (``gpus`` unknown); raises KeyError, TypeError or ValueError when damaged."""
+        return cls(name=item["name"], role=Role(item["role"]), public=Endpoint.parse(item["public"]),
+                   private=Endpoint.parse(item["private"]), use_public=item["use_public"],
+                   instance_id=item["instance_id"], gpus=None)
+
+
+def identity(host: Instance) -> tuple[str, str]:
+    """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its private address
+    (the one the hosts and Ray know it by: the same machine reached through another name, such as an
+    ``~/.ssh/config`` alias or a bastion, is still the same)."""
+    return ("id", host.instance_id) if host.instance_id else ("at", str(host.private))
+
 
 def orchestrator_name(cluster: str) -> str:
     """The seed's orchestrator name: ``<cluster>_orchestrator``."""

@@ -49,7 +49,7 @@ from typing import cast
 
 from . import environment, raycluster, resize
 from .errors import ClusterBusyError, FlambeClusterError
-from .records import ClusterInstances, Instance, Role
+from .records import ClusterInstances, Instance, Role, identity
 from .session import HostSession
 from .settings import ClusterConfig
 
@@ -140,15 +140,15 @@ class Watch:
                 session.config = config
                 self.act("followed", f"the cluster file changed: the cluster now has {config.factories_num} factories",
                          factories_num=config.factories_num)
-        recorded = resize.members(session.state)
-        if recorded is None or [resize.identity(h) for h in recorded] == [resize.identity(h) for h in session.hosts()]:
+        recorded = session.state.members()
+        if recorded is None or [identity(h) for h in recorded] == [identity(h) for h in session.hosts()]:
             return
         session.orchestrator = next((h for h in recorded if h.role is Role.ORCHESTRATOR), session.orchestrator)
         session.factories = [h for h in recorded if h.role is Role.FACTORY]
         if self.reread is not None:  # the command that changed them applied the file as it is now
             with contextlib.suppress(FlambeClusterError):  # said above, when it was first read
                 session.config = self.reread(True) or session.config
-        now = {resize.identity(f) for f in session.factories}
+        now = {identity(f) for f in session.factories}
         for known in (self.silent_since, self.waiting, self.idle):
             for key in [k for k in known if k not in now]:
                 known.pop(key) if isinstance(known, dict) else known.discard(key)
@@ -158,22 +158,22 @@ class Watch:
 
     def members_now(self) -> list[tuple[str, str]]:
         """What identifies the cluster's hosts as the watch sees them (to tell whether they changed meanwhile)."""
-        return [resize.identity(h) for h in self.session.hosts()]
+        return [identity(h) for h in self.session.hosts()]
 
     def idle_removed(self, suspects: list[Instance]) -> set[Instance]:
         """Of ``suspects``, those the cluster's idle policy released (said once each): left alone."""
-        candidates = [f for f in suspects if resize.identity(f) not in self.idle]
+        candidates = [f for f in suspects if identity(f) not in self.idle]
         found = self.session.hooks.idle_removed(self.session.config, candidates) if candidates else []
         for factory in found or ():
-            self.idle.add(resize.identity(factory))
+            self.idle.add(identity(factory))
             self.act("idle", f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''} was released "
                              "by its idle timeout: left alone, not replaced (`up` brings it back)",
                      host=factory.name, instance_id=factory.instance_id)
-        return {f for f in suspects if resize.identity(f) in self.idle}
+        return {f for f in suspects if identity(f) in self.idle}
 
     def watched(self) -> list[Instance]:
         """The factories the watch keeps whole: all but those their idle policy released."""
-        return [f for f in self.session.factories if resize.identity(f) not in self.idle]
+        return [f for f in self.session.factories if identity(f) not in self.idle]
 
     # --- looking
 
@@ -185,8 +185,8 @@ class Watch:
             return [], str(exc).splitlines()[0]
         if found is None:
             return self.watched(), "the provider finds none of the cluster's instances"
-        listed = {resize.identity(h) for h in found}
-        return [f for f in self.watched() if resize.identity(f) not in listed], None
+        listed = {identity(h) for h in found}
+        return [f for f in self.watched() if identity(f) not in listed], None
 
     def answering(self) -> dict[Instance, bool | None]:
         """The factories that run a command over SSH now (each given :data:`PROBE_TIMEOUT` seconds), each with
@@ -273,7 +273,7 @@ class Watch:
         gone, complaint = self.provider_lost()
         answering = self.answering()
         for factory in self.watched():
-            key = resize.identity(factory)
+            key = identity(factory)
             if factory in answering:
                 self.silent_since.pop(key, None)
                 self.waiting.discard(key)
@@ -294,7 +294,7 @@ class Watch:
                              {"complaint": complaint}))
             lost.update(dict.fromkeys(silent, "the provider says the cluster is incomplete and it does not answer"))
         long_silent = [f for f in silent if f not in lost
-                       and now - self.silent_since.get(resize.identity(f), now) >= self.lost_after]
+                       and now - self.silent_since.get(identity(f), now) >= self.lost_after]
         unreachable: set[Instance] = set()
         if long_silent:
             unreachable, wait = self.unreachable(long_silent)
@@ -307,7 +307,7 @@ class Watch:
         for factory in long_silent:
             if factory not in unreachable:
                 continue
-            key = resize.identity(factory)
+            key = identity(factory)
             silence = now - self.silent_since[key]
             if factory.instance_id is None:  # a machine the user brought: wait for it (same address, same host key)
                 if key not in self.waiting:
@@ -329,8 +329,8 @@ class Watch:
                           "reason": why}))
 
         def before() -> None:  # under the lock
-            recorded = resize.members(session.state)
-            if recorded is not None and [resize.identity(h) for h in recorded] != looked:
+            recorded = session.state.members()
+            if recorded is not None and [identity(h) for h in recorded] != looked:
                 raise ClusterChanged
             for line, details in said:
                 self.act("lost", line, **details)
@@ -347,8 +347,8 @@ class Watch:
         if not factories:
             return
         session = self.session
-        listed = {resize.identity(h) for h in self.find() or ()}
-        still = [f for f in factories if resize.identity(f) in listed]
+        listed = {identity(h) for h in self.find() or ()}
+        still = [f for f in factories if identity(f) in listed]
         if still:  # provider-managed machines that the evidence says are gone: released so that `up` creates new ones
             session.hooks.release_instances(session.config, still)
         resize.forget(session, factories)
@@ -376,10 +376,10 @@ class Watch:
         self.silent_since.clear()
         self.said_wait = None
         workers = len(session.factories)
-        after = {resize.identity(f) for f in session.factories}
-        gone = [f for f in before_factories if resize.identity(f) not in after]
-        kept = {resize.identity(f) for f in before_factories}
-        new = [f for f in session.factories if resize.identity(f) not in kept]
+        after = {identity(f) for f in session.factories}
+        gone = [f for f in before_factories if identity(f) not in after]
+        kept = {identity(f) for f in before_factories}
+        new = [f for f in session.factories if identity(f) not in kept]
         for old, factory in zip(gone, new):
             self.act("replaced", f"replaced {old.label}{' ' + old.instance_id if old.instance_id else ''} by "
                                  f"{factory.label}{' ' + factory.instance_id if factory.instance_id else ''}: "
@@ -387,7 +387,7 @@ class Watch:
                      host=factory.name, address=str(factory.private), instance_id=factory.instance_id,
                      old_address=str(old.private), old_instance_id=old.instance_id)
         for factory in lost:
-            if resize.identity(factory) in after:
+            if identity(factory) in after:
                 self.act("rejoined", f"{factory.label} rejoined Ray ({workers} workers alive)",
                          host=factory.name, address=str(factory.private), instance_id=factory.instance_id)
 

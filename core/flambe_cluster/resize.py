@@ -1,7 +1,8 @@
 """Resize in place: the cluster's members as the last ``up`` left them, and what ``up`` does when they change.
 
 The local state folder remembers the cluster's members (``members.json``:
-every host with its addresses and instance id).  When the provider's answer
+every host with its addresses and instance id; written by
+:meth:`~flambe_cluster.state.ClusterState.record_members`).  When the provider's answer
 differs — ``factories_num`` raised or lowered, an address added to or
 dropped from the ``ssh`` provider's list — ``up`` grows and shrinks the
 running cluster instead of rebuilding it:
@@ -32,76 +33,20 @@ nothing to shrink; its first ``up`` writes the record.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import hostfiles, jobs, keys, raycluster
 from .errors import FlambeClusterError, UsageError
-from .records import Endpoint, Instance, Role
+from .records import Instance, Role, identity
 from .session import HostSession
-from .state import ClusterState, write_private
 
 logger = logging.getLogger(__name__)
 
-MEMBERS = "members.json"
 #: Seconds a removed factory is given to answer before it is released without stopping its Ray node.
 DRAIN_CONNECT_TIMEOUT = 15.0
 #: Seconds the tasks running on a removed factory get to finish before its Ray node is stopped.
 DRAIN_TIMEOUT = 60.0
-
-
-def identity(host: Instance) -> tuple[str, str]:
-    """What makes ``host`` the same machine from one ``up`` to the next: its instance id, else its private address
-    (the one the hosts and Ray know it by: the same machine reached through another name, such as an
-    ``~/.ssh/config`` alias or a bastion, is still the same)."""
-    return ("id", host.instance_id) if host.instance_id else ("at", str(host.private))
-
-
-def _to_json(host: Instance) -> dict[str, Any]:
-    return {"name": host.name, "role": host.role.value, "public": str(host.public), "private": str(host.private),
-            "use_public": host.use_public, "instance_id": host.instance_id}
-
-
-def _from_json(item: dict[str, Any]) -> Instance:
-    return Instance(name=item["name"], role=Role(item["role"]), public=Endpoint.parse(item["public"]),
-                    private=Endpoint.parse(item["private"]), use_public=item["use_public"],
-                    instance_id=item["instance_id"], gpus=None)
-
-
-def members(state: ClusterState) -> list[Instance] | None:
-    """The members the record holds (None without a record, or with one that cannot be read: nothing to shrink)."""
-    try:
-        return [_from_json(item) for item in json.loads((state.root / MEMBERS).read_text())]
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("ignoring the damaged member record %s (%s)", state.root / MEMBERS, exc)
-        return None
-
-
-def write_members(state: ClusterState, hosts: Sequence[Instance]) -> None:
-    """Replace the record with ``hosts`` (written only when it changes, atomically)."""
-    text = json.dumps([_to_json(h) for h in hosts], indent=1, sort_keys=True) + "\n"
-    path = state.ensure().root / MEMBERS
-    try:
-        if path.read_text() == text:
-            return
-    except FileNotFoundError:
-        pass
-    write_private(path, text.encode())
-
-
-def drop_members(state: ClusterState, gone: Sequence[Instance] | None = None) -> None:
-    """Remove ``gone`` from the record (rolled back, released); all of it when ``gone`` is None (``down``)."""
-    if gone is None:
-        (state.root / MEMBERS).unlink(missing_ok=True)
-        return
-    recorded = members(state)
-    if recorded is not None:
-        removed = {identity(h) for h in gone}
-        write_members(state, [h for h in recorded if identity(h) not in removed])
 
 
 def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -> list[Instance]:
@@ -119,9 +64,9 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
     released after at most :data:`DRAIN_CONNECT_TIMEOUT` seconds.  Then records the loaded hosts as the members,
     before anything is started on the new ones: a later ``up`` drains them too if the file
     changes back after a failure (a rollback drops the instances it
-    destroys, :func:`drop_members`).
+    destroys, :meth:`~flambe_cluster.state.ClusterState.drop_members`).
     """
-    record = members(session.state)  # None: nothing recorded, so nothing to add or remove
+    record = session.state.members()  # None: nothing recorded, so nothing to add or remove
     recorded = {identity(h) for h in record or session.hosts()}
     current = {identity(h) for h in session.hosts()}
     added = [h for h in session.factories if identity(h) not in recorded]
@@ -149,7 +94,7 @@ def shrink(session: HostSession, confirm: Callable[[str], bool] | None = None) -
         forget(session, removed)
     if len(removed) > len(lost):  # machines left the cluster: the hosts that stay get a new key pair
         keys.rotate(session)
-    write_members(session.state, session.hosts())
+    session.state.record_members(session.hosts())
     return removed
 
 
@@ -210,4 +155,4 @@ def forget(session: HostSession, hosts: Sequence[Instance]) -> None:
     ids = {h.instance_id for h in hosts if h.instance_id}
     if ids:
         session.state.journal.forget_instances(ids)
-    drop_members(session.state, hosts)
+    session.state.drop_members(hosts)

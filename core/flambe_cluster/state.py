@@ -1,9 +1,11 @@
-"""The local state of a cluster: one folder per cluster on the client.
+"""The local state of a cluster: one folder per cluster on the client, written by this module only.
 
 It holds the pinned host keys (``known_hosts``), the per-cluster key pair,
 the journal of every resource a run created, the path of the cluster's
-configuration file (remembered by ``up``, for ``list``), and the lock that
-keeps two processes from changing the same cluster at once.  The folder is
+configuration file (remembered by ``up``, for ``list``), the members the last
+``up`` left (``members.json``, see :mod:`flambe_cluster.resize`), providers'
+own records (:meth:`ClusterState.write_record`), and the lock that keeps two
+processes from changing the same cluster at once.  The folder is
 ``$FLAMBE_CLUSTER_HOME/clusters/<name>`` (default ``~/.flambe-cluster``), or
 ``<state_dir>/<name>`` when the configuration sets ``state_dir``.
 """
@@ -20,7 +22,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .errors import ClusterBusyError, UsageError
-from .records import CreatedResource
+from .records import CreatedResource, Instance, identity
 
 STATE_HOME_ENV = "FLAMBE_CLUSTER_HOME"
 logger = logging.getLogger(__name__)
@@ -246,6 +248,7 @@ class RunJournal:
 #: The file of a state folder that records where its cluster lives (see ClusterState.check_place).
 PLACE = "place.json"
 RAY_PORT = "ray.json"  # the port the cluster's Ray head was started on
+MEMBERS = "members.json"  # the cluster's members as the last `up` left them (see ClusterState.members)
 
 
 @define
@@ -374,6 +377,50 @@ class ClusterState:
     def record_ray_port(self, port: int) -> None:
         """Remember the port the Ray head was started on (a later ``up`` with another ``ray_port`` is refused)."""
         write_private(self.ensure().root / RAY_PORT, json.dumps({"port": port}).encode())
+
+    def members(self) -> list[Instance] | None:
+        """The members the record holds (None without a record, or with one that cannot be read: nothing to shrink)."""
+        try:
+            return [Instance.from_json(item) for item in json.loads((self.root / MEMBERS).read_text())]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring the damaged member record %s (%s)", self.root / MEMBERS, exc)
+            return None
+
+    def record_members(self, hosts: Sequence[Instance]) -> None:
+        """Replace the member record with ``hosts`` (written only when it changes, atomically)."""
+        text = json.dumps([h.to_json() for h in hosts], indent=1, sort_keys=True) + "\n"
+        path = self.ensure().root / MEMBERS
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text() == text:
+                return
+        write_private(path, text.encode())
+
+    def drop_members(self, gone: Sequence[Instance] | None = None) -> None:
+        """Drop ``gone`` from the member record (rolled back, released); all of it when ``gone`` is None (``down``)."""
+        if gone is None:
+            (self.root / MEMBERS).unlink(missing_ok=True)
+            return
+        recorded = self.members()
+        if recorded is not None:
+            removed = {identity(h) for h in gone}
+            self.record_members([h for h in recorded if identity(h) not in removed])
+
+    def read_record(self, file_name: str) -> Any | None:
+        """The JSON a provider's own record ``file_name`` holds (None when there is none; a damaged one raises)."""
+        try:
+            return json.loads((self.root / file_name).read_text())
+        except FileNotFoundError:
+            return None
+
+    def write_record(self, file_name: str, data: Any) -> None:
+        """Replace a provider's own record ``file_name`` with ``data`` as JSON (atomically, mode 0600)."""
+        write_private(self.ensure().root / file_name, json.dumps(data).encode())
+
+    def drop_record(self, file_name: str) -> None:
+        """Remove a provider's own record ``file_name``; idempotent."""
+        (self.root / file_name).unlink(missing_ok=True)
 
     def forget_key_pair(self, file_name: str = "cluster_key") -> None:
         """Remove the key pair ``file_name`` (the next :meth:`key_pair` generates a new one); idempotent."""

@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import costs, environment, hostfiles, jobs, plugins, raycluster
+from .. import costs, environment, hostfiles, jobs, plugins, raycluster, setupsteps
 from ..cluster import Cluster
 from ..errors import FlambeClusterError, RayHeadSlowError, UsageError
 from ..progress import Display
@@ -53,10 +53,14 @@ def providers() -> int:
               help="Do not ask before launching or terminating paid machines, nor before removing factories while a "
                    "job runs.")
 @click.option("--dry-run", is_flag=True, help="Print what up would launch and terminate, with prices; change nothing.")
+@click.option("--rerun-setup", is_flag=True,
+              help="Run every setup command on every host again (by default a host runs only the commands it has "
+                   "not completed as they read now).")
 def up(config: str, force: bool, lock_wait: float, watch: float | None, lost_after: float | None,
-       yes: bool, dry_run: bool) -> int:
+       yes: bool, dry_run: bool, rerun_setup: bool) -> int:
     """Create or reuse the cluster's hosts, distribute keys, run the setup commands, install the software and
-    start Ray (idempotent).
+    start Ray (idempotent).  Each host runs only the setup commands it has not completed as they read now
+    (a changed command runs again, with those after it; `--rerun-setup` runs them all).
 
     A failure or an interrupt rolls back what this run created (once, under
     the cluster's lock) before the command exits.  The cluster's state
@@ -84,7 +88,7 @@ def up(config: str, force: bool, lock_wait: float, watch: float | None, lost_aft
     cluster.state.remember_config(config)
     began = time.time()  # a `down` from another shell after this ends the watch (it waited for this up's lock)
     try:
-        cluster.up(force=force, lock_wait=lock_wait,
+        cluster.up(force=force, lock_wait=lock_wait, rerun_setup=rerun_setup,
                    confirm=(lambda question: click.confirm(question, default=False, err=True)) if asks else None,
                    approve=lambda changes: print_plan(cluster, changes) and (
                        not asks or click.confirm("Go ahead?", default=False, err=True)))
@@ -214,7 +218,7 @@ def status(config: str, as_json: bool) -> int:
     if unknown is not None:  # nothing loaded, nothing connected: no state folder made for it
         if as_json:
             out.print_json(json.dumps({"name": unknown.name, "provider": unknown.provider, "exists": False,
-                                       "hosts": [], "ray": None, "job": None, "services": {}}))
+                                       "hosts": [], "ray": None, "job": None, "services": {}, "setup": None}))
         else:
             out.print(str(unknown), markup=False)
         return EXIT_OK
@@ -224,6 +228,8 @@ def status(config: str, as_json: bool) -> int:
         reachable, running = probe_all(cluster) if hosts else ({}, {})
         reached = hosts and reachable[cluster.session.require_orchestrator()] == "ok"  # set: `hosts` has it first
         extra = ray_and_job(cluster, running) if reached else {"ray": None, "job": None, "services": {}}
+        answering = [h for h in hosts if reachable[h] == "ok"]
+        setup_done = setupsteps.done(cluster.session, answering, cluster.setup_cmds) if cluster.setup_cmds else {}
         if as_json:
             bought = costs.bought(cluster.state.journal.entries())
             payload = {
@@ -237,6 +243,7 @@ def status(config: str, as_json: bool) -> int:
                     for h in hosts
                 ],
                 **extra,
+                "setup": {"commands": len(cluster.setup_cmds), "done": {h.name: n for h, n in setup_done.items()}},
             }
             out.print_json(json.dumps(payload))
         elif not exists:
@@ -254,9 +261,20 @@ def status(config: str, as_json: bool) -> int:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
             for name, address in extra["services"].items():
                 out.print(f"{name.replace('_', ' ')}: {address}")
+            print_setup(len(cluster.setup_cmds), setup_done)
         ray_up = extra["ray"] is not None and extra["ray"]["alive_workers"] == cluster.factories_num
         healthy = not exists or (ray_up and all(v == "ok" for v in reachable.values()))
         return EXIT_OK if healthy else EXIT_FAILED
+
+
+def print_setup(commands: int, done: dict[Instance, int]) -> None:
+    """One line on the setup commands (:mod:`flambe_cluster.setupsteps`): done everywhere that answered, or the
+    hosts behind, with how many they have done."""
+    if not commands:
+        return
+    behind = [f"{h.name} ({n}/{commands} done)" for h, n in done.items() if n < commands]
+    out.print(f"setup: behind on {', '.join(behind)}; `up` runs the rest there" if behind
+              else f"setup: all {commands} commands done on every host", markup=False)
 
 
 @cli.command(short_help="Stop the job and Ray, then release the machines.")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fcntl
 import getpass
-import json
 import os
 from pathlib import Path
 
@@ -136,15 +135,12 @@ def flambe_cluster_validate(config) -> list[str]:
     return problems
 
 
-def _record_path(config) -> Path:
-    return _state(config.name, config.state_dir).root / RECORD
-
-
 def _read_record(config) -> dict | None:
-    try:
-        return json.loads(_record_path(config).read_text())
-    except FileNotFoundError:
-        return None
+    return _state(config.name, config.state_dir).read_record(RECORD)
+
+
+def _drop_record(config) -> None:
+    _state(config.name, config.state_dir).drop_record(RECORD)
 
 
 def _instances(config, record: dict) -> ClusterInstances:
@@ -213,7 +209,7 @@ def _load(config, journal, progress, state: ClusterState) -> ClusterInstances:
                               username=NAMESPACE_USER, subnet=config.options.subnet)
     names = [h["name"] for h in record["hosts"]]
     journal.record(CreatedResource(RESOURCE_KIND, str(workdir), {"record": record, "instance_ids": names}))
-    _record_path(config).write_text(json.dumps(record))
+    state.write_record(RECORD, record)
     made = _instances(config, record)
     for instance in [made.orchestrator, *made.factories]:
         progress(instance.name, f"running at {instance.endpoint}")
@@ -237,7 +233,7 @@ def flambe_cluster_rollback(config, created) -> None:
         if resource.kind == RESOURCE_KIND:
             localhosts.destroy(resource.details["record"])
             if (_read_record(config) or {}).get("hosts") == resource.details["record"]["hosts"]:
-                _record_path(config).unlink(missing_ok=True)
+                _drop_record(config)
 
 
 @hookimpl
@@ -246,4 +242,4 @@ def flambe_cluster_terminate(config, instances) -> None:
     record = _read_record(config)
     if record is not None:
         localhosts.destroy(record)
-    _record_path(config).unlink(missing_ok=True)
+    _drop_record(config)
