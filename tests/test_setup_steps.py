@@ -9,6 +9,7 @@ import json
 
 import pytest
 import yaml
+from flambe_cluster import Cluster, setupsteps
 from helpers import run_cli, ssh_cluster_yaml
 
 NAME = "setupsteps"
@@ -72,12 +73,29 @@ def test_setup_runs_only_where_and_from_where_it_changed(flambe_test_hosts, flam
         up("--rerun-setup")
         assert ran(hosts[3]) == ["one", "two", "three-b", "four"] * 2, "--rerun-setup runs every command again"
 
-        with_setup(config, [mark("one"), "exit 3", mark("never")], hosts=hosts)
+        flaky = f'test ! -e "$HOME"/fail-here || exit 3; {mark("five")}'
+        (hosts[3].home / "fail-here").touch()
+        with_setup(config, [mark("one"), mark("two"), mark("three-b"), mark("four"), flaky, mark("six")], hosts=hosts)
         failed = run_cli("up", str(config), state_home=flambe_state_home, check=1)
-        assert "exit 3" in failed.stderr
-        with_setup(config, [mark("one"), mark("two"), mark("after")], hosts=hosts)
+        error = failed.stderr[failed.stderr.index("a remote command failed"):]
+        assert f"{NAME}_factory2" in error and f"{NAME}_factory1" not in error, failed.stderr
+        assert [ran(h)[-1] for h in hosts] == ["five", "five", "five", "four"], "six never ran"
+        (hosts[3].home / "fail-here").unlink()
         up()
-        assert ran(hosts[3])[-2:] == ["four", "after"], "the commands before the failed one stand; only the new runs"
+        assert [ran(h)[-2:] for h in hosts] == [["five", "six"]] * 4, \
+            "the hosts where five worked recorded it: only factory2 ran it again"
+
+        # a repair (new_only): only a host without a record runs the setup, even when the file's setup changed
+        cluster = Cluster.from_yaml(config)
+        try:
+            cluster.load_all_instances()
+            (hosts[3].home / ".flambe-cluster" / NAME / "setup-done").unlink()  # a new machine at its address
+            before = [ran(h) for h in hosts[:3]]
+            setupsteps.run(cluster.session, [mark("one"), mark("changed")], new_only=True)
+            assert [ran(h) for h in hosts[:3]] == before, "the healthy hosts are left as they are"
+            assert ran(hosts[3])[-2:] == ["one", "changed"]
+        finally:
+            cluster.close()
     finally:
         run_cli("down", str(config), state_home=flambe_state_home)
         network.close()

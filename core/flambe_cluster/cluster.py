@@ -398,7 +398,7 @@ class Cluster(ClusterOperations):
         def locked_repair(before: Callable[[], None]) -> None:
             def step() -> None:
                 before()
-                self._up()
+                self._up(setup_new_only=True)  # never the healthy hosts' setup, under a running job
             self._locked(step, False, {})
 
         def down_past_max_cost() -> bool:
@@ -475,12 +475,12 @@ class Cluster(ClusterOperations):
                 self._held = None
 
     def _prepare(self, start_ray: bool = False, confirm: Callable[[str], bool] | None = None,
-                 lock_wait: float = 0.0, rerun_setup: bool = False) -> None:
+                 lock_wait: float = 0.0, rerun_setup: bool = False, setup_new_only: bool = False) -> None:
         """What :meth:`run` does; with ``start_ray`` the Ray nodes start as their hosts become ready (:meth:`up`);
         ``confirm`` as for :meth:`up`.  Holds the cluster's lock on the orchestrator once it is loaded, waiting
         up to ``lock_wait`` seconds for another client's (see :mod:`flambe_cluster.hostlock`).  Each host runs
-        the setup commands it has not completed (all of them with ``rerun_setup``; see
-        :mod:`flambe_cluster.setupsteps`)."""
+        the setup commands it has not completed (all of them with ``rerun_setup``; with ``setup_new_only``, a
+        repair's, only hosts without a record; see :mod:`flambe_cluster.setupsteps`)."""
         self.load_all_instances()
         self.wait_until_accessible()
         assert self._held is not None, "runs under _locked, which lets go of the lock after a rollback"
@@ -493,17 +493,19 @@ class Cluster(ClusterOperations):
         else:
             self.distribute_keys()
         self.create_dirs(list(REMOTE_DIRS))
-        setupsteps.run(self.session, self.setup_cmds, rerun=rerun_setup)
+        setupsteps.run(self.session, self.setup_cmds, rerun=rerun_setup, new_only=setup_new_only)
         self._prepare_software(start_ray)
 
     def _up(self, confirm: Callable[[str], bool] | None = None, lock_wait: float = 0.0,
-            approve: Callable[[list[PlannedChange]], bool] | None = None, rerun_setup: bool = False) -> None:
+            approve: Callable[[list[PlannedChange]], bool] | None = None, rerun_setup: bool = False,
+            setup_new_only: bool = False) -> None:
         if approve is not None:
             changes = self.plan()  # under the cluster's lock: what is approved is what this up does
             if changes and not approve(changes):
                 raise UsageError(f"cluster {self.name!r} was left as it is: nothing was launched or terminated "
                                  "(`up -y` goes ahead without asking)")
-        self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait, rerun_setup=rerun_setup)
+        self._prepare(start_ray=True, confirm=confirm, lock_wait=lock_wait, rerun_setup=rerun_setup,
+                      setup_new_only=setup_new_only)
         self.hooks.configure_idle_shutdown(self.config, self.session.instances(), self.journal,
                                            lambda host, command: self.pool.run(host, command).stdout, self.pool.map)
 

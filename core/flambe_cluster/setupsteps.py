@@ -9,25 +9,35 @@ ran on every host that needed it.  So:
 - a second ``up`` with unchanged setup runs no setup command on any host;
 - a changed third command runs again, with every command after it, and
   only there (the first two stand);
-- a repair or a grown cluster runs the setup only on its new hosts: the
-  healthy ones, perhaps under a job, have done it all;
+- a grown cluster runs the setup only on its new hosts: the others have
+  done it all;
+- a repair (``new_only``) runs the setup only on hosts that have no record
+  at all (a new machine): a healthy host under a running job is never
+  touched, even when the file's setup changed since (the next ``up`` runs
+  the changed commands there);
 - ``rerun=True`` (``up --rerun-setup``) runs every command on every host.
 
-A command that fails on a host leaves that host's record at the commands
-before it: the next ``up`` runs it there again (and the others too where
-it failed).  A command removed from the end of the list is not undone.
+A command that fails on some hosts is recorded on the hosts where it
+worked; the failing ones keep the commands before it and run it again at
+the next ``up``.  A command removed from the end of the list is not undone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from collections.abc import Sequence
 
+from .commands import CommandResult
+from .errors import RemoteCommandError
 from .records import Instance
 from .session import HostSession
 
 RECORD = "setup-done"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+#: Seconds ``status`` gives a host to show its record.
+LOOK_TIMEOUT = 10.0
 
 
 def digest(command: str) -> str:
@@ -35,41 +45,53 @@ def digest(command: str) -> str:
     return hashlib.sha256(command.encode()).hexdigest()
 
 
-def done(session: HostSession, hosts: Sequence[Instance], commands: Sequence[str]) -> dict[Instance, int]:
-    """How many of ``commands``, from the first, each of ``hosts`` has completed as they read now."""
+def recorded(session: HostSession, hosts: Sequence[Instance],
+             timeout: float | None = None) -> dict[Instance, list[str] | None]:
+    """Each host's record: the digests it completed, in order ([] without a record; None when the host did not
+    show it within ``timeout``).  Anything else a login prints (a profile's chatter) is not a digest."""
     if not hosts:
         return {}
-    wanted = [digest(c) for c in commands]
-    record = session.remote_path(RECORD)
-    results = session.run_all(hosts, f"cat {record} 2>/dev/null || true")
-    counts = {}
-    for host, result in results.items():
-        recorded = result.stdout.split()
-        count = 0
-        while count < len(wanted) and count < len(recorded) and recorded[count] == wanted[count]:
-            count += 1
-        counts[host] = count
-    return counts
+    results = session.run_all(hosts, f"cat {session.remote_path(RECORD)} 2>/dev/null; true", check=False,
+                              timeout=timeout)
+    return {host: [w for w in result.stdout.split() if _DIGEST.fullmatch(w)] if result.ok else None
+            for host, result in results.items()}
+
+
+def completed(record: Sequence[str], commands: Sequence[str]) -> int:
+    """How many of ``commands``, from the first, ``record`` shows completed as they read now."""
+    count = 0
+    for done, command in zip(record, commands, strict=False):
+        if done != digest(command):
+            break
+        count += 1
+    return count
 
 
 def _record_command(session: HostSession, digests: Sequence[str]) -> str:
-    record = session.remote_path(RECORD)
-    partial = session.remote_path(f"{RECORD}.partial")
-    lines = "".join(f"{d}\n" for d in digests)
-    return (f"mkdir -p {session.remote_path('.')} && printf %s {shlex.quote(lines)} > {partial} "
-            f"&& mv -f {partial} {record}")
+    folder, record = session.remote_path("."), session.remote_path(RECORD)
+    lines = shlex.quote("".join(f"{d}\n" for d in digests))
+    return (f"mkdir -p {folder} && partial=$(mktemp {session.remote_path(RECORD + '.XXXXXX')}) && "
+            f'printf %s {lines} > "$partial" && mv -f "$partial" {record}')
 
 
-def run(session: HostSession, commands: Sequence[str], rerun: bool = False) -> None:
-    """Run each of ``commands`` on every host that has not completed it (all of them with ``rerun``), in order,
-    each command on its hosts at once; raises :class:`~flambe_cluster.errors.RemoteCommandError` naming each
-    failing host (the commands after it do not run)."""
+def run(session: HostSession, commands: Sequence[str], rerun: bool = False, new_only: bool = False) -> None:
+    """Run each of ``commands`` on every host that has not completed it (all of them with ``rerun``; with
+    ``new_only``, only on hosts without a record), in order, each command on its hosts at once.  Raises
+    :class:`~flambe_cluster.errors.RemoteCommandError` naming each host a command failed on, once the hosts
+    where it worked have recorded it (the commands after it do not run)."""
     if not commands:
         return
     hosts = session.hosts()
-    counts = dict.fromkeys(hosts, 0) if rerun else done(session, hosts, commands)
-    if all(counts[h] >= len(commands) for h in hosts):
-        session.on_step(f"setup commands: all {len(commands)} already done on every host (unchanged)")
+    records = {h: [] for h in hosts} if rerun else recorded(session, hosts)
+    counts = {h: completed(r or [], commands) for h, r in records.items()}
+    if new_only:
+        left = [h for h in hosts if records[h] and counts[h] < len(commands)]
+        if left:
+            session.on_step(f"setup commands changed: left as they are on {len(left)} hosts that have a record "
+                            "(the next `up` runs them there)")
+        counts.update(dict.fromkeys(left, len(commands)))
+    if all(n >= len(commands) for n in counts.values()):
+        session.on_step(f"setup commands: all {len(commands)} already done on every host")
         return
     digests = [digest(c) for c in commands]
     for index, command in enumerate(commands, 1):
@@ -78,5 +100,11 @@ def run(session: HostSession, commands: Sequence[str], rerun: bool = False) -> N
             continue
         where = f"{len(behind)} hosts" if len(behind) == len(hosts) else f"{len(behind)} of {len(hosts)} hosts"
         session.on_step(f"setup command {index}/{len(commands)} on {where}: {command}")
-        session.run_all(behind, command, states=(f"running setup command {index}", f"setup command {index} done"))
-        session.run_all(behind, _record_command(session, digests[:index]))
+        results = session.run_all(behind, command, check=False,
+                                  states=(f"running setup command {index}", f"setup command {index} done"))
+        worked = [h for h in behind if results[h].ok]
+        failures: list[CommandResult] = [results[h] for h in behind if not results[h].ok]
+        if worked:
+            session.run_all(worked, _record_command(session, digests[:index]))
+        if failures:
+            raise RemoteCommandError(failures)

@@ -407,20 +407,30 @@ class ClusterState:
             removed = {identity(h) for h in gone}
             self.record_members([h for h in recorded if identity(h) not in removed])
 
+    def _record(self, file_name: str) -> Path:
+        """A provider's own record: a plain ``*.json`` name in the folder that none of the core's files has."""
+        if "/" in file_name or file_name.startswith(".") or not file_name.endswith(".json") \
+                or file_name in (PLACE, RAY_PORT, MEMBERS):
+            raise ValueError(f"{file_name!r} cannot name a provider's record: a plain *.json name the core does "
+                             "not use is needed")
+        return self.root / file_name
+
     def read_record(self, file_name: str) -> Any | None:
         """The JSON a provider's own record ``file_name`` holds (None when there is none; a damaged one raises)."""
         try:
-            return json.loads((self.root / file_name).read_text())
+            return json.loads(self._record(file_name).read_text())
         except FileNotFoundError:
             return None
 
     def write_record(self, file_name: str, data: Any) -> None:
         """Replace a provider's own record ``file_name`` with ``data`` as JSON (atomically, mode 0600)."""
-        write_private(self.ensure().root / file_name, json.dumps(data).encode())
+        path = self._record(file_name)
+        self.ensure()
+        write_private(path, json.dumps(data).encode())
 
     def drop_record(self, file_name: str) -> None:
         """Remove a provider's own record ``file_name``; idempotent."""
-        (self.root / file_name).unlink(missing_ok=True)
+        self._record(file_name).unlink(missing_ok=True)
 
     def forget_key_pair(self, file_name: str = "cluster_key") -> None:
         """Remove the key pair ``file_name`` (the next :meth:`key_pair` generates a new one); idempotent."""

@@ -228,8 +228,7 @@ def status(config: str, as_json: bool) -> int:
         reachable, running = probe_all(cluster) if hosts else ({}, {})
         reached = hosts and reachable[cluster.session.require_orchestrator()] == "ok"  # set: `hosts` has it first
         extra = ray_and_job(cluster, running) if reached else {"ray": None, "job": None, "services": {}}
-        answering = [h for h in hosts if reachable[h] == "ok"]
-        setup_done = setupsteps.done(cluster.session, answering, cluster.setup_cmds) if cluster.setup_cmds else {}
+        setup_done = setup_of(cluster, [h for h in hosts if reachable[h] == "ok"])
         if as_json:
             bought = costs.bought(cluster.state.journal.entries())
             payload = {
@@ -243,7 +242,8 @@ def status(config: str, as_json: bool) -> int:
                     for h in hosts
                 ],
                 **extra,
-                "setup": {"commands": len(cluster.setup_cmds), "done": {h.name: n for h, n in setup_done.items()}},
+                "setup": {"commands": len(cluster.setup_cmds),
+                          "done": {h.name: setup_done.get(h) for h in hosts}} if exists else None,
             }
             out.print_json(json.dumps(payload))
         elif not exists:
@@ -261,20 +261,35 @@ def status(config: str, as_json: bool) -> int:
                 out.print(f"job: {jobs.JobStatus(extra['job']['state'], extra['job']['exit_code']).describe()}")
             for name, address in extra["services"].items():
                 out.print(f"{name.replace('_', ' ')}: {address}")
-            print_setup(len(cluster.setup_cmds), setup_done)
+            print_setup(len(cluster.setup_cmds), {h: setup_done.get(h) for h in hosts})
         ray_up = extra["ray"] is not None and extra["ray"]["alive_workers"] == cluster.factories_num
         healthy = not exists or (ray_up and all(v == "ok" for v in reachable.values()))
         return EXIT_OK if healthy else EXIT_FAILED
 
 
-def print_setup(commands: int, done: dict[Instance, int]) -> None:
-    """One line on the setup commands (:mod:`flambe_cluster.setupsteps`): done everywhere that answered, or the
-    hosts behind, with how many they have done."""
+def setup_of(cluster: Cluster, answering: list[Instance]) -> dict[Instance, int]:
+    """How many setup commands each of the ``answering`` hosts has completed as they read now (a host that does
+    not show its record within :data:`~flambe_cluster.setupsteps.LOOK_TIMEOUT` is left out: unknown)."""
+    if not cluster.setup_cmds or not answering:
+        return {}
+    try:
+        records = setupsteps.recorded(cluster.session, answering, timeout=setupsteps.LOOK_TIMEOUT)
+    except FlambeClusterError:  # a host that answered the probe went away since: unknown, as for the others
+        return {}
+    return {h: setupsteps.completed(r, cluster.setup_cmds) for h, r in records.items() if r is not None}
+
+
+def print_setup(commands: int, done: dict[Instance, int | None]) -> None:
+    """One line on the setup commands (:mod:`flambe_cluster.setupsteps`): done on every host, or the hosts
+    behind (with how many they have done) and those whose record is unknown."""
     if not commands:
         return
-    behind = [f"{h.name} ({n}/{commands} done)" for h, n in done.items() if n < commands]
-    out.print(f"setup: behind on {', '.join(behind)}; `up` runs the rest there" if behind
-              else f"setup: all {commands} commands done on every host", markup=False)
+    behind = [f"{h.name} ({n}/{commands} done)" for h, n in done.items() if n is not None and n < commands]
+    unknown = [h.name for h, n in done.items() if n is None]
+    parts = ([f"behind on {', '.join(behind)}; `up` runs the rest there"] if behind else []) + (
+        [f"unknown on {', '.join(unknown)} (not answering)"] if unknown else [])
+    out.print("setup: " + ("; ".join(parts) if parts else f"all {commands} commands done on every host"),
+              markup=False)
 
 
 @cli.command(short_help="Stop the job and Ray, then release the machines.")
