@@ -85,10 +85,11 @@ def run(session: HostSession, commands: Sequence[str], rerun: bool = False, new_
     records = {h: [] for h in hosts} if rerun else recorded(session, hosts)
     counts = {h: completed(r or [], commands) for h, r in records.items()}
     if new_only:
-        left = [h for h in hosts if records[h] and counts[h] < len(commands)]
+        # a host whose record did not show (None) may be healthy and busy: left alone too, never set up anew
+        left = [h for h in hosts if records[h] != [] and counts[h] < len(commands)]
         if left:
-            session.on_step(f"setup commands changed: left as they are on {len(left)} hosts that have a record "
-                            "(the next `up` runs them there)")
+            session.on_step(f"setup commands changed or unread: left as they are on {len(left)} hosts that have "
+                            "a record (the next `up` runs them there)")
         counts.update(dict.fromkeys(left, len(commands)))
     if all(n >= len(commands) for n in counts.values()):
         session.on_step(f"setup commands: all {len(commands)} already done on every host")
